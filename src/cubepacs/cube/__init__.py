@@ -1,0 +1,1 @@
+"""The series cube (.dcbs): writer, reader, metadata, codecs, QC, DICOM import/export."""

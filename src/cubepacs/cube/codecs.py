@@ -1,0 +1,194 @@
+"""Lossless frame codecs of the cube, each with a one-byte id recorded per frame in the file.
+
+=========  ====  ==========================================================================================
+name       id    what
+=========  ====  ==========================================================================================
+``raw``    0     bytes kept as they came (original compressed fragments of encapsulated input)
+``zstd``   1     Zstandard level 3 on the frame bytes: any dtype, any layout (float, 1-bit, 32-bit, YBR_422)
+``htj2k``  2     High-Throughput JPEG 2000, reversible (OpenJPH via imagecodecs): the default
+``jpegls`` 3     JPEG-LS lossless (CharLS via imagecodecs): the compact archival option
+``jxl``    4     JPEG XL lossless, effort 3 (libjxl via imagecodecs)
+``blosc2`` 5     Blosc2 LZ4 + byte shuffle: the fastest to decode, the largest
+=========  ====  ==========================================================================================
+
+Image codecs take 8/16-bit integer frames with 1 or 3 samples; anything else falls back to ``zstd``. Signed
+frames are mapped to unsigned (sign bit flipped) for codecs without signed support, and back on decode.
+
+Example
+-------
+>>> import numpy as np
+>>> from cubepacs.cube.codecs import get_codec
+>>> frame = np.arange(64, dtype=np.int16).reshape(8, 8) - 30
+>>> codec = get_codec("htj2k")
+>>> out = np.empty_like(frame)
+>>> codec.decode(codec.encode(frame), out)
+>>> bool((out == frame).all())
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import imagecodecs
+import numpy as np
+
+from cubepacs.errors import CodecError
+
+DEFAULT_CODEC = "htj2k"
+
+
+class Codec(ABC):
+    """A lossless frame codec: ``encode(array) -> bytes`` and ``decode(bytes, out)`` filling ``out``."""
+
+    id: ClassVar[int]
+    name: ClassVar[str]
+    releases_gil: ClassVar[bool] = True
+
+    def accepts(self, frame: np.ndarray) -> bool:
+        """True when this codec can encode ``frame`` losslessly."""
+        return frame.dtype.kind in "iu" and frame.dtype.itemsize in (1, 2) and frame.ndim in (2, 3) and (
+            frame.ndim == 2 or frame.shape[2] in (1, 3)
+        )
+
+    @abstractmethod
+    def encode(self, frame: np.ndarray) -> bytes:
+        """Encode one frame (rows × cols [× samples], native byte order)."""
+
+    @abstractmethod
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        """Decode ``data`` into ``out`` (shape and dtype of the original frame)."""
+
+
+def _to_unsigned(frame: np.ndarray) -> np.ndarray:
+    if frame.dtype.kind != "i":
+        return frame
+    udt = np.dtype(f"u{frame.dtype.itemsize}")
+    return frame.view(udt) ^ udt.type(1 << (8 * frame.dtype.itemsize - 1))
+
+
+def _from_unsigned(decoded: np.ndarray, out: np.ndarray) -> None:
+    if out.dtype.kind == "i":
+        flip = decoded.dtype.type(1 << (8 * out.dtype.itemsize - 1))
+        np.bitwise_xor(decoded, flip, out=out.view(decoded.dtype))
+    else:
+        out[...] = decoded.reshape(out.shape)
+
+
+class RawCodec(Codec):
+    id = 0
+    name = "raw"
+
+    def accepts(self, frame: np.ndarray) -> bool:
+        return True
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        return frame.tobytes()
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+
+
+class ZstdCodec(Codec):
+    id = 1
+    name = "zstd"
+
+    def accepts(self, frame: np.ndarray) -> bool:
+        return True
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        return bytes(imagecodecs.zstd_encode(np.ascontiguousarray(frame).tobytes(), level=3))
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(imagecodecs.zstd_decode(data), np.uint8)
+
+
+class Htj2kCodec(Codec):
+    id = 2
+    name = "htj2k"
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        return bytes(imagecodecs.htj2k_encode(np.ascontiguousarray(frame)))
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        out[...] = imagecodecs.htj2k_decode(data).reshape(out.shape)
+
+
+class JpeglsCodec(Codec):
+    id = 3
+    name = "jpegls"
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        return bytes(imagecodecs.jpegls_encode(np.ascontiguousarray(_to_unsigned(frame))))
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        _from_unsigned(imagecodecs.jpegls_decode(data).reshape(out.shape), out)
+
+
+class JxlCodec(Codec):
+    id = 4
+    name = "jxl"
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        return bytes(imagecodecs.jpegxl_encode(np.ascontiguousarray(_to_unsigned(frame)), lossless=True, effort=3))
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        _from_unsigned(imagecodecs.jpegxl_decode(data).reshape(out.shape), out)
+
+
+class Blosc2Codec(Codec):
+    id = 5
+    name = "blosc2"
+    releases_gil = False
+
+    def accepts(self, frame: np.ndarray) -> bool:
+        return True
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        import blosc2
+
+        return bytes(
+            blosc2.compress2(
+                np.ascontiguousarray(frame).tobytes(), typesize=frame.dtype.itemsize, clevel=5,
+                codec=blosc2.Codec.LZ4, filters=[blosc2.Filter.SHUFFLE], nthreads=1,
+            )
+        )
+
+    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        import blosc2
+
+        blosc2.decompress2(bytes(data), dst=out.reshape(-1).view(np.uint8), nthreads=1)
+
+
+_CODECS: dict[str, Codec] = {
+    c.name: c for c in (RawCodec(), ZstdCodec(), Htj2kCodec(), JpeglsCodec(), JxlCodec(), Blosc2Codec())
+}
+_BY_ID: dict[int, Codec] = {c.id: c for c in _CODECS.values()}
+CODEC_NAMES = tuple(n for n in _CODECS if n != "raw")
+
+
+def get_codec(name_or_id: str | int) -> Codec:
+    """Return the codec registered under a name (``"htj2k"``) or id (``2``).
+
+    Example
+    -------
+    >>> get_codec(3).name
+    'jpegls'
+    >>> get_codec("htk2j")
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: unknown codec 'htk2j' (did you mean 'htj2k'?); known: zstd, htj2k, jpegls, jxl, blosc2
+    """
+    if isinstance(name_or_id, int):
+        try:
+            return _BY_ID[name_or_id]
+        except KeyError:
+            raise CodecError(f"unknown codec id {name_or_id} (this reader knows {sorted(_BY_ID)})") from None
+    codec = _CODECS.get(name_or_id)
+    if codec is None:
+        near = difflib.get_close_matches(name_or_id, CODEC_NAMES, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise CodecError(f"unknown codec {name_or_id!r}{hint}; known: {', '.join(CODEC_NAMES)}")
+    return codec

@@ -1,0 +1,137 @@
+"""How an instance's Pixel Data value is cut into frames, and turned back into the exact original bytes.
+
+Three storage modes, recorded per instance:
+
+* ``native``: uncompressed 8/16/32/64-bit frames; each frame is a numpy array (rows × cols [× samples]) in
+  native byte order, encoded by the cube's codec; bytes past the last frame (padding) are kept apart.
+* ``encapsulated``: compressed input (JPEG, JPEG-LS, J2K, HTJ2K, RLE…); the value (offset table and fragments)
+  is kept byte for byte, frames are decoded by pydicom on demand.
+* ``opaque``: any other layout (1-bit, YBR_*_422, 8-bit OW big endian…); the value is zstd-compressed as one
+  block, frames are decoded by pydicom on demand.
+* ``file``: pixels inside a deflated dataset, kept in the deflated body; frames decoded by pydicom.
+
+Example
+-------
+>>> d = PixelDesc(mode="native", rows=2, cols=2, spp=1, bits=16, signed=True, planar=0, frames=1,
+...               dtype="<i2", photometric="MONOCHROME2")
+>>> d.frame_bytes, d.frame_shape
+(8, (2, 2))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+_SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
+
+
+@dataclass(frozen=True)
+class PixelDesc:
+    """The geometry and storage mode of one instance's pixel data."""
+
+    mode: str
+    rows: int
+    cols: int
+    spp: int
+    bits: int
+    signed: bool
+    planar: int
+    frames: int
+    dtype: str  # numpy dtype string in the file's byte order ("<i2", ">u2", "<f4" …)
+    photometric: str
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape of one frame as stored values: rows × cols, or rows × cols × samples."""
+        return (self.rows, self.cols) if self.spp == 1 else (self.rows, self.cols, self.spp)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one frame in the file (native mode)."""
+        return self.rows * self.cols * self.spp * (self.bits // 8)
+
+    @property
+    def native_dtype(self) -> np.dtype[Any]:
+        """The frame dtype in this machine's byte order."""
+        return np.dtype(self.dtype).newbyteorder("=")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (see :meth:`from_json`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PixelDesc:
+        """Inverse of :meth:`to_json`."""
+        return cls(**d)
+
+
+def _int(v: Any, default: int) -> int:
+    try:
+        return int(v) if v not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def describe(attrs: dict[str, Any], pixel_tag: int, pixel_vr: str | None, little: bool, encapsulated: bool,
+             value_len: int) -> PixelDesc:
+    """Decide how to store one instance's pixel data from its image pixel attributes.
+
+    ``attrs`` holds Rows, Columns, SamplesPerPixel, BitsAllocated, PixelRepresentation, PlanarConfiguration,
+    NumberOfFrames and PhotometricInterpretation as read from the instance (missing ones absent).
+    """
+    rows, cols = _int(attrs.get("Rows"), 0), _int(attrs.get("Columns"), 0)
+    spp = _int(attrs.get("SamplesPerPixel"), 1)
+    bits = _int(attrs.get("BitsAllocated"), 0)
+    signed = _int(attrs.get("PixelRepresentation"), 0) == 1
+    planar = _int(attrs.get("PlanarConfiguration"), 0)
+    frames = max(_int(attrs.get("NumberOfFrames"), 1), 1)
+    photometric = str(attrs.get("PhotometricInterpretation") or "")
+    order = "<" if little else ">"
+    if pixel_tag == 0x7FE00008:
+        kind = "f"
+    elif pixel_tag == 0x7FE00009:
+        kind = "f"
+    else:
+        kind = "i" if signed else "u"
+    dtype = f"{order}{kind}{max(bits // 8, 1)}"
+    mode = "native"
+    if encapsulated:
+        mode = "encapsulated"
+    elif (
+        bits not in (8, 16, 32, 64)
+        or rows <= 0
+        or cols <= 0
+        or spp not in (1, 3, 4)
+        or photometric in _SUBSAMPLED
+        or (bits == 8 and not little and pixel_vr != "OB")
+        or frames * rows * cols * spp * (bits // 8) > value_len
+        or (kind == "f" and bits not in (32, 64))
+    ):
+        mode = "opaque"
+    return PixelDesc(mode, rows, cols, spp, bits, signed, planar, frames, dtype, photometric)
+
+
+def split_frames(desc: PixelDesc, value: bytes | memoryview) -> tuple[list[np.ndarray], bytes]:
+    """Cut a native pixel value into frames (native byte order, stored values) and the trailing bytes."""
+    n = desc.frame_bytes
+    flat = np.frombuffer(value, dtype=np.dtype(desc.dtype), count=desc.frames * n // np.dtype(desc.dtype).itemsize)
+    frames = []
+    for k in range(desc.frames):
+        part = flat[k * (n // flat.itemsize) : (k + 1) * (n // flat.itemsize)]
+        if desc.spp > 1 and desc.planar == 1:
+            arr = part.reshape(desc.spp, desc.rows, desc.cols).transpose(1, 2, 0)
+        else:
+            arr = part.reshape(desc.frame_shape)
+        frames.append(np.ascontiguousarray(arr, dtype=desc.native_dtype))
+    return frames, bytes(value[desc.frames * n :])
+
+
+def frame_to_bytes(desc: PixelDesc, frame: np.ndarray) -> bytes:
+    """The exact file bytes of one native frame (inverse of :func:`split_frames`)."""
+    arr = frame
+    if desc.spp > 1 and desc.planar == 1:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr, dtype=np.dtype(desc.dtype)).tobytes()

@@ -1,0 +1,247 @@
+"""Read a ``.dcbs`` cube from a path (memory-mapped), a binary file object or bytes: metadata, frames, files.
+
+Every block is checked against its checksum before use; a truncated or corrupted file raises
+:class:`~cubepacs.errors.InvalidCubeError` naming the block, never wrong pixels.
+
+Example
+-------
+>>> import cubepacs, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "x.dcbs")
+>>> cubepacs.save(cubepacs.load_from_dicom_folder("../shared/data/series/ct_philips_ingenuity_tilt_54sl"), path)
+>>> reader = CubeReader(path)
+>>> reader.num_frames, reader.frame(0).shape
+(54, (512, 512))
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from io import BytesIO
+from pathlib import Path
+from typing import IO, Any, Union
+
+import imagecodecs
+import numpy as np
+
+from cubepacs.cube.codecs import get_codec
+from cubepacs.cube.format import (
+    FRAME_DTYPE, HEADER_SIZE, WHOLE_VALUE, Header, checksum, decode_meta, section,
+)
+from cubepacs.cube.meta import DicomMeta
+from cubepacs.cube.pixels import PixelDesc, frame_to_bytes
+from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
+from cubepacs.errors import CodecError, InvalidCubeError
+
+CubeSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes]]
+
+
+class _Bytes:
+    """Random access to the cube's bytes, whatever they came from."""
+
+    def __init__(self, src: CubeSource) -> None:
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+        self._view: memoryview | None = None
+        if isinstance(src, (str, os.PathLike)):
+            self.name = str(src)
+            with open(src, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise InvalidCubeError(self.name, "header", "file is empty")
+                self._view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        elif isinstance(src, (bytes, bytearray, memoryview)):
+            self.name = "<bytes>"
+            self._view = memoryview(src).cast("B")
+        else:
+            self.name = str(getattr(src, "name", "<file>"))
+            self._file = src
+
+    def read(self, offset: int, length: int, block: str) -> memoryview:
+        if self._view is not None:
+            out = self._view[offset : offset + length]
+        else:
+            assert self._file is not None
+            with self._lock:
+                self._file.seek(offset)
+                out = memoryview(self._file.read(length))
+        if len(out) != length:
+            raise InvalidCubeError(self.name, block, f"file truncated: needed {length} bytes at {offset}, "
+                                                     f"got {len(out)}")
+        return out
+
+
+def _meta_from(doc: dict[str, Any], area: memoryview) -> DicomMeta:
+    syntax_idx = section(area, doc["syntax"])
+    return DicomMeta(
+        names=doc["names"],
+        syntaxes=[doc["syntaxes"][k] for k in syntax_idx.tolist()],
+        pool_keys=section(area, doc["pool_keys"]),
+        pool_offsets=section(area, doc["pool_offsets"]),
+        pool_data=section(area, doc["pool_data"]),
+        refs=section(area, doc["refs"]),
+        starts=section(area, doc["starts"]),
+        columns={name: section(area, c["sect"]) for name, c in doc["columns"].items()},
+        qc=doc["qc"],
+    )
+
+
+class CubeReader:
+    """Open a cube; metadata is read at once, frames on demand."""
+
+    def __init__(self, src: CubeSource) -> None:
+        self._src = _Bytes(src)
+        name = self._src.name
+        self.header = Header.unpack(bytes(self._src.read(0, HEADER_SIZE, "header")), name)
+        h = self.header
+        stored = self._src.read(h.meta_offset, h.meta_length, "meta")
+        if checksum(stored) != h.meta_checksum:
+            raise InvalidCubeError(name, "meta", "checksum mismatch (metadata block corrupted)")
+        self.doc, self._area = decode_meta(stored, h.meta_raw_length, name)
+        self.meta = _meta_from(self.doc, self._area)
+        self.descs = [PixelDesc.from_json(d) for d in self.doc["pixel_descs"]]
+        self._desc_idx = section(self._area, self.doc["pixel_desc"])
+        self._index: np.ndarray | None = None
+        counts = [self.desc(i).frames if self.desc(i) is not None else 0 for i in range(len(self.meta))]
+        self.frame_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._last: tuple[int, bytes] | None = None
+
+    @property
+    def source(self) -> str:
+        """The path (or ``<bytes>``) the cube was read from."""
+        return self._src.name
+
+    @property
+    def codec(self) -> str:
+        """The codec the cube was written with (frames it could not take use ``zstd``)."""
+        return str(self.doc["codec"])
+
+    @property
+    def num_frames(self) -> int:
+        """Total number of frames over all instances."""
+        return int(self.frame_starts[-1])
+
+    def desc(self, i: int) -> PixelDesc | None:
+        """Pixel storage plan of instance ``i`` (None when it has no pixel data)."""
+        j = int(self._desc_idx[i])
+        return self.descs[j] if j >= 0 else None
+
+    @property
+    def index(self) -> np.ndarray:
+        """The frame index (one FRAME_DTYPE record per stored blob), loaded and checked on first use."""
+        if self._index is None:
+            h = self.header
+            data = self._src.read(h.index_offset, h.index_length, "index")
+            if checksum(data) != h.index_checksum:
+                raise InvalidCubeError(self.source, "index", "checksum mismatch (frame index corrupted)")
+            self._index = np.frombuffer(data, FRAME_DTYPE)
+            self._first_row = np.searchsorted(self._index["instance"], np.arange(len(self.meta)))
+        return self._index
+
+    def _blob(self, row: int) -> memoryview:
+        rec = self.index[row]
+        data = self._src.read(self.header.data_offset + int(rec["offset"]), int(rec["length"]), f"frame {row}")
+        if checksum(data) != int(rec["checksum"]):
+            raise InvalidCubeError(self.source, f"frame {row}", "checksum mismatch (frame data corrupted)")
+        return data
+
+    def locate(self, k: int) -> tuple[int, int]:
+        """(instance, frame within instance) of series frame ``k``."""
+        if not 0 <= k < self.num_frames:
+            raise IndexError(f"frame {k} out of range (the cube has {self.num_frames} frames)")
+        i = int(np.searchsorted(self.frame_starts, k, side="right")) - 1
+        return i, k - int(self.frame_starts[i])
+
+    def frame(self, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode series frame ``k`` (stored values, never rescaled) without touching the others."""
+        i, f = self.locate(k)
+        d = self.desc(i)
+        assert d is not None
+        if d.mode != "native":
+            return _decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
+        row = int(self._first_row[i]) + f if self._index is not None else self._row(i, f)
+        rec = self.index[row]
+        if out is None:
+            out = np.empty(d.frame_shape, d.native_dtype)
+        get_codec(int(rec["codec"])).decode(self._blob(row), out)
+        return out
+
+    def _row(self, i: int, f: int) -> int:
+        self.index  # noqa: B018 - loads the index and _first_row
+        return int(self._first_row[i]) + f
+
+    def pixel_value(self, i: int) -> bytes:
+        """The exact Pixel Data value bytes of instance ``i`` (native frames re-encoded to file order)."""
+        d = self.desc(i)
+        if d is None or d.mode == "file":
+            return b""
+        first = self._row(i, 0)
+        rec = self.index[first]
+        if int(rec["frame"]) == WHOLE_VALUE:
+            data = self._blob(first)
+            return bytes(data) if int(rec["codec"]) == 0 else bytes(imagecodecs.zstd_decode(data))
+        return b"".join(frame_to_bytes(d, self.frame(int(self.frame_starts[i]) + f)) for f in range(d.frames))
+
+    def instance_bytes(self, i: int) -> bytes:
+        """The original DICOM file of instance ``i``, byte for byte."""
+        if self._last is not None and self._last[0] == i:
+            return self._last[1]
+        parts = []
+        for p in self.meta.instance_refs(i).tolist():
+            key = self.meta.pool_key(p)
+            parts.append(self.pixel_value(i) if key == KEY_PIXEL_VALUE else self.meta.chunk(p))
+        data = b"".join(parts)
+        self._last = (i, data)
+        return data
+
+    def verify(self) -> list[str]:
+        """Check every block and decode every blob against its stored raw checksum; return problems found."""
+        problems = []
+        for row, rec in enumerate(self.index):
+            i, f = int(rec["instance"]), int(rec["frame"])
+            try:
+                if f == WHOLE_VALUE:
+                    got = checksum(self.pixel_value(i))
+                else:
+                    d = self.desc(i)
+                    assert d is not None
+                    got = checksum(frame_to_bytes(d, self.frame(int(self.frame_starts[i]) + f)))
+                if got != int(rec["raw_checksum"]):
+                    problems.append(f"frame {row} (instance {self.meta.names[i]}): decoded bytes differ")
+            except (InvalidCubeError, CodecError, ValueError, RuntimeError) as exc:
+                problems.append(f"frame {row} (instance {self.meta.names[i]}): {exc}")
+        return problems
+
+
+def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray:
+    """Decode one frame of a compressed or unusual-layout instance with pydicom (stored values, raw=True)."""
+    import warnings
+
+    from pydicom.pixels import pixel_array
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(pixel_array(BytesIO(file_bytes), index=frame, raw=True))
+    except Exception as exc:
+        raise CodecError(f"{name}: frame {frame} cannot be decoded: {exc}") from exc
+
+
+def load_meta_only(src: CubeSource) -> DicomMeta:
+    """Read only the header and metadata block of a cube."""
+    reader = _Bytes(src)
+    header = Header.unpack(bytes(reader.read(0, HEADER_SIZE, "header")), reader.name)
+    stored = reader.read(header.meta_offset, header.meta_length, "meta")
+    if checksum(stored) != header.meta_checksum:
+        raise InvalidCubeError(reader.name, "meta", "checksum mismatch (metadata block corrupted)")
+    doc, area = decode_meta(stored, header.meta_raw_length, reader.name)
+    return _meta_from(doc, area)
+
+
+def is_cube(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` starts with the .dcbs magic."""
+    from cubepacs.cube.format import MAGIC
+
+    with open(Path(path), "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC

@@ -1,0 +1,145 @@
+"""Read DICOM inputs (folders, paths, file-like objects, bytes) into split instances ready for a cube.
+
+Example
+-------
+>>> insts = read_instances(["../shared/data/single/ct_ge_small_signed.dcm"])
+>>> insts[0].attrs["Rows"], insts[0].desc.mode
+(128, 'native')
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import IO, Any, Union
+
+import pydicom
+
+from cubepacs.cube.pixels import PixelDesc, describe
+from cubepacs.dicom.rawfile import RawFile, split_file
+from cubepacs.dicom.values import parse_elements
+from cubepacs.errors import DicomReadError, SeriesError
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes]]
+Sources = Union[Source, Iterable[Source]]
+
+# Attributes read for every instance at import (grouping, sorting, pixel geometry, QC, typed columns).
+ATTR_TAGS = {
+    "SeriesInstanceUID": 0x0020000E, "StudyInstanceUID": 0x0020000D, "SOPInstanceUID": 0x00080018,
+    "InstanceNumber": 0x00200013, "Rows": 0x00280010, "Columns": 0x00280011, "SamplesPerPixel": 0x00280002,
+    "BitsAllocated": 0x00280100, "PixelRepresentation": 0x00280103, "PlanarConfiguration": 0x00280006,
+    "NumberOfFrames": 0x00280008, "PhotometricInterpretation": 0x00280004, "PatientID": 0x00100020,
+    "Modality": 0x00080060, "ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037,
+    "SliceLocation": 0x00201041, "RescaleSlope": 0x00281053, "RescaleIntercept": 0x00281052,
+    "PixelSpacing": 0x00280030, "SliceThickness": 0x00180050, "AcquisitionNumber": 0x00200012,
+}
+_WANTED = frozenset(ATTR_TAGS.values()) | {0x00080005}
+
+
+@dataclass
+class Instance:
+    """One DICOM file split into chunks, with the attributes the cube needs and its pixel storage plan."""
+
+    name: str
+    raw: RawFile
+    attrs: dict[str, Any]
+    desc: PixelDesc | None
+
+
+def _attrs_of(raw: RawFile) -> dict[str, Any]:
+    if raw.deflated_body is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(BytesIO(raw.deflated_body), force=True)
+    else:
+        ds = parse_elements([c.data for c in raw.chunks if c.key in _WANTED], raw.implicit, raw.little_endian)
+    out: dict[str, Any] = {"_has_pixels": raw.deflated_body is not None and "PixelData" in ds}
+    for name, tag in ATTR_TAGS.items():
+        if tag in ds:
+            try:
+                value = ds[tag].value
+            except Exception:  # an undecodable value: treat as absent, QC reports empty keys
+                continue
+            if isinstance(value, pydicom.multival.MultiValue):
+                value = list(value)
+            out[name] = value
+    return out
+
+
+def read_instance(data: bytes, name: str) -> Instance:
+    """Split one encoded DICOM file and plan its pixel storage.
+
+    Raises
+    ------
+    DicomReadError
+        When the bytes are not DICOM or are truncated; the message names ``name``.
+    """
+    raw = split_file(data, name)
+    try:
+        attrs = _attrs_of(raw)
+    except Exception as exc:
+        raise DicomReadError(name, f"dataset cannot be parsed: {exc}") from exc
+    desc = None
+    if attrs.pop("_has_pixels"):  # deflated: pixels live inside the deflated body, decoded by pydicom
+        desc = describe(attrs, 0x7FE00010, "OW", True, False, 0)
+        desc = PixelDesc(**{**desc.to_json(), "mode": "file"})
+    elif raw.pixel_tag is not None:
+        desc = describe(attrs, raw.pixel_tag, raw.pixel_vr, raw.little_endian, raw.encapsulated,
+                        len(raw.pixel_value))
+    return Instance(name, raw, attrs, desc)
+
+
+def _safe_name(name: str) -> str:
+    parts = [p for p in Path(name).parts if p not in ("", ".", "..", "/", "\\") and not p.endswith(":")]
+    return "/".join(parts) or "instance.dcm"
+
+
+def iter_sources(src: Sources) -> Iterator[tuple[str, bytes]]:
+    """Yield (name, bytes) for a folder (recursively, sorted), a path, bytes, a file-like object or a list."""
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            for p in files:
+                yield _safe_name(str(p.relative_to(path))), p.read_bytes()
+        elif path.is_file():
+            yield _safe_name(path.name), path.read_bytes()
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        return
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        yield "instance_00000.dcm", bytes(src)
+        return
+    if hasattr(src, "read"):
+        yield _safe_name(getattr(src, "name", "") or "instance_00000.dcm"), src.read()
+        return
+    for i, item in enumerate(src):
+        for name, data in iter_sources(item):
+            if isinstance(item, (bytes, bytearray, memoryview)) or (hasattr(item, "read") and name == "instance_00000.dcm"):
+                name = f"instance_{i:05d}.dcm"
+            yield name, data
+
+
+def read_instances(src: Sources, errors: str = "skip-non-dicom") -> list[Instance]:
+    """Read every DICOM input in ``src``.
+
+    ``errors``: ``"raise"`` fails on any unreadable input; ``"skip-non-dicom"`` (default) skips files that
+    are not DICOM at all (a DIRFILE, a README) but fails on broken DICOM; ``"skip"`` skips both.
+    """
+    if errors not in ("raise", "skip-non-dicom", "skip"):
+        raise ValueError(f"errors must be 'raise', 'skip-non-dicom' or 'skip', not {errors!r}")
+    out = []
+    for name, data in iter_sources(src):
+        try:
+            out.append(read_instance(data, name))
+        except DicomReadError as exc:
+            not_dicom = exc.reason.startswith("not a DICOM file")
+            if errors == "raise" or (errors == "skip-non-dicom" and not not_dicom):
+                raise
+    if not out:
+        raise SeriesError(f"no DICOM instance found in {src if isinstance(src, (str, os.PathLike)) else 'input'}")
+    return out

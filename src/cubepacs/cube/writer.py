@@ -1,0 +1,193 @@
+"""Write instances into a ``.dcbs`` cube: deduplicated element pool, typed columns, encoded frames.
+
+Example
+-------
+>>> import tempfile, os
+>>> from cubepacs.cube.sources import read_instances
+>>> insts = read_instances("../shared/data/series/ct_philips_ingenuity_tilt_54sl")
+>>> path = os.path.join(tempfile.mkdtemp(), "x.dcbs")
+>>> write_cube(insts, path, codec="blosc2") > 0
+True
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from cubepacs.cube.codecs import DEFAULT_CODEC, get_codec
+from cubepacs.cube.columns import build_columns
+from cubepacs.cube.format import (
+    FRAME_DTYPE, HEADER_SIZE, WHOLE_VALUE, BlobWriter, Header, checksum, encode_meta,
+)
+from cubepacs.cube.pixels import split_frames
+from cubepacs.cube.qc import run_qc
+from cubepacs.cube.sources import Instance
+from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
+from cubepacs.errors import CodecError
+
+KEY_PIXEL_TAIL = -4  # bytes of a native pixel value after its last frame (padding)
+
+Progress = Callable[[int], None]
+
+
+def _pool_and_refs(instances: Sequence[Instance]) -> tuple[list[int], list[bytes], list[int], list[int]]:
+    """Deduplicate every chunk of every instance: pool keys, pool data, flat refs, per-instance starts."""
+    index: dict[tuple[int, bytes], int] = {}
+    keys: list[int] = []
+    datas: list[bytes] = []
+    refs: list[int] = []
+    starts = [0]
+
+    def ref(key: int, data: bytes) -> None:
+        i = index.get((key, data))
+        if i is None:
+            i = index[(key, data)] = len(keys)
+            keys.append(key)
+            datas.append(data)
+        refs.append(i)
+
+    for inst in instances:
+        for c in inst.raw.chunks:
+            ref(c.key, c.data)
+            if c.key == KEY_PIXEL_VALUE and inst.desc is not None and inst.desc.mode == "native":
+                tail = bytes(memoryview(inst.raw.pixel_value)[inst.desc.frames * inst.desc.frame_bytes :])
+                if tail:
+                    ref(KEY_PIXEL_TAIL, tail)
+        starts.append(len(refs))
+    return keys, datas, refs, starts
+
+
+def _frame_tasks(instances: Sequence[Instance], codec: str) -> list[tuple[int, int, Any, int]]:
+    """(instance, frame or WHOLE_VALUE, array or bytes, codec id) for every blob to store."""
+    default = get_codec(codec)
+    tasks: list[tuple[int, int, Any, int]] = []
+    for i, inst in enumerate(instances):
+        d = inst.desc
+        if d is None or d.mode == "file":
+            continue
+        if d.mode == "native":
+            frames, _ = split_frames(d, inst.raw.pixel_value)
+            for k, arr in enumerate(frames):
+                cid = default.id if default.accepts(arr) else get_codec("zstd").id
+                tasks.append((i, k, arr, cid))
+        else:
+            cid = get_codec("raw" if d.mode == "encapsulated" else "zstd").id
+            tasks.append((i, WHOLE_VALUE, inst.raw.pixel_value, cid))
+    return tasks
+
+
+def _encode(task: tuple[int, int, Any, int], instances: Sequence[Instance], verify: bool) -> tuple[bytes, int]:
+    i, k, payload, cid = task
+    codec = get_codec(cid)
+    if k == WHOLE_VALUE:
+        data = payload if cid == 0 else codec.encode(np.frombuffer(payload, np.uint8))
+        raw_sum = checksum(payload)
+        if verify and cid != 0:
+            out = np.empty(len(payload), np.uint8)
+            codec.decode(data, out)
+            if out.tobytes() != bytes(payload):
+                raise CodecError(f"{instances[i].name}: {codec.name} round trip of the pixel value is not exact")
+        return data, raw_sum
+    d = instances[i].desc
+    assert d is not None
+    data = codec.encode(payload)
+    raw_sum = checksum(memoryview(instances[i].raw.pixel_value)[k * d.frame_bytes : (k + 1) * d.frame_bytes])
+    if verify:
+        out = np.empty_like(payload)
+        codec.decode(data, out)
+        if not np.array_equal(out, payload):
+            raise CodecError(f"{instances[i].name}: frame {k} is not bit-exact after {codec.name}; not written")
+    return data, raw_sum
+
+
+def build_cube(instances: Sequence[Instance], codec: str = DEFAULT_CODEC, threads: int | None = None,
+               verify: bool = True, progress: Progress | None = None) -> list[bytes | memoryview]:
+    """Encode ``instances`` (already in series order) into the parts of a cube file, header first."""
+    keys, datas, refs, starts = _pool_and_refs(instances)
+    blobs = BlobWriter()
+    pool_offsets = np.zeros(len(datas) + 1, np.uint64)
+    np.cumsum([len(d) for d in datas], out=pool_offsets[1:])
+    descs: list[dict[str, Any]] = []
+    desc_idx = np.full(len(instances), -1, np.int32)
+    for i, inst in enumerate(instances):
+        if inst.desc is not None:
+            j = next((n for n, x in enumerate(descs) if x == inst.desc.to_json()), None)
+            if j is None:
+                descs.append(inst.desc.to_json())
+                j = len(descs) - 1
+            desc_idx[i] = j
+    syntaxes = sorted({inst.raw.transfer_syntax for inst in instances})
+    doc: dict[str, Any] = {
+        "instances": len(instances),
+        "names": [inst.name for inst in instances],
+        "codec": codec,
+        "syntaxes": syntaxes,
+        "syntax": blobs.add(np.array([syntaxes.index(x.raw.transfer_syntax) for x in instances], np.uint8)),
+        "pool_keys": blobs.add(np.array(keys, np.int64)),
+        "pool_offsets": blobs.add(pool_offsets),
+        "pool_data": blobs.add(b"".join(datas)),
+        "refs": blobs.add(np.array(refs, np.uint32)),
+        "starts": blobs.add(np.array(starts, np.uint64)),
+        "pixel_descs": descs,
+        "pixel_desc": blobs.add(desc_idx),
+        "columns": build_columns(instances, blobs),
+        "qc": run_qc(instances),
+    }
+    tasks = _frame_tasks(instances, codec)
+    workers = threads or min(8, os.cpu_count() or 1)
+    encoded: list[tuple[bytes, int]] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for n, item in enumerate(pool.map(lambda t: _encode(t, instances, verify), tasks)):
+            encoded.append(item)
+            if progress is not None:
+                progress(n + 1)
+    index = np.zeros(len(tasks), FRAME_DTYPE)
+    offset = 0
+    for r, (task, (data, raw_sum)) in enumerate(zip(tasks, encoded, strict=True)):
+        index[r] = (offset, len(data), checksum(data), raw_sum, task[0], task[1], task[3])
+        offset += len(data)
+    meta, meta_raw = encode_meta(doc, blobs)
+    index_bytes = index.tobytes()
+    header = Header(
+        meta_offset=HEADER_SIZE, meta_length=len(meta), meta_raw_length=meta_raw, meta_checksum=checksum(meta),
+        index_offset=HEADER_SIZE + len(meta), index_length=len(index_bytes), index_checksum=checksum(index_bytes),
+        data_offset=HEADER_SIZE + len(meta) + len(index_bytes), data_length=offset,
+    )
+    return [header.pack(), meta, index_bytes, *(d for d, _ in encoded)]
+
+
+def write_cube(instances: Sequence[Instance], dest: str | os.PathLike[str] | IO[bytes], codec: str = DEFAULT_CODEC,
+               threads: int | None = None, verify: bool = True, progress: Progress | None = None) -> int:
+    """Write a cube to a path (atomically: temp file, fsync, rename) or a binary file object; return its size."""
+    parts = build_cube(instances, codec, threads, verify, progress)
+    size = sum(len(p) for p in parts)
+    if not isinstance(dest, (str, os.PathLike)):
+        for p in parts:
+            dest.write(p)
+        return size
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for p in parts:
+                f.write(p)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return size

@@ -1,0 +1,66 @@
+"""Errors raised by cubepacs.
+
+Every error derives from :class:`CubepacsError`; where a caller would naturally catch a builtin, the error
+also subclasses it::
+
+    CubepacsError
+    ├── DicomReadError (ValueError)      a DICOM input that cannot be read; names the file and the offset
+    ├── SeriesError (ValueError)         inputs that do not form one series (several series, none at all)
+    ├── InvalidCubeError (ValueError)    a truncated or corrupted .dcbs file; names the block
+    └── CodecError (ValueError)          a codec that cannot encode or decode a frame losslessly
+
+Example
+-------
+>>> from cubepacs.errors import InvalidCubeError, CubepacsError
+>>> issubclass(InvalidCubeError, (CubepacsError, ValueError))
+True
+"""
+
+from __future__ import annotations
+
+
+class CubepacsError(Exception):
+    """Root of all cubepacs errors."""
+
+
+class DicomReadError(CubepacsError, ValueError):
+    """A DICOM input could not be read.
+
+    Attributes
+    ----------
+    source : str
+        The file name (or ``<bytes #i>`` for in-memory input).
+    offset : int or None
+        Byte offset where the problem was found, when known.
+    """
+
+    def __init__(self, source: str, reason: str, offset: int | None = None) -> None:
+        self.source = source
+        self.reason = reason
+        self.offset = offset
+        where = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{source}: {reason}{where}")
+
+
+class SeriesError(CubepacsError, ValueError):
+    """The inputs do not form exactly one series (none found, or several mixed together)."""
+
+
+class InvalidCubeError(CubepacsError, ValueError):
+    """A ``.dcbs`` file is truncated, corrupted or of an unknown version.
+
+    Attributes
+    ----------
+    block : str
+        The part of the file that failed (``header``, ``meta``, ``index``, ``frame 12``…).
+    """
+
+    def __init__(self, source: str, block: str, reason: str) -> None:
+        self.source = source
+        self.block = block
+        self.reason = reason
+        super().__init__(f"{source}: invalid cube ({block}): {reason}")
+
+
+class CodecError(CubepacsError, ValueError):
+    """A frame cannot be encoded or decoded with the requested codec."""
