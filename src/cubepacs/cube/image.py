@@ -21,7 +21,7 @@ import numpy as np
 
 from cubepacs.cube.columns import COLUMNS, column_values
 from cubepacs.cube.meta import DicomMeta
-from cubepacs.cube.pixels import PixelDesc, split_frames
+from cubepacs.cube.pixels import PixelDesc, split_frames, to_stored_values
 from cubepacs.cube.qc import run_qc
 from cubepacs.cube.reader import CubeReader, _decode_with_pydicom
 from cubepacs.cube.sources import Instance
@@ -78,6 +78,8 @@ class InstancePixels:
             d = inst.desc
             value = memoryview(inst.raw.pixel_value)[f * d.frame_bytes : (f + 1) * d.frame_bytes]
             arr = split_frames(PixelDesc(**{**d.to_json(), "frames": 1}), value)[0][0]
+            if d.stored:  # the split frame may be a read-only view of the file bytes: interpret a copy
+                arr = to_stored_values(d, np.array(arr))
         if out is not None:
             out[...] = arr
             return out

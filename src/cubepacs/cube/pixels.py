@@ -42,6 +42,7 @@ class PixelDesc:
     frames: int
     dtype: str  # numpy dtype string in the file's byte order ("<i2", ">u2", "<f4" …)
     photometric: str
+    stored: int = 0  # BitsStored (0: same as bits)
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -111,7 +112,9 @@ def describe(attrs: dict[str, Any], pixel_tag: int, pixel_vr: str | None, little
         or (kind == "f" and bits not in (32, 64))
     ):
         mode = "opaque"
-    return PixelDesc(mode, rows, cols, spp, bits, signed, planar, frames, dtype, photometric)
+    stored = _int(attrs.get("BitsStored"), bits)
+    return PixelDesc(mode, rows, cols, spp, bits, signed, planar, frames, dtype, photometric,
+                     stored if 0 < stored < bits else 0)
 
 
 def split_frames(desc: PixelDesc, value: bytes | memoryview) -> tuple[list[np.ndarray], bytes]:
@@ -135,3 +138,17 @@ def frame_to_bytes(desc: PixelDesc, frame: np.ndarray) -> bytes:
     if desc.spp > 1 and desc.planar == 1:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr, dtype=np.dtype(desc.dtype)).tobytes()
+
+
+def to_stored_values(desc: PixelDesc, frame: np.ndarray) -> np.ndarray:
+    """Interpret container values as stored values, in place: bits above BitsStored are masked off
+    (unsigned) or replaced by the sign (signed), as pydicom's ``pixel_array`` does.
+    """
+    if desc.stored and frame.dtype.kind in "iu":
+        if frame.dtype.kind == "u":
+            np.bitwise_and(frame, frame.dtype.type((1 << desc.stored) - 1), out=frame)
+        else:
+            shift = frame.dtype.type(desc.bits - desc.stored)
+            np.left_shift(frame, shift, out=frame)
+            np.right_shift(frame, shift, out=frame)
+    return frame

@@ -30,7 +30,7 @@ from cubepacs.cube.format import (
     FRAME_DTYPE, HEADER_SIZE, WHOLE_VALUE, Header, checksum, decode_meta, section,
 )
 from cubepacs.cube.meta import DicomMeta
-from cubepacs.cube.pixels import PixelDesc, frame_to_bytes
+from cubepacs.cube.pixels import PixelDesc, frame_to_bytes, to_stored_values
 from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
 from cubepacs.errors import CodecError, InvalidCubeError
 
@@ -160,7 +160,11 @@ class CubeReader:
         assert d is not None
         if d.mode != "native":
             return _decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
-        row = int(self._first_row[i]) + f if self._index is not None else self._row(i, f)
+        return to_stored_values(d, self._container(i, f, d, out))
+
+    def _container(self, i: int, f: int, d: PixelDesc, out: np.ndarray | None = None) -> np.ndarray:
+        """Frame ``f`` of instance ``i`` as the container values in the file (all bits kept)."""
+        row = self._row(i, f)
         rec = self.index[row]
         if out is None:
             out = np.empty(d.frame_shape, d.native_dtype)
@@ -168,7 +172,8 @@ class CubeReader:
         return out
 
     def _row(self, i: int, f: int) -> int:
-        self.index  # noqa: B018 - loads the index and _first_row
+        if self._index is None:
+            self.index  # noqa: B018 - loads the index and _first_row
         return int(self._first_row[i]) + f
 
     def pixel_value(self, i: int) -> bytes:
@@ -181,7 +186,7 @@ class CubeReader:
         if int(rec["frame"]) == WHOLE_VALUE:
             data = self._blob(first)
             return bytes(data) if int(rec["codec"]) == 0 else bytes(imagecodecs.zstd_decode(data))
-        return b"".join(frame_to_bytes(d, self.frame(int(self.frame_starts[i]) + f)) for f in range(d.frames))
+        return b"".join(frame_to_bytes(d, self._container(i, f, d)) for f in range(d.frames))
 
     def instance_bytes(self, i: int) -> bytes:
         """The original DICOM file of instance ``i``, byte for byte."""
@@ -206,7 +211,7 @@ class CubeReader:
                 else:
                     d = self.desc(i)
                     assert d is not None
-                    got = checksum(frame_to_bytes(d, self.frame(int(self.frame_starts[i]) + f)))
+                    got = checksum(frame_to_bytes(d, self._container(i, f, d)))
                 if got != int(rec["raw_checksum"]):
                     problems.append(f"frame {row} (instance {self.meta.names[i]}): decoded bytes differ")
             except (InvalidCubeError, CodecError, ValueError, RuntimeError) as exc:
@@ -214,16 +219,25 @@ class CubeReader:
         return problems
 
 
+_PARSED: dict[int, Any] = {}  # id(file bytes) -> parsed dataset, for decoding several frames of one instance
+
+
 def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray:
     """Decode one frame of a compressed or unusual-layout instance with pydicom (stored values, raw=True)."""
     import warnings
 
+    import pydicom
     from pydicom.pixels import pixel_array
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return np.asarray(pixel_array(BytesIO(file_bytes), index=frame, raw=True))
+            ds = _PARSED.get(id(file_bytes))
+            if ds is None or ds[0] is not file_bytes:
+                ds = (file_bytes, pydicom.dcmread(BytesIO(file_bytes), force=True))
+                _PARSED.clear()
+                _PARSED[id(file_bytes)] = ds
+            return np.asarray(pixel_array(ds[1], index=frame, raw=True))
     except Exception as exc:
         raise CodecError(f"{name}: frame {frame} cannot be decoded: {exc}") from exc
 

@@ -24,6 +24,7 @@ from cubepacs.dicom.rawfile import RawFile, split_file
 from cubepacs.dicom.values import parse_elements
 from cubepacs.errors import DicomReadError, SeriesError
 
+_FOLDER = "\0folder:"  # marks names of files found by walking a folder (DICOMDIRs there are skipped)
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes]]
 Sources = Union[Source, Iterable[Source]]
 
@@ -31,7 +32,7 @@ Sources = Union[Source, Iterable[Source]]
 ATTR_TAGS = {
     "SeriesInstanceUID": 0x0020000E, "StudyInstanceUID": 0x0020000D, "SOPInstanceUID": 0x00080018,
     "InstanceNumber": 0x00200013, "Rows": 0x00280010, "Columns": 0x00280011, "SamplesPerPixel": 0x00280002,
-    "BitsAllocated": 0x00280100, "PixelRepresentation": 0x00280103, "PlanarConfiguration": 0x00280006,
+    "BitsAllocated": 0x00280100, "BitsStored": 0x00280101, "PixelRepresentation": 0x00280103, "PlanarConfiguration": 0x00280006,
     "NumberOfFrames": 0x00280008, "PhotometricInterpretation": 0x00280004, "PatientID": 0x00100020,
     "Modality": 0x00080060, "ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037,
     "SliceLocation": 0x00201041, "RescaleSlope": 0x00281053, "RescaleIntercept": 0x00281052,
@@ -98,14 +99,25 @@ def _safe_name(name: str) -> str:
     return "/".join(parts) or "instance.dcm"
 
 
+DICOMDIR_CLASS = b"1.2.840.10008.1.3.10"
+
+
+def is_dicomdir(inst: Instance) -> bool:
+    """True for a DICOMDIR (Media Storage Directory): an index of a file set, not an image."""
+    return any(c.key == 0x00020002 and DICOMDIR_CLASS in c.data for c in inst.raw.chunks)
+
+
 def iter_sources(src: Sources) -> Iterator[tuple[str, bytes]]:
-    """Yield (name, bytes) for a folder (recursively, sorted), a path, bytes, a file-like object or a list."""
+    """Yield (name, bytes) for a folder (recursively, sorted), a path, bytes, a file-like object or a list.
+
+    Names of files found in a folder are relative to it, prefixed with a marker that read_instances removes.
+    """
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
             for p in files:
-                yield _safe_name(str(p.relative_to(path))), p.read_bytes()
+                yield _FOLDER + _safe_name(str(p.relative_to(path))), p.read_bytes()
         elif path.is_file():
             yield _safe_name(path.name), path.read_bytes()
         else:
@@ -125,20 +137,24 @@ def iter_sources(src: Sources) -> Iterator[tuple[str, bytes]]:
 
 
 def read_instances(src: Sources, errors: str = "skip-non-dicom") -> list[Instance]:
-    """Read every DICOM input in ``src``.
+    """Read every DICOM input in ``src``; DICOMDIR files met while walking a folder are skipped.
 
-    ``errors``: ``"raise"`` fails on any unreadable input; ``"skip-non-dicom"`` (default) skips files that
-    are not DICOM at all (a DIRFILE, a README) but fails on broken DICOM; ``"skip"`` skips both.
+    ``errors``: ``"raise"`` fails on any unreadable input; ``"skip-non-dicom"`` (default) skips files found
+    in a folder that are not DICOM at all (a README) but fails on broken DICOM and on named non-DICOM inputs; ``"skip"`` skips both.
     """
     if errors not in ("raise", "skip-non-dicom", "skip"):
         raise ValueError(f"errors must be 'raise', 'skip-non-dicom' or 'skip', not {errors!r}")
     out = []
     for name, data in iter_sources(src):
+        from_folder = name.startswith(_FOLDER)
+        name = name.removeprefix(_FOLDER)
         try:
-            out.append(read_instance(data, name))
+            inst = read_instance(data, name)
+            if not (from_folder and errors != "raise" and is_dicomdir(inst)):
+                out.append(inst)
         except DicomReadError as exc:
             not_dicom = exc.reason.startswith("not a DICOM file")
-            if errors == "raise" or (errors == "skip-non-dicom" and not not_dicom):
+            if errors == "raise" or (errors == "skip-non-dicom" and (not not_dicom or not from_folder)):
                 raise
     if not out:
         raise SeriesError(f"no DICOM instance found in {src if isinstance(src, (str, os.PathLike)) else 'input'}")
