@@ -40,11 +40,11 @@ def test_truncated_cube_names_the_block(cube_bytes: bytes) -> None:
 
 def test_corruption_is_detected_never_returned(cube_bytes: bytes) -> None:
     h = CubeReader(cube_bytes).header
-    with pytest.raises(InvalidCubeError, match="header.*checksum"):
+    with pytest.raises(InvalidCubeError, match=r"header.*checksum"):
         cubepacs.load(_flip(cube_bytes, 20))
-    with pytest.raises(InvalidCubeError, match="meta.*checksum"):
+    with pytest.raises(InvalidCubeError, match=r"meta.*checksum"):
         cubepacs.load_meta(_flip(cube_bytes, h.meta_offset + 5))
-    with pytest.raises(InvalidCubeError, match="index.*checksum"):
+    with pytest.raises(InvalidCubeError, match=r"index.*checksum"):
         cubepacs.load(_flip(cube_bytes, h.index_offset + 3)).frame(0)
     damaged = _flip(cube_bytes, h.data_offset + h.data_length // 2)
     with pytest.raises(InvalidCubeError, match=r"frame \d+.*checksum"):

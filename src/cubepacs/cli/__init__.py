@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cubepacs.cube import api
@@ -72,8 +72,11 @@ def convert(
                     stem = src.stem if src.is_dir() or src.suffix else src.name
                     dest = output / (f"{stem}.dcbs" if len(series) == 1 else f"{stem}-{n + 1}.dcbs")
                 sub = bar.add_task(f"  {dest.name}", total=image.num_frames)
-                api.save(image, dest, codec=codec, threads=threads or None,
-                         progress=lambda k, sub=sub: bar.update(sub, completed=k))
+
+                def advance(k: int, sub: TaskID = sub) -> None:
+                    bar.update(sub, completed=k)
+
+                api.save(image, dest, codec=codec, threads=threads or None, progress=advance)
                 bar.remove_task(sub)
                 size_in = sum(len(image.pixels.instance_bytes(i)) for i in range(len(image.dicom_meta)))
                 total_in += size_in

@@ -11,7 +11,7 @@ Example
 >>> meta.get_shared_value(CommonTags.Modality), meta.get_values(CommonTags.InstanceNumber)[:3]
 ('CT', [1, 2, 3])
 >>> out = tempfile.mkdtemp()
->>> cubepacs.save_to_dicom_folder(cubepacs.load(path), out)
+>>> paths = cubepacs.save_to_dicom_folder(cubepacs.load(path), out)
 >>> sorted(os.listdir(out)) == sorted(f for f in os.listdir("../shared/data/series/ct_philips_ingenuity_tilt_54sl")
 ...                                    if f != "DIRFILE")
 True
@@ -53,8 +53,8 @@ def _sort(instances: list[Instance], method: SortMethod) -> list[Instance]:
         def pos(inst: Instance) -> float:
             ipp, iop = inst.attrs.get("ImagePositionPatient"), inst.attrs.get("ImageOrientationPatient")
             try:
-                normal = np.cross(np.array(iop[:3], float), np.array(iop[3:6], float))  # type: ignore[index]
-                return float(np.dot(normal, np.array(ipp, float)))
+                o = np.asarray(iop, dtype=np.float64)
+                return float(np.dot(np.cross(o[:3], o[3:6]), np.asarray(ipp, dtype=np.float64)))
             except (TypeError, ValueError, IndexError):
                 return float("inf")
         return sorted(instances, key=lambda i: (pos(i), i.name))

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import imagecodecs
 import numpy as np
 
 from cubepacs.errors import CodecError
+
+_ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
 
 DEFAULT_CODEC = "htj2k"
 
@@ -66,7 +68,8 @@ def _to_unsigned(frame: np.ndarray) -> np.ndarray:
     if frame.dtype.kind != "i":
         return frame
     udt = np.dtype(f"u{frame.dtype.itemsize}")
-    return frame.view(udt) ^ udt.type(1 << (8 * frame.dtype.itemsize - 1))
+    flipped: np.ndarray = frame.view(udt) ^ udt.type(1 << (8 * frame.dtype.itemsize - 1))
+    return flipped
 
 
 def _from_unsigned(decoded: np.ndarray, out: np.ndarray) -> None:
@@ -99,10 +102,10 @@ class ZstdCodec(Codec):
         return True
 
     def encode(self, frame: np.ndarray) -> bytes:
-        return bytes(imagecodecs.zstd_encode(np.ascontiguousarray(frame).tobytes(), level=3))
+        return bytes(_ic.zstd_encode(np.ascontiguousarray(frame).tobytes(), level=3))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
-        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(imagecodecs.zstd_decode(data), np.uint8)
+        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(_ic.zstd_decode(data), np.uint8)
 
 
 class Htj2kCodec(Codec):
@@ -110,10 +113,10 @@ class Htj2kCodec(Codec):
     name = "htj2k"
 
     def encode(self, frame: np.ndarray) -> bytes:
-        return bytes(imagecodecs.htj2k_encode(np.ascontiguousarray(frame)))
+        return bytes(_ic.htj2k_encode(np.ascontiguousarray(frame)))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
-        out[...] = imagecodecs.htj2k_decode(data).reshape(out.shape)
+        out[...] = _ic.htj2k_decode(data).reshape(out.shape)
 
 
 class JpeglsCodec(Codec):
@@ -121,10 +124,10 @@ class JpeglsCodec(Codec):
     name = "jpegls"
 
     def encode(self, frame: np.ndarray) -> bytes:
-        return bytes(imagecodecs.jpegls_encode(np.ascontiguousarray(_to_unsigned(frame))))
+        return bytes(_ic.jpegls_encode(np.ascontiguousarray(_to_unsigned(frame))))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
-        _from_unsigned(imagecodecs.jpegls_decode(data).reshape(out.shape), out)
+        _from_unsigned(_ic.jpegls_decode(data).reshape(out.shape), out)
 
 
 class JxlCodec(Codec):
@@ -132,10 +135,10 @@ class JxlCodec(Codec):
     name = "jxl"
 
     def encode(self, frame: np.ndarray) -> bytes:
-        return bytes(imagecodecs.jpegxl_encode(np.ascontiguousarray(_to_unsigned(frame)), lossless=True, effort=3))
+        return bytes(_ic.jpegxl_encode(np.ascontiguousarray(_to_unsigned(frame)), lossless=True, effort=3))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
-        _from_unsigned(imagecodecs.jpegxl_decode(data).reshape(out.shape), out)
+        _from_unsigned(_ic.jpegxl_decode(data).reshape(out.shape), out)
 
 
 class Blosc2Codec(Codec):

@@ -39,6 +39,8 @@ FRAME_DTYPE = np.dtype(
 )
 WHOLE_VALUE = 0xFFFFFFFF  # FRAME_DTYPE.frame of a blob that holds an instance's whole pixel value
 
+_ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
+
 
 def checksum(data: bytes | memoryview) -> int:
     """xxHash3 64-bit of ``data``: the checksum of every block and frame."""
@@ -108,13 +110,13 @@ def encode_meta(doc: dict[str, Any], blobs: BlobWriter) -> tuple[bytes, int]:
     text = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     pad = (-(4 + len(text))) % 8
     raw = struct.pack("<I", len(text) + pad) + text + b" " * pad + b"".join(blobs.parts)
-    return bytes(imagecodecs.zstd_encode(raw, level=9)), len(raw)
+    return bytes(_ic.zstd_encode(raw, level=9)), len(raw)
 
 
 def decode_meta(stored: bytes | memoryview, raw_length: int, source: str) -> tuple[dict[str, Any], memoryview]:
     """Decode the meta block into (JSON document, binary area)."""
     try:
-        raw = imagecodecs.zstd_decode(stored)
+        raw = _ic.zstd_decode(stored)
     except Exception as exc:
         raise InvalidCubeError(source, "meta", f"cannot decompress: {exc}") from exc
     if len(raw) != raw_length:

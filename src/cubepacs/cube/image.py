@@ -5,7 +5,7 @@ Example
 >>> import cubepacs
 >>> image = cubepacs.load_from_dicom_folder("../shared/data/series/ct_philips_ingenuity_tilt_54sl")
 >>> image.raw_image.shape, image.raw_image.dtype.name
-((54, 512, 512), 'int16')
+((54, 512, 512), 'uint16')
 >>> image.frame(3).shape
 (512, 512)
 """
@@ -185,7 +185,9 @@ class DicomCubeImage:
         counts = np.diff(self.pixels.frame_starts)
         s, b = np.repeat(slope, counts), np.repeat(icpt, counts)
         shape = (-1,) + (1,) * (self.raw_image.ndim - 1)
-        return (self.raw_image.astype(dtype) * s.reshape(shape).astype(dtype) + b.reshape(shape).astype(dtype))
+        out: np.ndarray = self.raw_image.astype(dtype) * s.reshape(shape).astype(dtype)
+        out += b.reshape(shape).astype(dtype)
+        return out
 
     def instances(self) -> list[Instance]:
         """The series as split DICOM instances (re-read from the cube when the image came from one)."""

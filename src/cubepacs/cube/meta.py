@@ -124,7 +124,7 @@ class DicomMeta:
         >>> import cubepacs
         >>> meta = cubepacs.load_from_dicom_folder("../shared/data/series/ct_philips_ingenuity_tilt_54sl").dicom_meta
         >>> meta.get_values("SliceThickness")[:2]
-        [3.0, 3.0]
+        [2.5, 2.5]
         """
         t = _tag(tag)
         refs = self._tag_refs(t)

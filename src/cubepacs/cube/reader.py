@@ -20,21 +20,29 @@ import os
 import threading
 from io import BytesIO
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import imagecodecs
 import numpy as np
 
 from cubepacs.cube.codecs import get_codec
 from cubepacs.cube.format import (
-    FRAME_DTYPE, HEADER_SIZE, WHOLE_VALUE, Header, checksum, decode_meta, section,
+    FRAME_DTYPE,
+    HEADER_SIZE,
+    WHOLE_VALUE,
+    Header,
+    checksum,
+    decode_meta,
+    section,
 )
 from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import PixelDesc, frame_to_bytes, to_stored_values
 from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
 from cubepacs.errors import CodecError, InvalidCubeError
 
-CubeSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes]]
+_ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
+
+CubeSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
 
 class _Bytes:
@@ -103,7 +111,7 @@ class CubeReader:
         self.descs = [PixelDesc.from_json(d) for d in self.doc["pixel_descs"]]
         self._desc_idx = section(self._area, self.doc["pixel_desc"])
         self._index: np.ndarray | None = None
-        counts = [self.desc(i).frames if self.desc(i) is not None else 0 for i in range(len(self.meta))]
+        counts = [d.frames if (d := self.desc(i)) is not None else 0 for i in range(len(self.meta))]
         self.frame_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._last: tuple[int, bytes] | None = None
 
@@ -185,7 +193,7 @@ class CubeReader:
         rec = self.index[first]
         if int(rec["frame"]) == WHOLE_VALUE:
             data = self._blob(first)
-            return bytes(data) if int(rec["codec"]) == 0 else bytes(imagecodecs.zstd_decode(data))
+            return bytes(data) if int(rec["codec"]) == 0 else bytes(_ic.zstd_decode(data))
         return b"".join(frame_to_bytes(d, self._container(i, f, d)) for f in range(d.frames))
 
     def instance_bytes(self, i: int) -> bytes:
@@ -227,7 +235,7 @@ def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray
     import warnings
 
     import pydicom
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels.utils import pixel_array
 
     try:
         with warnings.catch_warnings():

@@ -15,9 +15,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import pydicom
+from pydicom.dataset import Dataset
 
 from cubepacs.cube.pixels import PixelDesc, describe
 from cubepacs.dicom.rawfile import RawFile, split_file
@@ -25,14 +26,15 @@ from cubepacs.dicom.values import parse_elements
 from cubepacs.errors import DicomReadError, SeriesError
 
 _FOLDER = "\0folder:"  # marks names of files found by walking a folder (DICOMDIRs there are skipped)
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes]]
-Sources = Union[Source, Iterable[Source]]
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+Sources = Source | Iterable[Source]
 
 # Attributes read for every instance at import (grouping, sorting, pixel geometry, QC, typed columns).
 ATTR_TAGS = {
     "SeriesInstanceUID": 0x0020000E, "StudyInstanceUID": 0x0020000D, "SOPInstanceUID": 0x00080018,
     "InstanceNumber": 0x00200013, "Rows": 0x00280010, "Columns": 0x00280011, "SamplesPerPixel": 0x00280002,
-    "BitsAllocated": 0x00280100, "BitsStored": 0x00280101, "PixelRepresentation": 0x00280103, "PlanarConfiguration": 0x00280006,
+    "BitsAllocated": 0x00280100, "BitsStored": 0x00280101, "PixelRepresentation": 0x00280103,
+    "PlanarConfiguration": 0x00280006,
     "NumberOfFrames": 0x00280008, "PhotometricInterpretation": 0x00280004, "PatientID": 0x00100020,
     "Modality": 0x00080060, "ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037,
     "SliceLocation": 0x00201041, "RescaleSlope": 0x00281053, "RescaleIntercept": 0x00281052,
@@ -52,6 +54,7 @@ class Instance:
 
 
 def _attrs_of(raw: RawFile) -> dict[str, Any]:
+    ds: Dataset
     if raw.deflated_body is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -130,24 +133,24 @@ def iter_sources(src: Sources) -> Iterator[tuple[str, bytes]]:
         yield _safe_name(getattr(src, "name", "") or "instance_00000.dcm"), src.read()
         return
     for i, item in enumerate(src):
+        unnamed = isinstance(item, (bytes, bytearray, memoryview)) or hasattr(item, "read")
         for name, data in iter_sources(item):
-            if isinstance(item, (bytes, bytearray, memoryview)) or (hasattr(item, "read") and name == "instance_00000.dcm"):
-                name = f"instance_{i:05d}.dcm"
-            yield name, data
+            yield (f"instance_{i:05d}.dcm" if unnamed and name == "instance_00000.dcm" else name), data
 
 
 def read_instances(src: Sources, errors: str = "skip-non-dicom") -> list[Instance]:
     """Read every DICOM input in ``src``; DICOMDIR files met while walking a folder are skipped.
 
     ``errors``: ``"raise"`` fails on any unreadable input; ``"skip-non-dicom"`` (default) skips files found
-    in a folder that are not DICOM at all (a README) but fails on broken DICOM and on named non-DICOM inputs; ``"skip"`` skips both.
+    in a folder that are not DICOM at all (a README) but fails on broken DICOM and on named non-DICOM inputs;
+    ``"skip"`` skips both.
     """
     if errors not in ("raise", "skip-non-dicom", "skip"):
         raise ValueError(f"errors must be 'raise', 'skip-non-dicom' or 'skip', not {errors!r}")
     out = []
-    for name, data in iter_sources(src):
-        from_folder = name.startswith(_FOLDER)
-        name = name.removeprefix(_FOLDER)
+    for tagged, data in iter_sources(src):
+        from_folder = tagged.startswith(_FOLDER)
+        name = tagged.removeprefix(_FOLDER)
         try:
             inst = read_instance(data, name)
             if not (from_folder and errors != "raise" and is_dicomdir(inst)):

@@ -24,7 +24,13 @@ import numpy as np
 from cubepacs.cube.codecs import DEFAULT_CODEC, get_codec
 from cubepacs.cube.columns import build_columns
 from cubepacs.cube.format import (
-    FRAME_DTYPE, HEADER_SIZE, WHOLE_VALUE, BlobWriter, Header, checksum, encode_meta,
+    FRAME_DTYPE,
+    HEADER_SIZE,
+    WHOLE_VALUE,
+    BlobWriter,
+    Header,
+    checksum,
+    encode_meta,
 )
 from cubepacs.cube.pixels import split_frames
 from cubepacs.cube.qc import run_qc

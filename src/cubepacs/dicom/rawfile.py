@@ -7,11 +7,12 @@ boundaries; it never decodes values (pydicom does that, on demand).
 Example
 -------
 >>> from pathlib import Path
->>> from cubepacs.dicom.rawfile import split_file
+>>> from cubepacs.dicom.rawfile import split_file, KEY_PIXEL_VALUE
 >>> path = Path("../shared/data/single/ct_ge_small_signed.dcm")
 >>> raw = split_file(path.read_bytes(), str(path))
->>> b"".join(c.data for c in raw.chunks) + raw.pixel_value == path.read_bytes()[:len(b"".join(c.data for c in raw.chunks)) + len(raw.pixel_value)]
-True
+>>> rebuilt = b"".join(raw.pixel_value if c.key == KEY_PIXEL_VALUE else c.data for c in raw.chunks)
+>>> rebuilt == path.read_bytes(), raw.transfer_syntax, len(raw.pixel_value)
+(True, '1.2.840.10008.1.2.1', 32768)
 """
 
 from __future__ import annotations
