@@ -131,7 +131,9 @@ def save(image: DicomCubeImage, file_path: str | os.PathLike[str] | IO[bytes], f
             raise CubepacsError(f"file_type {file_type!r} is not supported: 's' (speed) or 'a' (archive); cubes "
                                 "are lossless only")
         codec = _FILE_TYPES[file_type]
-    write_cube(image.instances(), file_path, codec=codec, threads=threads, verify=verify, progress=progress)
+    from_dicom = image._instances is not None
+    write_cube(image.instances(), file_path, codec=codec, threads=threads, verify=verify, progress=progress,
+               meta=image.dicom_meta if from_dicom else None)
 
 
 def load(file_path: CubeSource) -> DicomCubeImage:

@@ -116,7 +116,10 @@ class Htj2kCodec(Codec):
         return bytes(_ic.htj2k_encode(np.ascontiguousarray(frame)))
 
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
-        out[...] = _ic.htj2k_decode(data).reshape(out.shape)
+        if out.flags.c_contiguous:
+            _ic.htj2k_decode(data, out=out)
+        else:
+            out[...] = _ic.htj2k_decode(data).reshape(out.shape)
 
 
 class JpeglsCodec(Codec):

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cubepacs.cube.format import BlobWriter
-
 if TYPE_CHECKING:
     from cubepacs.cube.sources import Instance
 
@@ -53,9 +51,3 @@ def column_values(instances: Sequence[Instance], name: str) -> np.ndarray:
     return out[:, 0] if width == 1 else out
 
 
-def build_columns(instances: Sequence[Instance], blobs: BlobWriter) -> dict[str, Any]:
-    """Store every column in ``blobs``; return the JSON descriptors ``{name: {"tag", "sect"}}``."""
-    return {
-        name: {"tag": tag, "sect": blobs.add(column_values(instances, name))}
-        for name, (tag, _, _) in COLUMNS.items()
-    }

@@ -69,6 +69,10 @@ class DicomMeta:
     def __len__(self) -> int:
         return len(self.names)
 
+    def pool_arrays(self) -> tuple[np.ndarray, np.ndarray, bytes | memoryview, np.ndarray, np.ndarray]:
+        """The element pool and per-instance references: (keys, offsets, data, refs, starts)."""
+        return self._pool_keys, self._pool_offsets, self._pool_data, self._refs, self._starts
+
     def chunk(self, p: int) -> bytes:
         """Bytes of pool entry ``p``."""
         return bytes(self._pool_data[int(self._pool_offsets[p]) : int(self._pool_offsets[p + 1])])

@@ -53,7 +53,52 @@ class Instance:
     desc: PixelDesc | None
 
 
+_US = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+       "PlanarConfiguration")
+_IS = ("InstanceNumber", "NumberOfFrames", "AcquisitionNumber")
+_DS = ("ImagePositionPatient", "ImageOrientationPatient", "SliceLocation", "RescaleSlope", "RescaleIntercept",
+       "PixelSpacing", "SliceThickness")
+_KIND = {**dict.fromkeys(_US, "US"), **dict.fromkeys(_IS, "IS"), **dict.fromkeys(_DS, "DS")}
+_NAME_OF = {tag: name for name, tag in ATTR_TAGS.items()}
+_LONG = (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC")
+
+
+def _fast_value(name: str, value: bytes, little: bool) -> Any:
+    """Decode the few VRs of ATTR_TAGS without pydicom's general machinery (import speed)."""
+    kind = _KIND.get(name, "STR")
+    if kind == "US":
+        if len(value) != 2:
+            raise ValueError("US value of unexpected length")
+        return int.from_bytes(value, "little" if little else "big")
+    text = value.decode("latin-1").strip(" \x00")
+    if kind == "STR":
+        return text
+    parts = [p.strip() for p in text.split("\\")] if text else []
+    if not parts:
+        return None
+    nums = [int(p) if kind == "IS" else float(p) for p in parts]
+    return nums[0] if len(nums) == 1 else nums
+
+
+def _attrs_fast(raw: RawFile) -> dict[str, Any]:
+    out: dict[str, Any] = {"_has_pixels": False}
+    for c in raw.chunks:
+        name = _NAME_OF.get(c.key)
+        if name is None:
+            continue
+        hsize = 12 if not raw.implicit and c.data[4:6] in _LONG else 8
+        value = _fast_value(name, c.data[hsize:], raw.little_endian)
+        if value is not None and value != "":
+            out[name] = value
+    return out
+
+
 def _attrs_of(raw: RawFile) -> dict[str, Any]:
+    if raw.deflated_body is None:
+        try:
+            return _attrs_fast(raw)
+        except ValueError:
+            pass  # an odd value (IS "1A", a US of the wrong length): let pydicom be lenient
     ds: Dataset
     if raw.deflated_body is not None:
         with warnings.catch_warnings():

@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from cubepacs.cube.codecs import DEFAULT_CODEC, get_codec
-from cubepacs.cube.columns import build_columns
+from cubepacs.cube.columns import COLUMNS
 from cubepacs.cube.format import (
     FRAME_DTYPE,
     HEADER_SIZE,
@@ -32,8 +32,8 @@ from cubepacs.cube.format import (
     checksum,
     encode_meta,
 )
+from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import split_frames
-from cubepacs.cube.qc import run_qc
 from cubepacs.cube.sources import Instance
 from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
 from cubepacs.errors import CodecError
@@ -114,12 +114,18 @@ def _encode(task: tuple[int, int, Any, int], instances: Sequence[Instance], veri
 
 
 def build_cube(instances: Sequence[Instance], codec: str = DEFAULT_CODEC, threads: int | None = None,
-               verify: bool = True, progress: Progress | None = None) -> list[bytes | memoryview]:
-    """Encode ``instances`` (already in series order) into the parts of a cube file, header first."""
-    keys, datas, refs, starts = _pool_and_refs(instances)
+               verify: bool = True, progress: Progress | None = None,
+               meta: DicomMeta | None = None) -> list[bytes | memoryview]:
+    """Encode ``instances`` (already in series order) into the parts of a cube file, header first.
+
+    ``meta``, the metadata already built from the same instances, saves building the element pool again.
+    """
+    if meta is None:
+        from cubepacs.cube.image import meta_from_instances
+
+        meta = meta_from_instances(instances)
+    keys, pool_offsets, pool_data, refs, starts = meta.pool_arrays()
     blobs = BlobWriter()
-    pool_offsets = np.zeros(len(datas) + 1, np.uint64)
-    np.cumsum([len(d) for d in datas], out=pool_offsets[1:])
     descs: list[dict[str, Any]] = []
     desc_idx = np.full(len(instances), -1, np.int32)
     for i, inst in enumerate(instances):
@@ -136,15 +142,15 @@ def build_cube(instances: Sequence[Instance], codec: str = DEFAULT_CODEC, thread
         "codec": codec,
         "syntaxes": syntaxes,
         "syntax": blobs.add(np.array([syntaxes.index(x.raw.transfer_syntax) for x in instances], np.uint8)),
-        "pool_keys": blobs.add(np.array(keys, np.int64)),
+        "pool_keys": blobs.add(keys),
         "pool_offsets": blobs.add(pool_offsets),
-        "pool_data": blobs.add(b"".join(datas)),
-        "refs": blobs.add(np.array(refs, np.uint32)),
-        "starts": blobs.add(np.array(starts, np.uint64)),
+        "pool_data": blobs.add(bytes(pool_data)),
+        "refs": blobs.add(refs),
+        "starts": blobs.add(starts),
         "pixel_descs": descs,
         "pixel_desc": blobs.add(desc_idx),
-        "columns": build_columns(instances, blobs),
-        "qc": run_qc(instances),
+        "columns": {name: {"tag": COLUMNS[name][0], "sect": blobs.add(meta.get_array(name))} for name in COLUMNS},
+        "qc": meta.qc,
     }
     tasks = _frame_tasks(instances, codec)
     workers = threads or min(8, os.cpu_count() or 1)
@@ -159,20 +165,23 @@ def build_cube(instances: Sequence[Instance], codec: str = DEFAULT_CODEC, thread
     for r, (task, (data, raw_sum)) in enumerate(zip(tasks, encoded, strict=True)):
         index[r] = (offset, len(data), checksum(data), raw_sum, task[0], task[1], task[3])
         offset += len(data)
-    meta, meta_raw = encode_meta(doc, blobs)
+    meta_block, meta_raw = encode_meta(doc, blobs)
     index_bytes = index.tobytes()
     header = Header(
-        meta_offset=HEADER_SIZE, meta_length=len(meta), meta_raw_length=meta_raw, meta_checksum=checksum(meta),
-        index_offset=HEADER_SIZE + len(meta), index_length=len(index_bytes), index_checksum=checksum(index_bytes),
-        data_offset=HEADER_SIZE + len(meta) + len(index_bytes), data_length=offset,
+        meta_offset=HEADER_SIZE, meta_length=len(meta_block), meta_raw_length=meta_raw,
+        meta_checksum=checksum(meta_block),
+        index_offset=HEADER_SIZE + len(meta_block), index_length=len(index_bytes),
+        index_checksum=checksum(index_bytes),
+        data_offset=HEADER_SIZE + len(meta_block) + len(index_bytes), data_length=offset,
     )
-    return [header.pack(), meta, index_bytes, *(d for d, _ in encoded)]
+    return [header.pack(), meta_block, index_bytes, *(d for d, _ in encoded)]
 
 
 def write_cube(instances: Sequence[Instance], dest: str | os.PathLike[str] | IO[bytes], codec: str = DEFAULT_CODEC,
-               threads: int | None = None, verify: bool = True, progress: Progress | None = None) -> int:
+               threads: int | None = None, verify: bool = True, progress: Progress | None = None,
+               meta: DicomMeta | None = None) -> int:
     """Write a cube to a path (atomically: temp file, fsync, rename) or a binary file object; return its size."""
-    parts = build_cube(instances, codec, threads, verify, progress)
+    parts = build_cube(instances, codec, threads, verify, progress, meta)
     size = sum(len(p) for p in parts)
     if not isinstance(dest, (str, os.PathLike)):
         for p in parts:

@@ -84,13 +84,18 @@ class RawFile:
         return b"".join(parts)
 
 
+_LE = (struct.Struct("<HH").unpack_from, struct.Struct("<I").unpack_from, struct.Struct("<H").unpack_from)
+_BE = (struct.Struct(">HH").unpack_from, struct.Struct(">I").unpack_from, struct.Struct(">H").unpack_from)
+
+
 class _Cursor:
-    __slots__ = ("buf", "little", "source")
+    __slots__ = ("_tag", "_u16", "_u32", "buf", "little", "source")
 
     def __init__(self, buf: bytes | memoryview, little: bool, source: str) -> None:
         self.buf = buf
         self.little = little
         self.source = source
+        self._tag, self._u32, self._u16 = _LE if little else _BE
 
     def fail(self, reason: str, offset: int) -> DicomReadError:
         return DicomReadError(self.source, reason, offset)
@@ -100,28 +105,25 @@ class _Cursor:
         buf = self.buf
         if pos + 8 > len(buf):
             raise self.fail(f"truncated element header ({len(buf) - pos} bytes left, need 8)", pos)
-        fmt = "<HH" if self.little else ">HH"
-        group, elem = struct.unpack_from(fmt, buf, pos)
+        group, elem = self._tag(buf, pos)
         tag = (group << 16) | elem
-        if group == 0xFFFE:  # item / delimiters never carry a VR
-            (length,) = struct.unpack_from("<I" if self.little else ">I", buf, pos + 4)
-            return tag, None, length, 8
-        vr = bytes(buf[pos + 4 : pos + 6])
-        if not implicit and vr in _LONG_VRS:
-            if pos + 12 > len(buf):
-                raise self.fail(f"truncated header of element {_fmt_tag(tag)}", pos)
-            (length,) = struct.unpack_from("<I" if self.little else ">I", buf, pos + 8)
-            return tag, vr, length, 12
-        if not implicit and vr in _SHORT_VRS:
-            (length,) = struct.unpack_from("<H" if self.little else ">H", buf, pos + 6)
-            return tag, vr, length, 8
+        if group != 0xFFFE and not implicit:  # items and delimiters never carry a VR
+            vr = bytes(buf[pos + 4 : pos + 6])
+            if vr in _SHORT_VRS:
+                return tag, vr, self._u16(buf, pos + 6)[0], 8
+            if vr in _LONG_VRS:
+                if pos + 12 > len(buf):
+                    raise self.fail(f"truncated header of element {_fmt_tag(tag)}", pos)
+                return tag, vr, self._u32(buf, pos + 8)[0], 12
         # Implicit VR, or an implicit-encoded element inside an explicit file (seen in real files).
-        (length,) = struct.unpack_from("<I" if self.little else ">I", buf, pos + 4)
-        return tag, None, length, 8
+        return tag, None, self._u32(buf, pos + 4)[0], 8
 
     def skip_element(self, pos: int, implicit: bool) -> int:
         """Return the offset just past the element starting at ``pos``."""
-        tag, vr, length, hsize = self.header(pos, implicit)
+        return self.end_of(pos, implicit, *self.header(pos, implicit))
+
+    def end_of(self, pos: int, implicit: bool, tag: int, vr: bytes | None, length: int, hsize: int) -> int:
+        """The offset just past an element whose header (already read) starts at ``pos``."""
         start = pos + hsize
         if length != UNDEFINED:
             end = start + length
@@ -242,8 +244,8 @@ def split_file(buf: bytes, source: str = "<bytes>") -> RawFile:
             chunks.append(Chunk(KEY_OPAQUE, buf[pos:]))  # trailing zero padding after the last element
             break
         tag, vr, length, hsize = cur.header(pos, implicit)
+        end = cur.end_of(pos, implicit, tag, vr, length, hsize)
         if tag in PIXEL_TAGS and raw.pixel_tag is None:
-            end = cur.skip_element(pos, implicit)
             raw.pixel_tag = tag
             raw.pixel_vr = vr.decode("ascii") if vr else None
             raw.encapsulated = length == UNDEFINED
@@ -252,7 +254,6 @@ def split_file(buf: bytes, source: str = "<bytes>") -> RawFile:
             raw.pixel_value = buf[pos + hsize : end]
             pos = end
             continue
-        end = cur.skip_element(pos, implicit)
         chunks.append(Chunk(tag, buf[pos:end]))
         pos = end
     return raw
