@@ -51,7 +51,7 @@ def dicube_python() -> Path:
 def probe(python: Path, lib: str, series: Path, work: Path) -> dict[str, float]:
     """Run bench/_probe.py; a library that fails on the series gives ``{"failed": 1}`` (reason on stderr)."""
     out = subprocess.run([str(python), str(ROOT / "bench" / "_probe.py"), lib, str(series), str(work)],
-                         capture_output=True, text=True, cwd=ROOT)
+                         check=False, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         reason = (out.stderr.strip().splitlines() or ["?"])[-1]
         print(f"  {lib} failed on {series.name}: {reason[:300]}", file=sys.stderr)

@@ -165,7 +165,7 @@ class Blosc2Codec(Codec):
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
         import blosc2
 
-        blosc2.decompress2(bytes(data), dst=out.reshape(-1).view(np.uint8), nthreads=1)
+        blosc2.decompress2(data, dst=out.reshape(-1).view(np.uint8), nthreads=1)
 
 
 _CODECS: dict[str, Codec] = {
