@@ -37,7 +37,7 @@ from cubepacs.cube.format import (
 )
 from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import PixelDesc, frame_to_bytes, to_stored_values
-from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
+from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE, PIXEL_TAGS
 from cubepacs.errors import CodecError, InvalidCubeError
 
 _ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
@@ -207,6 +207,16 @@ class CubeReader:
         data = b"".join(parts)
         self._last = (i, data)
         return data
+
+    def header_bytes(self, i: int) -> tuple[bytes, int | None]:
+        """Instance ``i``'s bytes before its Pixel Data element, and that element's tag (None without one)."""
+        parts: list[bytes] = []
+        for p in self.meta.instance_refs(i).tolist():
+            key = self.meta.pool_key(p)
+            if key in PIXEL_TAGS:
+                return b"".join(parts), key
+            parts.append(self.meta.chunk(p))
+        return self.instance_bytes(i), None
 
     def verify(self) -> list[str]:
         """Check every block and decode every blob against its stored raw checksum; return problems found."""
