@@ -195,3 +195,6 @@ def main() -> None:
     """Entry point of the ``cubepacs`` command."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     app()
+
+
+from cubepacs.cli import lake as _lake  # noqa: E402,F401  (registers `cubepacs scan`)

@@ -17,7 +17,7 @@ Writer options: ``path`` (the table), ``batch_id`` (default: a new one per write
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ def _flag(value: Any, default: bool) -> bool:
 class DicomZipReader(DataSourceReader):
     """Plans partitions on the driver from central directories; reads headers on executors as Arrow batches."""
 
-    def __init__(self, options: dict[str, str]) -> None:
+    def __init__(self, options: Mapping[str, str]) -> None:
         path = options.get("path")
         if not path:
             raise ValueError("dicomzip: option 'path' is required (ZIP files, folders or .dcbs cubes, "
@@ -99,7 +99,7 @@ class DicomZipDataSource(DataSource):
         return SPARK_DDL
 
     def reader(self, schema: StructType) -> DataSourceReader:
-        return DicomZipReader(dict(self.options))
+        return DicomZipReader(self.options)
 
 
 @dataclass
@@ -112,7 +112,7 @@ class PartMessage(WriterCommitMessage):
 class DeltaRsWriter(DataSourceArrowWriter):
     """Tasks write Parquet parts into the table folder; the driver commits them in one Delta transaction."""
 
-    def __init__(self, options: dict[str, str], schema: StructType, overwrite: bool) -> None:
+    def __init__(self, options: Mapping[str, str], schema: StructType, overwrite: bool) -> None:
         if overwrite:
             raise ValueError("deltars: only append is supported (mode('append'))")
         path = options.get("path")
@@ -169,7 +169,7 @@ class DeltaRsDataSource(DataSource):
         return SPARK_DDL
 
     def writer(self, schema: StructType, overwrite: bool) -> DeltaRsWriter:
-        return DeltaRsWriter(dict(self.options), schema, overwrite)
+        return DeltaRsWriter(self.options, schema, overwrite)
 
 
 def register(spark: Any) -> None:

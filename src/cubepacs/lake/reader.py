@@ -27,7 +27,8 @@ from typing import IO, Any
 import pydicom
 from pydicom.dataelem import DataElement
 
-from cubepacs.dicom.rawfile import PIXEL_TAGS, _Cursor, _guess_encoding, _plausible_start
+from cubepacs.dicom.dicomjson import InvalidValue, Unsupported, dataset_to_json
+from cubepacs.dicom.rawfile import DEFLATED, PIXEL_TAGS, _Cursor, _guess_encoding, _plausible_start
 from cubepacs.errors import DicomReadError
 from cubepacs.lake.partitions import WorkItem
 
@@ -62,7 +63,7 @@ def _empty_row(archive: str, entry: str, container: str) -> Row:
     }
 
 
-def header_end(buf: bytes, eof: bool) -> tuple[int, int | None]:
+def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None]:
     """(end of header, Pixel Data tag or None) of an encoded file whose first ``len(buf)`` bytes are known.
 
     Raises :class:`NeedMore` when an element runs past ``buf`` and more bytes exist, DicomReadError when the file
@@ -77,11 +78,15 @@ def header_end(buf: bytes, eof: bool) -> tuple[int, int | None]:
         if tag == 0x00020010:
             ts = buf[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii", "replace")
         pos = end
+    if ts in DEFLATED:  # the dataset is one deflate stream: the whole entry is needed
+        if not eof:
+            raise NeedMore()
+        return len(buf), None
     if ts is None:
         implicit, little = _guess_encoding(buf, pos)
     else:
         implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
-    cur = _Cursor(buf, little, "")
+    cur = _Cursor(buf, little, source)
     while pos < len(buf):
         try:
             tag, vr, length, hsize = cur.header(pos, implicit)
@@ -95,7 +100,7 @@ def header_end(buf: bytes, eof: bool) -> tuple[int, int | None]:
     return pos, None
 
 
-def _read_header(stream: IO[bytes]) -> tuple[bytes, int | None] | None:
+def _read_header(stream: IO[bytes], source: str) -> tuple[bytes, int | None] | None:
     """The bytes before Pixel Data of one entry (None when the entry is not DICOM)."""
     buf = stream.read(_FIRST_READ)
     if not (len(buf) >= 132 and buf[128:132] == b"DICM") and not (len(buf) >= 8 and _plausible_start(buf)):
@@ -103,7 +108,7 @@ def _read_header(stream: IO[bytes]) -> tuple[bytes, int | None] | None:
     eof = len(buf) < _FIRST_READ
     while True:
         try:
-            end, pixel = header_end(buf, eof)
+            end, pixel = header_end(buf, eof, source)
             return buf[:end], pixel
         except NeedMore:
             more = stream.read(max(len(buf), _FIRST_READ))
@@ -134,15 +139,66 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
 
 
 def _date(ds: pydicom.Dataset) -> dt.date | None:
-    text = _text(ds, "StudyDate")
+    return _parse_date(_text(ds, "StudyDate"))
+
+
+def _parse_date(text: str | None) -> dt.date | None:
     try:
         return dt.datetime.strptime(text.strip()[:8], "%Y%m%d").date() if text else None
     except ValueError:
         return None
 
 
+def _first(doc: dict[str, Any], key: str) -> Any:
+    values = doc.get(key, {}).get("Value")
+    return values[0] if values else None
+
+
+def _fast_parse(header: bytes, pixel: int | None, row: Row, bulk_threshold: int) -> Row:
+    """The fast path: DICOM JSON straight from the bytes (raises when the general path is needed)."""
+    pos = 132 if header[128:132] == b"DICM" else 0
+    cur = _Cursor(header, True, "")
+    ts = None
+    while pos + 6 <= len(header) and header[pos : pos + 2] == b"\x02\x00":
+        tag, vr, length, hsize = cur.header(pos, False)
+        if tag == 0x00020010:
+            ts = header[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii")
+        pos = cur.end_of(pos, False, tag, vr, length, hsize)
+    if ts is None or ts in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"):
+        raise Unsupported("no file meta or a deflated dataset")
+    implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
+    doc, bulk = dataset_to_json(header[pos:], implicit, little, bulk_threshold)
+    date = _first(doc, "00080020")
+    number = _first(doc, "00200013")
+    row.update(
+        patient_id=_first(doc, "00100020"), study_uid=_first(doc, "0020000D"), series_uid=_first(doc, "0020000E"),
+        sop_uid=_first(doc, "00080018"), sop_class_uid=_first(doc, "00080016"), modality=_first(doc, "00080060"),
+        transfer_syntax=ts, instance_number=number if isinstance(number, int) else None,
+        rows=_first(doc, "00280010"), columns=_first(doc, "00280011"),
+        study_date=_parse_date(date if isinstance(date, str) else None),
+    )
+    row["header_json"] = json.dumps(doc, separators=(",", ":"))
+    row["bulk_tags"] = bulk
+    return row
+
+
 def parse_header(header: bytes, pixel: int | None, row: Row, bulk_threshold: int) -> Row:
     """Fill ``row`` from an entry's header bytes (``pixel``: the Pixel Data tag that follows them, if any)."""
+    try:
+        _fast_parse(header, pixel, row, bulk_threshold)
+    except InvalidValue as exc:
+        row.update(error=str(exc), error_stage="json")
+        return row
+    except Exception:  # an unusual file: pydicom's general (slower, more lenient) path decides
+        _pydicom_parse(header, row, bulk_threshold)
+    if pixel is not None:  # never read: listed with where it starts
+        row["bulk_tags"].append(f"{pixel:08X}")
+        row["pixel_offset"] = len(header)
+    row["error_stage"] = None
+    return row
+
+
+def _pydicom_parse(header: bytes, row: Row, bulk_threshold: int) -> None:
     row["error_stage"] = "parse"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -161,13 +217,8 @@ def parse_header(header: bytes, pixel: int | None, row: Row, bulk_threshold: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         doc = ds.to_json_dict(bulk_data_threshold=bulk_threshold, bulk_data_element_handler=_bulk_handler(bulk))
-    if pixel is not None:  # never read: listed with where it starts
-        bulk.append(f"{pixel:08X}")
-        row["pixel_offset"] = len(header)
     row["header_json"] = json.dumps(doc, separators=(",", ":"))
     row["bulk_tags"] = bulk
-    row["error_stage"] = None
-    return row
 
 
 def _entry_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str, prefix: str, container: str,
@@ -187,12 +238,23 @@ def _entry_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str, prefix
                 yield from _entry_rows(inner, sub, archive, entry + "/", "nested-zip", bulk_threshold)
             return
         with zf.open(info) as stream:
-            found = _read_header(stream)
+            found = _read_header(stream, entry)
         if found is None:
-            return  # not DICOM (a README, a JPEG): no row
+            yield from _not_dicom(row)
+            return
         yield parse_header(found[0], found[1], row, bulk_threshold)
+    except DicomReadError as exc:
+        row.update(error=str(exc), error_stage="parse")
+        yield row
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"
+        yield row
+
+
+def _not_dicom(row: Row) -> Iterator[Row]:
+    """An entry without the DICM magic: skipped, unless its name says it is DICOM (then an error row)."""
+    if str(row["entry"]).lower().endswith((".dcm", ".dicom")):
+        row.update(error="not a DICOM file (no DICM prefix and no DICOM element at the start)", error_stage="magic")
         yield row
 
 
@@ -232,8 +294,10 @@ def read_item(item: WorkItem, bulk_threshold: int = DEFAULT_BULK_THRESHOLD) -> I
         row["error_stage"] = "open"
         row["entry_size"] = os.path.getsize(item.path)
         with open(item.path, "rb") as f:
-            found = _read_header(f)
-        if found is not None:
+            found = _read_header(f, item.path)
+        if found is None:
+            yield from _not_dicom(row)
+        else:
             yield parse_header(found[0], found[1], row, bulk_threshold)
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"
