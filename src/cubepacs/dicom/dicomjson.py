@@ -39,9 +39,21 @@ class InvalidValue(ValueError):
     """A value that its VR does not allow (IS "1A"); the message names the tag."""
 
 
+_VR_CACHE: dict[tuple[int, str | None], str] = {}
+
+
 def _vr_of(tag: int, vr: bytes | None, creators: dict[tuple[int, int], str]) -> str:
     if vr is not None:
         return vr.decode("ascii")
+    creator = creators.get((tag >> 16, (tag & 0xFFFF) >> 8)) if (tag >> 16) & 1 else None
+    key = (tag, creator)
+    found = _VR_CACHE.get(key)
+    if found is None:
+        found = _VR_CACHE[key] = _dictionary_vr(tag, creators)
+    return found
+
+
+def _dictionary_vr(tag: int, creators: dict[tuple[int, int], str]) -> str:
     group, elem = tag >> 16, tag & 0xFFFF
     if group & 1:  # private: the VR comes from the private dictionary of the block's creator
         if elem == 0:

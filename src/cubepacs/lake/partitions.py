@@ -7,7 +7,7 @@ Example
 -------
 >>> parts = plan(["../shared/data/series/ct_philips_ingenuity_tilt_54sl"], num_partitions=4)
 >>> len(parts), sum(len(p.items) for p in parts)
-(4, 56)
+(4, 55)
 """
 
 from __future__ import annotations
