@@ -34,7 +34,7 @@ def build_zips(out: Path, copies: int) -> list[Path]:
     """One ZIP per series (and one of the single files), copied ``copies`` times under other names."""
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    for folder in sorted((DATA / "series").iterdir()) + [DATA / "single"]:
+    for folder in [*sorted((DATA / "series").iterdir()), DATA / "single"]:
         first = out / f"{folder.name}-0.zip"
         with zipfile.ZipFile(first, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for f in sorted(folder.iterdir()):
@@ -141,7 +141,7 @@ def spark_run(zips_dir: Path, table: Path, cores: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--copies", type=int, default=3, help="copies of each ZIP (default 3)")
+    ap.add_argument("--copies", type=int, default=12, help="copies of each ZIP (default 12)")
     ap.add_argument("--no-spark", action="store_true")
     args = ap.parse_args()
     from cubepacs.lake.scan import scan

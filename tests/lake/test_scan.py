@@ -115,3 +115,17 @@ def test_scan_to_delta_read_back_with_duckdb_and_idempotent(lake_inputs: dict[st
 def test_scan_rejects_missing_input(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         scan([str(tmp_path / "nowhere")], str(tmp_path / "t"))
+
+
+def test_headers_read_in_small_pieces_give_the_same_rows(lake_inputs: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = {r["id"]: r for r in _rows([lake_inputs["series_zip"], lake_inputs["mixed"]])}
+    import cubepacs.lake.reader as reader
+
+    monkeypatch.setattr(reader, "_FIRST_READ", 300)  # every header needs several reads
+    pieces = {r["id"]: r for r in _rows([lake_inputs["series_zip"], lake_inputs["mixed"]])}
+    assert pieces.keys() == whole.keys()
+    for key, row in whole.items():
+        assert pieces[key]["header_json"] == row["header_json"], row["entry"]
+        assert pieces[key]["error_stage"] == row["error_stage"]
+        assert pieces[key]["pixel_offset"] == row["pixel_offset"]

@@ -10,7 +10,7 @@ Example
 >>> from cubepacs.dicom.rawfile import split_file
 >>> raw = split_file(Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes())
 >>> body = b"".join(c.data for c in raw.chunks if c.key >= 0 and c.key >> 16 not in (2, 0x7FE0))
->>> doc, bulk = dataset_to_json(body, implicit=False, little_endian=True)
+>>> doc, bulk, end, pixel = dataset_to_json(body, implicit=False, little_endian=True)
 >>> doc["00080060"], doc["00200013"]
 ({'vr': 'CS', 'Value': ['CT']}, {'vr': 'IS', 'Value': [1]})
 """
@@ -23,7 +23,8 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 
-from cubepacs.dicom.rawfile import UNDEFINED, _Cursor
+from cubepacs.dicom.rawfile import PIXEL_TAGS, UNDEFINED, _Cursor
+from cubepacs.errors import DicomReadError
 
 _NUMERIC = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _BINARY = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -117,7 +118,9 @@ def _ds(s: str) -> float:
 
 
 class _Walker:
-    def __init__(self, buf: bytes, implicit: bool, little: bool, bulk_threshold: int) -> None:
+    def __init__(self, buf: bytes, implicit: bool, little: bool, bulk_threshold: int, stop_at_pixels: bool) -> None:
+        self.stop_at_pixels = stop_at_pixels
+        self.pixel: int | None = None
         self.buf = buf
         self.little = little
         self.implicit = implicit
@@ -135,6 +138,9 @@ class _Walker:
             tag, vr, length, hsize = cur.header(pos, implicit)
             if tag == 0xFFFEE00D:
                 return out, pos + 8
+            if self.stop_at_pixels and not path and tag in PIXEL_TAGS:
+                self.pixel = tag
+                return out, pos
             start = pos + hsize
             vr_s = _vr_of(tag, vr, creators)
             key = f"{tag:08X}"
@@ -143,6 +149,8 @@ class _Walker:
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
                 continue
             pos = start + length
+            if pos > limit:
+                raise DicomReadError("", f"element ({key[:4]},{key[4:]}) runs past the end of the data", start)
             value = self.buf[start:pos]
             if tag == 0x00080005:
                 cs = value.decode("ascii", "replace").strip("\0 ").split("\\")[0].strip()
@@ -180,19 +188,23 @@ class _Walker:
             if ilen == UNDEFINED:
                 item, pos = self.dataset(pos, None, implicit, path)
             else:
+                if pos + ilen > len(self.buf):
+                    raise DicomReadError("", "sequence item runs past the end of the data", pos)
                 item, _ = self.dataset(pos, pos + ilen, implicit, path)
                 pos += ilen
             items.append(item)
         return items, pos
 
 
-def dataset_to_json(body: bytes, implicit: bool, little_endian: bool,
-                    bulk_threshold: int = 1024) -> tuple[dict[str, Any], list[str]]:
-    """DICOM JSON of an encoded dataset (no file meta) and the tags of bulk values left out.
+def dataset_to_json(body: bytes, implicit: bool, little_endian: bool, bulk_threshold: int = 1024,
+                    stop_at_pixels: bool = False) -> tuple[dict[str, Any], list[str], int, int | None]:
+    """DICOM JSON of an encoded dataset (no file meta): (JSON, tags of bulk values left out, bytes walked,
+    the Pixel Data tag the walk stopped at with ``stop_at_pixels``, else None).
 
-    Raises :class:`Unsupported` for character sets other than the default, ISO_IR 100 and ISO_IR 192, and
-    :class:`~cubepacs.errors.DicomReadError` or ``ValueError`` for malformed data.
+    Raises :class:`Unsupported` for character sets other than the default, ISO_IR 100 and ISO_IR 192,
+    :class:`InvalidValue` for values their VR forbids, and :class:`~cubepacs.errors.DicomReadError` when an
+    element runs past the end of ``body``.
     """
-    walker = _Walker(body, implicit, little_endian, bulk_threshold)
-    doc, _ = walker.dataset(0, len(body), implicit, "")
-    return doc, walker.bulk
+    walker = _Walker(body, implicit, little_endian, bulk_threshold, stop_at_pixels)
+    doc, end = walker.dataset(0, len(body), implicit, "")
+    return doc, walker.bulk, end, walker.pixel

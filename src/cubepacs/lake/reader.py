@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -70,11 +71,16 @@ def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None
     ends inside an element.
     """
     pos = 132 if len(buf) >= 132 and buf[128:132] == b"DICM" else 0
-    meta = _Cursor(buf, True, "")
+    meta = _Cursor(buf, True, source)
     ts = None
     while pos + 6 <= len(buf) and buf[pos : pos + 2] == b"\x02\x00":
-        tag, vr, length, hsize = meta.header(pos, False)
-        end = meta.end_of(pos, False, tag, vr, length, hsize)
+        try:
+            tag, vr, length, hsize = meta.header(pos, False)
+            end = meta.end_of(pos, False, tag, vr, length, hsize)
+        except DicomReadError:
+            if eof:
+                raise
+            raise NeedMore() from None
         if tag == 0x00020010:
             ts = buf[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii", "replace")
         pos = end
@@ -97,19 +103,20 @@ def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None
             if eof:
                 raise
             raise NeedMore() from None
+    if not eof:  # no Pixel Data yet: it may be in the bytes not read
+        raise NeedMore()
     return pos, None
 
 
-def _read_header(stream: IO[bytes], source: str) -> tuple[bytes, int | None] | None:
-    """The bytes before Pixel Data of one entry (None when the entry is not DICOM)."""
+def read_and_parse(stream: IO[bytes], row: Row, source: str, bulk_threshold: int) -> Row | None:
+    """Read one entry's header (more bytes only while needed) and fill ``row``; None when it is not DICOM."""
     buf = stream.read(_FIRST_READ)
     if not (len(buf) >= 132 and buf[128:132] == b"DICM") and not (len(buf) >= 8 and _plausible_start(buf)):
         return None
     eof = len(buf) < _FIRST_READ
     while True:
         try:
-            end, pixel = header_end(buf, eof, source)
-            return buf[:end], pixel
+            return parse_buffer(buf, eof, row, source, bulk_threshold)
         except NeedMore:
             more = stream.read(max(len(buf), _FIRST_READ))
             eof = not more
@@ -154,8 +161,12 @@ def _first(doc: dict[str, Any], key: str) -> Any:
     return values[0] if values else None
 
 
-def _fast_parse(header: bytes, pixel: int | None, row: Row, bulk_threshold: int) -> Row:
-    """The fast path: DICOM JSON straight from the bytes (raises when the general path is needed)."""
+def _fast_parse(header: bytes, eof: bool, row: Row, bulk_threshold: int) -> None:
+    """The fast path: DICOM JSON straight from the bytes, in one walk that stops at Pixel Data.
+
+    Raises NeedMore when the header runs past ``header`` and the entry has more bytes; any other exception means
+    the general path must decide.
+    """
     pos = 132 if header[128:132] == b"DICM" else 0
     cur = _Cursor(header, True, "")
     ts = None
@@ -164,10 +175,22 @@ def _fast_parse(header: bytes, pixel: int | None, row: Row, bulk_threshold: int)
         if tag == 0x00020010:
             ts = header[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii")
         pos = cur.end_of(pos, False, tag, vr, length, hsize)
-    if ts is None or ts in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"):
+    if ts is None and not eof:
+        raise NeedMore()  # the file meta may be cut off (or absent: then the general path reads it all)
+    if ts is None or ts in DEFLATED:
         raise Unsupported("no file meta or a deflated dataset")
     implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
-    doc, bulk = dataset_to_json(header[pos:], implicit, little, bulk_threshold)
+    try:
+        doc, bulk, stop, pixel = dataset_to_json(header[pos:], implicit, little, bulk_threshold, stop_at_pixels=True)
+    except (DicomReadError, IndexError, struct.error):
+        if not eof:
+            raise NeedMore() from None
+        raise
+    if pixel is None and not eof:  # the walk ended with the bytes read: the header may go on
+        raise NeedMore()
+    if pixel is not None:  # never read: listed with where it starts
+        bulk.append(f"{pixel:08X}")
+        row["pixel_offset"] = pos + stop
     date = _first(doc, "00080020")
     number = _first(doc, "00200013")
     row.update(
@@ -179,21 +202,29 @@ def _fast_parse(header: bytes, pixel: int | None, row: Row, bulk_threshold: int)
     )
     row["header_json"] = json.dumps(doc, separators=(",", ":"))
     row["bulk_tags"] = bulk
-    return row
 
 
-def parse_header(header: bytes, pixel: int | None, row: Row, bulk_threshold: int) -> Row:
-    """Fill ``row`` from an entry's header bytes (``pixel``: the Pixel Data tag that follows them, if any)."""
+def parse_buffer(buf: bytes, eof: bool, row: Row, source: str, bulk_threshold: int) -> Row:
+    """Fill ``row`` from the first bytes of an entry (all of it when ``eof``); NeedMore asks for more bytes."""
+    row["error_stage"] = "parse"
     try:
-        _fast_parse(header, pixel, row, bulk_threshold)
+        _fast_parse(buf, eof, row, bulk_threshold)
+    except NeedMore:
+        raise
     except InvalidValue as exc:
         row.update(error=str(exc), error_stage="json")
         return row
+    except DicomReadError:
+        if not eof:
+            raise NeedMore() from None
+        header_end(buf, eof, source)  # raises the error naming the entry
+        raise
     except Exception:  # an unusual file: pydicom's general (slower, more lenient) path decides
-        _pydicom_parse(header, row, bulk_threshold)
-    if pixel is not None:  # never read: listed with where it starts
-        row["bulk_tags"].append(f"{pixel:08X}")
-        row["pixel_offset"] = len(header)
+        end, pixel = header_end(buf, eof, source)
+        _pydicom_parse(buf[:end], row, bulk_threshold)
+        if pixel is not None:
+            row["bulk_tags"].append(f"{pixel:08X}")
+            row["pixel_offset"] = end
     row["error_stage"] = None
     return row
 
@@ -238,11 +269,11 @@ def _entry_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str, prefix
                 yield from _entry_rows(inner, sub, archive, entry + "/", "nested-zip", bulk_threshold)
             return
         with zf.open(info) as stream:
-            found = _read_header(stream, entry)
-        if found is None:
+            done = read_and_parse(stream, row, entry, bulk_threshold)
+        if done is None:
             yield from _not_dicom(row)
             return
-        yield parse_header(found[0], found[1], row, bulk_threshold)
+        yield done
     except DicomReadError as exc:
         row.update(error=str(exc), error_stage="parse")
         yield row
@@ -294,11 +325,14 @@ def read_item(item: WorkItem, bulk_threshold: int = DEFAULT_BULK_THRESHOLD) -> I
         row["error_stage"] = "open"
         row["entry_size"] = os.path.getsize(item.path)
         with open(item.path, "rb") as f:
-            found = _read_header(f, item.path)
-        if found is None:
+            done = read_and_parse(f, row, item.path, bulk_threshold)
+        if done is None:
             yield from _not_dicom(row)
         else:
-            yield parse_header(found[0], found[1], row, bulk_threshold)
+            yield done
+    except DicomReadError as exc:
+        row.update(error=str(exc), error_stage="parse")
+        yield row
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"
         yield row
@@ -317,8 +351,8 @@ def _cube_rows(path: str, bulk_threshold: int) -> Iterator[Row]:
     for i, name in enumerate(reader.meta.names):
         row = _empty_row(path, name, "cube")
         try:
-            header, pixel = reader.header_bytes(i)
-            yield parse_header(header, pixel, row, bulk_threshold)
+            header, _ = reader.header_bytes(i)
+            yield parse_buffer(header, True, row, name, bulk_threshold)
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"
             yield row
