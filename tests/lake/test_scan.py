@@ -120,7 +120,7 @@ def test_scan_rejects_missing_input(tmp_path: Path) -> None:
 def test_headers_read_in_small_pieces_give_the_same_rows(lake_inputs: dict[str, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     whole = {r["id"]: r for r in _rows([lake_inputs["series_zip"], lake_inputs["mixed"]])}
-    import cubepacs.lake.reader as reader
+    from cubepacs.lake import reader
 
     monkeypatch.setattr(reader, "_FIRST_READ", 300)  # every header needs several reads
     pieces = {r["id"]: r for r in _rows([lake_inputs["series_zip"], lake_inputs["mixed"]])}
