@@ -269,17 +269,24 @@ def _entry_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str, prefix
                 yield from _entry_rows(inner, sub, archive, entry + "/", "nested-zip", bulk_threshold)
             return
         with zf.open(info) as stream:
-            done = read_and_parse(stream, row, entry, bulk_threshold)
-        if done is None:
-            yield from _not_dicom(row)
-            return
-        yield done
-    except DicomReadError as exc:
-        row.update(error=str(exc), error_stage="parse")
-        yield row
+            yield from _parsed_or_error(stream, row, entry, bulk_threshold)
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"
         yield row
+
+
+def _parsed_or_error(stream: IO[bytes], row: Row, source: str, bulk_threshold: int) -> Iterator[Row]:
+    """The entry's row, an error row for broken DICOM, or nothing for an entry that is not DICOM at all."""
+    try:
+        done = read_and_parse(stream, row, source, bulk_threshold)
+    except DicomReadError as exc:
+        row.update(error=str(exc), error_stage="parse")
+        yield row
+        return
+    if done is None:
+        yield from _not_dicom(row)
+    else:
+        yield done
 
 
 def _not_dicom(row: Row) -> Iterator[Row]:
@@ -325,14 +332,7 @@ def read_item(item: WorkItem, bulk_threshold: int = DEFAULT_BULK_THRESHOLD) -> I
         row["error_stage"] = "open"
         row["entry_size"] = os.path.getsize(item.path)
         with open(item.path, "rb") as f:
-            done = read_and_parse(f, row, item.path, bulk_threshold)
-        if done is None:
-            yield from _not_dicom(row)
-        else:
-            yield done
-    except DicomReadError as exc:
-        row.update(error=str(exc), error_stage="parse")
-        yield row
+            yield from _parsed_or_error(f, row, item.path, bulk_threshold)
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"
         yield row

@@ -10,11 +10,12 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -96,29 +97,25 @@ def scan(paths: list[str], table_uri: str, workers: int | None = None, num_parti
     result.compressed_bytes = sum(p.weight for p in parts)
     written: list[Part] = []
     workers = workers or os.cpu_count() or 1
-    if workers == 1:
-        outcomes = (scan_partition(p, table_uri, bulk_threshold) for p in parts)
-        for n, (part, files, errors, _cpu) in enumerate(outcomes, 1):
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            outcomes: Iterator[tuple[Part | None, int, int, float]] = (
+                scan_partition(p, table_uri, bulk_threshold) for p in parts)
+        else:
+            ctx = multiprocessing.get_context("forkserver")  # never fork a parent that runs delta-rs' threads
+            ctx.set_forkserver_preload(["cubepacs.lake.scan"])
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=ctx))
+            futures = [pool.submit(scan_partition, p, table_uri, bulk_threshold) for p in parts]
+            outcomes = (f.result() for f in futures)
+        for n, (part, files, errors, cpu) in enumerate(outcomes, 1):
+            if workers > 1:
+                worker_cpu += cpu  # in-process partitions are already in this process's CPU time
             if part is not None:
                 written.append(part)
             result.files += files
             result.errors += errors
             if progress:
                 progress(n, len(parts))
-    else:
-        ctx = multiprocessing.get_context("forkserver")  # never fork a parent that runs delta-rs' threads
-        ctx.set_forkserver_preload(["cubepacs.lake.scan"])
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(scan_partition, p, table_uri, bulk_threshold) for p in parts]
-            for n, fut in enumerate(futures, 1):
-                part, files, errors, cpu = fut.result()
-                worker_cpu += cpu
-                if part is not None:
-                    written.append(part)
-                result.files += files
-                result.errors += errors
-                if progress:
-                    progress(n, len(parts))
     result.committed = commit(table_uri, written, ARROW_SCHEMA, app_id=f"cubepacs.scan.{result.batch_id}",
                               version=1, custom_metadata={"cubepacs.batch_id": result.batch_id})
     result.cpu_s = (time.process_time() - self_cpu0) + worker_cpu
