@@ -7,7 +7,10 @@ also subclasses it::
     ├── DicomReadError (ValueError)      a DICOM input that cannot be read; names the file and the offset
     ├── SeriesError (ValueError)         inputs that do not form one series (several series, none at all)
     ├── InvalidCubeError (ValueError)    a truncated or corrupted .dcbs file; names the block
-    └── CodecError (ValueError)          a codec that cannot encode or decode a frame losslessly
+    ├── CodecError (ValueError)          a codec that cannot encode or decode a frame losslessly
+    ├── ConfigError (ValueError)         a bad setting or URL (unknown scheme, missing driver)
+    ├── TenantError (PermissionError)    a request or association without a (known) tenant
+    └── BackendError (ConnectionError)   a storage, queue or index backend that does not answer
 
 Example
 -------
@@ -64,3 +67,15 @@ class InvalidCubeError(CubepacsError, ValueError):
 
 class CodecError(CubepacsError, ValueError):
     """A frame cannot be encoded or decoded with the requested codec."""
+
+
+class ConfigError(CubepacsError, ValueError):
+    """A setting or backend URL that cannot be used."""
+
+
+class TenantError(CubepacsError, PermissionError):
+    """No tenant, or an unknown one, for a request or an association."""
+
+
+class BackendError(CubepacsError, ConnectionError):
+    """A backend (storage, queue, index) failed; the message never holds a password."""

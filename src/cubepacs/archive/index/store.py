@@ -1,0 +1,290 @@
+"""The index on SQLAlchemy 2: one code path for SQLite (embedded) and PostgreSQL.
+
+Connection string
+-----------------
+``sqlite:////srv/cubepacs/index.db`` (``sqlite:///relative.db``), ``postgresql://user:pass@host:5432/db``
+(driven by psycopg 3).
+
+Options
+-------
+``echo`` (bool): log SQL. Passwords are never logged (URLs are masked).
+
+Example
+-------
+>>> idx = Index.from_url("sqlite://")
+>>> ev = {"tenant": "t", "study_uid": "1.2", "series_uid": "1.2.3", "sop_uid": "1.2.3.4", "key": "k",
+...       "attrs": {"PatientID": "P1", "Modality": "CT", "StudyDate": "20240101"}}
+>>> idx.add_instance(ev), idx.add_instance(ev)
+(True, False)
+>>> [s["study_uid"] for s in idx.search_studies("t", {"PatientID": "P*"})]
+['1.2']
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, create_engine, event, func, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
+
+from cubepacs._registry import mask_url
+from cubepacs.archive.index.models import (
+    MIGRATIONS, SCHEMA_VERSION, dicom_instance, dicom_json_meta, dicom_state_meta, metadata, schema_version,
+)
+from cubepacs.errors import BackendError
+
+STUDY_FIELDS = {
+    "StudyInstanceUID": "study_uid", "PatientID": "patient_id", "PatientName": "patient_name",
+    "PatientSex": "patient_sex", "PatientBirthDate": "patient_birth_date", "StudyDate": "study_date",
+    "StudyTime": "study_time", "AccessionNumber": "accession_number", "StudyID": "study_id",
+    "StudyDescription": "study_description", "ReferringPhysicianName": "referring_physician",
+    "ModalitiesInStudy": "modality",
+}
+SERIES_FIELDS = {"SeriesInstanceUID": "series_uid", "Modality": "modality", "SeriesNumber": "series_number",
+                 "SeriesDescription": "series_description", "SeriesDate": "series_date"}
+INSTANCE_FIELDS = {"SOPInstanceUID": "sop_uid", "SOPClassUID": "sop_class_uid", "InstanceNumber": "instance_number"}
+_DATES = {"study_date", "patient_birth_date", "series_date"}
+_UIDS = {"study_uid", "series_uid", "sop_uid", "sop_class_uid"}
+_PN = {"patient_name", "referring_physician"}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _hash(uid: str) -> str:
+    return hashlib.blake2b(uid.encode(), digest_size=16).hexdigest()
+
+
+def _match(col: Any, value: str | list[str], fuzzy: bool) -> ColumnElement[bool] | None:
+    """DICOM matching: UID lists, date ranges, wildcards (* ?), fuzzy (case-insensitive) names."""
+    if isinstance(value, list):
+        return col.in_(value)
+    if value in ("", "*"):
+        return None
+    name = col.key
+    if name in _UIDS and ("\\" in value or "," in value):
+        return col.in_([v for v in value.replace(",", "\\").split("\\") if v])
+    if name in _DATES and "-" in value:
+        lo, _, hi = value.partition("-")
+        parts = [c for c in ((col >= lo) if lo else None, (col <= hi) if hi else None) if c is not None]
+        return and_(*parts)
+    if name in ("series_number", "instance_number"):
+        return col == int(value)
+    if "*" in value or "?" in value:
+        pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
+        return col.ilike(pattern, escape="\\") if fuzzy or name in _PN else col.like(pattern, escape="\\")
+    if fuzzy and name in _PN:
+        return col.ilike(f"%{value}%")
+    return col == value
+
+
+def _where(table: Any, fields: dict[str, str], filters: dict[str, Any], fuzzy: bool) -> list[ColumnElement[bool]]:
+    out = []
+    for key, value in filters.items():
+        column = fields.get(key)
+        if column is None:
+            continue
+        cond = _match(table.c[column], value, fuzzy)
+        if cond is not None:
+            out.append(cond)
+    return out
+
+
+class Index:
+    """Patient/study/series/instance index with the web worker's work table."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = mask_url(url)
+        self.migrate()
+
+    @classmethod
+    def from_url(cls, url: str, echo: bool = False) -> Index:
+        target = url
+        if url.startswith("postgresql://"):
+            target = "postgresql+psycopg://" + url[len("postgresql://"):]
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=10)
+        engine = create_engine(target, **kwargs)
+        if url.startswith("sqlite"):
+            @event.listens_for(engine, "connect")
+            def _pragmas(conn: Any, _record: Any) -> None:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return cls(engine, url)
+        except Exception as exc:
+            raise BackendError(f"index {mask_url(url)} is not reachable: {type(exc).__name__}") from exc
+
+    def migrate(self) -> None:
+        """Create the tables, or apply the migrations an older index lacks."""
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            current = conn.execute(select(func.max(schema_version.c.version))).scalar()
+            if current is None:
+                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+                return
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(version, []):
+                    conn.exec_driver_sql(statement)
+                conn.execute(schema_version.insert().values(version=version))
+
+    def _insert(self, conn: Connection, table: Any) -> Any:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    def add_instance(self, ev: dict[str, Any]) -> bool:
+        """Index one stored instance (a storage event); False when it was already indexed (idempotent)."""
+        a = ev.get("attrs", {})
+        now = _now()
+        tenant, study, series = ev["tenant"], ev["study_uid"], ev["series_uid"]
+        with self.engine.begin() as conn:
+            ins = self._insert(conn, dicom_instance).values(
+                tenant_id=tenant, sop_uid=ev["sop_uid"], study_uid=study, series_uid=series,
+                sop_class_uid=ev.get("sop_class_uid"), instance_number=_int(a.get("InstanceNumber")),
+                transfer_syntax=ev.get("transfer_syntax"), storage_key=ev["key"], size=ev.get("size"),
+                rows=_int(a.get("Rows")), columns=_int(a.get("Columns")), frames=_int(a.get("NumberOfFrames")) or 1,
+                created_time=now,
+            ).on_conflict_do_nothing().returning(dicom_instance.c.sop_uid)
+            if conn.execute(ins).first() is None:  # already indexed: replaying an event changes nothing
+                return False
+            count = conn.execute(select(func.count()).select_from(dicom_instance).where(
+                dicom_instance.c.tenant_id == tenant, dicom_instance.c.study_uid == study,
+                dicom_instance.c.series_uid == series)).scalar_one()
+            values = {
+                "patient_id": a.get("PatientID"), "patient_name": a.get("PatientName"),
+                "patient_sex": a.get("PatientSex"), "patient_birth_date": a.get("PatientBirthDate"),
+                "study_date": a.get("StudyDate"), "study_time": a.get("StudyTime"),
+                "accession_number": a.get("AccessionNumber"), "study_id": a.get("StudyID"),
+                "study_description": a.get("StudyDescription"), "referring_physician": a.get("ReferringPhysicianName"),
+                "modality": a.get("Modality"), "series_number": _int(a.get("SeriesNumber")),
+                "series_description": a.get("SeriesDescription"), "series_date": a.get("SeriesDate"),
+                "series_related_instances": count, "updated_time": now,
+            }
+            up = self._insert(conn, dicom_state_meta).values(
+                tenant_id=tenant, study_uid=study, series_uid=series, study_uid_hash=_hash(study),
+                series_uid_hash=_hash(series), created_time=now, **values)
+            conn.execute(up.on_conflict_do_update(index_elements=["tenant_id", "study_uid", "series_uid"],
+                                                  set_=values))
+            flag = self._insert(conn, dicom_json_meta).values(
+                tenant_id=tenant, study_uid=study, series_uid=series, flag_time=now, json_status=0, retry_times=0,
+                updated_time=now)
+            conn.execute(flag.on_conflict_do_update(
+                index_elements=["tenant_id", "study_uid", "series_uid"],
+                set_={"flag_time": now, "json_status": 0, "retry_times": 0, "updated_time": now}))
+        return True
+
+    def search_studies(self, tenant: str, filters: dict[str, Any], limit: int = 100, offset: int = 0,
+                       fuzzy: bool = False) -> list[dict[str, Any]]:
+        """Studies of ``tenant`` matching ``filters`` (DICOM keywords → values), ordered by study UID."""
+        s = dicom_state_meta
+        cond = [s.c.tenant_id == tenant, *_where(s, STUDY_FIELDS, filters, fuzzy)]
+        cols = [func.max(s.c[c]).label(c) for c in STUDY_FIELDS.values() if c not in ("study_uid", "modality")]
+        matching = select(s.c.study_uid).where(*cond).distinct()
+        q: Select[Any] = (select(s.c.study_uid, *cols, func.count().label("series"),
+                                 func.sum(s.c.series_related_instances).label("instances"))
+                          .where(s.c.tenant_id == tenant, s.c.study_uid.in_(matching))
+                          .group_by(s.c.study_uid).order_by(s.c.study_uid).limit(limit).offset(offset))
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+            if rows:
+                mods = conn.execute(select(s.c.study_uid, s.c.modality).where(
+                    s.c.tenant_id == tenant, s.c.study_uid.in_([r["study_uid"] for r in rows])).distinct())
+                by_study: dict[str, set[str]] = {}
+                for uid, mod in mods:
+                    if mod:
+                        by_study.setdefault(uid, set()).add(mod)
+                for r in rows:
+                    r["modalities"] = sorted(by_study.get(r["study_uid"], set()))
+        return rows
+
+    def search_series(self, tenant: str, filters: dict[str, Any], study_uid: str | None = None, limit: int = 100,
+                      offset: int = 0, fuzzy: bool = False) -> list[dict[str, Any]]:
+        """Series of ``tenant`` (in ``study_uid`` when given) matching ``filters`` (study and series keys)."""
+        s = dicom_state_meta
+        cond = [s.c.tenant_id == tenant, *_where(s, {**STUDY_FIELDS, **SERIES_FIELDS}, filters, fuzzy)]
+        if study_uid:
+            cond.append(s.c.study_uid == study_uid)
+        q = select(s).where(*cond).order_by(s.c.study_uid, s.c.series_number, s.c.series_uid).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.offset(offset))]
+
+    def search_instances(self, tenant: str, filters: dict[str, Any], study_uid: str | None = None,
+                         series_uid: str | None = None, limit: int = 1000, offset: int = 0,
+                         fuzzy: bool = False) -> list[dict[str, Any]]:
+        """Instances of ``tenant`` matching ``filters`` (study, series and instance keys)."""
+        i, s = dicom_instance, dicom_state_meta
+        cond = [i.c.tenant_id == tenant, *_where(i, INSTANCE_FIELDS, filters, fuzzy),
+                *_where(s, {**STUDY_FIELDS, **SERIES_FIELDS}, filters, fuzzy)]
+        if study_uid:
+            cond.append(i.c.study_uid == study_uid)
+        if series_uid:
+            cond.append(i.c.series_uid == series_uid)
+        q = (select(i, *[s.c[c] for c in ("patient_id", "patient_name", "study_date", "modality", "series_number",
+                                            "accession_number", "study_description", "series_description")])
+             .join(s, and_(s.c.tenant_id == i.c.tenant_id, s.c.study_uid == i.c.study_uid,
+                           s.c.series_uid == i.c.series_uid))
+             .where(*cond).order_by(i.c.study_uid, i.c.series_uid, i.c.instance_number, i.c.sop_uid))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.limit(limit).offset(offset))]
+
+    def pending_series(self, quiet_seconds: float, max_retries: int, limit: int = 50) -> list[dict[str, Any]]:
+        """Series whose last instance arrived more than ``quiet_seconds`` ago and whose JSON is not built."""
+        j = dicom_json_meta
+        cutoff = _now() - dt.timedelta(seconds=quiet_seconds)
+        q = (select(j).where(j.c.json_status == 0, j.c.flag_time <= cutoff, j.c.retry_times < max_retries)
+             .order_by(j.c.flag_time).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def finish_series(self, row: dict[str, Any], ok: bool, max_retries: int, json_key: str | None = None,
+                      cube_key: str | None = None, instances: int | None = None) -> bool:
+        """Record the web worker's result, unless the series changed meanwhile (then it stays pending)."""
+        j = dicom_json_meta
+        key = and_(j.c.tenant_id == row["tenant_id"], j.c.study_uid == row["study_uid"],
+                   j.c.series_uid == row["series_uid"], j.c.flag_time == row["flag_time"])
+        if ok:
+            values: dict[str, Any] = {"json_status": 1, "json_key": json_key, "cube_key": cube_key,
+                                      "built_instances": instances, "updated_time": _now()}
+        else:
+            retries = row["retry_times"] + 1
+            values = {"retry_times": retries, "json_status": 2 if retries >= max_retries else 0,
+                      "updated_time": _now()}
+        with self.engine.begin() as conn:
+            return bool(conn.execute(update(j).where(key).values(**values)).rowcount)
+
+    def series_state(self, tenant: str, study_uid: str, series_uid: str) -> dict[str, Any] | None:
+        """The web worker's row for one series."""
+        j = dicom_json_meta
+        with self.engine.connect() as conn:
+            r = conn.execute(select(j).where(j.c.tenant_id == tenant, j.c.study_uid == study_uid,
+                                             j.c.series_uid == series_uid)).first()
+        return dict(r._mapping) if r else None
+
+    def instances_of(self, tenant: str, study_uid: str, series_uid: str | None = None,
+                     sop_uids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Instance rows of a study (or series), in instance-number order."""
+        filters: dict[str, Any] = {"SOPInstanceUID": list(sop_uids)} if sop_uids else {}
+        return self.search_instances(tenant, filters, study_uid, series_uid, limit=1_000_000)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.engine.dispose()
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

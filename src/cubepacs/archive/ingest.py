@@ -1,0 +1,84 @@
+"""Store one received instance: check it, write it durably, queue its storage event — in that order.
+
+Used by C-STORE and STOW-RS: success is reported only after the file is fsynced and the event is durably queued.
+
+Example
+-------
+>>> import tempfile, os
+>>> from pathlib import Path
+>>> from cubepacs.archive.storage.file import FileStorage
+>>> from cubepacs.archive.queue.embedded import EmbeddedQueue
+>>> tmp = tempfile.mkdtemp()
+>>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
+>>> ev = ingest(data, "acme", FileStorage(tmp), EmbeddedQueue(os.path.join(tmp, "q.db")))
+>>> ev["key"].startswith("acme/"), ev["attrs"]["Modality"]
+(True, 'CT')
+"""
+
+from __future__ import annotations
+
+import warnings
+from io import BytesIO
+from typing import Any
+
+import pydicom
+
+from cubepacs.archive.keys import check_tenant, check_uid, instance_key
+from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
+from cubepacs.archive.storage.base import Storage
+from cubepacs.dicom.rawfile import split_file
+from cubepacs.errors import DicomReadError
+
+INDEX_KEYWORDS = (
+    "PatientID", "PatientName", "PatientSex", "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber",
+    "StudyID", "StudyDescription", "ReferringPhysicianName", "Modality", "SeriesNumber", "SeriesDescription",
+    "SeriesDate", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
+)
+
+
+class RejectedInstance(DicomReadError):
+    """An instance the archive refuses (malformed, or without valid UIDs)."""
+
+
+def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
+    """Check an encoded instance and return its UIDs and index attributes; RejectedInstance when it cannot be
+    archived (the message says why)."""
+    try:
+        raw = split_file(data, source)  # the whole file must be well formed: it is what we keep
+    except DicomReadError as exc:
+        raise RejectedInstance(source, exc.reason, exc.offset) from exc
+    if not any(c.key == 0x00020010 for c in raw.chunks):
+        raise RejectedInstance(source, "no file meta information / Transfer Syntax UID")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+        uids = {k: str(ds.get(k, "") or "") for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                                                        "SOPClassUID")}
+        attrs = {k: _plain(ds.get(k)) for k in INDEX_KEYWORDS if ds.get(k) not in (None, "")}
+    except Exception as exc:
+        raise RejectedInstance(source, f"dataset cannot be parsed: {exc}") from exc
+    for name in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        try:
+            check_uid(uids[name], name)
+        except ValueError as exc:
+            raise RejectedInstance(source, str(exc)) from exc
+    return {"study_uid": uids["StudyInstanceUID"], "series_uid": uids["SeriesInstanceUID"],
+            "sop_uid": uids["SOPInstanceUID"], "sop_class_uid": uids["SOPClassUID"] or None,
+            "transfer_syntax": raw.transfer_syntax, "size": len(data), "attrs": attrs}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (int, float)):
+        return value
+    return str(value)
+
+
+def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str = "<received>") -> dict[str, Any]:
+    """Archive one instance for ``tenant``; returns its storage event once file and event are durable."""
+    ev = describe(data, source)
+    ev["tenant"] = check_tenant(tenant)
+    ev["key"] = instance_key(tenant, ev["study_uid"], ev["series_uid"], ev["sop_uid"])
+    storage.put(ev["key"], data)
+    queue.publish(STORAGE_TOPIC, ev)
+    return ev

@@ -1,0 +1,1 @@
+"""Queues between the services (``embedded://`` durable SQLite queue)."""

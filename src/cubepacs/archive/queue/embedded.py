@@ -1,0 +1,101 @@
+"""A durable queue in one SQLite file: nothing else to install.
+
+Connection string
+-----------------
+``embedded:///srv/cubepacs/queue.db`` (or ``embedded://./queue.db``).
+
+Options
+-------
+None. Each group keeps its own acknowledged position per topic; unacknowledged messages are delivered again after
+a restart. SQLite runs in WAL mode with ``synchronous=FULL``: ``publish`` returns after the commit is on disk.
+Several processes may share the file (SQLite locking); one consumer per group is the embedded use.
+
+Example
+-------
+>>> import tempfile, os
+>>> q = EmbeddedQueue(os.path.join(tempfile.mkdtemp(), "q.db"))
+>>> q.publish("storage_queue", {"n": 1})
+>>> msgs = q.poll("storage_queue", "indexer", timeout=0)
+>>> [m.payload for m in msgs]; q.ack("indexer", msgs); q.poll("storage_queue", "indexer", timeout=0)
+[{'n': 1}]
+[]
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cubepacs.archive.queue.base import Message, Queue
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                                     payload TEXT NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_topic ON messages (topic, id);
+CREATE TABLE IF NOT EXISTS offsets (grp TEXT NOT NULL, topic TEXT NOT NULL, acked INTEGER NOT NULL,
+                                    PRIMARY KEY (grp, topic));
+"""
+
+
+class EmbeddedQueue(Queue):
+    """Messages in a SQLite table, positions per consumer group."""
+
+    def __init__(self, path: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        self._cond = threading.Condition()
+        self._conn().executescript(_SCHEMA)
+
+    @classmethod
+    def from_url(cls, url: str) -> EmbeddedQueue:
+        parts = urlsplit(url)
+        return cls(parts.netloc + parts.path)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        self._conn().execute("INSERT INTO messages (topic, payload, created) VALUES (?, ?, ?)",
+                             (topic, json.dumps(payload, separators=(",", ":")), time.time()))
+        with self._cond:
+            self._cond.notify_all()
+
+    def poll(self, topic: str, group: str, max_messages: int = 100, timeout: float = 1.0) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = self._conn()
+            row = conn.execute("SELECT acked FROM offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
+            acked = row[0] if row else 0
+            rows = conn.execute("SELECT id, payload FROM messages WHERE topic = ? AND id > ? ORDER BY id LIMIT ?",
+                                (topic, acked, max_messages)).fetchall()
+            if rows or time.monotonic() >= deadline:
+                return [Message(i, topic, json.loads(p)) for i, p in rows]
+            with self._cond:  # woken by a publish in this process; other processes are seen by polling
+                self._cond.wait(min(0.05, max(deadline - time.monotonic(), 0)))
+
+    def ack(self, group: str, messages: list[Message]) -> None:
+        if not messages:
+            return
+        topic = messages[0].topic
+        last = max(m.id for m in messages)
+        self._conn().execute(
+            "INSERT INTO offsets (grp, topic, acked) VALUES (?, ?, ?) "
+            "ON CONFLICT (grp, topic) DO UPDATE SET acked = max(acked, excluded.acked)", (group, topic, last))
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

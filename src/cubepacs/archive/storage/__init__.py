@@ -1,0 +1,1 @@
+"""Object storage for instances and cubes (``file://`` embedded)."""

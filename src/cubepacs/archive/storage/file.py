@@ -1,0 +1,92 @@
+"""Files under a root folder.
+
+Connection string
+-----------------
+``file:///srv/cubepacs/data`` (absolute) or ``file://./data`` (relative to the working folder).
+
+Options
+-------
+None. Writes go to a temporary file beside the target, are fsynced, renamed, and the folder is fsynced.
+
+Example
+-------
+>>> import tempfile
+>>> s = FileStorage.from_url("file://" + tempfile.mkdtemp())
+>>> s.put("t/1.2/3.dcm", b"abc"); s.get("t/1.2/3.dcm"), s.get_range("t/1.2/3.dcm", 1, 2)
+(b'abc', b'bc')
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cubepacs.archive.storage.base import Storage
+from cubepacs.errors import ConfigError
+
+
+class FileStorage(Storage):
+    """Objects as files under ``root``; keys are relative paths that may not leave it."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_url(cls, url: str) -> FileStorage:
+        parts = urlsplit(url)
+        path = (parts.netloc + parts.path) if parts.netloc in ("", ".", "..") else parts.netloc + parts.path
+        if not path:
+            raise ConfigError(f"file storage URL {url!r} names no folder")
+        return cls(path)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ConfigError(f"storage key {key!r} leaves the storage root")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path:
+        """The file of ``key`` (lets the cube reader memory-map it)."""
+        return self._path(key)

@@ -1,0 +1,97 @@
+"""The web worker: when a series has been quiet for a while, pre-build its DICOM JSON metadata and compact it
+into a ``.dcbs`` cube on the storage. A series that receives a new instance later is rebuilt.
+
+Example
+-------
+>>> ww = WebWorker.__new__(WebWorker); ww.quiet_seconds = 5.0
+>>> ww.quiet_seconds
+5.0
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from typing import Any
+
+from cubepacs.archive.index.store import Index
+from cubepacs.archive.keys import cube_key
+from cubepacs.archive.metadata import instance_metadata
+from cubepacs.archive.storage.base import Storage
+from cubepacs.cube.sources import read_instance
+from cubepacs.cube.writer import write_cube
+
+log = logging.getLogger("cubepacs.webworker")
+
+
+def json_key(tenant: str, study: str, series: str) -> str:
+    """Where a series' pre-built metadata is stored."""
+    return cube_key(tenant, study, series)[: -len(".dcbs")] + ".metadata.json"
+
+
+def series_base(root: str, study: str, series: str, sop: str) -> str:
+    """The WADO-RS URL of an instance, for BulkDataURIs."""
+    return f"{root}/studies/{study}/series/{series}/instances/{sop}"
+
+
+class WebWorker:
+    """Builds metadata JSON and cubes for quiet series."""
+
+    def __init__(self, index: Index, storage: Storage, quiet_seconds: float = 30.0, max_retries: int = 3,
+                 codec: str = "htj2k", compact: bool = True, url_root: str = "/dicom-web") -> None:
+        self.index = index
+        self.storage = storage
+        self.quiet_seconds = quiet_seconds
+        self.max_retries = max_retries
+        self.codec = codec
+        self.compact = compact
+        self.url_root = url_root
+        self.stopped = threading.Event()
+
+    def build(self, row: dict[str, Any]) -> tuple[str, str | None, int]:
+        """Build one series: (metadata key, cube key or None, instances)."""
+        tenant, study, series = row["tenant_id"], row["study_uid"], row["series_uid"]
+        rows = self.index.instances_of(tenant, study, series)
+        datas = [self.storage.get(r["storage_key"]) for r in rows]
+        docs = [instance_metadata(d, series_base(self.url_root, study, series, r["sop_uid"]))
+                for d, r in zip(datas, rows, strict=True)]
+        jkey = json_key(tenant, study, series)
+        self.storage.put(jkey, json.dumps(docs, separators=(",", ":")).encode())
+        ckey = None
+        if self.compact:
+            instances = [read_instance(d, f"{r['sop_uid']}.dcm") for d, r in zip(datas, rows, strict=True)]
+            buf = io.BytesIO()
+            write_cube(instances, buf, codec=self.codec, threads=1)
+            ckey = cube_key(tenant, study, series)
+            self.storage.put(ckey, buf.getvalue())
+        return jkey, ckey, len(rows)
+
+    def run_once(self) -> int:
+        """Build every series that is due; return how many were built."""
+        built = 0
+        for row in self.index.pending_series(self.quiet_seconds, self.max_retries):
+            try:
+                jkey, ckey, n = self.build(row)
+            except Exception:
+                log.exception("building series %s failed (attempt %d)", row["series_uid"], row["retry_times"] + 1)
+                self.index.finish_series(row, ok=False, max_retries=self.max_retries)
+                continue
+            if self.index.finish_series(row, ok=True, max_retries=self.max_retries, json_key=jkey, cube_key=ckey,
+                                        instances=n):
+                built += 1
+        return built
+
+    def run(self, interval: float = 1.0) -> None:
+        """Run until :meth:`stop`."""
+        while not self.stopped.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("web worker pass failed")
+            self.stopped.wait(interval)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self.stopped.set()
