@@ -42,4 +42,5 @@ def instance_key(tenant: str, study: str, series: str, sop: str) -> str:
 
 def cube_key(tenant: str, study: str, series: str) -> str:
     """Where a series cube is stored: ``tenant/study/series.dcbs``."""
-    return f"{check_tenant(tenant)}/{check_uid(study, 'StudyInstanceUID')}/{check_uid(series, 'SeriesInstanceUID')}.dcbs"
+    series = check_uid(series, "SeriesInstanceUID")
+    return f"{check_tenant(tenant)}/{check_uid(study, 'StudyInstanceUID')}/{series}.dcbs"

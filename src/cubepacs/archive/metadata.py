@@ -50,4 +50,5 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024) -> dic
         pixel = raw.pixel_tag if raw.pixel_tag is not None or raw.deflated_body is None else 0x7FE00010
     if pixel is not None or any(c.key == KEY_PIXEL_VALUE for c in raw.chunks):
         doc[f"{pixel or 0x7FE00010:08X}"] = {"vr": pixel_vr, "BulkDataURI": f"{base}/frames/1"}
-    return _fix_uris(doc, base)
+    _fix_uris(doc, base)
+    return doc

@@ -197,4 +197,5 @@ def main() -> None:
     app()
 
 
+from cubepacs.cli import archive as _archive  # noqa: E402,F401  (registers serve, storescp, indexer, …)
 from cubepacs.cli import lake as _lake  # noqa: E402,F401  (registers `cubepacs scan`)

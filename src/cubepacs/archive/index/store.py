@@ -27,13 +27,19 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, create_engine, event, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, create_engine, event, func, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from cubepacs._registry import mask_url
 from cubepacs.archive.index.models import (
-    MIGRATIONS, SCHEMA_VERSION, dicom_instance, dicom_json_meta, dicom_state_meta, metadata, schema_version,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    dicom_instance,
+    dicom_json_meta,
+    dicom_state_meta,
+    metadata,
+    schema_version,
 )
 from cubepacs.errors import BackendError
 
@@ -60,7 +66,7 @@ def _hash(uid: str) -> str:
     return hashlib.blake2b(uid.encode(), digest_size=16).hexdigest()
 
 
-def _match(col: Any, value: str | list[str], fuzzy: bool) -> ColumnElement[bool] | None:
+def _match(col: Any, value: str | list[str], fuzzy: bool) -> Any:
     """DICOM matching: UID lists, date ranges, wildcards (* ?), fuzzy (case-insensitive) names."""
     if isinstance(value, list):
         return col.in_(value)
@@ -76,7 +82,8 @@ def _match(col: Any, value: str | list[str], fuzzy: bool) -> ColumnElement[bool]
     if name in ("series_number", "instance_number"):
         return col == int(value)
     if "*" in value or "?" in value:
-        pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
+        pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = pattern.replace("*", "%").replace("?", "_")
         return col.ilike(pattern, escape="\\") if fuzzy or name in _PN else col.like(pattern, escape="\\")
     if fuzzy and name in _PN:
         return col.ilike(f"%{value}%")
@@ -138,11 +145,9 @@ class Index:
                 conn.execute(schema_version.insert().values(version=version))
 
     def _insert(self, conn: Connection, table: Any) -> Any:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
     def add_instance(self, ev: dict[str, Any]) -> bool:
         """Index one stored instance (a storage event); False when it was already indexed (idempotent)."""

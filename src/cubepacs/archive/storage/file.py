@@ -37,7 +37,7 @@ class FileStorage(Storage):
     @classmethod
     def from_url(cls, url: str) -> FileStorage:
         parts = urlsplit(url)
-        path = (parts.netloc + parts.path) if parts.netloc in ("", ".", "..") else parts.netloc + parts.path
+        path = parts.netloc + parts.path
         if not path:
             raise ConfigError(f"file storage URL {url!r} names no folder")
         return cls(path)

@@ -1,0 +1,1 @@
+"""DIMSE services (pynetdicom): C-ECHO, C-STORE, C-FIND."""

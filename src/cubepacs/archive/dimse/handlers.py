@@ -1,0 +1,157 @@
+"""DIMSE event handlers: each takes the services it needs and returns DICOM status codes, never raises.
+
+Example
+-------
+>>> STATUS_REFUSED_NOT_AUTHORIZED
+292
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from cubepacs.archive.index.store import Index
+from cubepacs.archive.ingest import RejectedInstance, ingest
+from cubepacs.archive.queue.base import Queue
+from cubepacs.archive.storage.base import Storage
+
+log = logging.getLogger("cubepacs.dimse")
+
+STATUS_SUCCESS = 0x0000
+STATUS_PENDING = 0xFF00
+STATUS_REFUSED_NOT_AUTHORIZED = 0x0124
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_FIND_UNABLE = 0xC001
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+
+_STUDY_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+               "StudyTime", "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName",
+               "ModalitiesInStudy")
+_SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription")
+_INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber")
+_ROW = {"PatientID": "patient_id", "PatientName": "patient_name", "PatientBirthDate": "patient_birth_date",
+        "PatientSex": "patient_sex", "StudyInstanceUID": "study_uid", "StudyDate": "study_date",
+        "StudyTime": "study_time", "AccessionNumber": "accession_number", "StudyID": "study_id",
+        "StudyDescription": "study_description", "ReferringPhysicianName": "referring_physician",
+        "SeriesInstanceUID": "series_uid", "Modality": "modality", "SeriesNumber": "series_number",
+        "SeriesDescription": "series_description", "SOPInstanceUID": "sop_uid", "SOPClassUID": "sop_class_uid",
+        "InstanceNumber": "instance_number"}
+
+
+def called_ae(event: Any) -> str:
+    """The AE title the peer called (selects the tenant)."""
+    title = event.assoc.requestor.primitive.called_ae_title
+    return (title.decode() if isinstance(title, bytes) else str(title)).strip()
+
+
+def handle_requested(event: Any, tenants: dict[str, str]) -> None:
+    """Reject an association whose called AE title belongs to no tenant (diagnostic: not recognised)."""
+    if called_ae(event) not in tenants:
+        log.warning("association from %s rejected: called AE %r is not configured", event.assoc.requestor.ae_title,
+                    called_ae(event))
+        event.assoc.acse.send_reject(0x01, 0x01, 0x07)
+
+
+def handle_conn_open(event: Any) -> None:
+    """Disable Nagle's algorithm on the association's socket (≈40 ms per C-STORE otherwise)."""
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_echo(event: Any) -> int:
+    """C-ECHO: success."""
+    return STATUS_SUCCESS
+
+
+def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Queue) -> int | Dataset:
+    """C-STORE: archive the dataset as received; success only once file and event are durable."""
+    tenant = tenants.get(called_ae(event))
+    if tenant is None:
+        return STATUS_REFUSED_NOT_AUTHORIZED
+    try:
+        ingest(event.encoded_dataset(include_meta=True), tenant, storage, queue, source="C-STORE")
+    except RejectedInstance as exc:
+        log.warning("C-STORE from %s refused: %s", event.assoc.requestor.ae_title, exc)
+        status = Dataset()
+        status.Status = STATUS_CANNOT_UNDERSTAND
+        status.ErrorComment = str(exc.reason)[:64]
+        return status
+    except Exception:
+        log.exception("C-STORE failed")
+        return STATUS_OUT_OF_RESOURCES
+    return STATUS_SUCCESS
+
+
+def _filters(identifier: Dataset, keys: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kw in keys:
+        if kw in identifier:
+            value = identifier[kw].value
+            if value in (None, ""):
+                continue
+            if kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") and not isinstance(value, str):
+                value = list(value)  # a UID list
+            out[kw] = str(value) if not isinstance(value, list) else [str(v) for v in value]
+    return out
+
+
+def _answer(identifier: Dataset, row: dict[str, Any], level: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for elem in identifier:
+        kw = elem.keyword
+        if not kw or kw == "QueryRetrieveLevel":
+            continue
+        value: Any = row.get(_ROW.get(kw, ""))
+        if kw == "ModalitiesInStudy":
+            value = row.get("modalities") or None
+        elif kw == "NumberOfStudyRelatedSeries":
+            value = row.get("series")
+        elif kw in ("NumberOfStudyRelatedInstances", "NumberOfSeriesRelatedInstances"):
+            value = row.get("instances") if kw.startswith("NumberOfStudy") else row.get("series_related_instances")
+        setattr(ds, kw, value if value is not None else "")
+    return ds
+
+
+def handle_find(event: Any, tenants: dict[str, str], index: Index) -> Iterator[tuple[int, Dataset | None]]:
+    """C-FIND at PATIENT/STUDY/SERIES/IMAGE level (Patient Root and Study Root): wildcards, ranges, UID lists."""
+    tenant = tenants.get(called_ae(event))
+    if tenant is None:
+        yield STATUS_REFUSED_NOT_AUTHORIZED, None
+        return
+    try:
+        identifier: Dataset = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", ""))
+        fuzzy = False
+        if level in ("PATIENT", "STUDY"):
+            rows = index.search_studies(tenant, _filters(identifier, _STUDY_KEYS), limit=10_000)
+            if level == "PATIENT":
+                seen: dict[str, dict[str, Any]] = {}
+                for r in rows:
+                    seen.setdefault(str(r.get("patient_id")), r)
+                rows = list(seen.values())
+        elif level == "SERIES":
+            rows = index.search_series(tenant, _filters(identifier, _STUDY_KEYS + _SERIES_KEYS), limit=10_000,
+                                       fuzzy=fuzzy)
+        elif level == "IMAGE":
+            rows = index.search_instances(tenant, _filters(identifier, _STUDY_KEYS + _SERIES_KEYS + _INSTANCE_KEYS),
+                                          limit=100_000)
+        else:
+            yield STATUS_IDENTIFIER_MISMATCH, None
+            return
+    except Exception:
+        log.exception("C-FIND failed")
+        yield STATUS_FIND_UNABLE, None
+        return
+    for row in rows:
+        if event.is_cancelled:
+            yield 0xFE00, None
+            return
+        yield STATUS_PENDING, _answer(identifier, row, level)

@@ -1,0 +1,108 @@
+"""Wiring: open the backends from settings and run the services, together (``serve``) or alone.
+
+Example
+-------
+>>> import tempfile
+>>> from cubepacs.archive.settings import load_settings
+>>> b = open_backends(load_settings(overrides={"data_dir": tempfile.mkdtemp()}))
+>>> type(b.index).__name__, type(b.queue).__name__
+('Index', 'EmbeddedQueue')
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cubepacs._registry import mask_url, open_backend
+from cubepacs.archive.accesslog import AccessLog
+from cubepacs.archive.index.store import Index
+from cubepacs.archive.indexer import Indexer
+from cubepacs.archive.queue.base import Queue
+from cubepacs.archive.settings import Settings
+from cubepacs.archive.storage.base import Storage
+from cubepacs.archive.webworker import WebWorker
+
+log = logging.getLogger("cubepacs")
+
+
+@dataclass
+class Backends:
+    """The three shared backends."""
+
+    storage: Storage
+    queue: Queue
+    index: Index
+
+
+def open_backends(settings: Settings) -> Backends:
+    """Open storage, queue and index from their URLs."""
+    log.info("storage %s, queue %s, index %s", mask_url(settings.storage_url), mask_url(settings.queue_url),
+             mask_url(settings.index_url))
+    return Backends(open_backend("storage", settings.storage_url), open_backend("queue", settings.queue_url),
+                    open_backend("index", settings.index_url))
+
+
+def _thread(target: Any, name: str) -> threading.Thread:
+    t = threading.Thread(target=target, name=name, daemon=True)
+    t.start()
+    return t
+
+
+def run(settings: Settings, parts: set[str], ready: threading.Event | None = None) -> None:
+    """Run ``parts`` (any of ``storescp``, ``indexer``, ``webworker``, ``web``) until SIGINT/SIGTERM."""
+    b = open_backends(settings)
+    stop = threading.Event()
+    stoppers: list[Any] = []
+    if "storescp" in parts:
+        from cubepacs.archive.dimse.scp import start_scp
+
+        server = start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, b.storage,
+                           b.queue, b.index)
+        stoppers.append(server.shutdown)
+        log.info("DIMSE SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.dimse_port)
+    if "indexer" in parts:
+        indexer = Indexer(b.queue, b.index)
+        _thread(indexer.run, "indexer")
+        stoppers.append(indexer.stop)
+    if "webworker" in parts:
+        worker = WebWorker(b.index, b.storage, settings.quiet_seconds, settings.max_retries, settings.codec,
+                           settings.compact)
+        _thread(worker.run, "webworker")
+        stoppers.append(worker.stop)
+    uvicorn_server = None
+    if "web" in parts:
+        import uvicorn
+
+        from cubepacs.archive.web.app import Services, create_app
+
+        access = AccessLog(str(Path(settings.data_dir).resolve() / "logs" / "access"))
+        stoppers.append(access.close)
+        app = create_app(Services(b.storage, b.queue, b.index, settings.api_keys, access))
+        config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
+                                access_log=False)
+        uvicorn_server = uvicorn.Server(config)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        if uvicorn_server is not None:
+            uvicorn_server.should_exit = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    if ready is not None:
+        ready.set()
+    if uvicorn_server is not None:
+        log.info("DICOMweb on http://%s:%d/dicom-web", settings.host, settings.http_port)
+        uvicorn_server.run()
+    else:
+        stop.wait()
+    for s in reversed(stoppers):
+        s()
+    b.queue.close()
+    b.index.close()

@@ -1,0 +1,110 @@
+"""Service settings: defaults → TOML file → ``CUBEPACS_*`` environment → command-line flags.
+
+Library code never reads the environment; only :func:`load_settings` (used by the CLI) does.
+
+Example
+-------
+>>> s = load_settings(env={"CUBEPACS_HTTP_PORT": "9000"}, overrides={"data_dir": "/tmp/x"})
+>>> s.http_port, s.index_url
+(9000, 'sqlite:////tmp/x/index.db')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cubepacs.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service needs; URLs name the backends."""
+
+    data_dir: str = "./cubepacs-data"
+    storage_url: str = ""
+    queue_url: str = ""
+    index_url: str = ""
+    host: str = "127.0.0.1"
+    dimse_port: int = 11112
+    http_port: int = 8042
+    ae_title: str = "CUBEPACS"
+    ae_tenants: dict[str, str] = field(default_factory=lambda: {"CUBEPACS": "default"})
+    api_keys: dict[str, str] = field(default_factory=dict)
+    remote_aes: dict[str, str] = field(default_factory=dict)  # AE title -> "host:port" (C-MOVE destinations)
+    quiet_seconds: float = 30.0
+    max_retries: int = 3
+    codec: str = "htj2k"
+    compact: bool = True
+
+    def resolved(self) -> Settings:
+        """Fill the URLs left empty from ``data_dir``."""
+        root = Path(self.data_dir).resolve()
+        return replace(
+            self,
+            storage_url=self.storage_url or f"file://{root}/storage",
+            queue_url=self.queue_url or f"embedded://{root}/queue.db",
+            index_url=self.index_url or f"sqlite:///{root}/index.db",
+        )
+
+
+_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = str(_TYPES[name])
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if kind.startswith("dict"):
+            return value if isinstance(value, dict) else json.loads(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: cannot use {value!r} ({exc})") from exc
+    return str(value)
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> Settings:
+    """Resolve settings from the layers, later ones winning."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        try:
+            doc = tomllib.loads(Path(config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {config}: {exc}") from exc
+        section = doc.get("cubepacs", doc)
+        unknown = set(section) - set(_TYPES)
+        if unknown:
+            raise ConfigError(f"config file {config}: unknown settings {sorted(unknown)}; known: {sorted(_TYPES)}")
+        values.update(section)
+    for key, value in (env or {}).items():
+        if key.startswith("CUBEPACS_") and key[9:].lower() in _TYPES:
+            values[key[9:].lower()] = value
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return Settings(**{k: _coerce(k, v) for k, v in values.items()}).resolved()
+
+
+def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
+    """With no API key configured, create one for tenant ``default`` in ``data_dir/api-keys.json`` (0600) and
+    return it once so it can be shown; never a built-in default key."""
+    if settings.api_keys:
+        return settings, None
+    path = Path(settings.data_dir) / "api-keys.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        keys = json.loads(path.read_text())
+        return replace(settings, api_keys=keys), None
+    key = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({key: "default"}, f)
+    return replace(settings, api_keys={key: "default"}), key

@@ -1,0 +1,162 @@
+"""The DICOMweb application: tenant authentication, QIDO-RS; WADO-RS and STOW-RS routes from their modules.
+
+Every request needs ``Authorization: Bearer <api key>`` (or ``X-Api-Key``); the key selects the tenant, and a
+tenant only ever sees its own rows and objects.
+
+Example
+-------
+>>> app = create_app(None, api_keys={"k": "t"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from cubepacs.archive.index.store import Index
+from cubepacs.archive.queue.base import Queue
+from cubepacs.archive.storage.base import Storage
+
+DICOM_JSON = "application/dicom+json"
+ROOT = "/dicom-web"
+
+_STUDY = {"StudyDate": "study_date", "StudyTime": "study_time", "AccessionNumber": "accession_number",
+          "ReferringPhysicianName": "referring_physician", "PatientName": "patient_name", "PatientID": "patient_id",
+          "PatientBirthDate": "patient_birth_date", "PatientSex": "patient_sex", "StudyInstanceUID": "study_uid",
+          "StudyID": "study_id", "StudyDescription": "study_description"}
+_SERIES = {"SeriesInstanceUID": "series_uid", "Modality": "modality", "SeriesNumber": "series_number",
+           "SeriesDescription": "series_description", "SeriesDate": "series_date"}
+_INSTANCE = {"SOPInstanceUID": "sop_uid", "SOPClassUID": "sop_class_uid", "InstanceNumber": "instance_number",
+             "Rows": "rows", "Columns": "columns", "NumberOfFrames": "frames"}
+_PAGING = {"limit", "offset", "fuzzymatching", "includefield"}
+
+
+@dataclass
+class Services:
+    """What the web layer needs, shared with the other services only through these backends."""
+
+    storage: Storage
+    queue: Queue
+    index: Index
+    api_keys: dict[str, str]
+    access_log: Any = None
+
+
+def _element(keyword: str, value: Any) -> dict[str, Any] | None:
+    if value in (None, "", []):
+        return None
+    vr = str(dictionary_VR(keyword))
+    values = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        values = [{"Alphabetic": str(v)} for v in values]
+    elif vr in ("IS", "US", "UL"):
+        values = [int(v) for v in values]
+    return {"vr": vr, "Value": values}
+
+
+def to_json(row: dict[str, Any], fields: dict[str, str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A QIDO result as DICOM JSON (tags as ``GGGGEEEE``)."""
+    out: dict[str, Any] = {}
+    for kw, col in fields.items():
+        el = _element(kw, row.get(col))
+        if el is not None:
+            out[f"{tag_for_keyword(kw):08X}"] = el
+    for kw, value in (extra or {}).items():
+        el = _element(kw, value)
+        if el is not None:
+            out[f"{tag_for_keyword(kw):08X}"] = el
+    return dict(sorted(out.items()))
+
+
+def tenant_of(request: Request) -> str:
+    """The request's tenant from its API key; 401 without a known one."""
+    services: Services = request.app.state.services
+    auth = request.headers.get("authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    tenant = services.api_keys.get(key) if key else None
+    if tenant is None:
+        raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    request.state.tenant = tenant
+    return tenant
+
+
+def query_filters(request: Request) -> tuple[dict[str, Any], int, int, bool]:
+    """QIDO query parameters → (filters by keyword, limit, offset, fuzzy); 400 on an unknown attribute."""
+    filters: dict[str, Any] = {}
+    for key, value in request.query_params.multi_items():
+        if key.lower() in _PAGING:
+            continue
+        keyword = key
+        if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
+            keyword = keyword_for_tag(int(key, 16)) or key
+        if tag_for_keyword(keyword) is None:
+            raise HTTPException(400, f"unknown query attribute {key!r}")
+        filters[keyword] = value
+    try:
+        limit = min(int(request.query_params.get("limit", 100)), 10_000)
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError as exc:
+        raise HTTPException(400, f"limit/offset must be integers: {exc}") from exc
+    fuzzy = request.query_params.get("fuzzymatching", "false").lower() == "true"
+    return filters, limit, offset, fuzzy
+
+
+def _json(items: list[dict[str, Any]]) -> Response:
+    if not items:
+        return Response(status_code=204)
+    return JSONResponse(items, media_type=DICOM_JSON)
+
+
+def create_app(services: Services) -> FastAPI:
+    """The DICOMweb app (all routes under ``/dicom-web``)."""
+    from cubepacs.archive.web import stow, wado
+
+    app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
+    app.state.services = services
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        if services.access_log is not None:
+            services.access_log.add(
+                tenant=getattr(request.state, "tenant", None), method=request.method, path=request.url.path,
+                status=response.status_code, bytes=int(response.headers.get("content-length", 0) or 0),
+                duration_ms=(time.perf_counter() - start) * 1000,
+                client=request.client.host if request.client else None)
+        return response
+
+    @app.get(ROOT + "/studies")
+    def search_studies(request: Request, tenant: str = Depends(tenant_of)) -> Response:
+        filters, limit, offset, fuzzy = query_filters(request)
+        rows = services.index.search_studies(tenant, filters, limit, offset, fuzzy)
+        return _json([to_json(r, _STUDY, {"ModalitiesInStudy": r.get("modalities"),
+                                          "NumberOfStudyRelatedSeries": r.get("series"),
+                                          "NumberOfStudyRelatedInstances": r.get("instances")}) for r in rows])
+
+    @app.get(ROOT + "/series")
+    @app.get(ROOT + "/studies/{study}/series")
+    def search_series(request: Request, study: str | None = None, tenant: str = Depends(tenant_of)) -> Response:
+        filters, limit, offset, fuzzy = query_filters(request)
+        rows = services.index.search_series(tenant, filters, study, limit, offset, fuzzy)
+        return _json([to_json(r, {**_STUDY, **_SERIES},
+                              {"NumberOfSeriesRelatedInstances": r.get("series_related_instances")}) for r in rows])
+
+    @app.get(ROOT + "/instances")
+    @app.get(ROOT + "/studies/{study}/instances")
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances")
+    def search_instances(request: Request, study: str | None = None, series: str | None = None,
+                         tenant: str = Depends(tenant_of)) -> Response:
+        filters, limit, offset, fuzzy = query_filters(request)
+        rows = services.index.search_instances(tenant, filters, study, series, limit, offset, fuzzy)
+        return _json([to_json(r, {**_STUDY, **_SERIES, **_INSTANCE}) for r in rows])
+
+    wado.add_routes(app, services)
+    stow.add_routes(app, services)
+    return app

@@ -1,0 +1,174 @@
+"""WADO-RS: instances, series and studies as ``multipart/related`` DICOM; metadata; frames; rendered images.
+
+Frames of a compacted series come from its cube (only the asked frames are decoded); metadata of a built series
+is the web worker's pre-built JSON.
+
+Example
+-------
+>>> parse_frames("1,3, 2")
+[1, 3, 2]
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import Response
+
+from cubepacs.archive.keys import check_uid
+from cubepacs.archive.metadata import instance_metadata
+from cubepacs.archive.web import multipart
+from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, tenant_of
+from cubepacs.archive.webworker import series_base
+from cubepacs.cube.image import InstancePixels
+from cubepacs.cube.reader import CubeReader
+from cubepacs.cube.sources import read_instance
+
+_CUBES: dict[tuple[str, Any], CubeReader] = {}
+_LOCK = threading.Lock()
+
+
+def parse_frames(text: str) -> list[int]:
+    """Frame numbers of a ``/frames/{list}`` path (1-based); 400 when not positive integers."""
+    try:
+        frames = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HTTPException(400, f"frame list must be comma-separated integers, not {text!r}") from None
+    if not frames or min(frames) < 1:
+        raise HTTPException(400, "frame numbers start at 1")
+    return frames
+
+
+def _uids(*uids: str) -> None:
+    for u in uids:
+        try:
+            check_uid(u)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+
+def _instances(services: Services, tenant: str, study: str, series: str | None = None,
+               sop: str | None = None) -> list[dict[str, Any]]:
+    _uids(*(u for u in (study, series, sop) if u))
+    rows = services.index.instances_of(tenant, study, series, [sop] if sop else None)
+    if not rows:
+        raise HTTPException(404, "no such study, series or instance")
+    return rows
+
+
+def _cube_for(services: Services, tenant: str, study: str, series: str) -> CubeReader | None:
+    state = services.index.series_state(tenant, study, series)
+    if not state or state["json_status"] != 1 or not state.get("cube_key"):
+        return None
+    key = (state["cube_key"], state["updated_time"])
+    with _LOCK:
+        reader = _CUBES.get(key)
+        if reader is None:
+            storage = services.storage
+            local = getattr(storage, "local_path", None)
+            reader = CubeReader(local(state["cube_key"]) if local else storage.get(state["cube_key"]))
+            if len(_CUBES) > 64:
+                _CUBES.clear()
+            _CUBES[key] = reader
+    return reader
+
+
+def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: list[int]) -> list[np.ndarray]:
+    """Stored values of the asked frames of one instance (from the cube when the series is compacted)."""
+    cube = _cube_for(services, tenant, row["study_uid"], row["series_uid"])
+    name = f"{row['sop_uid']}.dcm"
+    if cube is not None and name in cube.meta.names:
+        i = cube.meta.names.index(name)
+        start, count = int(cube.frame_starts[i]), int(cube.frame_starts[i + 1] - cube.frame_starts[i])
+        source: Any = cube
+    else:
+        pixels = InstancePixels([read_instance(services.storage.get(row["storage_key"]), name)])
+        start, count, source = 0, pixels.num_frames, pixels
+    if max(frames) > count:
+        raise HTTPException(404, f"the instance has {count} frame(s)")
+    return [source.frame(start + f - 1) for f in frames]
+
+
+def _render(arr: np.ndarray, request: Request, thumbnail: bool) -> Response:
+    import imagecodecs
+
+    img = arr.astype(np.float64)
+    if img.ndim == 2:
+        window = request.query_params.get("window")
+        if window:
+            center, width = (float(v) for v in window.split(",")[:2])
+        else:
+            lo, hi = np.percentile(img, [0.5, 99.5])
+            center, width = (lo + hi) / 2, max(hi - lo, 1.0)
+        img = np.clip((img - (center - width / 2)) / width, 0, 1) * 255
+    out = np.ascontiguousarray(img.astype(np.uint8))
+    if thumbnail:
+        step = max(1, max(out.shape[:2]) // 128)
+        out = np.ascontiguousarray(out[::step, ::step])
+    accept = request.headers.get("accept", "image/jpeg")
+    if "png" in accept:
+        return Response(imagecodecs.png_encode(out), media_type="image/png")
+    return Response(imagecodecs.jpeg8_encode(out, level=90), media_type="image/jpeg")
+
+
+def add_routes(app: FastAPI, services: Services) -> None:
+    """Register the WADO-RS routes."""
+
+    def retrieve(rows: list[dict[str, Any]]) -> Response:
+        body, ctype = multipart.encode([services.storage.get(r["storage_key"]) for r in rows], "application/dicom")
+        return Response(body, media_type=ctype)
+
+    @app.get(ROOT + "/studies/{study}")
+    def get_study(study: str, tenant: str = Depends(tenant_of)) -> Response:
+        return retrieve(_instances(services, tenant, study))
+
+    @app.get(ROOT + "/studies/{study}/series/{series}")
+    def get_series(study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
+        return retrieve(_instances(services, tenant, study, series))
+
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}")
+    def get_instance(study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
+        return retrieve(_instances(services, tenant, study, series, sop))
+
+    def metadata(tenant: str, study: str, series: str | None, sop: str | None) -> Response:
+        rows = _instances(services, tenant, study, series, sop)
+        if series and not sop:
+            state = services.index.series_state(tenant, study, series)
+            if state and state["json_status"] == 1 and state["built_instances"] == len(rows) and state["json_key"]:
+                return Response(services.storage.get(state["json_key"]), media_type=DICOM_JSON)
+        docs = [instance_metadata(services.storage.get(r["storage_key"]),
+                                  series_base(ROOT, r["study_uid"], r["series_uid"], r["sop_uid"])) for r in rows]
+        return Response(json.dumps(docs, separators=(",", ":")), media_type=DICOM_JSON)
+
+    @app.get(ROOT + "/studies/{study}/metadata")
+    def study_metadata(study: str, tenant: str = Depends(tenant_of)) -> Response:
+        return metadata(tenant, study, None, None)
+
+    @app.get(ROOT + "/studies/{study}/series/{series}/metadata")
+    def series_metadata(study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
+        return metadata(tenant, study, series, None)
+
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/metadata")
+    def instance_meta(study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
+        return metadata(tenant, study, series, sop)
+
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
+    def get_frames(study: str, series: str, sop: str, frames: str, tenant: str = Depends(tenant_of)) -> Response:
+        numbers = parse_frames(frames)
+        row = _instances(services, tenant, study, series, sop)[0]
+        arrays = frame_arrays(services, tenant, row, numbers)
+        body, ctype = multipart.encode([np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
+                                        for a in arrays], "application/octet-stream",
+                                       '; transfer-syntax="1.2.840.10008.1.2.1"')
+        return Response(body, media_type=ctype)
+
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/rendered")
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+    def rendered(request: Request, study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
+        row = _instances(services, tenant, study, series, sop)[0]
+        arr = frame_arrays(services, tenant, row, [1])[0]
+        return _render(arr, request, request.url.path.endswith("/thumbnail"))

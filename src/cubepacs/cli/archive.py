@@ -1,0 +1,86 @@
+"""``cubepacs serve`` (everything in one process) and each service alone: storescp, indexer, webworker, web."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cubepacs.cli import _fail, app, console
+from cubepacs.errors import CubepacsError
+
+Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file ([cubepacs] table)")]
+DataDir = Annotated[str | None, typer.Option(help="data folder for the embedded backends [./cubepacs-data]")]
+Host = Annotated[str | None, typer.Option(help="address to listen on [127.0.0.1]")]
+DimsePort = Annotated[int | None, typer.Option(help="DIMSE port [11112]")]
+HttpPort = Annotated[int | None, typer.Option(help="HTTP port [8042]")]
+Storage = Annotated[str | None, typer.Option("--storage", help="storage URL (file://…) [data-dir/storage]")]
+Queue = Annotated[str | None, typer.Option("--queue", help="queue URL (embedded://…) [data-dir/queue.db]")]
+Index = Annotated[str | None, typer.Option("--index", help="index URL (sqlite:///…, postgresql://…)")]
+Quiet = Annotated[float | None, typer.Option(help="seconds without a new instance before a series is built [30]")]
+
+
+def _run(parts: set[str], config: Path | None, **overrides: Any) -> None:
+    from cubepacs.archive.service import run
+    from cubepacs.archive.settings import ensure_api_key, load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    names = {"storage": "storage_url", "queue": "queue_url", "index": "index_url"}
+    try:
+        settings = load_settings(config, dict(os.environ), {names.get(k, k): v for k, v in overrides.items()})
+        if "web" in parts:
+            settings, new_key = ensure_api_key(settings)
+            if new_key:
+                console.print(f"[bold]Created an API key for tenant 'default'[/bold] (kept in "
+                              f"{Path(settings.data_dir) / 'api-keys.json'}):\n  {new_key}\n"
+                              "Use it as: Authorization: Bearer <key>")
+        run(settings, parts)
+    except CubepacsError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def serve(config: Config = None, data_dir: DataDir = None, host: Host = None, dimse_port: DimsePort = None,
+          http_port: HttpPort = None, storage: Storage = None, queue: Queue = None, index: Index = None,
+          quiet_seconds: Quiet = None) -> None:
+    """Run the whole archive in one process: DIMSE SCP, indexer, web worker and DICOMweb.
+
+    Embedded defaults need nothing else: SQLite index, files and a durable queue under --data-dir. Listens on
+    127.0.0.1 (DIMSE 11112, HTTP 8042). Called AE title CUBEPACS is tenant 'default'; an API key for the web is
+    created on first start.
+    """
+    _run({"storescp", "indexer", "webworker", "web"}, config, data_dir=data_dir, host=host, dimse_port=dimse_port,
+         http_port=http_port, storage=storage, queue=queue, index=index, quiet_seconds=quiet_seconds)
+
+
+@app.command()
+def storescp(config: Config = None, data_dir: DataDir = None, host: Host = None, dimse_port: DimsePort = None,
+             storage: Storage = None, queue: Queue = None, index: Index = None) -> None:
+    """Run the DIMSE SCP alone (C-ECHO, C-STORE, C-FIND)."""
+    _run({"storescp"}, config, data_dir=data_dir, host=host, dimse_port=dimse_port, storage=storage, queue=queue,
+         index=index)
+
+
+@app.command()
+def indexer(config: Config = None, data_dir: DataDir = None, queue: Queue = None, index: Index = None) -> None:
+    """Run the indexer alone: storage events from the queue into the index."""
+    _run({"indexer"}, config, data_dir=data_dir, queue=queue, index=index)
+
+
+@app.command()
+def webworker(config: Config = None, data_dir: DataDir = None, storage: Storage = None, index: Index = None,
+              quiet_seconds: Quiet = None) -> None:
+    """Run the web worker alone: series metadata JSON and cubes for quiet series."""
+    _run({"webworker"}, config, data_dir=data_dir, storage=storage, index=index, quiet_seconds=quiet_seconds)
+
+
+@app.command()
+def web(config: Config = None, data_dir: DataDir = None, host: Host = None, http_port: HttpPort = None,
+        storage: Storage = None, queue: Queue = None, index: Index = None) -> None:
+    """Run DICOMweb alone (QIDO-RS, WADO-RS, STOW-RS)."""
+    _run({"web"}, config, data_dir=data_dir, host=host, http_port=http_port, storage=storage, queue=queue,
+         index=index)
