@@ -1,0 +1,52 @@
+"""kill -9 mid-ingest loses no acknowledged instance; the indexer is idempotent."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.archive.conftest import dcmtk, free_port, start_server, stop_server, wait_until, write_config
+from tests.conftest import SERIES, dicom_files
+
+pytestmark = pytest.mark.dcmtk
+
+
+def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    dimse, http = free_port(), free_port()
+    config = write_config(tmp_path / "cfg.toml", data, dimse, http, quiet_seconds=3600.0)
+    server = start_server(data, config, dimse, http)
+    files = dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))
+    # storescu reports per file; kill the server while it is still sending
+    import subprocess
+
+    sender = subprocess.Popen(["storescu", "-v", "-aec", "CUBEPACS", "127.0.0.1", str(dimse), *map(str, files)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
+    time.sleep(0.8)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait()
+    out, _ = sender.communicate(timeout=60)
+    acknowledged = out.count("Received Store Response (Success)")
+    assert 0 < acknowledged < len(files), "the kill should land mid-series"
+    stop_server(server)
+    server = start_server(data, config, dimse, http)
+    try:
+        def count() -> int:
+            r = httpx.get(f"http://127.0.0.1:{http}/dicom-web/instances", params={"limit": 10000},
+                          headers=server.headers())
+            return 0 if r.status_code == 204 else len(r.json())
+
+        wait_until(lambda: count() >= acknowledged)
+        assert count() >= acknowledged  # every acknowledged instance is there (a stored-but-unacked one may be too)
+        # sending everything again is harmless: the indexer is idempotent
+        assert dcmtk("storescu", "-aec", "CUBEPACS", "127.0.0.1", str(dimse), *map(str, files)).returncode == 0
+        wait_until(lambda: count() == len(files))
+        time.sleep(1.0)
+        assert count() == len(files)
+    finally:
+        stop_server(server)

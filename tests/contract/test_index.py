@@ -1,0 +1,105 @@
+"""One contract for every index backend: SQLite (embedded) and PostgreSQL (a real server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cubepacs.archive.index.store import Index
+
+
+def event(sop: str, series: str = "1.2.3", study: str = "1.2", tenant: str = "t", **attrs: Any) -> dict[str, Any]:
+    base = {"PatientID": "P1", "PatientName": "Doe^Jane", "StudyDate": "20240115", "Modality": "CT",
+            "InstanceNumber": int(sop.rsplit(".", 1)[-1])}
+    return {"tenant": tenant, "study_uid": study, "series_uid": series, "sop_uid": sop, "key": f"{tenant}/{sop}",
+            "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "attrs": {**base, **attrs}}
+
+
+class IndexContract:
+    """What every index backend must do."""
+
+    @pytest.fixture
+    def index(self) -> Iterator[Index]:
+        raise NotImplementedError
+
+    def test_add_is_idempotent_and_counts(self, index: Index) -> None:
+        assert index.add_instance(event("1.2.3.1"))
+        assert not index.add_instance(event("1.2.3.1"))
+        assert index.add_instance(event("1.2.3.2"))
+        series = index.search_series("t", {})
+        assert len(series) == 1 and series[0]["series_related_instances"] == 2
+        studies = index.search_studies("t", {})
+        assert studies[0]["instances"] == 2 and studies[0]["series"] == 1 and studies[0]["modalities"] == ["CT"]
+
+    def test_matching(self, index: Index) -> None:
+        index.add_instance(event("1.2.3.1"))
+        index.add_instance(event("5.6.7.1", series="5.6.7", study="5.6", PatientID="Q2", PatientName="Roe^Rick",
+                                 StudyDate="20200301", Modality="MR"))
+        assert [s["study_uid"] for s in index.search_studies("t", {"PatientID": "P*"})] == ["1.2"]
+        assert [s["study_uid"] for s in index.search_studies("t", {"PatientID": "?2"})] == ["5.6"]
+        assert len(index.search_studies("t", {"StudyDate": "20200101-20201231"})) == 1
+        assert len(index.search_studies("t", {"StudyDate": "-20230101"})) == 1
+        assert len(index.search_studies("t", {"StudyDate": "20200101-"})) == 2
+        assert len(index.search_studies("t", {"StudyInstanceUID": "1.2\\5.6"})) == 2
+        assert len(index.search_studies("t", {"PatientName": "roe*"})) == 1  # names match case-insensitively
+        assert len(index.search_studies("t", {"PatientName": "rick"}, fuzzy=True)) == 1
+        assert len(index.search_studies("t", {"ModalitiesInStudy": "MR"})) == 1
+        assert len(index.search_series("t", {"Modality": "CT"})) == 1
+        assert len(index.search_instances("t", {"InstanceNumber": "1"})) == 2
+        assert len(index.search_studies("t", {}, limit=1, offset=1)) == 1
+        assert index.search_studies("t", {"PatientID": "50%_off"}) == []  # SQL wildcards are literal
+
+    def test_tenants_never_mix(self, index: Index) -> None:
+        index.add_instance(event("1.2.3.1", tenant="a"))
+        index.add_instance(event("1.2.3.1", tenant="b"))  # the same UIDs in another tenant: another instance
+        assert len(index.search_instances("a", {})) == 1 and len(index.search_instances("b", {})) == 1
+        assert index.search_studies("c", {}) == []
+
+    def test_web_worker_table(self, index: Index) -> None:
+        index.add_instance(event("1.2.3.1"))
+        assert index.pending_series(quiet_seconds=3600, max_retries=3) == []
+        time.sleep(0.05)
+        (row,) = index.pending_series(quiet_seconds=0.01, max_retries=3)
+        assert index.finish_series(row, ok=False, max_retries=1)
+        assert index.series_state("t", "1.2", "1.2.3")["json_status"] == 2  # failed for good after 1 retry
+        index.add_instance(event("1.2.3.2"))  # a new instance makes it pending again
+        time.sleep(0.05)
+        (row,) = index.pending_series(quiet_seconds=0.01, max_retries=3)
+        index.add_instance(event("1.2.3.3"))  # arrives while the worker builds: its result must not stick
+        assert not index.finish_series(row, ok=True, max_retries=3, json_key="j", cube_key="c", instances=2)
+        time.sleep(0.05)
+        (row,) = index.pending_series(quiet_seconds=0.01, max_retries=3)
+        assert index.finish_series(row, ok=True, max_retries=3, json_key="j", cube_key="c", instances=3)
+        state = index.series_state("t", "1.2", "1.2.3")
+        assert state["json_status"] == 1 and state["built_instances"] == 3
+        assert isinstance(state["flag_time"], dt.datetime)
+
+
+class TestSqlite(IndexContract):
+    @pytest.fixture
+    def index(self, tmp_path: Any) -> Iterator[Index]:
+        idx = Index.from_url(f"sqlite:///{tmp_path}/index.db")
+        yield idx
+        idx.close()
+
+
+@pytest.mark.postgres
+class TestPostgres(IndexContract):
+    @pytest.fixture
+    def index(self) -> Iterator[Index]:
+        import psycopg
+
+        admin = os.environ.get("CUBEPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+        name = f"cubepacs_test_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        idx = Index.from_url(admin.rsplit("/", 1)[0] + "/" + name)
+        yield idx
+        idx.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
