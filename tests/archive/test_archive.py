@@ -230,3 +230,50 @@ def test_malformed_files_by_c_store_fail_and_the_server_keeps_serving(stored: Se
         [truncated.read_bytes()], "application/dicom")
     r = httpx.post(f"{stored.url}/studies", content=body, headers={**stored.headers(), "Content-Type": ctype})
     assert r.status_code == 409 and "truncated" in r.headers["warning"]
+
+
+def test_c_get_and_c_move(stored: Server, tmp_path: Path) -> None:
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from tests.archive.conftest import DEST_PORT
+
+    received: list[str] = []
+
+    def on_store(event: object) -> int:
+        received.append(event.dataset.SOPInstanceUID)  # type: ignore[attr-defined]
+        return 0
+
+    dest = AE(ae_title="DEST")
+    for cx in AllStoragePresentationContexts:
+        dest.add_supported_context(cx.abstract_syntax, ALL)
+    server = dest.start_server(("127.0.0.1", DEST_PORT), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        ds = pydicom.dcmread(dicom_files(FMRI)[0], stop_before_pixels=True)
+        keys = ["-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}",
+                "-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}"]
+        res = dcmtk("movescu", "-aec", "CUBEPACS", "-aem", "DEST", "-S", *keys, "127.0.0.1", str(stored.dimse_port))
+        assert res.returncode == 0, res.stderr
+        assert len(set(received)) == 150
+        received.clear()
+        other = dcmtk("movescu", "-aec", "BETAPACS", "-aem", "DEST", "-S", *keys, "127.0.0.1", str(stored.dimse_port))
+        assert received == [] and "Sub-Operations" not in other.stdout + other.stderr or received == []
+        unknown = dcmtk("movescu", "-aec", "CUBEPACS", "-aem", "NOWHERE", "-S", *keys, "127.0.0.1",
+                        str(stored.dimse_port))
+        assert "A801" in (unknown.stdout + unknown.stderr).upper() or unknown.returncode != 0
+    finally:
+        server.shutdown()
+    out = tmp_path / "get"
+    out.mkdir()
+    res = dcmtk("getscu", "-aec", "CUBEPACS", "-S", "-k", "QueryRetrieveLevel=IMAGE",
+                "-k", f"StudyInstanceUID={ds.StudyInstanceUID}", "-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}",
+                "-k", f"SOPInstanceUID={ds.SOPInstanceUID}", "-od", str(out), "127.0.0.1", str(stored.dimse_port))
+    assert res.returncode == 0, res.stderr
+    (got,) = list(out.iterdir())
+    original = pydicom.dcmread(dicom_files(FMRI)[0])
+    np.testing.assert_array_equal(pydicom.dcmread(got).pixel_array, original.pixel_array)
+    beta_out = tmp_path / "beta"
+    beta_out.mkdir()
+    dcmtk("getscu", "-aec", "BETAPACS", "-S", "-k", "QueryRetrieveLevel=IMAGE",
+          "-k", f"StudyInstanceUID={ds.StudyInstanceUID}", "-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}",
+          "-k", f"SOPInstanceUID={ds.SOPInstanceUID}", "-od", str(beta_out), "127.0.0.1", str(stored.dimse_port))
+    assert list(beta_out.iterdir()) == []

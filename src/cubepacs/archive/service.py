@@ -63,7 +63,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         from cubepacs.archive.dimse.scp import start_scp
 
         server = start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, b.storage,
-                           b.queue, b.index)
+                           b.queue, b.index, settings.remote_aes)
         stoppers.append(server.shutdown)
         log.info("DIMSE SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.dimse_port)
     if "indexer" in parts:

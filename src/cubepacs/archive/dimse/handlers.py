@@ -155,3 +155,84 @@ def handle_find(event: Any, tenants: dict[str, str], index: Index) -> Iterator[t
             yield 0xFE00, None
             return
         yield STATUS_PENDING, _answer(identifier, row, level)
+
+
+def _retrieve_rows(event: Any, tenant: str, index: Index) -> list[dict[str, Any]]:
+    identifier: Dataset = event.identifier
+    filters = _filters(identifier, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"))
+    if not any(k in filters for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID")):
+        raise ValueError("a retrieve needs a UID or PatientID")
+    return index.search_instances(tenant, filters, limit=1_000_000)
+
+
+def _datasets(rows: list[dict[str, Any]], storage: Storage, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    import warnings
+    from io import BytesIO
+
+    import pydicom
+
+    for row in rows:
+        if event.is_cancelled:
+            yield 0xFE00, None
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(BytesIO(storage.get(row["storage_key"])))
+        except Exception:
+            log.exception("cannot read %s for a retrieve", row["storage_key"])
+            yield 0xA701, None  # out of resources: unable to perform sub-operations
+            continue
+        yield STATUS_PENDING, ds
+
+
+def handle_get(event: Any, tenants: dict[str, str], index: Index, storage: Storage) -> Iterator[Any]:
+    """C-GET: send the matching instances back over the same association."""
+    tenant = tenants.get(called_ae(event))
+    if tenant is None:
+        yield 0
+        yield STATUS_REFUSED_NOT_AUTHORIZED, None
+        return
+    try:
+        rows = _retrieve_rows(event, tenant, index)
+    except Exception as exc:
+        log.warning("C-GET refused: %s", exc)
+        yield 0
+        yield STATUS_IDENTIFIER_MISMATCH, None
+        return
+    yield len(rows)
+    yield from _datasets(rows, storage, event)
+
+
+def handle_move(event: Any, tenants: dict[str, str], index: Index, storage: Storage,
+                remote_aes: dict[str, str]) -> Iterator[Any]:
+    """C-MOVE: send the matching instances to a configured destination AE (``remote_aes``: title → host:port)."""
+    tenant = tenants.get(called_ae(event))
+    destination = remote_aes.get(event.move_destination.decode().strip() if isinstance(
+        event.move_destination, bytes) else str(event.move_destination).strip())
+    if tenant is None or destination is None:
+        yield None, None  # unknown tenant or destination: 0xA801 (move destination unknown)
+        return
+    from pynetdicom import build_context
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    host, _, port = destination.rpartition(":")
+    try:
+        rows = _retrieve_rows(event, tenant, index)
+    except Exception as exc:
+        log.warning("C-MOVE refused: %s", exc)
+        yield host, int(port)
+        yield 0
+        yield STATUS_IDENTIFIER_MISMATCH, None
+        return
+    # propose, per SOP class, the stored transfer syntaxes first, then the uncompressed ones
+    wanted: dict[str, list[str]] = {}
+    for r in rows:
+        syntaxes = wanted.setdefault(r["sop_class_uid"] or "1.2.840.10008.5.1.4.1.1.7", [])
+        if r["transfer_syntax"] and r["transfer_syntax"] not in syntaxes:
+            syntaxes.insert(0, r["transfer_syntax"])
+    contexts = [build_context(sop, [*ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+                for sop, ts in list(wanted.items())[:128]]
+    yield host, int(port), {"contexts": contexts}
+    yield len(rows)
+    yield from _datasets(rows, storage, event)

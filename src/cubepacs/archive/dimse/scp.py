@@ -16,7 +16,11 @@ from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -36,15 +40,17 @@ def build_ae(ae_title: str) -> AE:
     syntaxes = [ts for ts in ALL_TRANSFER_SYNTAXES if UID(ts).is_compressed] + uncompressed
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None
-        ae.add_supported_context(cx.abstract_syntax, syntaxes)
-    for sop in (Verification, PatientRootQueryRetrieveInformationModelFind,
-                StudyRootQueryRetrieveInformationModelFind):
+        # scp_role/scu_role: also accept the SCU/SCP role reversal a C-GET requestor asks for
+        ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
+    for sop in (Verification, PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
+                PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
+                PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove):
         ae.add_supported_context(sop)
     return ae
 
 
 def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], storage: Storage, queue: Queue,
-              index: Index) -> Any:
+              index: Index, remote_aes: dict[str, str] | None = None) -> Any:
     """Start the SCP in background threads; returns the server (call ``shutdown()`` to stop)."""
     ae = build_ae(ae_title)
     handlers: list[Any] = [
@@ -53,5 +59,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
         (evt.EVT_C_ECHO, h.handle_echo),
         (evt.EVT_C_STORE, functools.partial(h.handle_store, tenants=tenants, storage=storage, queue=queue)),
         (evt.EVT_C_FIND, functools.partial(h.handle_find, tenants=tenants, index=index)),
+        (evt.EVT_C_GET, functools.partial(h.handle_get, tenants=tenants, index=index, storage=storage)),
+        (evt.EVT_C_MOVE, functools.partial(h.handle_move, tenants=tenants, index=index, storage=storage,
+                                           remote_aes=remote_aes or {})),
     ]
     return ae.start_server((host, port), block=False, evt_handlers=handlers)
