@@ -256,7 +256,7 @@ def test_c_get_and_c_move(stored: Server, tmp_path: Path) -> None:
         assert len(set(received)) == 150
         received.clear()
         other = dcmtk("movescu", "-aec", "BETAPACS", "-aem", "DEST", "-S", *keys, "127.0.0.1", str(stored.dimse_port))
-        assert received == [] and "Sub-Operations" not in other.stdout + other.stderr or received == []
+        assert (received == [] and "Sub-Operations" not in other.stdout + other.stderr) or received == []
         unknown = dcmtk("movescu", "-aec", "CUBEPACS", "-aem", "NOWHERE", "-S", *keys, "127.0.0.1",
                         str(stored.dimse_port))
         assert "A801" in (unknown.stdout + unknown.stderr).upper() or unknown.returncode != 0

@@ -213,8 +213,8 @@ def handle_move(event: Any, tenants: dict[str, str], index: Index, storage: Stor
     if tenant is None or destination is None:
         yield None, None  # unknown tenant or destination: 0xA801 (move destination unknown)
         return
-    from pynetdicom import build_context
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import build_context
 
     host, _, port = destination.rpartition(":")
     try:
