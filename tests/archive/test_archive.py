@@ -255,8 +255,8 @@ def test_c_get_and_c_move(stored: Server, tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         assert len(set(received)) == 150
         received.clear()
-        other = dcmtk("movescu", "-aec", "BETAPACS", "-aem", "DEST", "-S", *keys, "127.0.0.1", str(stored.dimse_port))
-        assert (received == [] and "Sub-Operations" not in other.stdout + other.stderr) or received == []
+        dcmtk("movescu", "-aec", "BETAPACS", "-aem", "DEST", "-S", *keys, "127.0.0.1", str(stored.dimse_port))
+        assert received == []  # tenant beta has no such series
         unknown = dcmtk("movescu", "-aec", "CUBEPACS", "-aem", "NOWHERE", "-S", *keys, "127.0.0.1",
                         str(stored.dimse_port))
         assert "A801" in (unknown.stdout + unknown.stderr).upper() or unknown.returncode != 0
