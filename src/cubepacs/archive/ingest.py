@@ -22,11 +22,13 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 
 from cubepacs.archive.keys import check_tenant, check_uid, instance_key
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 from cubepacs.archive.storage.base import Storage
-from cubepacs.dicom.rawfile import split_file
+from cubepacs.dicom.dicomjson import dataset_to_json
+from cubepacs.dicom.rawfile import RawFile, split_file
 from cubepacs.errors import DicomReadError
 
 INDEX_KEYWORDS = (
@@ -50,14 +52,16 @@ def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
     if not any(c.key == 0x00020010 for c in raw.chunks):
         raise RejectedInstance(source, "no file meta information / Transfer Syntax UID")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-        uids = {k: str(ds.get(k, "") or "") for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                                                        "SOPClassUID")}
-        attrs = {k: _plain(ds.get(k)) for k in INDEX_KEYWORDS if ds.get(k) not in (None, "")}
-    except Exception as exc:
-        raise RejectedInstance(source, f"dataset cannot be parsed: {exc}") from exc
+        uids, attrs = _fast_attrs(raw)
+    except Exception:  # unusual character set, deflated, odd values: pydicom decides
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            uids = {k: str(ds.get(k, "") or "") for k in _UID_KEYWORDS}
+            attrs = {k: _plain(ds.get(k)) for k in INDEX_KEYWORDS if ds.get(k) not in (None, "")}
+        except Exception as exc:
+            raise RejectedInstance(source, f"dataset cannot be parsed: {exc}") from exc
     for name in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         try:
             check_uid(uids[name], name)
@@ -66,6 +70,27 @@ def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
     return {"study_uid": uids["StudyInstanceUID"], "series_uid": uids["SeriesInstanceUID"],
             "sop_uid": uids["SOPInstanceUID"], "sop_class_uid": uids["SOPClassUID"] or None,
             "transfer_syntax": raw.transfer_syntax, "size": len(data), "attrs": attrs}
+
+
+_UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+_WANTED = {f"{tag_for_keyword(k):08X}": k for k in (*_UID_KEYWORDS, *INDEX_KEYWORDS, "SpecificCharacterSet")}
+
+
+def _fast_attrs(raw: RawFile) -> tuple[dict[str, str], dict[str, Any]]:
+    """UIDs and index attributes straight from the encoded top-level elements (the fast DICOM JSON path)."""
+    if raw.deflated_body is not None:
+        raise ValueError("deflated")
+    wanted = [c.data for c in raw.chunks if c.key >= 0 and f"{c.key:08X}" in _WANTED]
+    doc, _, _, _ = dataset_to_json(b"".join(wanted), raw.implicit, raw.little_endian)
+    values: dict[str, Any] = {}
+    for tag, kw in _WANTED.items():
+        v = doc.get(tag, {}).get("Value")
+        if v:
+            first = v[0]
+            values[kw] = first.get("Alphabetic", "") if isinstance(first, dict) else first
+    values.pop("SpecificCharacterSet", None)
+    uids = {k: str(values.pop(k, "") or "") for k in _UID_KEYWORDS}
+    return uids, {k: v for k, v in values.items() if v not in (None, "")}
 
 
 def _plain(value: Any) -> Any:

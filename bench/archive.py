@@ -1,0 +1,217 @@
+"""Benchmark the archive against Orthanc (apt: orthanc, orthanc-dicomweb), same run, same data, same machine.
+
+Usage (root): .venv/bin/python bench/archive.py [--copies 10] [--studies 10000] [--streams 4]
+
+Orthanc 1.10 cannot bind 127.0.0.1 only, so the whole benchmark re-runs itself inside a private network
+namespace (``unshare -n``) holding only ``lo``; nothing it starts is reachable from outside.
+
+Measured:
+  1. C-STORE ingest: DCMTK storescu, ``--streams`` concurrent associations, all series of ../shared/data
+     → instances per second, cubepacs / Orthanc.
+  2. /metadata of a 1000-instance series (a real series replicated with new UIDs — synthetic by necessity:
+     no real series that long is in the data set) → median and p95, Orthanc / cubepacs.
+  3. QIDO study search over ``--studies`` studies (index rows made from real headers with new UIDs) → p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+from pydicom.uid import generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "series"
+sys.path.insert(0, str(ROOT))
+
+
+def inside_namespace() -> bool:
+    return os.environ.get("CUBEPACS_BENCH_NETNS") == "1"
+
+
+def wait_http(url: str, headers: dict[str, str] | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def series_files() -> list[Path]:
+    return sorted(p for d in DATA.iterdir() for p in d.iterdir()
+                  if p.is_file() and p.suffix != ".txt" and p.name != "DIRFILE")
+
+
+def store(port: int, aet: str, files: list[Path], streams: int) -> float:
+    """Send ``files`` with ``streams`` concurrent storescu processes; return instances per second."""
+    chunks = [files[i::streams] for i in range(streams)]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, c)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in chunks if c]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[:500]}")
+    return len(files) / (time.perf_counter() - start)
+
+
+def replicate_series(src: Path, n: int, out: Path) -> tuple[str, str]:
+    """``n`` instances from the files of ``src`` with new SOP/Series UIDs in one series; (study, series)."""
+    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix != ".txt" and p.name != "DIRFILE")
+    series_uid = generate_uid()
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        ds = pydicom.dcmread(files[i % len(files)])
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = i + 1
+        ds.save_as(out / f"{i:05d}.dcm")
+    return study_uid, series_uid
+
+
+def timings(url: str, headers: dict[str, str], n: int) -> tuple[float, float]:
+    times = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(n):
+            t = time.perf_counter()
+            r = client.get(url, headers=headers)
+            r.raise_for_status()
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+def fill_index(index_url: str, studies: int) -> None:
+    """Index ``studies`` studies built from real headers with new UIDs (one instance each)."""
+    from cubepacs.archive.index.store import Index
+
+    idx = Index.from_url(index_url)
+    heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_files()[::40]]
+    for k in range(studies):
+        ds = heads[k % len(heads)]
+        study = f"1.2.826.0.1.3680043.10.9999.{k}"
+        idx.add_instance({"tenant": "default", "study_uid": study, "series_uid": study + ".1",
+                          "sop_uid": study + ".1.1", "key": f"default/{study}/x.dcm",
+                          "attrs": {"PatientID": f"P{k % 2000:05d}", "PatientName": str(ds.get("PatientName", "")),
+                                    "StudyDate": f"20{10 + k % 15:02d}0{1 + k % 9}15", "Modality": ds.Modality}})
+    from sqlalchemy import update
+
+    from cubepacs.archive.index.models import dicom_json_meta
+
+    with idx.engine.begin() as conn:  # index-only rows: nothing for the web worker to build
+        conn.execute(update(dicom_json_meta).values(json_status=1))
+    idx.close()
+
+
+def run_inside(args: argparse.Namespace) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cubepacs-bench-"))
+    results: dict[str, float] = {}
+    # --- Orthanc
+    ocfg = {"Name": "bench", "StorageDirectory": str(tmp / "orthanc"), "IndexDirectory": str(tmp / "orthanc"),
+            "DicomAet": "ORTHANC", "DicomPort": 4242, "HttpPort": 8043, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": ["/usr/share/orthanc/plugins"],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "ConcurrentJobs": 2}
+    (tmp / "orthanc.json").write_text(json.dumps(ocfg))
+    orthanc = subprocess.Popen(["Orthanc", str(tmp / "orthanc.json")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    # --- cubepacs (index pre-filled for the QIDO measurement)
+    data_dir = tmp / "cubepacs"
+    data_dir.mkdir()
+    fill_index(f"sqlite:///{data_dir}/index.db", args.studies)
+    key = "bench-key-0123456789"
+    (tmp / "cubepacs.toml").write_text(
+        f'[cubepacs]\ndata_dir = "{data_dir}"\nquiet_seconds = 2.0\napi_keys = {{ "{key}" = "default" }}\n')
+    ours = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "cubepacs.toml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        wait_http("http://127.0.0.1:8043/system")
+        wait_http("http://127.0.0.1:8042/dicom-web/studies?limit=1", auth)
+        files = series_files()
+        results["orthanc_store_ips"] = store(4242, "ORTHANC", files, args.streams)
+        results["cubepacs_store_ips"] = store(11112, "CUBEPACS", files, args.streams)
+        print("C-STORE instances/s:", results, file=sys.stderr)
+        big = tmp / "big"
+        study, series = replicate_series(DATA / "mr_ge_signa_3dt1_100sl", args.instances, big)
+        big_files = sorted(big.iterdir())
+        store(4242, "ORTHANC", big_files, args.streams)
+        store(11112, "CUBEPACS", big_files, args.streams)
+        meta = f"/dicom-web/studies/{study}/series/{series}/metadata"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # our web worker builds the series once it is quiet
+            r = httpx.get(f"http://127.0.0.1:8042/dicom-web/studies/{study}/series/{series}/instances",
+                          headers=auth, params={"limit": 5000})
+            if r.status_code == 200 and len(r.json()) == args.instances:
+                break
+            time.sleep(0.5)
+        built = data_dir / "storage" / "default" / study / f"{series}.metadata.json"
+        while not built.exists() and time.monotonic() < deadline:  # the web worker's pre-built metadata
+            time.sleep(0.5)
+        print("metadata built:", built.exists(), file=sys.stderr)
+        timings("http://127.0.0.1:8043" + meta, {}, 1)  # warm both
+        timings("http://127.0.0.1:8042" + meta, auth, 1)
+        results["orthanc_meta_median"], results["orthanc_meta_p95"] = timings("http://127.0.0.1:8043" + meta, {},
+                                                                              args.repeat)
+        results["cubepacs_meta_median"], results["cubepacs_meta_p95"] = timings("http://127.0.0.1:8042" + meta,
+                                                                                auth, args.repeat)
+        qido = "http://127.0.0.1:8042/dicom-web/studies?PatientID=P0012*&limit=50"
+        results["qido_median"], results["qido_p95"] = timings(qido, auth, 200)
+        results["qido_daterange_median"], results["qido_daterange_p95"] = timings(
+            "http://127.0.0.1:8042/dicom-web/studies?StudyDate=20150101-20151231&limit=100", auth, 200)
+    finally:
+        for p in (ours, orthanc):
+            p.terminate()
+            p.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    r = results
+    print(f"\n{len(series_files())} files by {args.streams} concurrent storescu associations:")
+    print(f"  C-STORE Orthanc   {r['orthanc_store_ips']:8.1f} instances/s")
+    ratio = r["cubepacs_store_ips"] / r["orthanc_store_ips"]
+    print(f"  C-STORE cubepacs  {r['cubepacs_store_ips']:8.1f} instances/s   ratio {ratio:.2f}×")
+    print(f"/metadata of a {args.instances}-instance series ({args.repeat} requests):")
+    print(f"  Orthanc   median {r['orthanc_meta_median'] * 1e3:8.1f} ms  p95 {r['orthanc_meta_p95'] * 1e3:8.1f} ms")
+    print(f"  cubepacs  median {r['cubepacs_meta_median'] * 1e3:8.1f} ms  p95 {r['cubepacs_meta_p95'] * 1e3:8.1f} ms"
+          f"   ratio (median) {r['orthanc_meta_median'] / r['cubepacs_meta_median']:.1f}×")
+    print(f"QIDO over {args.studies} studies: PatientID wildcard median {r['qido_median'] * 1e3:.1f} ms "
+          f"p95 {r['qido_p95'] * 1e3:.1f} ms; date range median {r['qido_daterange_median'] * 1e3:.1f} ms "
+          f"p95 {r['qido_daterange_p95'] * 1e3:.1f} ms")
+    print("raw:", json.dumps(results))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, default=4, help="concurrent storescu associations")
+    ap.add_argument("--instances", type=int, default=1000, help="instances in the /metadata series")
+    ap.add_argument("--studies", type=int, default=10_000, help="studies in the index for QIDO")
+    ap.add_argument("--repeat", type=int, default=50, help="requests per /metadata measurement")
+    args = ap.parse_args()
+    if inside_namespace():
+        run_inside(args)
+        return
+    if shutil.which("Orthanc") is None:
+        sys.exit("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb")
+    env = {**os.environ, "CUBEPACS_BENCH_NETNS": "1"}
+    sys.exit(subprocess.call(["unshare", "-n", sys.executable, *sys.argv], env=env))
+
+
+if __name__ == "__main__":
+    io.DEFAULT_BUFFER_SIZE = 1 << 16
+    main()
