@@ -277,3 +277,65 @@ def test_c_get_and_c_move(stored: Server, tmp_path: Path) -> None:
           "-k", f"StudyInstanceUID={ds.StudyInstanceUID}", "-k", f"SeriesInstanceUID={ds.SeriesInstanceUID}",
           "-k", f"SOPInstanceUID={ds.SOPInstanceUID}", "-od", str(beta_out), "127.0.0.1", str(stored.dimse_port))
     assert list(beta_out.iterdir()) == []
+
+
+def test_bulkdata_and_transfer_syntax_negotiation(stored: Server) -> None:
+    from cubepacs.archive.web import multipart
+
+    ecg = next(s for s in SINGLES if s.name == "ecg_waveform_mortara.dcm")
+    ds = pydicom.dcmread(ecg)
+    base = f"{stored.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    meta = httpx.get(base + "/metadata", headers=stored.headers()).json()[0]
+    uri = meta["54000100"]["Value"][1]["54001010"]["BulkDataURI"]
+    assert uri.endswith("/bulkdata/54000100/1/54001010")
+    r = httpx.get(f"http://127.0.0.1:{stored.http_port}{uri}", headers=stored.headers())
+    assert r.status_code == 200
+    (value,) = multipart.parse(r.content, r.headers["content-type"])
+    assert value == ds.WaveformSequence[1].WaveformData
+    assert httpx.get(base + "/bulkdata/00991099", headers=stored.headers()).status_code == 404
+
+    jpeg = next(s for s in SINGLES if s.name == "ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm")
+    src = pydicom.dcmread(jpeg)
+    url = (f"{stored.url}/studies/{src.StudyInstanceUID}/series/{src.SeriesInstanceUID}/instances/"
+           f"{src.SOPInstanceUID}")
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+    r = httpx.get(url, headers={**stored.headers(), "Accept": accept})
+    assert r.status_code == 200 and b"transfer-syntax=1.2.840.10008.1.2.1" in r.content[:300]  # the part header
+    (part,) = multipart.parse(r.content, r.headers["content-type"])
+    out = pydicom.dcmread(__import__("io").BytesIO(part))
+    assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    np.testing.assert_array_equal(out.pixel_array, src.pixel_array)
+    mpeg = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.100'
+    assert httpx.get(url, headers={**stored.headers(), "Accept": mpeg}).status_code == 406
+
+
+def test_new_instance_after_compaction_recompacts(stored: Server) -> None:
+    import cubepacs
+
+    files = dicom_files(FMRI)
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    cube = stored.data_dir / "storage" / "alpha" / ds.StudyInstanceUID / f"{ds.SeriesInstanceUID}.dcbs"
+    wait_until(cube.exists)
+    wait_until(lambda: cubepacs.load_meta(cube).num_instances == 150)
+    extra = pydicom.dcmread(files[0])
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    extra.InstanceNumber = 151
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client(stored).store_instances([extra])
+    wait_until(lambda: cubepacs.load_meta(cube).num_instances == 151, timeout=60)
+    assert cubepacs.verify(cube) == []
+
+
+def test_access_log_rows(stored: Server) -> None:
+    from deltalake import DeltaTable
+
+    httpx.get(f"{stored.url}/studies", headers=stored.headers("beta"))
+    httpx.get(f"{stored.url}/studies")
+    table = stored.data_dir / "logs" / "access"
+    wait_until(lambda: (table / "_delta_log").exists() and DeltaTable(str(table)).to_pyarrow_table().num_rows > 2,
+               timeout=30)
+    rows = DeltaTable(str(table)).to_pyarrow_table().to_pylist()
+    assert {"alpha", "beta"} <= {r["tenant"] for r in rows}
+    assert any(r["status"] == 401 and r["tenant"] is None for r in rows)
+    assert all(r["duration_ms"] >= 0 and r["path"].startswith("/dicom-web") for r in rows)

@@ -52,3 +52,23 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024) -> dic
         doc[f"{pixel or 0x7FE00010:08X}"] = {"vr": pixel_vr, "BulkDataURI": f"{base}/frames/1"}
     _fix_uris(doc, base)
     return doc
+
+
+def bulk_value(data: bytes, path: str) -> bytes:
+    """The value bytes of the element at a bulk path (``TAG`` or ``SEQ/ITEM/TAG/…``) of an encoded instance.
+
+    Raises KeyError when the path names no element.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds: Any = pydicom.dcmread(BytesIO(data), force=True)
+    parts = path.strip("/").split("/")
+    try:
+        for k in range(0, len(parts) - 1, 2):
+            ds = ds[int(parts[k], 16)].value[int(parts[k + 1])]
+        value = ds[int(parts[-1], 16)].value
+    except (ValueError, IndexError, KeyError) as exc:
+        raise KeyError(path) from exc
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise KeyError(path)

@@ -145,7 +145,7 @@ class _Walker:
             vr_s = _vr_of(tag, vr, creators)
             key = f"{tag:08X}"
             if vr_s == "SQ" or (length == UNDEFINED and tag != 0x7FE00010):
-                items, pos = self.sequence(start, length, implicit or vr_s == "UN", path + key + ".")
+                items, pos = self.sequence(start, length, implicit or vr_s == "UN", path + key + "/")
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
                 continue
             pos = start + length
@@ -185,12 +185,13 @@ class _Walker:
             if tag == 0xFFFEE0DD:
                 return items, pos + 8
             pos += 8
+            item_path = f"{path}{len(items)}/"  # bulk paths: TAG/ITEM/TAG…, items counted from 0
             if ilen == UNDEFINED:
-                item, pos = self.dataset(pos, None, implicit, path)
+                item, pos = self.dataset(pos, None, implicit, item_path)
             else:
                 if pos + ilen > len(self.buf):
                     raise DicomReadError("", "sequence item runs past the end of the data", pos)
-                item, _ = self.dataset(pos, pos + ilen, implicit, path)
+                item, _ = self.dataset(pos, pos + ilen, implicit, item_path)
                 pos += ilen
             items.append(item)
         return items, pos

@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
 from cubepacs.archive.keys import check_uid
-from cubepacs.archive.metadata import instance_metadata
+from cubepacs.archive.metadata import bulk_value, instance_metadata
 from cubepacs.archive.web import multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, tenant_of
 from cubepacs.archive.webworker import series_base
@@ -115,24 +115,77 @@ def _render(arr: np.ndarray, request: Request, thumbnail: bool) -> Response:
     return Response(imagecodecs.jpeg8_encode(out, level=90), media_type="image/jpeg")
 
 
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def wanted_syntax(accept: str) -> str | None:
+    """The transfer syntax an Accept header asks for (None: any, i.e. as stored).
+
+    Example
+    -------
+    >>> wanted_syntax('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1')
+    '1.2.840.10008.1.2.1'
+    """
+    for item in accept.replace(",", ";").split(";"):
+        key, _, value = item.strip().partition("=")
+        if key.strip().lower() == "transfer-syntax":
+            value = value.strip().strip('"')
+            return None if value == "*" else value
+    return None
+
+
+def transcode(data: bytes, syntax: str) -> bytes:
+    """The instance in ``syntax``: as stored when it already is; Explicit VR Little Endian from any syntax a
+    decoder exists for; 406 otherwise."""
+    import warnings
+    from io import BytesIO
+
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(BytesIO(data))
+        stored = str(ds.file_meta.TransferSyntaxUID)
+        if stored == syntax:
+            return data
+        if syntax != EXPLICIT_LE:
+            raise HTTPException(406, f"cannot transcode to {syntax}: stored as {stored}; offered: as stored, "
+                                     f"or {EXPLICIT_LE}")
+        try:
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress()
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(EXPLICIT_LE)
+            out = BytesIO()
+            ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+        except Exception as exc:
+            raise HTTPException(406, f"cannot decode {stored} to transcode it: {exc}") from exc
+    return out.getvalue()
+
+
 def add_routes(app: FastAPI, services: Services) -> None:
     """Register the WADO-RS routes."""
 
-    def retrieve(rows: list[dict[str, Any]]) -> Response:
-        body, ctype = multipart.encode([services.storage.get(r["storage_key"]) for r in rows], "application/dicom")
+    def retrieve(rows: list[dict[str, Any]], request: Request) -> Response:
+        syntax = wanted_syntax(request.headers.get("accept", ""))
+        datas = [services.storage.get(r["storage_key"]) for r in rows]
+        if syntax is not None:
+            datas = [transcode(d, syntax) for d in datas]
+        extra = f"; transfer-syntax={syntax}" if syntax else ""
+        body, ctype = multipart.encode(datas, "application/dicom", extra)
         return Response(body, media_type=ctype)
 
     @app.get(ROOT + "/studies/{study}")
-    def get_study(study: str, tenant: str = Depends(tenant_of)) -> Response:
-        return retrieve(_instances(services, tenant, study))
+    def get_study(request: Request, study: str, tenant: str = Depends(tenant_of)) -> Response:
+        return retrieve(_instances(services, tenant, study), request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}")
-    def get_series(study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
-        return retrieve(_instances(services, tenant, study, series))
+    def get_series(request: Request, study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
+        return retrieve(_instances(services, tenant, study, series), request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}")
-    def get_instance(study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
-        return retrieve(_instances(services, tenant, study, series, sop))
+    def get_instance(request: Request, study: str, series: str, sop: str,
+                     tenant: str = Depends(tenant_of)) -> Response:
+        return retrieve(_instances(services, tenant, study, series, sop), request)
 
     def metadata(tenant: str, study: str, series: str | None, sop: str | None) -> Response:
         rows = _instances(services, tenant, study, series, sop)
@@ -164,6 +217,16 @@ def add_routes(app: FastAPI, services: Services) -> None:
         body, ctype = multipart.encode([np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
                                         for a in arrays], "application/octet-stream",
                                        '; transfer-syntax="1.2.840.10008.1.2.1"')
+        return Response(body, media_type=ctype)
+
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}")
+    def get_bulkdata(study: str, series: str, sop: str, path: str, tenant: str = Depends(tenant_of)) -> Response:
+        row = _instances(services, tenant, study, series, sop)[0]
+        try:
+            value = bulk_value(services.storage.get(row["storage_key"]), path)
+        except KeyError:
+            raise HTTPException(404, f"no bulk value at {path!r}") from None
+        body, ctype = multipart.encode([value], "application/octet-stream")
         return Response(body, media_type=ctype)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/rendered")
