@@ -44,13 +44,14 @@ class Server:
 
 
 DEST_PORT = free_port()  # the C-MOVE destination the tests run (a pynetdicom storage SCP on 127.0.0.1)
+COMMIT_PORT = free_port()  # where the storage commitment requestor of the tests listens for N-EVENT-REPORT
 
 
 def write_config(path: Path, data_dir: Path, dimse: int, http: int, **extra: object) -> Path:
     cfg = {"data_dir": str(data_dir), "dimse_port": dimse, "http_port": http, "quiet_seconds": 1.0,
            "ae_tenants": {"CUBEPACS": "alpha", "BETAPACS": "beta"},
            "api_keys": {KEYS["alpha"]: "alpha", KEYS["beta"]: "beta"},
-           "remote_aes": {"DEST": f"127.0.0.1:{DEST_PORT}"}, **extra}
+           "remote_aes": {"DEST": f"127.0.0.1:{DEST_PORT}", "COMMITSCU": f"127.0.0.1:{COMMIT_PORT}"}, **extra}
     lines = ["[cubepacs]"]
     for k, v in cfg.items():
         lines.append(f"{k} = {json.dumps(v) if not isinstance(v, dict) else _inline(v)}")

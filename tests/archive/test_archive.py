@@ -339,3 +339,49 @@ def test_access_log_rows(stored: Server) -> None:
     assert {"alpha", "beta"} <= {r["tenant"] for r in rows}
     assert any(r["status"] == 401 and r["tenant"] is None for r in rows)
     assert all(r["duration_ms"] >= 0 and r["path"].startswith("/dicom-web") for r in rows)
+
+
+def test_storage_commitment(stored: Server) -> None:
+    import queue
+
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    from tests.archive.conftest import COMMIT_PORT
+
+    reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+
+    def on_report(event: object) -> tuple[int, None]:
+        reports.put((event.event_type, event.event_information))  # type: ignore[attr-defined]
+        return 0, None
+
+    ae = AE(ae_title="COMMITSCU")
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    listener = ae.start_server(("127.0.0.1", COMMIT_PORT), block=False,
+                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        held = pydicom.dcmread(dicom_files(FMRI)[0], stop_before_pixels=True)
+        request = Dataset()
+        request.TransactionUID = pydicom.uid.generate_uid()
+        items = []
+        for sop in (held.SOPInstanceUID, "1.2.3.4.5.6.7.8.9"):
+            item = Dataset()
+            item.ReferencedSOPClassUID = held.SOPClassUID
+            item.ReferencedSOPInstanceUID = sop
+            items.append(item)
+        request.ReferencedSOPSequence = items
+        assoc = ae.associate("127.0.0.1", stored.dimse_port, ae_title="CUBEPACS")
+        assert assoc.is_established
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+        assoc.release()
+        assert status.Status == 0
+        event_type, report = reports.get(timeout=30)
+        assert event_type == 2  # some failed
+        assert report.TransactionUID == request.TransactionUID
+        assert [i.ReferencedSOPInstanceUID for i in report.ReferencedSOPSequence] == [held.SOPInstanceUID]
+        assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in report.FailedSOPSequence] == [
+            ("1.2.3.4.5.6.7.8.9", 0x0112)]
+    finally:
+        listener.shutdown()

@@ -236,3 +236,71 @@ def handle_move(event: Any, tenants: dict[str, str], index: Index, storage: Stor
     yield host, int(port), {"contexts": contexts}
     yield len(rows)
     yield from _datasets(rows, storage, event)
+
+
+COMMIT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known Storage Commitment Push Model SOP Instance
+NO_SUCH_OBJECT = 0x0112
+
+
+def commitment_result(tenant: str, request: Dataset, index: Index) -> tuple[int, Dataset]:
+    """(event type, N-EVENT-REPORT dataset) for a Storage Commitment request: instances held for ``tenant`` are
+    committed (stored durably, indexed); the others fail with 0x0112 (no such object instance)."""
+    refs = list(request.get("ReferencedSOPSequence", []))
+    uids = [str(item.ReferencedSOPInstanceUID) for item in refs]
+    held = {r["sop_uid"] for r in index.search_instances(tenant, {"SOPInstanceUID": uids}, limit=len(uids) + 1)}
+    ok, failed = [], []
+    for item in refs:
+        out = Dataset()
+        out.ReferencedSOPClassUID = item.ReferencedSOPClassUID
+        out.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
+        if str(item.ReferencedSOPInstanceUID) in held:
+            ok.append(out)
+        else:
+            out.FailureReason = NO_SUCH_OBJECT
+            failed.append(out)
+    report = Dataset()
+    report.TransactionUID = request.TransactionUID
+    if ok:
+        report.ReferencedSOPSequence = ok
+    if failed:
+        report.FailedSOPSequence = failed
+    return (2 if failed else 1), report
+
+
+def handle_n_action(event: Any, tenants: dict[str, str], index: Index, remote_aes: dict[str, str],
+                    ae_title: str) -> tuple[int, Dataset | None]:
+    """Storage Commitment (push model) request: answer at once, report the result by N-EVENT-REPORT on a new
+    association to the requesting AE (its address from ``remote_aes``)."""
+    import threading
+
+    tenant = tenants.get(called_ae(event))
+    calling = str(event.assoc.requestor.ae_title).strip()
+    destination = remote_aes.get(calling)
+    if tenant is None:
+        return STATUS_REFUSED_NOT_AUTHORIZED, None
+    if destination is None:
+        log.warning("storage commitment from %s refused: no address configured for it", calling)
+        return 0x0110, None  # processing failure
+    request: Dataset = event.action_information
+    if "TransactionUID" not in request:
+        return 0x0120, None  # missing attribute
+    event_type, report = commitment_result(tenant, request, index)
+    host, _, port = destination.rpartition(":")
+
+    def send() -> None:
+        from pynetdicom import AE
+        from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+        ae = AE(ae_title=ae_title)
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(host, int(port), ae_title=calling)
+        if not assoc.is_established:
+            log.error("storage commitment report to %s (%s) failed: no association", calling, destination)
+            return
+        try:
+            assoc.send_n_event_report(report, event_type, StorageCommitmentPushModel, COMMIT_INSTANCE)
+        finally:
+            assoc.release()
+
+    threading.Thread(target=send, name="commitment-report", daemon=True).start()
+    return STATUS_SUCCESS, None

@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -44,7 +45,8 @@ def build_ae(ae_title: str) -> AE:
         ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
     for sop in (Verification, PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
                 PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
-                PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove):
+                PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove,
+                StorageCommitmentPushModel):
         ae.add_supported_context(sop)
     return ae
 
@@ -62,5 +64,7 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
         (evt.EVT_C_GET, functools.partial(h.handle_get, tenants=tenants, index=index, storage=storage)),
         (evt.EVT_C_MOVE, functools.partial(h.handle_move, tenants=tenants, index=index, storage=storage,
                                            remote_aes=remote_aes or {})),
+        (evt.EVT_N_ACTION, functools.partial(h.handle_n_action, tenants=tenants, index=index,
+                                             remote_aes=remote_aes or {}, ae_title=ae_title)),
     ]
     return ae.start_server((host, port), block=False, evt_handlers=handlers)
