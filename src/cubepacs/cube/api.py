@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import IO
 
 import numpy as np
 
+from cubepacs._atomic import atomic_write
 from cubepacs.cube.codecs import DEFAULT_CODEC
 from cubepacs.cube.image import DicomCubeImage, InstancePixels, meta_from_instances
 from cubepacs.cube.meta import DicomMeta
@@ -163,15 +163,7 @@ def save_to_dicom_folder(image: DicomCubeImage, folder_path: str | os.PathLike[s
     written = []
     for i, name in enumerate(image.dicom_meta.names):
         target = _safe_target(out_dir, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(image.pixels.instance_bytes(i))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, [image.pixels.instance_bytes(i)])
         written.append(target)
     return written
 

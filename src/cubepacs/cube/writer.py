@@ -13,7 +13,6 @@ True
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from cubepacs._atomic import atomic_write
 from cubepacs.cube.codecs import DEFAULT_CODEC, get_codec
 from cubepacs.cube.columns import COLUMNS
 from cubepacs.cube.format import (
@@ -187,22 +187,5 @@ def write_cube(instances: Sequence[Instance], dest: str | os.PathLike[str] | IO[
         for p in parts:
             dest.write(p)
         return size
-    path = Path(dest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for p in parts:
-                f.write(p)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(Path(dest), parts)
     return size
