@@ -15,6 +15,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from cubepacs.archive.dimse.filemeta import encode_file_meta
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.ingest import RejectedInstance, ingest
 from cubepacs.archive.queue.base import Queue
@@ -76,7 +77,10 @@ def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Q
     if tenant is None:
         return STATUS_REFUSED_NOT_AUTHORIZED
     try:
-        ingest(event.encoded_dataset(include_meta=True), tenant, storage, queue, source="C-STORE")
+        req = event.request
+        meta = encode_file_meta(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
+                                str(event.context.transfer_syntax), str(event.assoc.requestor.ae_title))
+        ingest(meta + event.encoded_dataset(include_meta=False), tenant, storage, queue, source="C-STORE")
     except RejectedInstance as exc:
         log.warning("C-STORE from %s refused: %s", event.assoc.requestor.ae_title, exc)
         status = Dataset()
