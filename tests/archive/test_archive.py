@@ -133,14 +133,30 @@ def test_tenants_are_isolated(stored: Server, tmp_path: Path) -> None:
     assert beta.search_for_studies() == []
     ds = pydicom.dcmread(dicom_files(FMRI)[0], stop_before_pixels=True)
     path = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-    for suffix in ("", "/metadata", "/frames/1", "/rendered"):
+    for suffix in ("", "/metadata", "/frames/1", "/rendered", "/thumbnail", "/bulkdata/7FE00010"):
         r = httpx.get(stored.url + path + suffix, headers=stored.headers("beta"))
         assert r.status_code == 404, suffix
+        assert httpx.get(stored.url + path + suffix, headers=stored.headers()).status_code in (200, 404), suffix
+    for other in (f"/studies/{ds.StudyInstanceUID}", f"/studies/{ds.StudyInstanceUID}/metadata",
+                  f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"):
+        assert httpx.get(stored.url + other, headers=stored.headers("beta")).status_code == 404, other
+        assert httpx.get(stored.url + other, headers=stored.headers()).status_code == 200, other
+    for qido in ("/studies", "/series", "/instances", f"/studies/{ds.StudyInstanceUID}/series",
+                 f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances"):
+        assert httpx.get(stored.url + qido, headers=stored.headers("beta")).status_code == 204, qido
     assert httpx.get(f"{stored.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata",
                      headers=stored.headers("beta")).status_code == 404
     res = dcmtk("findscu", "-aec", "BETAPACS", "-S", "-X", "-k", "QueryRetrieveLevel=STUDY", "-k",
                 "StudyInstanceUID", "127.0.0.1", str(stored.dimse_port), cwd=tmp_path)
     assert res.returncode == 0 and not list(tmp_path.glob("rsp*.dcm"))
+
+
+def test_no_path_traversal_through_uids(stored: Server) -> None:
+    for bad in ("..", "1.2.3%2F..%2F..", "1.2.3;DROP"):
+        r = httpx.get(f"{stored.url}/studies/{bad}/series/1.2/instances/1.2.3", headers=stored.headers())
+        assert r.status_code in (400, 404), bad
+    r = httpx.get(f"{stored.url}/studies/1.2.3/series/1.2/instances/..%2F..%2Fetc", headers=stored.headers())
+    assert r.status_code in (400, 404)
 
 
 def test_stow_stores_and_reports_failures(stored: Server) -> None:

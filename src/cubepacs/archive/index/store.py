@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, create_engine, event, func, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.sql import Select
 
 from cubepacs._registry import mask_url
@@ -108,7 +110,14 @@ class Index:
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = mask_url(url)
-        self.migrate()
+        for attempt in range(10):  # services started together race to create the schema: the losers retry
+            try:
+                self.migrate()
+                break
+            except (OperationalError, IntegrityError, ProgrammingError):
+                if attempt == 9:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     @classmethod
     def from_url(cls, url: str, echo: bool = False) -> Index:
@@ -129,7 +138,8 @@ class Index:
         try:
             return cls(engine, url)
         except Exception as exc:
-            raise BackendError(f"index {mask_url(url)} is not reachable: {type(exc).__name__}") from exc
+            detail = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+            raise BackendError(f"index {mask_url(url)} is not usable: {type(exc).__name__}: {detail}") from exc
 
     def migrate(self) -> None:
         """Create the tables, or apply the migrations an older index lacks."""
