@@ -4,10 +4,11 @@ Example
 -------
 >>> mask_url("postgresql://app:s3cret@db:5432/pacs")
 'postgresql://app:***@db:5432/pacs'
->>> resolve("queue", "embdded:///tmp/q")
-Traceback (most recent call last):
-...
-cubepacs.errors.ConfigError: unknown queue URL scheme 'embdded' (did you mean 'embedded'?); known: embedded
+>>> try:
+...     resolve("queue", "embdded:///tmp/q")
+... except ValueError as exc:
+...     print(exc)
+unknown queue URL scheme 'embdded' (did you mean 'embedded'?); known: embedded, redis, kafka
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from cubepacs.errors import ConfigError
 # kind -> scheme -> ("module:Class", extra to install)
 BACKENDS: dict[str, dict[str, tuple[str, str]]] = {
     "storage": {"file": ("cubepacs.archive.storage.file:FileStorage", "")},
-    "queue": {"embedded": ("cubepacs.archive.queue.embedded:EmbeddedQueue", "")},
+    "queue": {
+        "embedded": ("cubepacs.archive.queue.embedded:EmbeddedQueue", ""),
+        "redis": ("cubepacs.archive.queue.redis:RedisQueue", "cubepacs[redis]"),
+        "kafka": ("cubepacs.archive.queue.kafka:KafkaQueue", "cubepacs[kafka]"),
+    },
     "index": {
         "sqlite": ("cubepacs.archive.index.store:Index", ""),
         "postgresql": ("cubepacs.archive.index.store:Index", "cubepacs[postgres]"),

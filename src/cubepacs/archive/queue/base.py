@@ -25,7 +25,7 @@ LOG_TOPIC = "log_queue"
 class Message:
     """A message as delivered: its id within the topic, the topic, the JSON payload."""
 
-    id: int
+    id: int | str
     topic: str
     payload: dict[str, Any]
 

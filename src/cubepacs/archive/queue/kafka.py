@@ -1,0 +1,114 @@
+"""Kafka or Redpanda through confluent-kafka (librdkafka).
+
+Connection string
+-----------------
+``kafka://broker1:9092,broker2:9092`` — topics are the reference design's names (``storage_queue``,
+``dicom_state_queue``, ``dicom_image_queue``, ``log_queue``), prefixed by the ``topic_prefix`` option if given.
+
+Options
+-------
+``topic_prefix`` (default ``""``), ``session_timeout_ms`` (default 10000). The producer uses ``acks=all`` and
+idempotence; ``publish`` returns once the broker acknowledged the message. Consumers commit offsets only in
+``ack`` (after the index write), so delivery is at-least-once and the idempotent indexer makes it effectively
+once. Pointing it at Redpanda needs nothing else: Redpanda speaks the Kafka protocol.
+
+Example
+-------
+>>> KafkaQueue.bootstrap_of("kafka://127.0.0.1:9092,127.0.0.1:9093")
+'127.0.0.1:9092,127.0.0.1:9093'
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from cubepacs._registry import mask_url
+from cubepacs.archive.queue.base import Message, Queue
+from cubepacs.errors import BackendError
+
+
+class KafkaQueue(Queue):
+    """One producer; one consumer per (topic, group), created on first poll."""
+
+    def __init__(self, bootstrap: str, topic_prefix: str = "", session_timeout_ms: int = 10_000) -> None:
+        from confluent_kafka import Producer
+
+        self.bootstrap = bootstrap
+        self.prefix = topic_prefix
+        self.session_timeout_ms = session_timeout_ms
+        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                                  "linger.ms": 2})
+        self._consumers: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def bootstrap_of(url: str) -> str:
+        """The ``host:port,…`` list of a ``kafka://`` URL."""
+        parts = urlsplit(url)
+        return parts.netloc.split("@")[-1]
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> KafkaQueue:
+        return cls(cls.bootstrap_of(url), **options)
+
+    def _topic(self, topic: str) -> str:
+        return self.prefix + topic
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        errors: list[Any] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+
+        key = str(payload.get("series_uid") or payload.get("sop_uid") or "").encode() or None
+        with self._lock:
+            self.producer.produce(self._topic(topic), json.dumps(payload, separators=(",", ":")).encode(), key=key,
+                                  on_delivery=delivered)
+            remaining = self.producer.flush(30)
+        if remaining or errors:
+            raise BackendError(f"queue {mask_url('kafka://' + self.bootstrap)}: message not acknowledged "
+                               f"({errors[0] if errors else 'timeout'})")
+
+    def _consumer(self, topic: str, group: str) -> Any:
+        from confluent_kafka import Consumer
+
+        key = (topic, group)
+        if key not in self._consumers:
+            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
+                                 "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                 "session.timeout.ms": self.session_timeout_ms})
+            consumer.subscribe([self._topic(topic)])
+            self._consumers[key] = consumer
+        return self._consumers[key]
+
+    def poll(self, topic: str, group: str, max_messages: int = 100, timeout: float = 1.0) -> list[Message]:
+        consumer = self._consumer(topic, group)
+        out = []
+        for msg in consumer.consume(num_messages=max_messages, timeout=timeout):
+            if msg.error() is not None:
+                continue
+            out.append(Message(f"{msg.partition()}:{msg.offset()}", topic, json.loads(msg.value())))
+        return out
+
+    def ack(self, group: str, messages: list[Message]) -> None:
+        if not messages:
+            return
+        from confluent_kafka import TopicPartition
+
+        topic = messages[0].topic
+        last: dict[int, int] = {}
+        for m in messages:
+            partition, offset = (int(x) for x in str(m.id).split(":"))
+            last[partition] = max(last.get(partition, -1), offset)
+        offsets = [TopicPartition(self._topic(topic), p, o + 1) for p, o in last.items()]
+        self._consumer(topic, group).commit(offsets=offsets, asynchronous=False)
+
+    def close(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.close()
+        self._consumers.clear()
+        self.producer.flush(10)

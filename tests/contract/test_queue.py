@@ -1,0 +1,107 @@
+"""One contract for every queue backend: embedded (SQLite), Redis Streams (a real Redis), Kafka (librdkafka's
+mock cluster, which speaks the Kafka protocol on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cubepacs._registry import open_backend
+from cubepacs.archive.queue.base import Queue
+
+
+def drain(q: Queue, topic: str, group: str, want: int, rounds: int = 40) -> list[Any]:
+    got: list[Any] = []
+    for _ in range(rounds):
+        got += q.poll(topic, group, max_messages=100, timeout=0.5)
+        if len(got) >= want:
+            break
+    return got
+
+
+class QueueContract:
+    """What every queue backend must do."""
+
+    url: str
+
+    @pytest.fixture
+    def make(self) -> Iterator[Any]:
+        opened: list[Queue] = []
+
+        def factory(**options: Any) -> Queue:
+            q = open_backend("queue", self.url, **options)
+            opened.append(q)
+            return q
+
+        yield factory
+        for q in opened:
+            q.close()
+
+    def test_publish_poll_ack(self, make: Any) -> None:
+        q = make()
+        topic = f"t{uuid.uuid4().hex[:8]}"
+        for n in range(5):
+            q.publish(topic, {"n": n})
+        got = drain(q, topic, "g1", 5)
+        assert sorted(m.payload["n"] for m in got) == list(range(5))
+        q.ack("g1", got)
+        assert q.poll(topic, "g1", timeout=0.5) == []
+
+    def test_unacknowledged_messages_come_back_after_a_restart(self, make: Any) -> None:
+        topic = f"t{uuid.uuid4().hex[:8]}"
+        first = make()
+        first.publish(topic, {"n": 1})
+        first.publish(topic, {"n": 2})
+        got = drain(first, topic, "indexer", 2)
+        first.ack("indexer", [m for m in got if m.payload["n"] == 1] if len(got) > 1 else [])
+        first.close()
+        second = make(**self.restart_options())
+        again = drain(second, topic, "indexer", 1)
+        assert 2 in {m.payload["n"] for m in again}
+
+    def test_groups_are_independent(self, make: Any) -> None:
+        q = make()
+        topic = f"t{uuid.uuid4().hex[:8]}"
+        q.publish(topic, {"n": 7})
+        a = drain(q, topic, "a", 1)
+        q.ack("a", a)
+        b = drain(q, topic, "b", 1)
+        assert [m.payload for m in a] == [m.payload for m in b] == [{"n": 7}]
+
+    def restart_options(self) -> dict[str, Any]:
+        return {}
+
+
+class TestEmbedded(QueueContract):
+    @pytest.fixture(autouse=True)
+    def _url(self, tmp_path: Path) -> None:
+        self.url = f"embedded://{tmp_path}/q.db"
+
+
+@pytest.mark.redis
+class TestRedis(QueueContract):
+    url = "redis://127.0.0.1:6379/15"
+
+    def restart_options(self) -> dict[str, Any]:
+        return {"claim_idle_ms": 0}  # the first consumer "died": claim its pending entries at once
+
+
+@pytest.fixture(scope="module")
+def kafka_url() -> Iterator[str]:
+    from confluent_kafka import Producer
+
+    holder = Producer({"test.mock.num.brokers": 3, "log_level": 0})  # the mock cluster lives with this client
+    brokers = holder.list_topics(timeout=10).brokers.values()
+    yield "kafka://" + ",".join(f"{b.host}:{b.port}" for b in brokers)
+    holder.flush(1)
+
+
+@pytest.mark.kafka
+class TestKafka(QueueContract):
+    @pytest.fixture(autouse=True)
+    def _url(self, kafka_url: str) -> None:
+        self.url = kafka_url
