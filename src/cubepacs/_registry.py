@@ -22,7 +22,10 @@ from cubepacs.errors import ConfigError
 
 # kind -> scheme -> ("module:Class", extra to install)
 BACKENDS: dict[str, dict[str, tuple[str, str]]] = {
-    "storage": {"file": ("cubepacs.archive.storage.file:FileStorage", "")},
+    "storage": {
+        "file": ("cubepacs.archive.storage.file:FileStorage", ""),
+        "s3": ("cubepacs.archive.storage.s3:S3Storage", "cubepacs[s3]"),
+    },
     "queue": {
         "embedded": ("cubepacs.archive.queue.embedded:EmbeddedQueue", ""),
         "redis": ("cubepacs.archive.queue.redis:RedisQueue", "cubepacs[redis]"),

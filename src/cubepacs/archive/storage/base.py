@@ -38,3 +38,39 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` (no error when absent)."""
+
+
+class StorageFile:
+    """A read-only, seekable file over one stored object, reading byte ranges on demand (no whole download):
+    what the cube reader needs to serve one frame of a cube kept on object storage.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from cubepacs.archive.storage.file import FileStorage
+    >>> s = FileStorage(tempfile.mkdtemp()); s.put("k", b"0123456789")
+    >>> f = StorageFile(s, "k"); _ = f.seek(3); f.read(4)
+    b'3456'
+    """
+
+    def __init__(self, storage: Storage, key: str) -> None:
+        self.storage = storage
+        self.key = key
+        self.name = key
+        self.pos = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise ValueError("StorageFile supports absolute seeks only")
+        self.pos = offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            raise ValueError("StorageFile reads need a length")
+        data = self.storage.get_range(self.key, self.pos, n)
+        self.pos += len(data)
+        return data

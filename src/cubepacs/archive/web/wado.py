@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from cubepacs.archive.keys import check_uid
 from cubepacs.archive.metadata import bulk_value, instance_metadata
+from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, tenant_of
 from cubepacs.archive.webworker import series_base
@@ -70,7 +71,9 @@ def _cube_for(services: Services, tenant: str, study: str, series: str) -> CubeR
         if reader is None:
             storage = services.storage
             local = getattr(storage, "local_path", None)
-            reader = CubeReader(local(state["cube_key"]) if local else storage.get(state["cube_key"]))
+            # a local file is memory-mapped; on object storage, each block and frame is one ranged read
+            source: Any = local(state["cube_key"]) if local else StorageFile(storage, state["cube_key"])
+            reader = CubeReader(source)
             if len(_CUBES) > 64:
                 _CUBES.clear()
             _CUBES[key] = reader
