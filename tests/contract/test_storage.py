@@ -35,7 +35,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = None
     if not _open(S3_PORT):
         folder = tmp_path_factory.mktemp("seaweedfs")
-        log = open(folder / "weed.log", "wb")  # noqa: SIM115 - closed below
+        log = open(folder / "weed.log", "wb")
         proc = subprocess.Popen([weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                                  "-admin.ui=false"], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -92,7 +92,7 @@ class StorageContract:
         frame = reader.frame(42)
         assert (frame == image.frame(42)).all()
         if before is not None:  # header, meta, index, one frame: never the whole object
-            assert getattr(storage, "range_reads") - before <= 4
+            assert storage.range_reads - before <= 4
 
 
 class TestFile(StorageContract):
