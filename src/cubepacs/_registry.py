@@ -31,6 +31,10 @@ BACKENDS: dict[str, dict[str, tuple[str, str]]] = {
         "redis": ("cubepacs.archive.queue.redis:RedisQueue", "cubepacs[redis]"),
         "kafka": ("cubepacs.archive.queue.kafka:KafkaQueue", "cubepacs[kafka]"),
     },
+    "cache": {
+        "memory": ("cubepacs.archive.cache.memory:MemoryCache", ""),
+        "redis": ("cubepacs.archive.cache.redis:RedisCache", "cubepacs[redis]"),
+    },
     "index": {
         "sqlite": ("cubepacs.archive.index.store:Index", ""),
         "postgresql": ("cubepacs.archive.index.store:Index", "cubepacs[postgres]"),

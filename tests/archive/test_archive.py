@@ -333,12 +333,20 @@ def test_new_instance_after_compaction_recompacts(stored: Server) -> None:
     cube = stored.data_dir / "storage" / "alpha" / ds.StudyInstanceUID / f"{ds.SeriesInstanceUID}.dcbs"
     wait_until(cube.exists)
     wait_until(lambda: cubepacs.load_meta(cube).num_instances == 150)
+
+    def series_count() -> int:  # a QIDO answer the server caches until the tenant changes
+        r = httpx.get(f"{stored.url}/studies/{ds.StudyInstanceUID}/series", headers=stored.headers(),
+                      params={"SeriesInstanceUID": ds.SeriesInstanceUID})
+        return int(r.json()[0]["00201209"]["Value"][0])
+
+    assert series_count() == series_count() == 150
     extra = pydicom.dcmread(files[0])
     extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     extra.InstanceNumber = 151
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         client(stored).store_instances([extra])
+    wait_until(lambda: series_count() == 151)  # the indexer's invalidation reached the cached answer
     wait_until(lambda: cubepacs.load_meta(cube).num_instances == 151, timeout=60)
     assert cubepacs.verify(cube) == []
 

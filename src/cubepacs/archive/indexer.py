@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 
@@ -30,18 +31,22 @@ GROUP = "indexer"
 class Indexer:
     """Moves storage events into the index."""
 
-    def __init__(self, queue: Queue, index: Index, batch: int = 200) -> None:
+    def __init__(self, queue: Queue, index: Index, batch: int = 200, cache: Cache | None = None) -> None:
         self.queue = queue
         self.index = index
         self.batch = batch
+        self.cache = cache
         self.stopped = threading.Event()
 
     def run_once(self, timeout: float = 0.0) -> int:
         """Index one batch of waiting events; return how many were new."""
         messages = self.queue.poll(STORAGE_TOPIC, GROUP, self.batch, timeout)
-        new = sum(1 for m in messages if self.index.add_instance(m.payload))
+        new = [m.payload["tenant"] for m in messages if self.index.add_instance(m.payload)]
+        if self.cache is not None:
+            for tenant in set(new):  # cached QIDO answers and metadata of these tenants are now stale
+                self.cache.bump(tenant)
         self.queue.ack(GROUP, messages)
-        return new
+        return len(new)
 
     def run(self, poll_timeout: float = 0.5) -> None:
         """Run until :meth:`stop`; a failing batch is retried (not acknowledged) after a pause."""

@@ -5,8 +5,8 @@ Example
 >>> import tempfile
 >>> from cubepacs.archive.settings import load_settings
 >>> b = open_backends(load_settings(overrides={"data_dir": tempfile.mkdtemp()}))
->>> type(b.index).__name__, type(b.queue).__name__
-('Index', 'EmbeddedQueue')
+>>> type(b.index).__name__, type(b.queue).__name__, b.cache
+('Index', 'EmbeddedQueue', None)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from cubepacs._registry import mask_url, open_backend
 from cubepacs.archive.accesslog import AccessLog
+from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.indexer import Indexer
 from cubepacs.archive.queue.base import Queue
@@ -33,19 +34,21 @@ log = logging.getLogger("cubepacs")
 
 @dataclass
 class Backends:
-    """The three shared backends."""
+    """The shared backends."""
 
     storage: Storage
     queue: Queue
     index: Index
+    cache: Cache | None
 
 
-def open_backends(settings: Settings) -> Backends:
-    """Open storage, queue and index from their URLs."""
+def open_backends(settings: Settings, cache_url: str | None = None) -> Backends:
+    """Open storage, queue, index (and cache, when ``cache_url`` names one) from their URLs."""
     log.info("storage %s, queue %s, index %s", mask_url(settings.storage_url), mask_url(settings.queue_url),
              mask_url(settings.index_url))
     return Backends(open_backend("storage", settings.storage_url), open_backend("queue", settings.queue_url),
-                    open_backend("index", settings.index_url))
+                    open_backend("index", settings.index_url),
+                    open_backend("cache", cache_url) if cache_url else None)
 
 
 def _thread(target: Any, name: str) -> threading.Thread:
@@ -56,7 +59,9 @@ def _thread(target: Any, name: str) -> threading.Thread:
 
 def run(settings: Settings, parts: set[str], ready: threading.Event | None = None) -> None:
     """Run ``parts`` (any of ``storescp``, ``indexer``, ``webworker``, ``web``) until SIGINT/SIGTERM."""
-    b = open_backends(settings)
+    # An in-process cache is only safe where the indexer that invalidates it runs in the same process.
+    cache_url = settings.cache_url or ("memory://" if {"indexer", "web"} <= parts else None)
+    b = open_backends(settings, cache_url)
     stop = threading.Event()
     stoppers: list[Any] = []
     if "storescp" in parts:
@@ -67,7 +72,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         stoppers.append(server.shutdown)
         log.info("DIMSE SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.dimse_port)
     if "indexer" in parts:
-        indexer = Indexer(b.queue, b.index)
+        indexer = Indexer(b.queue, b.index, cache=b.cache)
         _thread(indexer.run, "indexer")
         stoppers.append(indexer.stop)
     if "webworker" in parts:
@@ -83,7 +88,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
 
         access = AccessLog(str(Path(settings.data_dir).resolve() / "logs" / "access"))
         stoppers.append(access.close)
-        app = create_app(Services(b.storage, b.queue, b.index, settings.api_keys, access))
+        app = create_app(Services(b.storage, b.queue, b.index, settings.api_keys, access, b.cache))
         config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
                                 access_log=False)
         uvicorn_server = uvicorn.Server(config)
@@ -106,3 +111,5 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         s()
     b.queue.close()
     b.index.close()
+    if b.cache is not None:
+        b.cache.close()

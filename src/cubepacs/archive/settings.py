@@ -30,6 +30,7 @@ class Settings:
     storage_url: str = ""
     queue_url: str = ""
     index_url: str = ""
+    cache_url: str = ""  # "" → memory:// when indexer and web share a process, else no cache
     host: str = "127.0.0.1"
     dimse_port: int = 11112
     http_port: int = 8042

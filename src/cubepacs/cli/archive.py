@@ -20,6 +20,7 @@ HttpPort = Annotated[int | None, typer.Option(help="HTTP port [8042]")]
 Storage = Annotated[str | None, typer.Option("--storage", help="storage URL (file://…) [data-dir/storage]")]
 Queue = Annotated[str | None, typer.Option("--queue", help="queue URL (embedded://…) [data-dir/queue.db]")]
 Index = Annotated[str | None, typer.Option("--index", help="index URL (sqlite:///…, postgresql://…)")]
+Cache = Annotated[str | None, typer.Option("--cache", help="cache URL (memory://, redis://…) [memory://]")]
 Quiet = Annotated[float | None, typer.Option(help="seconds without a new instance before a series is built [30]")]
 
 
@@ -29,7 +30,7 @@ def _run(parts: set[str], config: Path | None, **overrides: Any) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    names = {"storage": "storage_url", "queue": "queue_url", "index": "index_url"}
+    names = {"storage": "storage_url", "queue": "queue_url", "index": "index_url", "cache": "cache_url"}
     try:
         settings = load_settings(config, dict(os.environ), {names.get(k, k): v for k, v in overrides.items()})
         if "web" in parts:
@@ -46,7 +47,7 @@ def _run(parts: set[str], config: Path | None, **overrides: Any) -> None:
 @app.command()
 def serve(config: Config = None, data_dir: DataDir = None, host: Host = None, dimse_port: DimsePort = None,
           http_port: HttpPort = None, storage: Storage = None, queue: Queue = None, index: Index = None,
-          quiet_seconds: Quiet = None) -> None:
+          quiet_seconds: Quiet = None, cache: Cache = None) -> None:
     """Run the whole archive in one process: DIMSE SCP, indexer, web worker and DICOMweb.
 
     Embedded defaults need nothing else: SQLite index, files and a durable queue under --data-dir. Listens on
@@ -54,7 +55,7 @@ def serve(config: Config = None, data_dir: DataDir = None, host: Host = None, di
     created on first start.
     """
     _run({"storescp", "indexer", "webworker", "web"}, config, data_dir=data_dir, host=host, dimse_port=dimse_port,
-         http_port=http_port, storage=storage, queue=queue, index=index, quiet_seconds=quiet_seconds)
+         http_port=http_port, storage=storage, queue=queue, index=index, quiet_seconds=quiet_seconds, cache=cache)
 
 
 @app.command()
@@ -66,9 +67,10 @@ def storescp(config: Config = None, data_dir: DataDir = None, host: Host = None,
 
 
 @app.command()
-def indexer(config: Config = None, data_dir: DataDir = None, queue: Queue = None, index: Index = None) -> None:
-    """Run the indexer alone: storage events from the queue into the index."""
-    _run({"indexer"}, config, data_dir=data_dir, queue=queue, index=index)
+def indexer(config: Config = None, data_dir: DataDir = None, queue: Queue = None, index: Index = None,
+            cache: Cache = None) -> None:
+    """Run the indexer alone: storage events from the queue into the index (invalidating the cache)."""
+    _run({"indexer"}, config, data_dir=data_dir, queue=queue, index=index, cache=cache)
 
 
 @app.command()
@@ -80,7 +82,7 @@ def webworker(config: Config = None, data_dir: DataDir = None, storage: Storage 
 
 @app.command()
 def web(config: Config = None, data_dir: DataDir = None, host: Host = None, http_port: HttpPort = None,
-        storage: Storage = None, queue: Queue = None, index: Index = None) -> None:
+        storage: Storage = None, queue: Queue = None, index: Index = None, cache: Cache = None) -> None:
     """Run DICOMweb alone (QIDO-RS, WADO-RS, STOW-RS)."""
     _run({"web"}, config, data_dir=data_dir, host=host, http_port=http_port, storage=storage, queue=queue,
-         index=index)
+         index=index, cache=cache)

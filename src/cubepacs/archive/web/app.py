@@ -45,6 +45,7 @@ class Services:
     index: Index
     api_keys: dict[str, str]
     access_log: Any = None
+    cache: Any = None  # a cubepacs.archive.cache Cache, or None
 
 
 def _element(keyword: str, value: Any) -> dict[str, Any] | None:
@@ -113,6 +114,21 @@ def _json(items: list[dict[str, Any]]) -> Response:
     return JSONResponse(items, media_type=DICOM_JSON)
 
 
+def cached(services: Services, tenant: str, kind: str, request: Request, build: Any) -> Response:
+    """``build()``'s response, from the cache when an unchanged tenant asked the same before."""
+    if services.cache is None:
+        return build()  # type: ignore[no-any-return]
+    query = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
+    key = services.cache.key(tenant, kind, f"{request.url.path}?{query}")
+    hit = services.cache.get(key)
+    if hit is not None:
+        return Response(hit, status_code=204) if hit == b"" else Response(hit, media_type=DICOM_JSON)
+    response: Response = build()
+    if response.status_code in (200, 204):
+        services.cache.set(key, bytes(response.body))
+    return response
+
+
 def create_app(services: Services) -> FastAPI:
     """The DICOMweb app (all routes under ``/dicom-web``)."""
     from cubepacs.archive.web import stow, wado
@@ -135,18 +151,27 @@ def create_app(services: Services) -> FastAPI:
     @app.get(ROOT + "/studies")
     def search_studies(request: Request, tenant: str = Depends(tenant_of)) -> Response:
         filters, limit, offset, fuzzy = query_filters(request)
-        rows = services.index.search_studies(tenant, filters, limit, offset, fuzzy)
-        return _json([to_json(r, _STUDY, {"ModalitiesInStudy": r.get("modalities"),
-                                          "NumberOfStudyRelatedSeries": r.get("series"),
-                                          "NumberOfStudyRelatedInstances": r.get("instances")}) for r in rows])
+
+        def build() -> Response:
+            rows = services.index.search_studies(tenant, filters, limit, offset, fuzzy)
+            return _json([to_json(r, _STUDY, {"ModalitiesInStudy": r.get("modalities"),
+                                              "NumberOfStudyRelatedSeries": r.get("series"),
+                                              "NumberOfStudyRelatedInstances": r.get("instances")}) for r in rows])
+
+        return cached(services, tenant, "qido", request, build)
 
     @app.get(ROOT + "/series")
     @app.get(ROOT + "/studies/{study}/series")
     def search_series(request: Request, study: str | None = None, tenant: str = Depends(tenant_of)) -> Response:
         filters, limit, offset, fuzzy = query_filters(request)
-        rows = services.index.search_series(tenant, filters, study, limit, offset, fuzzy)
-        return _json([to_json(r, {**_STUDY, **_SERIES},
-                              {"NumberOfSeriesRelatedInstances": r.get("series_related_instances")}) for r in rows])
+
+        def build() -> Response:
+            rows = services.index.search_series(tenant, filters, study, limit, offset, fuzzy)
+            return _json([to_json(r, {**_STUDY, **_SERIES},
+                                  {"NumberOfSeriesRelatedInstances": r.get("series_related_instances")})
+                          for r in rows])
+
+        return cached(services, tenant, "qido", request, build)
 
     @app.get(ROOT + "/instances")
     @app.get(ROOT + "/studies/{study}/instances")
@@ -154,8 +179,12 @@ def create_app(services: Services) -> FastAPI:
     def search_instances(request: Request, study: str | None = None, series: str | None = None,
                          tenant: str = Depends(tenant_of)) -> Response:
         filters, limit, offset, fuzzy = query_filters(request)
-        rows = services.index.search_instances(tenant, filters, study, series, limit, offset, fuzzy)
-        return _json([to_json(r, {**_STUDY, **_SERIES, **_INSTANCE}) for r in rows])
+
+        def build() -> Response:
+            rows = services.index.search_instances(tenant, filters, study, series, limit, offset, fuzzy)
+            return _json([to_json(r, {**_STUDY, **_SERIES, **_INSTANCE}) for r in rows])
+
+        return cached(services, tenant, "qido", request, build)
 
     wado.add_routes(app, services)
     stow.add_routes(app, services)

@@ -1,0 +1,1 @@
+"""Caches for hot metadata and QIDO results (``memory://`` in-process, ``redis://`` shared)."""

@@ -1,0 +1,65 @@
+"""An in-process cache (the embedded default).
+
+Connection string
+-----------------
+``memory://`` (optionally ``memory://?max_items=10000``).
+
+Options
+-------
+``max_items``: entries kept (oldest dropped first). Invalidation reaches only this process: when services run as
+separate processes, use ``redis://`` so the indexer's invalidations reach the web servers.
+
+Example
+-------
+>>> MemoryCache.from_url("memory://?max_items=5").max_items
+5
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from urllib.parse import parse_qsl, urlsplit
+
+from cubepacs.archive.cache.base import Cache
+
+
+class MemoryCache(Cache):
+    """A bounded dict with expiry times."""
+
+    def __init__(self, max_items: int = 10_000) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._generations: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryCache:
+        query = dict(parse_qsl(urlsplit(url).query))
+        return cls(int(query.get("max_items", 10_000)))
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if item[0] < time.monotonic():
+                del self._items[key]
+                return None
+            return item[1]
+
+    def set(self, key: str, value: bytes, ttl: float = 300.0) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic() + ttl, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def generation(self, tenant: str) -> int:
+        with self._lock:
+            return self._generations.get(tenant, 0)
+
+    def bump(self, tenant: str) -> None:
+        with self._lock:
+            self._generations[tenant] = self._generations.get(tenant, 0) + 1
