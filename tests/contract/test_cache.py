@@ -42,4 +42,4 @@ class TestMemory(CacheContract):
 
 @pytest.mark.redis
 class TestRedis(CacheContract):
-    url = "redis://127.0.0.1:6379/14"
+    url = f"redis://127.0.0.1:6379/14?prefix=t{uuid.uuid4().hex[:8]}:"

@@ -90,16 +90,6 @@ class TestRedis(QueueContract):
         return {"claim_idle_ms": 0}  # the first consumer "died": claim its pending entries at once
 
 
-@pytest.fixture(scope="module")
-def kafka_url() -> Iterator[str]:
-    from confluent_kafka import Producer
-
-    holder = Producer({"test.mock.num.brokers": 3, "log_level": 0})  # the mock cluster lives with this client
-    brokers = holder.list_topics(timeout=10).brokers.values()
-    yield "kafka://" + ",".join(f"{b.host}:{b.port}" for b in brokers)
-    holder.flush(1)
-
-
 @pytest.mark.kafka
 class TestKafka(QueueContract):
     @pytest.fixture(autouse=True)

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,43 +12,6 @@ from cubepacs._registry import open_backend
 from cubepacs.archive.storage.base import Storage, StorageFile
 from cubepacs.cube.reader import CubeReader
 from tests.conftest import SERIES
-
-S3_PORT = 8333
-
-
-def _open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``weed mini`` (every listener on 127.0.0.1) in a temporary folder, stopped at the end."""
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    proc = None
-    if not _open(S3_PORT):
-        folder = tmp_path_factory.mktemp("seaweedfs")
-        log = open(folder / "weed.log", "wb")
-        proc = subprocess.Popen([weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                                 "-admin.ui=false"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not _open(S3_PORT):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start: see {folder / 'weed.log'}")
-            time.sleep(0.2)
-    url = f"s3://cubepacs-test/{uuid.uuid4().hex[:8]}?endpoint=http://127.0.0.1:{S3_PORT}"
-    storage = open_backend("storage", url, access_key="test", secret_key="test")
-    for _ in range(50):  # the S3 gateway answers before the filer is ready
-        try:
-            storage.ensure_bucket()
-            break
-        except Exception:
-            time.sleep(0.3)
-    yield url
-    if proc is not None:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 class StorageContract:

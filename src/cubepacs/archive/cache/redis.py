@@ -2,11 +2,12 @@
 
 Connection string
 -----------------
-``redis://host:6379/1`` (a password as ``redis://:secret@host:6379/1``; logged masked).
+``redis://host:6379/1?prefix=site-a:`` (a password as ``redis://:secret@host:6379/1``; logged masked).
 
 Options
 -------
-None. Values expire by Redis TTL; a tenant's generation is one Redis counter.
+``prefix``: prepended to every key, so that deployments sharing a Redis never see each other's entries (default
+``cubepacs:``). Values expire by Redis TTL; a tenant's generation is one Redis counter.
 
 Example
 -------
@@ -17,6 +18,7 @@ True
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cubepacs._registry import mask_url
 from cubepacs.archive.cache.base import Cache
@@ -30,7 +32,10 @@ class RedisCache(Cache):
         import redis
 
         self.url = mask_url(url)
-        self.redis = redis.Redis.from_url(url, socket_timeout=5)
+        query = dict(parse_qsl(urlsplit(url).query))
+        self.prefix = query.pop("prefix", "cubepacs:")
+        self.redis = redis.Redis.from_url(urlunsplit(urlsplit(url)._replace(query=urlencode(query))),
+                                          socket_timeout=5)
         try:
             self.redis.ping()
         except Exception as exc:
@@ -41,18 +46,18 @@ class RedisCache(Cache):
         return cls(url)
 
     def get(self, key: str) -> bytes | None:
-        value: Any = self.redis.get(key)
+        value: Any = self.redis.get(self.prefix + key)
         return bytes(value) if value is not None else None
 
     def set(self, key: str, value: bytes, ttl: float = 300.0) -> None:
-        self.redis.set(key, value, px=int(ttl * 1000))
+        self.redis.set(self.prefix + key, value, px=int(ttl * 1000))
 
     def generation(self, tenant: str) -> int:
-        value: Any = self.redis.get(f"cubepacs:generation:{tenant}")
+        value: Any = self.redis.get(f"{self.prefix}generation:{tenant}")
         return int(value or 0)
 
     def bump(self, tenant: str) -> None:
-        self.redis.incr(f"cubepacs:generation:{tenant}")
+        self.redis.incr(f"{self.prefix}generation:{tenant}")
 
     def close(self) -> None:
         self.redis.close()

@@ -1,0 +1,108 @@
+"""Scale-out end to end: storescp, two indexers, a web worker and web as separate OS processes wired through
+PostgreSQL + Redis (cache) + the Kafka mock cluster + SeaweedFS; one indexer is killed with SIGKILL mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+
+from tests.archive.conftest import KEYS, free_port, wait_port, wait_until, write_config
+from tests.conftest import SERIES, dicom_files
+
+pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.s3, pytest.mark.redis, pytest.mark.dcmtk]
+ADMIN = os.environ.get("CUBEPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    import psycopg
+
+    name = f"cubepacs_e2e_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield ADMIN.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_services_across_processes_survive_a_killed_indexer(tmp_path: Path, pg_url: str, kafka_url: str,
+                                                          seaweedfs: str) -> None:
+    dimse, http = free_port(), free_port()
+    config = write_config(tmp_path / "cfg.toml", tmp_path / "data", dimse, http, quiet_seconds=2.0)
+    prefix = uuid.uuid4().hex[:8]
+    storage = seaweedfs.split("?", maxsplit=1)[0].rstrip("/") + f"/{prefix}?" + seaweedfs.split("?")[1]
+    urls = {"--storage": storage, "--queue": kafka_url, "--index": pg_url, "--cache": f"redis://127.0.0.1:6379/13?prefix={prefix}:"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+    logs: list[Any] = []
+
+    def start(name: str, *keys: str) -> subprocess.Popen[bytes]:
+        args = [a for k in keys for a in (k, urls[k])]
+        log = open(tmp_path / f"{name}.log", "ab")
+        logs.append(log)
+        command = name.split("-", maxsplit=1)[0]
+        return subprocess.Popen([sys.executable, "-m", "cubepacs", command, "--config", str(config), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    procs = {
+        "storescp": start("storescp", "--storage", "--queue", "--index"),
+        "indexer-1": start("indexer-1", "--queue", "--index", "--cache"),
+        "indexer-2": start("indexer-2", "--queue", "--index", "--cache"),
+        "webworker": start("webworker", "--storage", "--index"),
+        "web": start("web", "--storage", "--queue", "--index", "--cache"),
+    }
+    try:
+        wait_port(dimse, procs["storescp"])
+        wait_port(http, procs["web"])
+        files = dicom_files(next(s for s in SERIES if s.name.startswith("ct_philips")))
+        sender = subprocess.Popen(["storescu", "-aec", "CUBEPACS", "127.0.0.1", str(dimse), *map(str, files)],
+                                  env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        procs["indexer-1"].send_signal(signal.SIGKILL)  # mid-run
+        _, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err.decode()
+        headers = {"Authorization": f"Bearer {KEYS['alpha']}"}
+
+        def instances() -> list[str]:
+            r = httpx.get(f"http://127.0.0.1:{http}/dicom-web/instances", headers=headers, params={"limit": 999})
+            return [] if r.status_code == 204 else [i["00080018"]["Value"][0] for i in r.json()]
+
+        wait_until(lambda: len(instances()) >= len(files), timeout=120)
+        got = instances()
+        assert len(got) == len(set(got)) == len(files)  # every instance indexed exactly once
+        import psycopg
+
+        with psycopg.connect(pg_url) as conn:  # and the index itself agrees
+            rows = conn.execute("select count(*), count(distinct sop_uid) from dicom_instance").fetchone()
+        assert rows == (len(files), len(files))
+        ds = pydicom.dcmread(files[7])
+        r = httpx.get(f"http://127.0.0.1:{http}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+                      f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1", headers=headers)
+        listing = httpx.get(f"http://127.0.0.1:{http}/dicom-web/studies/{ds.StudyInstanceUID}/series",
+                            headers=headers)
+        assert r.status_code == 200, (r.text, listing.status_code)
+        assert len(r.content) > ds.Rows * ds.Columns * 2
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
