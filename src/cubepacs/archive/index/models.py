@@ -28,7 +28,7 @@ metadata = MetaData()
 
 schema_version = Table(
     "cubepacs_schema", metadata,
-    Column("version", Integer, primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
 )
 
 dicom_state_meta = Table(
