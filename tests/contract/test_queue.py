@@ -95,3 +95,27 @@ class TestKafka(QueueContract):
     @pytest.fixture(autouse=True)
     def _url(self, kafka_url: str) -> None:
         self.url = kafka_url
+
+
+@pytest.mark.kafka
+def test_indexer_feeds_the_doris_topics(kafka_url: str) -> None:
+    from cubepacs.archive.index.store import Index
+    from cubepacs.archive.indexer import Indexer
+    from cubepacs.archive.queue.base import IMAGE_TOPIC, LOG_TOPIC, STATE_TOPIC, STORAGE_TOPIC
+
+    prefix = f"p{uuid.uuid4().hex[:6]}_"
+    q = open_backend("queue", kafka_url, topic_prefix=prefix)
+    ev = {"tenant": "t", "study_uid": "1.2", "series_uid": "1.2.3", "sop_uid": "1.2.3.4", "key": "t/x.dcm",
+          "size": 10, "transfer_syntax": "1.2.840.10008.1.2.1", "attrs": {"Modality": "CT", "Rows": 512}}
+    q.publish(STORAGE_TOPIC, ev)
+    indexer = Indexer(q, Index.from_url("sqlite://"), feeds=True)
+    for _ in range(20):
+        if indexer.run_once(timeout=0.5):
+            break
+    (obj,) = drain(q, LOG_TOPIC, "doris", 1)
+    (img,) = drain(q, IMAGE_TOPIC, "doris", 1)
+    (state,) = drain(q, STATE_TOPIC, "doris", 1)
+    assert obj.payload["storage_key"] == "t/x.dcm" and obj.payload["tenant_id"] == "t"
+    assert img.payload["rows"] == 512 and img.payload["modality"] == "CT"
+    assert state.payload["series_related_instances"] == 1 and state.payload["series_uid"] == "1.2.3"
+    q.close()

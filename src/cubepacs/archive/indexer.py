@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
+from cubepacs.archive.accesslog import DeltaLog, image_row, object_row
 from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
-from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
+from cubepacs.archive.queue.base import IMAGE_TOPIC, LOG_TOPIC, STATE_TOPIC, STORAGE_TOPIC, Queue
 
 log = logging.getLogger("cubepacs.indexer")
 GROUP = "indexer"
@@ -31,22 +33,45 @@ GROUP = "indexer"
 class Indexer:
     """Moves storage events into the index."""
 
-    def __init__(self, queue: Queue, index: Index, batch: int = 200, cache: Cache | None = None) -> None:
+    def __init__(self, queue: Queue, index: Index, batch: int = 200, cache: Cache | None = None,
+                 logs: dict[str, DeltaLog] | None = None, feeds: bool = False) -> None:
         self.queue = queue
         self.index = index
         self.batch = batch
         self.cache = cache
+        self.logs = logs or {}
+        self.feeds = feeds
         self.stopped = threading.Event()
 
     def run_once(self, timeout: float = 0.0) -> int:
         """Index one batch of waiting events; return how many were new."""
         messages = self.queue.poll(STORAGE_TOPIC, GROUP, self.batch, timeout)
-        new = [m.payload["tenant"] for m in messages if self.index.add_instance(m.payload)]
+        new = []
+        for m in messages:
+            if self.index.add_instance(m.payload):
+                new.append(m.payload["tenant"])
+                self._record(m.payload)
         if self.cache is not None:
             for tenant in set(new):  # cached QIDO answers and metadata of these tenants are now stale
                 self.cache.bump(tenant)
         self.queue.ack(GROUP, messages)
         return len(new)
+
+    def _record(self, ev: dict[str, Any]) -> None:
+        """Log rows (Delta tables) and feed messages (Kafka topics for Doris) of one newly indexed instance."""
+        obj, img = object_row(ev), image_row(ev)
+        if "dicom_object_meta" in self.logs:
+            self.logs["dicom_object_meta"].add(**obj)
+        if "dicom_image_meta" in self.logs:
+            self.logs["dicom_image_meta"].add(**img)
+        if self.feeds:
+            self.queue.publish(LOG_TOPIC, obj)
+            self.queue.publish(IMAGE_TOPIC, img)
+            state = self.index.search_series(ev["tenant"], {"SeriesInstanceUID": [ev["series_uid"]]},
+                                             ev["study_uid"], limit=1)
+            if state:
+                self.queue.publish(STATE_TOPIC, {k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                                                 for k, v in state[0].items()})
 
     def run(self, poll_timeout: float = 0.5) -> None:
         """Run until :meth:`stop`; a failing batch is retried (not acknowledged) after a pause."""

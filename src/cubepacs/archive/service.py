@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from cubepacs._registry import mask_url, open_backend
-from cubepacs.archive.accesslog import AccessLog
+from cubepacs.archive.accesslog import IMAGE_SCHEMA, OBJECT_SCHEMA, AccessLog, DeltaLog
 from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.indexer import Indexer
@@ -72,9 +72,20 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         stoppers.append(server.shutdown)
         log.info("DIMSE SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.dimse_port)
     if "indexer" in parts:
-        indexer = Indexer(b.queue, b.index, cache=b.cache)
-        _thread(indexer.run, "indexer")
-        stoppers.append(indexer.stop)
+        logs: dict[str, DeltaLog] = {}
+        if settings.log_tables:
+            root = Path(settings.data_dir).resolve() / "logs"
+            logs = {"dicom_object_meta": DeltaLog(str(root / "dicom_object_meta"), schema=OBJECT_SCHEMA),
+                    "dicom_image_meta": DeltaLog(str(root / "dicom_image_meta"), schema=IMAGE_SCHEMA)}
+        indexer = Indexer(b.queue, b.index, cache=b.cache, logs=logs, feeds=settings.feeds)
+        thread = _thread(indexer.run, "indexer")
+        stoppers.extend(log.close for log in logs.values())  # run last (stoppers run in reverse)
+
+        def stop_indexer() -> None:
+            indexer.stop()
+            thread.join(timeout=10)
+
+        stoppers.append(stop_indexer)
     if "webworker" in parts:
         worker = WebWorker(b.index, b.storage, settings.quiet_seconds, settings.max_retries, settings.codec,
                            settings.compact)

@@ -42,6 +42,8 @@ class Settings:
     max_retries: int = 3
     codec: str = "htj2k"
     compact: bool = True
+    log_tables: bool = True  # dicom_object_meta / dicom_image_meta Delta tables under data_dir/logs
+    feeds: bool = False  # also publish state/image/log rows to their topics (for a Doris ROUTINE LOAD)
 
     def resolved(self) -> Settings:
         """Fill the URLs left empty from ``data_dir``."""
