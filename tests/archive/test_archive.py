@@ -416,7 +416,7 @@ def test_object_and_image_log_tables(stored: Server) -> None:
     from deltalake import DeltaTable
 
     root = stored.data_dir / "logs"
-    wait_until(lambda: (root / "dicom_image_meta" / "_delta_log").exists(), timeout=30)
+    wait_until((root / "dicom_image_meta" / "_delta_log").exists, timeout=30)
     wait_until(lambda: DeltaTable(str(root / "dicom_object_meta")).to_pyarrow_table().num_rows >= 150, timeout=30)
     files = DeltaTable(str(root / "dicom_image_meta")).file_uris()
     ((n, mr),) = duckdb.sql(f"select count(*), count(*) filter (where modality = 'MR') "
