@@ -43,6 +43,7 @@ from cubepacs.errors import CodecError, InvalidCubeError
 _ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
 
 CubeSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+HEAD_READ = 64 * 1024  # first read from a file object (object storage: one ranged GET for header and meta)
 
 
 class _Bytes:
@@ -65,6 +66,7 @@ class _Bytes:
         else:
             self.name = str(getattr(src, "name", "<file>"))
             self._file = src
+        self._head: bytes | None = None  # the first bytes of a file object: header and (usually) the meta block
 
     def read(self, offset: int, length: int, block: str) -> memoryview:
         if self._view is not None:
@@ -72,8 +74,14 @@ class _Bytes:
         else:
             assert self._file is not None
             with self._lock:
-                self._file.seek(offset)
-                out = memoryview(self._file.read(length))
+                if self._head is None and offset == 0:  # one request for header + meta on object storage
+                    self._file.seek(0)
+                    self._head = self._file.read(max(HEAD_READ, length))
+                if self._head is not None and offset + length <= len(self._head):
+                    out = memoryview(self._head)[offset : offset + length]
+                else:
+                    self._file.seek(offset)
+                    out = memoryview(self._file.read(length))
         if len(out) != length:
             raise InvalidCubeError(self.name, block, f"file truncated: needed {length} bytes at {offset}, "
                                                      f"got {len(out)}")

@@ -2,8 +2,8 @@
 
 Connection string
 -----------------
-``kafka://broker1:9092,broker2:9092`` — topics are the reference design's names (``storage_queue``,
-``dicom_state_queue``, ``dicom_image_queue``, ``log_queue``), prefixed by the ``topic_prefix`` option if given.
+``kafka://broker1:9092,broker2:9092?topic_prefix=site_a_`` — topics are the reference design's names
+(``storage_queue``, ``dicom_state_queue``, ``dicom_image_queue``, ``log_queue``), prefixed by ``topic_prefix``.
 
 Options
 -------
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from cubepacs._registry import mask_url
 from cubepacs.archive.queue.base import Message, Queue
@@ -52,7 +52,10 @@ class KafkaQueue(Queue):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> KafkaQueue:
-        return cls(cls.bootstrap_of(url), **options)
+        query: dict[str, Any] = dict(parse_qsl(urlsplit(url).query))  # e.g. kafka://b:9092?topic_prefix=site_a_
+        if "session_timeout_ms" in query:
+            query["session_timeout_ms"] = int(query["session_timeout_ms"])
+        return cls(cls.bootstrap_of(url), **{**query, **options})
 
     def _topic(self, topic: str) -> str:
         return self.prefix + topic
