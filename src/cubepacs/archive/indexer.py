@@ -73,14 +73,18 @@ class Indexer:
                 self.queue.publish(STATE_TOPIC, {k: (v.isoformat() if hasattr(v, "isoformat") else v)
                                                  for k, v in state[0].items()})
 
-    def run(self, poll_timeout: float = 0.5) -> None:
-        """Run until :meth:`stop`; a failing batch is retried (not acknowledged) after a pause."""
+    def run(self, poll_timeout: float = 0.5, max_backoff: float = 30.0) -> None:
+        """Run until :meth:`stop`; a failing batch is not acknowledged and is retried with exponential backoff
+        (a queue or index that is down is waited for, never skipped)."""
+        delay = 0.5
         while not self.stopped.is_set():
             try:
                 self.run_once(poll_timeout)
-            except Exception:
-                log.exception("indexing failed; retrying")
-                self.stopped.wait(1.0)
+                delay = 0.5
+            except Exception as exc:
+                log.warning("indexing failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                self.stopped.wait(delay)
+                delay = min(delay * 2, max_backoff)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
