@@ -23,6 +23,7 @@ from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
 
 DICOM_JSON = "application/dicom+json"
+MAX_CACHED = 8 * 1024 * 1024  # larger answers are not cached (the big ones are pre-built files anyway)
 ROOT = "/dicom-web"
 
 _STUDY = {"StudyDate": "study_date", "StudyTime": "study_time", "AccessionNumber": "accession_number",
@@ -124,7 +125,7 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
     if hit is not None:
         return Response(hit, status_code=204) if hit == b"" else Response(hit, media_type=DICOM_JSON)
     response: Response = build()
-    if response.status_code in (200, 204):
+    if response.status_code in (200, 204) and len(response.body) <= MAX_CACHED:
         services.cache.set(key, bytes(response.body))
     return response
 

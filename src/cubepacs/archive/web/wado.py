@@ -23,7 +23,7 @@ from cubepacs.archive.keys import check_uid
 from cubepacs.archive.metadata import bulk_value, instance_metadata
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
-from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, tenant_of
+from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, tenant_of
 from cubepacs.archive.webworker import series_base
 from cubepacs.cube.image import InstancePixels
 from cubepacs.cube.reader import CubeReader
@@ -205,8 +205,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
         return metadata(tenant, study, None, None)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/metadata")
-    def series_metadata(study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
-        return metadata(tenant, study, series, None)
+    def series_metadata(request: Request, study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
+        return cached(services, tenant, "metadata", request, lambda: metadata(tenant, study, series, None))
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/metadata")
     def instance_meta(study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
