@@ -68,8 +68,8 @@ class DeltaLog:
 
     schema = SCHEMA
 
-    def __init__(self, table_uri: str, batch: int = 1000, interval: float | None = 5.0,
-                 schema: pa.Schema | None = None, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(self, table_uri: str, storage_options: dict[str, str] | None = None, batch: int = 1000,
+                 interval: float | None = 5.0, schema: pa.Schema | None = None) -> None:
         self.table_uri = table_uri
         self.schema = schema or self.schema
         self.storage_options = storage_options

@@ -51,6 +51,16 @@ def open_backends(settings: Settings, cache_url: str | None = None) -> Backends:
                     open_backend("cache", cache_url) if cache_url else None)
 
 
+def log_location(storage: Storage, settings: Settings, name: str) -> tuple[str, dict[str, str] | None]:
+    """Where a Delta log table goes: on object storage when the storage is (``s3://…/logs/name``), else under
+    ``data_dir/logs``."""
+    locate = getattr(storage, "delta_location", None)
+    if locate is not None:
+        uri, options = locate(name)
+        return uri, options
+    return str(Path(settings.data_dir).resolve() / "logs" / name), None
+
+
 def _thread(target: Any, name: str) -> threading.Thread:
     t = threading.Thread(target=target, name=name, daemon=True)
     t.start()
@@ -74,9 +84,8 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     if "indexer" in parts:
         logs: dict[str, DeltaLog] = {}
         if settings.log_tables:
-            root = Path(settings.data_dir).resolve() / "logs"
-            logs = {"dicom_object_meta": DeltaLog(str(root / "dicom_object_meta"), schema=OBJECT_SCHEMA),
-                    "dicom_image_meta": DeltaLog(str(root / "dicom_image_meta"), schema=IMAGE_SCHEMA)}
+            logs = {name: DeltaLog(*log_location(b.storage, settings, name), schema=schema)
+                    for name, schema in (("dicom_object_meta", OBJECT_SCHEMA), ("dicom_image_meta", IMAGE_SCHEMA))}
         indexer = Indexer(b.queue, b.index, cache=b.cache, logs=logs, feeds=settings.feeds)
         thread = _thread(indexer.run, "indexer")
         stoppers.extend(log.close for log in logs.values())  # run last (stoppers run in reverse)
@@ -97,7 +106,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
 
         from cubepacs.archive.web.app import Services, create_app
 
-        access = AccessLog(str(Path(settings.data_dir).resolve() / "logs" / "access"))
+        access = AccessLog(*log_location(b.storage, settings, "access"))
         stoppers.append(access.close)
         app = create_app(Services(b.storage, b.queue, b.index, settings.api_keys, access, b.cache))
         config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",

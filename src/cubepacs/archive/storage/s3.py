@@ -40,6 +40,13 @@ class S3Storage(Storage):
             aws_secret_access_key=secret_key,
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}))
         self.range_reads = 0  # how many ranged GETs were made (the benchmark and tests read it)
+        self._delta_options = {"AWS_REGION": region, "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+        if endpoint:
+            self._delta_options["AWS_ENDPOINT_URL"] = endpoint
+            if endpoint.startswith("http://"):
+                self._delta_options["AWS_ALLOW_HTTP"] = "true"
+        if access_key and secret_key:
+            self._delta_options.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
 
     @staticmethod
     def parse(url: str) -> tuple[str, str, dict[str, str]]:
@@ -54,6 +61,13 @@ class S3Storage(Storage):
     def from_url(cls, url: str, **options: Any) -> S3Storage:
         bucket, prefix, query = cls.parse(url)
         return cls(bucket, prefix, **{**query, **options})
+
+    def delta_location(self, name: str) -> tuple[str, dict[str, str]]:
+        """Where the Delta log table ``name`` lives on this storage, with the delta-rs options to reach it.
+
+        (Single writer per table: S3 has no atomic rename, so delta-rs is told to proceed without a lock.)
+        """
+        return f"s3://{self.bucket}/{self.prefix}logs/{name}", dict(self._delta_options)
 
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist (deployment helper)."""
