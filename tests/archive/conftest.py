@@ -126,3 +126,18 @@ def wait_until(check: object, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError("condition not reached")
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], logs: list[Any]) -> None:
+    """Terminate processes (kill those that do not stop) and close their log files."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for log in logs:
+        log.close()

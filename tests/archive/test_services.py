@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.archive.conftest import KEYS, dcmtk, free_port, wait_port, wait_until, write_config
+from tests.archive.conftest import KEYS, dcmtk, free_port, stop_all, wait_port, wait_until, write_config
 from tests.conftest import SERIES, dicom_files
 
 pytestmark = pytest.mark.dcmtk
@@ -53,13 +53,4 @@ def test_storescp_indexer_webworker_web_as_separate_processes(tmp_path: Path) ->
         cubes = list((data / "objects" / "alpha").rglob("*.dcbs"))
         assert len(cubes) == 1
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
+        stop_all(procs, logs)

@@ -17,7 +17,7 @@ import httpx
 import pydicom
 import pytest
 
-from tests.archive.conftest import KEYS, free_port, wait_port, wait_until, write_config
+from tests.archive.conftest import KEYS, free_port, stop_all, wait_port, wait_until, write_config
 from tests.conftest import SERIES, dicom_files
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.s3, pytest.mark.redis, pytest.mark.dcmtk]
@@ -95,14 +95,4 @@ def test_services_across_processes_survive_a_killed_indexer(tmp_path: Path, pg_u
         assert r.status_code == 200, (r.text, listing.status_code)
         assert len(r.content) > ds.Rows * ds.Columns * 2
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
+        stop_all(list(procs.values()), logs)
