@@ -36,8 +36,10 @@ def _run(parts: set[str], config: Path | None, **overrides: Any) -> None:
         if "web" in parts:
             settings, new_key = ensure_api_key(settings)
             if new_key:
-                console.print(f"[bold]Created an API key for tenant 'default'[/bold] (kept in "
-                              f"{Path(settings.data_dir) / 'api-keys.json'}):\n  {new_key}\n"
+                where = Path(settings.data_dir) / "api-keys.json"
+                # shown on a terminal only: a secret must not end up in a log file
+                shown = f":\n  {new_key}\n" if console.is_terminal else " (not shown: output is not a terminal). "
+                console.print(f"[bold]Created an API key for tenant 'default'[/bold] in {where}{shown}"
                               "Use it as: Authorization: Bearer <key>")
         run(settings, parts)
     except CubepacsError as exc:
