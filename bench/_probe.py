@@ -15,7 +15,8 @@ import tracemalloc
 from pathlib import Path
 
 
-def _median(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
+def median_time(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
+    """Median wall time of ``repeat`` calls (bench/cube.py uses it too)."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -47,8 +48,8 @@ def main() -> None:
         "convert_s": convert,
         "peak_mb": peak,
         "size": cube.stat().st_size,
-        "load_meta_s": _median(lambda: m.load_meta(str(cube)), 20),
-        "load_s": _median(lambda: m.load(str(cube)).raw_image, 5),
+        "load_meta_s": median_time(lambda: m.load_meta(str(cube)), 20),
+        "load_s": median_time(lambda: m.load(str(cube)).raw_image, 5),
     }
     print(json.dumps(result))
     os.unlink(cube)

@@ -17,7 +17,7 @@ from typing import Any
 import pydicom
 
 from cubepacs.dicom.dicomjson import dataset_to_json
-from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE, split_file
+from cubepacs.dicom.rawfile import split_file
 
 
 def _fix_uris(node: Any, base: str) -> Any:
@@ -41,15 +41,16 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024) -> dic
         if raw.deflated_body is not None:
             raise ValueError("deflated")
         body = b"".join(c.data for c in raw.chunks if c.key >= 0 and c.key >> 16 != 2)
-        doc, _, _, pixel = dataset_to_json(body, raw.implicit, raw.little_endian, bulk_threshold, stop_at_pixels=True)
+        doc, _, _, _ = dataset_to_json(body, raw.implicit, raw.little_endian, bulk_threshold, stop_at_pixels=True)
     except Exception:  # unusual character sets, deflated data: pydicom's general path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
             doc = ds.to_json_dict(bulk_threshold, lambda e: f"bulk:{e.tag:08X}")
-        pixel = raw.pixel_tag if raw.pixel_tag is not None or raw.deflated_body is None else 0x7FE00010
-    if pixel is not None or any(c.key == KEY_PIXEL_VALUE for c in raw.chunks):
-        doc[f"{pixel or 0x7FE00010:08X}"] = {"vr": pixel_vr, "BulkDataURI": f"{base}/frames/1"}
+    # the top-level Pixel Data tag, as the split found it (inside a deflated dataset: assumed Pixel Data)
+    pixel = raw.pixel_tag if raw.deflated_body is None else 0x7FE00010
+    if pixel is not None:
+        doc[f"{pixel:08X}"] = {"vr": pixel_vr, "BulkDataURI": f"{base}/frames/1"}
     _fix_uris(doc, base)
     return doc
 

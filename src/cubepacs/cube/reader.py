@@ -88,6 +88,16 @@ class _Bytes:
         return out
 
 
+def _read_meta(src: _Bytes) -> tuple[Header, dict[str, Any], memoryview]:
+    """Header, checked and decoded meta block (JSON document, binary area)."""
+    header = Header.unpack(bytes(src.read(0, HEADER_SIZE, "header")), src.name)
+    stored = src.read(header.meta_offset, header.meta_length, "meta")
+    if checksum(stored) != header.meta_checksum:
+        raise InvalidCubeError(src.name, "meta", "checksum mismatch (metadata block corrupted)")
+    doc, area = decode_meta(stored, header.meta_raw_length, src.name)
+    return header, doc, area
+
+
 def _meta_from(doc: dict[str, Any], area: memoryview) -> DicomMeta:
     syntax_idx = section(area, doc["syntax"])
     return DicomMeta(
@@ -108,13 +118,7 @@ class CubeReader:
 
     def __init__(self, src: CubeSource) -> None:
         self._src = _Bytes(src)
-        name = self._src.name
-        self.header = Header.unpack(bytes(self._src.read(0, HEADER_SIZE, "header")), name)
-        h = self.header
-        stored = self._src.read(h.meta_offset, h.meta_length, "meta")
-        if checksum(stored) != h.meta_checksum:
-            raise InvalidCubeError(name, "meta", "checksum mismatch (metadata block corrupted)")
-        self.doc, self._area = decode_meta(stored, h.meta_raw_length, name)
+        self.header, self.doc, self._area = _read_meta(self._src)
         self.meta = _meta_from(self.doc, self._area)
         self.descs = [PixelDesc.from_json(d) for d in self.doc["pixel_descs"]]
         self._desc_idx = section(self._area, self.doc["pixel_desc"])
@@ -270,12 +274,7 @@ def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray
 
 def load_meta_only(src: CubeSource) -> DicomMeta:
     """Read only the header and metadata block of a cube."""
-    reader = _Bytes(src)
-    header = Header.unpack(bytes(reader.read(0, HEADER_SIZE, "header")), reader.name)
-    stored = reader.read(header.meta_offset, header.meta_length, "meta")
-    if checksum(stored) != header.meta_checksum:
-        raise InvalidCubeError(reader.name, "meta", "checksum mismatch (metadata block corrupted)")
-    doc, area = decode_meta(stored, header.meta_raw_length, reader.name)
+    _, doc, area = _read_meta(_Bytes(src))
     return _meta_from(doc, area)
 
 

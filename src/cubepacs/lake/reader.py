@@ -29,7 +29,7 @@ import pydicom
 from pydicom.dataelem import DataElement
 
 from cubepacs.dicom.dicomjson import InvalidValue, Unsupported, dataset_to_json
-from cubepacs.dicom.rawfile import DEFLATED, PIXEL_TAGS, _Cursor, _guess_encoding, _plausible_start
+from cubepacs.dicom.rawfile import DEFLATED, PIXEL_TAGS, _Cursor, _encoding_of, _guess_encoding, _plausible_start
 from cubepacs.errors import DicomReadError
 from cubepacs.lake.partitions import WorkItem
 
@@ -64,19 +64,18 @@ def _empty_row(archive: str, entry: str, container: str) -> Row:
     }
 
 
-def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None]:
-    """(end of header, Pixel Data tag or None) of an encoded file whose first ``len(buf)`` bytes are known.
+def file_meta(buf: bytes, eof: bool, source: str = "") -> tuple[int, str | None]:
+    """(offset where the dataset starts, Transfer Syntax UID or None) after the preamble and file meta group.
 
-    Raises :class:`NeedMore` when an element runs past ``buf`` and more bytes exist, DicomReadError when the file
-    ends inside an element.
+    Raises :class:`NeedMore` when the file meta runs past ``buf`` and more bytes exist.
     """
     pos = 132 if len(buf) >= 132 and buf[128:132] == b"DICM" else 0
-    meta = _Cursor(buf, True, source)
+    cur = _Cursor(buf, True, source)
     ts = None
     while pos + 6 <= len(buf) and buf[pos : pos + 2] == b"\x02\x00":
         try:
-            tag, vr, length, hsize = meta.header(pos, False)
-            end = meta.end_of(pos, False, tag, vr, length, hsize)
+            tag, vr, length, hsize = cur.header(pos, False)
+            end = cur.end_of(pos, False, tag, vr, length, hsize)
         except DicomReadError:
             if eof:
                 raise
@@ -84,14 +83,21 @@ def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None
         if tag == 0x00020010:
             ts = buf[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii", "replace")
         pos = end
+    return pos, ts
+
+
+def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None]:
+    """(end of header, Pixel Data tag or None) of an encoded file whose first ``len(buf)`` bytes are known.
+
+    Raises :class:`NeedMore` when an element runs past ``buf`` and more bytes exist, DicomReadError when the file
+    ends inside an element.
+    """
+    pos, ts = file_meta(buf, eof, source)
     if ts in DEFLATED:  # the dataset is one deflate stream: the whole entry is needed
         if not eof:
             raise NeedMore()
         return len(buf), None
-    if ts is None:
-        implicit, little = _guess_encoding(buf, pos)
-    else:
-        implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
+    implicit, little = _guess_encoding(buf, pos) if ts is None else _encoding_of(ts)
     cur = _Cursor(buf, little, source)
     while pos < len(buf):
         try:
@@ -167,19 +173,12 @@ def _fast_parse(header: bytes, eof: bool, row: Row, bulk_threshold: int) -> None
     Raises NeedMore when the header runs past ``header`` and the entry has more bytes; any other exception means
     the general path must decide.
     """
-    pos = 132 if header[128:132] == b"DICM" else 0
-    cur = _Cursor(header, True, "")
-    ts = None
-    while pos + 6 <= len(header) and header[pos : pos + 2] == b"\x02\x00":
-        tag, vr, length, hsize = cur.header(pos, False)
-        if tag == 0x00020010:
-            ts = header[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii")
-        pos = cur.end_of(pos, False, tag, vr, length, hsize)
+    pos, ts = file_meta(header, eof)
     if ts is None and not eof:
         raise NeedMore()  # the file meta may be cut off (or absent: then the general path reads it all)
     if ts is None or ts in DEFLATED:
         raise Unsupported("no file meta or a deflated dataset")
-    implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
+    implicit, little = _encoding_of(ts)
     try:
         doc, bulk, stop, pixel = dataset_to_json(header[pos:], implicit, little, bulk_threshold, stop_at_pixels=True)
     except (DicomReadError, IndexError, struct.error):
