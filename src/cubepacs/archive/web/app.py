@@ -5,7 +5,15 @@ tenant only ever sees its own rows and objects.
 
 Example
 -------
->>> app = create_app(None, api_keys={"k": "t"})  # doctest: +SKIP
+>>> import tempfile, os
+>>> from cubepacs.archive.index.store import Index
+>>> from cubepacs.archive.queue.embedded import EmbeddedQueue
+>>> from cubepacs.archive.storage.file import FileStorage
+>>> tmp = tempfile.mkdtemp()
+>>> app = create_app(Services(FileStorage(tmp), EmbeddedQueue(os.path.join(tmp, "q.db")), Index.from_url("sqlite://"),
+...                           api_keys={"key": "tenant-a"}))
+>>> app.title
+'cubepacs DICOMweb'
 """
 
 from __future__ import annotations
