@@ -44,10 +44,13 @@ class Indexer:
         self.stopped = threading.Event()
 
     def run_once(self, timeout: float = 0.0) -> int:
-        """Index one batch of waiting events; return how many were new."""
+        """Index one batch of waiting events; return how many changed the index."""
         messages = self.queue.poll(STORAGE_TOPIC, GROUP, self.batch, timeout)
         new = []
         for m in messages:
+            if m.payload.get("op") == "deleted":  # rows already gone: only cached answers are stale
+                new.append(m.payload["tenant"])
+                continue
             if self.index.add_instance(m.payload):
                 new.append(m.payload["tenant"])
                 self._record(m.payload)

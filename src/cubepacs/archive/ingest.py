@@ -27,7 +27,7 @@ from pydicom.datadict import tag_for_keyword
 from cubepacs.archive.keys import check_tenant, check_uid, instance_key
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 from cubepacs.archive.storage.base import Storage
-from cubepacs.dicom.dicomjson import dataset_to_json
+from cubepacs.dicom.dicomjson import _dictionary_vr, dataset_to_json
 from cubepacs.dicom.rawfile import RawFile, split_file
 from cubepacs.errors import DicomReadError
 
@@ -51,6 +51,7 @@ def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
         raise RejectedInstance(source, exc.reason, exc.offset) from exc
     if not any(c.key == 0x00020010 for c in raw.chunks):
         raise RejectedInstance(source, "no file meta information / Transfer Syntax UID")
+    _check_nesting(raw, source)
     try:
         uids, attrs = _fast_attrs(raw)
     except Exception:  # unusual character set, deflated, odd values: pydicom decides
@@ -93,17 +94,61 @@ def _fast_attrs(raw: RawFile) -> tuple[dict[str, str], dict[str, Any]]:
     return uids, {k: v for k, v in values.items() if v not in (None, "")}
 
 
+def _check_nesting(raw: RawFile, source: str) -> None:
+    """Refuse sequences nested deeper than MAX_DEPTH (every reader of the instance would have to walk them)."""
+    if raw.deflated_body is not None:
+        return  # pydicom reads those; its failure is a refusal too
+    seqs = []
+    for c in raw.chunks:
+        if c.key < 0 or c.key >> 16 == 2 or len(c.data) < 8:
+            continue
+        if raw.implicit:
+            if c.data[4:8] == b"\xff\xff\xff\xff" or _dictionary_vr(c.key, {}) == "SQ":
+                seqs.append(c.data)
+        elif c.data[4:6] in (b"SQ", b"UN"):
+            seqs.append(c.data)
+    if not seqs:
+        return
+    try:
+        dataset_to_json(b"".join(seqs), raw.implicit, raw.little_endian, invalid=[])
+    except DicomReadError as exc:
+        if "nested deeper" in exc.reason:
+            raise RejectedInstance(source, exc.reason) from None
+    except Exception:  # other oddities inside sequences are served as they are, not refused
+        return
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return value
     return str(value)
 
 
-def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str = "<received>") -> dict[str, Any]:
-    """Archive one instance for ``tenant``; returns its storage event once file and event are durable."""
+class StudyMismatch(RejectedInstance):
+    """A STOW-RS part whose Study Instance UID is not the one of the request URL (never stored)."""
+
+
+def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str = "<received>",
+           overwrite: bool = False, study: str | None = None) -> dict[str, Any]:
+    """Archive one instance for ``tenant``; returns its storage event once file and event are durable.
+
+    A SOP Instance UID already stored is kept as it is (``ev["duplicate"]`` is True, its event is queued again so
+    that a crash between file and event heals), unless ``overwrite``: then the new bytes replace it and the event
+    says ``replace`` so that the indexer re-indexes it and the web worker rebuilds its series. With ``study``, an
+    instance of another study is refused (StudyMismatch) before anything is written.
+    """
     ev = describe(data, source)
+    if study is not None and ev["study_uid"] != study:
+        raise StudyMismatch(source, f"Study Instance UID {ev['study_uid']} is not the study of the request ({study})")
     ev["tenant"] = check_tenant(tenant)
     ev["key"] = instance_key(tenant, ev["study_uid"], ev["series_uid"], ev["sop_uid"])
+    if storage.exists(ev["key"]):
+        if not overwrite:
+            kept = describe(storage.get(ev["key"]), ev["key"])
+            kept.update(tenant=ev["tenant"], key=ev["key"])
+            queue.publish(STORAGE_TOPIC, kept)
+            return {**kept, "duplicate": True}
+        ev["replace"] = True
     storage.put(ev["key"], data)
     queue.publish(STORAGE_TOPIC, ev)
     return ev

@@ -16,20 +16,20 @@ import re
 
 from cubepacs.errors import ConfigError
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def check_uid(value: str, what: str = "UID") -> str:
     """``value`` when it is a valid UID (digits and dots, ≤ 64 characters), else ConfigError."""
-    if not isinstance(value, str) or len(value) > 64 or not _UID.match(value):
+    if not isinstance(value, str) or len(value) > 64 or not _UID.fullmatch(value):
         raise ConfigError(f"invalid {what} {value!r}: a UID is digits and dots, at most 64 characters")
     return value
 
 
 def check_tenant(value: str) -> str:
     """``value`` when it is a valid tenant id (letters, digits, ``_`` and ``-``, ≤ 64)."""
-    if not isinstance(value, str) or not _TENANT.match(value):
+    if not isinstance(value, str) or not _TENANT.fullmatch(value):
         raise ConfigError(f"invalid tenant id {value!r}: letters, digits, '_' and '-', at most 64 characters")
     return value
 

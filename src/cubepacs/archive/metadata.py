@@ -10,6 +10,7 @@ Example
 
 from __future__ import annotations
 
+import logging
 import warnings
 from io import BytesIO
 from typing import Any
@@ -18,6 +19,9 @@ import pydicom
 
 from cubepacs.dicom.dicomjson import dataset_to_json
 from cubepacs.dicom.rawfile import split_file
+from cubepacs.errors import DicomReadError
+
+log = logging.getLogger("cubepacs.metadata")
 
 
 def _fix_uris(node: Any, base: str) -> Any:
@@ -33,20 +37,32 @@ def _fix_uris(node: Any, base: str) -> Any:
     return node
 
 
-def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024) -> dict[str, Any]:
-    """The instance's DICOM JSON (no file meta); Pixel Data points at ``{base}/frames/1``."""
-    raw = split_file(data)
+def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024, source: str = "") -> dict[str, Any]:
+    """The instance's DICOM JSON (no file meta); Pixel Data points at ``{base}/frames/1``.
+
+    A value that cannot be converted (IS ``1A``) is served as its original string and logged, never an error;
+    an element pydicom cannot convert at all (on its general path) is left out and logged.
+    """
+    raw = split_file(data, source or base)
     pixel_vr = raw.pixel_vr or "OW"
+    invalid: list[str] = []
     try:
         if raw.deflated_body is not None:
             raise ValueError("deflated")
         body = b"".join(c.data for c in raw.chunks if c.key >= 0 and c.key >> 16 != 2)
-        doc, _, _, _ = dataset_to_json(body, raw.implicit, raw.little_endian, bulk_threshold, stop_at_pixels=True)
+        doc, _, _, _ = dataset_to_json(body, raw.implicit, raw.little_endian, bulk_threshold, stop_at_pixels=True,
+                                       invalid=invalid)
+    except DicomReadError:
+        raise
     except Exception:  # unusual character sets, deflated data: pydicom's general path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
-            doc = ds.to_json_dict(bulk_threshold, lambda e: f"bulk:{e.tag:08X}")
+            doc = ds.to_json_dict(bulk_threshold, lambda e: f"bulk:{e.tag:08X}", suppress_invalid_tags=True)
+            invalid = [f"{int(t):08X}" for t in ds.keys() if f"{int(t):08X}" not in doc]
+    if invalid:
+        log.info("%s: values kept as received (not convertible to their VR): %s", source or base,
+                 ", ".join(invalid[:20]))
     # the top-level Pixel Data tag, as the split found it (inside a deflated dataset: assumed Pixel Data)
     pixel = raw.pixel_tag if raw.deflated_body is None else 0x7FE00010
     if pixel is not None:
@@ -73,3 +89,27 @@ def bulk_value(data: bytes, path: str) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     raise KeyError(path)
+
+
+def minimal_metadata(row: dict[str, Any]) -> dict[str, Any]:
+    """The metadata the index knows of an instance (UIDs, instance number), for one whose bytes cannot be
+    turned into DICOM JSON: its series is still served and built."""
+    doc: dict[str, Any] = {
+        "00080016": {"vr": "UI", "Value": [row.get("sop_class_uid")]} if row.get("sop_class_uid") else {"vr": "UI"},
+        "00080018": {"vr": "UI", "Value": [row["sop_uid"]]},
+        "0020000D": {"vr": "UI", "Value": [row["study_uid"]]},
+        "0020000E": {"vr": "UI", "Value": [row["series_uid"]]},
+    }
+    if row.get("instance_number") is not None:
+        doc["00200013"] = {"vr": "IS", "Value": [row["instance_number"]]}
+    return doc
+
+
+def safe_metadata(data: bytes, base: str, row: dict[str, Any]) -> dict[str, Any]:
+    """:func:`instance_metadata`, or :func:`minimal_metadata` (logged) when the instance cannot be converted."""
+    try:
+        return instance_metadata(data, base, source=row.get("storage_key", base))
+    except Exception as exc:
+        log.warning("instance %s: metadata from the index only (%s: %s)", row["sop_uid"], type(exc).__name__,
+                    str(exc)[:200])
+        return minimal_metadata(row)

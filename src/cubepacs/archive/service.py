@@ -74,11 +74,16 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     b = open_backends(settings, cache_url)
     stop = threading.Event()
     stoppers: list[Any] = []
+    clean = getattr(b.storage, "clean_temporary", None)
+    if clean is not None and parts & {"storescp", "web", "webworker"}:
+        _thread(clean, "clean-temporary")  # files a crash left half-written
     if "storescp" in parts:
-        from cubepacs.archive.dimse.scp import start_scp
+        from cubepacs.archive.dimse.scp import Limits, start_scp
 
+        limits = Limits(settings.max_associations, settings.acse_timeout, settings.dimse_timeout,
+                        settings.network_timeout)
         server = start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, b.storage,
-                           b.queue, b.index, settings.remote_aes)
+                           b.queue, b.index, settings.remote_aes, limits, settings.calling_aes, settings.overwrite)
         stoppers.append(server.shutdown)
         log.info("DIMSE SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.dimse_port)
     if "indexer" in parts:
@@ -108,7 +113,9 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
 
         access = AccessLog(*log_location(b.storage, settings, "access"))
         stoppers.append(access.close)
-        app = create_app(Services(b.storage, b.queue, b.index, settings.api_keys, access, b.cache))
+        app = create_app(Services(b.storage, b.queue, b.index, settings.api_keys, access, b.cache,
+                                  overwrite=settings.overwrite, max_request_bytes=settings.max_request_bytes,
+                                  remote_aes=settings.remote_aes, ae_title=settings.ae_title))
         config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
                                 access_log=False)
         uvicorn_server = uvicorn.Server(config)

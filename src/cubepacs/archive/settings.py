@@ -38,6 +38,13 @@ class Settings:
     ae_tenants: dict[str, str] = field(default_factory=lambda: {"CUBEPACS": "default"})
     api_keys: dict[str, str] = field(default_factory=dict)
     remote_aes: dict[str, str] = field(default_factory=dict)  # AE title -> "host:port" (C-MOVE destinations)
+    calling_aes: dict[str, list[str]] = field(default_factory=dict)  # tenant -> allowed calling "AE" / "AE@addr"
+    max_associations: int = 64
+    acse_timeout: float = 30.0  # seconds to wait for an A-ASSOCIATE-RQ after connect (and A-RELEASE-RP)
+    dimse_timeout: float = 60.0  # seconds to wait for a DIMSE message
+    network_timeout: float = 60.0  # seconds of silence before an association is aborted
+    overwrite: bool = False  # a re-sent SOP Instance UID replaces the stored one (default: the first is kept)
+    max_request_bytes: int = 4 * 1024**3  # largest STOW-RS body
     quiet_seconds: float = 30.0
     max_retries: int = 3
     codec: str = "htj2k"

@@ -18,7 +18,7 @@ from typing import Any
 
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import cube_key
-from cubepacs.archive.metadata import instance_metadata
+from cubepacs.archive.metadata import safe_metadata
 from cubepacs.archive.storage.base import Storage
 from cubepacs.cube.sources import read_instance
 from cubepacs.cube.writer import write_cube
@@ -55,17 +55,22 @@ class WebWorker:
         tenant, study, series = row["tenant_id"], row["study_uid"], row["series_uid"]
         rows = self.index.instances_of(tenant, study, series)
         datas = [self.storage.get(r["storage_key"]) for r in rows]
-        docs = [instance_metadata(d, series_base(self.url_root, study, series, r["sop_uid"]))
+        docs = [safe_metadata(d, series_base(self.url_root, study, series, r["sop_uid"]), r)
                 for d, r in zip(datas, rows, strict=True)]
         jkey = json_key(tenant, study, series)
         self.storage.put(jkey, json.dumps(docs, separators=(",", ":")).encode())
         ckey = None
         if self.compact:
-            instances = [read_instance(d, f"{r['sop_uid']}.dcm") for d, r in zip(datas, rows, strict=True)]
-            buf = io.BytesIO()
-            write_cube(instances, buf, codec=self.codec, threads=1)
-            ckey = cube_key(tenant, study, series)
-            self.storage.put(ckey, buf.getvalue())
+            try:
+                instances = [read_instance(d, f"{r['sop_uid']}.dcm") for d, r in zip(datas, rows, strict=True)]
+                buf = io.BytesIO()
+                write_cube(instances, buf, codec=self.codec, threads=1)
+            except Exception as exc:  # one odd instance: the series is served from its files, never blocked
+                log.warning("series %s not compacted (%s: %s); served from its instance files", series,
+                            type(exc).__name__, str(exc)[:200])
+            else:
+                ckey = cube_key(tenant, study, series)
+                self.storage.put(ckey, buf.getvalue())
         return jkey, ckey, len(rows)
 
     def run_once(self) -> int:
@@ -81,6 +86,10 @@ class WebWorker:
             if self.index.finish_series(row, ok=True, max_retries=self.max_retries, json_key=jkey, cube_key=ckey,
                                         instances=n):
                 built += 1
+            elif self.index.series_state(row["tenant_id"], row["study_uid"], row["series_uid"]) is None:
+                for key in (jkey, ckey):  # deleted while it was built: nothing may stay behind
+                    if key:
+                        self.storage.delete(key)
         return built
 
     def run(self, interval: float = 1.0) -> None:

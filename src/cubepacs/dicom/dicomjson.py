@@ -23,7 +23,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 
-from cubepacs.dicom.rawfile import PIXEL_TAGS, UNDEFINED, _Cursor
+from cubepacs.dicom.rawfile import MAX_DEPTH, PIXEL_TAGS, UNDEFINED, _Cursor
 from cubepacs.errors import DicomReadError
 
 _NUMERIC = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
@@ -117,8 +117,17 @@ def _ds(s: str) -> float:
     return float(s)
 
 
+def _lenient(vr: str, raw: bytes, enc: str) -> list[Any] | None:
+    """An IS/DS value that does not convert, kept as its original strings (PS3.18 F.2.3 lets a value that
+    cannot be converted be carried as is)."""
+    return _strings(raw, enc, vr) or None
+
+
 class _Walker:
-    def __init__(self, buf: bytes, implicit: bool, little: bool, bulk_threshold: int, stop_at_pixels: bool) -> None:
+    def __init__(self, buf: bytes, implicit: bool, little: bool, bulk_threshold: int, stop_at_pixels: bool,
+                 invalid: list[str] | None = None) -> None:
+        self.invalid = invalid
+        self.depth = 0
         self.stop_at_pixels = stop_at_pixels
         self.pixel: int | None = None
         self.buf = buf
@@ -144,9 +153,12 @@ class _Walker:
             start = pos + hsize
             vr_s = _vr_of(tag, vr, creators)
             key = f"{tag:08X}"
+            un = vr_s == "UN"
+            if un and vr is not None:  # explicit UN of a known tag: its VR from the dictionary, as pydicom does
+                vr_s = _vr_of(tag, None, creators)
             if vr_s == "SQ" or (length == UNDEFINED and tag != 0x7FE00010):
-                items, pos = self.sequence(start, length, implicit or vr_s == "UN", path + key + "/")
-                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                items, pos = self.sequence(start, length, implicit or un, path + key + "/")
+                out[key] = {"vr": "SQ", "Value": items}
                 continue
             pos = start + length
             if pos > limit:
@@ -158,7 +170,7 @@ class _Walker:
                     raise Unsupported(f"character set {cs!r}")
                 self.enc = _CHARSETS[cs]
             if vr_s in _BINARY:
-                if length > self.threshold:
+                if length > (self.threshold // 4) * 3:  # pydicom's rule: base64 is 4/3 of the raw length
                     self.bulk.append(path + key)
                     out[key] = {"vr": vr_s, "BulkDataURI": f"bulk:{path}{key}"}
                 elif length:
@@ -169,14 +181,26 @@ class _Walker:
             try:
                 vals = _value(vr_s, value, self.little, self.enc)
             except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidValue(f"invalid {vr_s} value {bytes(value[:32])!r} in ({key[:4]},{key[4:]}): "
-                                   f"{exc}") from None
+                if self.invalid is None or vr_s not in ("IS", "DS"):
+                    raise InvalidValue(f"invalid {vr_s} value {bytes(value[:32])!r} in ({key[:4]},{key[4:]}): "
+                                       f"{exc}") from None
+                self.invalid.append(path + key)
+                vals = _lenient(vr_s, value, self.enc)
             if (tag >> 16) & 1 and 0x0010 <= (tag & 0xFFFF) <= 0x00FF and vals:
                 creators[(tag >> 16, tag & 0xFFFF)] = str(vals[0])
             out[key] = {"vr": vr_s, "Value": vals} if vals else {"vr": vr_s}
         return out, pos
 
     def sequence(self, pos: int, length: int, implicit: bool, path: str) -> tuple[list[Any], int]:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise DicomReadError("", f"sequences nested deeper than {MAX_DEPTH} levels", pos)
+        try:
+            return self._items(pos, length, implicit, path)
+        finally:
+            self.depth -= 1
+
+    def _items(self, pos: int, length: int, implicit: bool, path: str) -> tuple[list[Any], int]:
         cur = _Cursor(self.buf, self.little, "")
         end = None if length == UNDEFINED else pos + length
         items: list[Any] = []
@@ -198,14 +222,17 @@ class _Walker:
 
 
 def dataset_to_json(body: bytes, implicit: bool, little_endian: bool, bulk_threshold: int = 1024,
-                    stop_at_pixels: bool = False) -> tuple[dict[str, Any], list[str], int, int | None]:
+                    stop_at_pixels: bool = False,
+                    invalid: list[str] | None = None) -> tuple[dict[str, Any], list[str], int, int | None]:
     """DICOM JSON of an encoded dataset (no file meta): (JSON, tags of bulk values left out, bytes walked,
     the Pixel Data tag the walk stopped at with ``stop_at_pixels``, else None).
 
     Raises :class:`Unsupported` for character sets other than the default, ISO_IR 100 and ISO_IR 192,
-    :class:`InvalidValue` for values their VR forbids, and :class:`~cubepacs.errors.DicomReadError` when an
-    element runs past the end of ``body``.
+    :class:`InvalidValue` for values their VR forbids (unless ``invalid`` is a list: then an IS/DS value that
+    does not convert is kept as its strings and its tag path appended there), and
+    :class:`~cubepacs.errors.DicomReadError` when an element runs past the end of ``body`` or sequences nest
+    deeper than :data:`MAX_DEPTH`.
     """
-    walker = _Walker(body, implicit, little_endian, bulk_threshold, stop_at_pixels)
+    walker = _Walker(body, implicit, little_endian, bulk_threshold, stop_at_pixels, invalid)
     doc, end = walker.dataset(0, len(body), implicit, "")
     return doc, walker.bulk, end, walker.pixel

@@ -38,6 +38,7 @@ _SHORT_VRS = frozenset(
      b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
 UNDEFINED = 0xFFFFFFFF
+MAX_DEPTH = 64  # sequence nesting deeper than this is refused (real files nest a handful of levels)
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -118,11 +119,12 @@ class _Cursor:
         # Implicit VR, or an implicit-encoded element inside an explicit file (seen in real files).
         return tag, None, self._u32(buf, pos + 4)[0], 8
 
-    def skip_element(self, pos: int, implicit: bool) -> int:
+    def skip_element(self, pos: int, implicit: bool, depth: int = 0) -> int:
         """Return the offset just past the element starting at ``pos``."""
-        return self.end_of(pos, implicit, *self.header(pos, implicit))
+        return self.end_of(pos, implicit, *self.header(pos, implicit), depth=depth)
 
-    def end_of(self, pos: int, implicit: bool, tag: int, vr: bytes | None, length: int, hsize: int) -> int:
+    def end_of(self, pos: int, implicit: bool, tag: int, vr: bytes | None, length: int, hsize: int,
+               depth: int = 0) -> int:
         """The offset just past an element whose header (already read) starts at ``pos``."""
         start = pos + hsize
         if length != UNDEFINED:
@@ -136,10 +138,12 @@ class _Cursor:
             return end
         # Undefined length: a sequence (or UN holding one, which is implicit VR LE inside) or encapsulated data.
         inner_implicit = implicit or vr == b"UN"
-        return self.skip_items(start, inner_implicit, tag)
+        return self.skip_items(start, inner_implicit, tag, depth + 1)
 
-    def skip_items(self, pos: int, implicit: bool, owner: int) -> int:
+    def skip_items(self, pos: int, implicit: bool, owner: int, depth: int = 1) -> int:
         """Walk items of an undefined-length value until its Sequence Delimitation Item."""
+        if depth > MAX_DEPTH:
+            raise self.fail(f"sequences nested deeper than {MAX_DEPTH} levels in {_fmt_tag(owner)}", pos)
         buf = self.buf
         while True:
             if pos + 8 > len(buf):
@@ -162,7 +166,7 @@ class _Cursor:
                 if tag == 0xFFFEE00D:
                     pos += 8
                     break
-                pos = self.skip_element(pos, implicit)
+                pos = self.skip_element(pos, implicit, depth)
 
 
 def _fmt_tag(tag: int) -> str:

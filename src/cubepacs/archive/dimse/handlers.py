@@ -51,12 +51,46 @@ def called_ae(event: Any) -> str:
     return (title.decode() if isinstance(title, bytes) else str(title)).strip()
 
 
-def handle_requested(event: Any, tenants: dict[str, str]) -> None:
-    """Reject an association whose called AE title belongs to no tenant (diagnostic: not recognised)."""
-    if called_ae(event) not in tenants:
-        log.warning("association from %s rejected: called AE %r is not configured", event.assoc.requestor.ae_title,
-                    called_ae(event))
-        event.assoc.acse.send_reject(0x01, 0x01, 0x07)
+def calling_ae(event: Any) -> str:
+    """The peer's own AE title."""
+    title = event.assoc.requestor.ae_title
+    return (title.decode() if isinstance(title, bytes) else str(title)).strip()
+
+
+def permitted(allowed: list[str], calling: str, address: str) -> bool:
+    """Whether a calling AE (from ``address``) is on a tenant's allow-list (``AE`` or ``AE@address`` entries).
+
+    Example
+    -------
+    >>> permitted(["CT1", "MR1@10.0.0.5"], "MR1", "10.0.0.6"), permitted(["CT1", "MR1@10.0.0.5"], "CT1", "x")
+    (False, True)
+    """
+    for entry in allowed:
+        title, _, where = entry.partition("@")
+        if title.strip() == calling and (not where or where.strip() == address):
+            return True
+    return False
+
+
+def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, list[str]] | None = None) -> None:
+    """Answer A-ASSOCIATE-RJ (permanent, service user) to an association whose called AE title belongs to no
+    tenant (diagnostic 7), or whose calling AE is not on that tenant's allow-list (diagnostic 3)."""
+    from pynetdicom import evt
+
+    assoc = event.assoc
+    called, calling = called_ae(event), calling_ae(event)
+    address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    tenant = tenants.get(called)
+    diagnostic, why = 0, ""
+    if tenant is None:
+        diagnostic, why = 0x07, f"called AE {called!r} is not configured"
+    elif (allowed or {}).get(tenant) and not permitted((allowed or {})[tenant], calling, assoc.requestor.address):
+        diagnostic, why = 0x03, f"calling AE {calling!r} is not allowed for tenant {tenant!r}"
+    if diagnostic:
+        log.warning("association from %r at %s rejected: %s", calling, address, why)
+        assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()  # as pynetdicom does for its own rejections: the RJ PDU is sent before the socket closes
 
 
 def handle_conn_open(event: Any) -> None:
@@ -71,7 +105,8 @@ def handle_echo(event: Any) -> int:
     return STATUS_SUCCESS
 
 
-def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Queue) -> int | Dataset:
+def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Queue,
+                 overwrite: bool = False) -> int | Dataset:
     """C-STORE: archive the dataset as received; success only once file and event are durable."""
     tenant = tenants.get(called_ae(event))
     if tenant is None:
@@ -80,15 +115,16 @@ def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Q
         req = event.request
         meta = encode_file_meta(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
                                 str(event.context.transfer_syntax), str(event.assoc.requestor.ae_title))
-        ingest(meta + event.encoded_dataset(include_meta=False), tenant, storage, queue, source="C-STORE")
+        ingest(meta + event.encoded_dataset(include_meta=False), tenant, storage, queue, source="C-STORE",
+               overwrite=overwrite)
     except RejectedInstance as exc:
-        log.warning("C-STORE from %s refused: %s", event.assoc.requestor.ae_title, exc)
+        log.warning("C-STORE from %r refused: %s", calling_ae(event), exc)
         status = Dataset()
         status.Status = STATUS_CANNOT_UNDERSTAND
         status.ErrorComment = str(exc.reason)[:64]
         return status
-    except Exception:
-        log.exception("C-STORE failed")
+    except Exception as exc:
+        log.error("C-STORE from %r failed: %s: %s", calling_ae(event), type(exc).__name__, str(exc)[:300])
         return STATUS_OUT_OF_RESOURCES
     return STATUS_SUCCESS
 
@@ -150,8 +186,8 @@ def handle_find(event: Any, tenants: dict[str, str], index: Index) -> Iterator[t
         else:
             yield STATUS_IDENTIFIER_MISMATCH, None
             return
-    except Exception:
-        log.exception("C-FIND failed")
+    except Exception as exc:
+        log.error("C-FIND failed: %s: %s", type(exc).__name__, str(exc)[:300])
         yield STATUS_FIND_UNABLE, None
         return
     for row in rows:
@@ -159,87 +195,6 @@ def handle_find(event: Any, tenants: dict[str, str], index: Index) -> Iterator[t
             yield 0xFE00, None
             return
         yield STATUS_PENDING, _answer(identifier, row, level)
-
-
-def _retrieve_rows(event: Any, tenant: str, index: Index) -> list[dict[str, Any]]:
-    identifier: Dataset = event.identifier
-    filters = _filters(identifier, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"))
-    if not any(k in filters for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID")):
-        raise ValueError("a retrieve needs a UID or PatientID")
-    return index.search_instances(tenant, filters, limit=1_000_000)
-
-
-def _datasets(rows: list[dict[str, Any]], storage: Storage, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-    import warnings
-    from io import BytesIO
-
-    import pydicom
-
-    for row in rows:
-        if event.is_cancelled:
-            yield 0xFE00, None
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(BytesIO(storage.get(row["storage_key"])))
-        except Exception:
-            log.exception("cannot read %s for a retrieve", row["storage_key"])
-            yield 0xA701, None  # out of resources: unable to perform sub-operations
-            continue
-        yield STATUS_PENDING, ds
-
-
-def handle_get(event: Any, tenants: dict[str, str], index: Index, storage: Storage) -> Iterator[Any]:
-    """C-GET: send the matching instances back over the same association."""
-    tenant = tenants.get(called_ae(event))
-    if tenant is None:
-        yield 0
-        yield STATUS_REFUSED_NOT_AUTHORIZED, None
-        return
-    try:
-        rows = _retrieve_rows(event, tenant, index)
-    except Exception as exc:
-        log.warning("C-GET refused: %s", exc)
-        yield 0
-        yield STATUS_IDENTIFIER_MISMATCH, None
-        return
-    yield len(rows)
-    yield from _datasets(rows, storage, event)
-
-
-def handle_move(event: Any, tenants: dict[str, str], index: Index, storage: Storage,
-                remote_aes: dict[str, str]) -> Iterator[Any]:
-    """C-MOVE: send the matching instances to a configured destination AE (``remote_aes``: title → host:port)."""
-    tenant = tenants.get(called_ae(event))
-    destination = remote_aes.get(event.move_destination.decode().strip() if isinstance(
-        event.move_destination, bytes) else str(event.move_destination).strip())
-    if tenant is None or destination is None:
-        yield None, None  # unknown tenant or destination: 0xA801 (move destination unknown)
-        return
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-    from pynetdicom import build_context
-
-    host, _, port = destination.rpartition(":")
-    try:
-        rows = _retrieve_rows(event, tenant, index)
-    except Exception as exc:
-        log.warning("C-MOVE refused: %s", exc)
-        yield host, int(port)
-        yield 0
-        yield STATUS_IDENTIFIER_MISMATCH, None
-        return
-    # propose, per SOP class, the stored transfer syntaxes first, then the uncompressed ones
-    wanted: dict[str, list[str]] = {}
-    for r in rows:
-        syntaxes = wanted.setdefault(r["sop_class_uid"] or "1.2.840.10008.5.1.4.1.1.7", [])
-        if r["transfer_syntax"] and r["transfer_syntax"] not in syntaxes:
-            syntaxes.insert(0, r["transfer_syntax"])
-    contexts = [build_context(sop, [*ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-                for sop, ts in list(wanted.items())[:128]]
-    yield host, int(port), {"contexts": contexts}
-    yield len(rows)
-    yield from _datasets(rows, storage, event)
 
 
 COMMIT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known Storage Commitment Push Model SOP Instance

@@ -10,10 +10,11 @@ True
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -26,15 +27,32 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from cubepacs.archive.dimse import handlers as h
+from cubepacs.archive.dimse import retrieve
+from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
 
 
-def build_ae(ae_title: str) -> AE:
-    """An AE accepting every storage SOP class in every transfer syntax, Verification and Q/R FIND."""
-    ae = AE(ae_title=ae_title)
+@dataclass(frozen=True)
+class Limits:
+    """Association limits: how many at once, and how long a silent peer is waited for (seconds)."""
+
+    max_associations: int = 64
+    acse_timeout: float = 30.0  # A-ASSOCIATE-RQ after connecting, and A-RELEASE-RP
+    dimse_timeout: float = 60.0  # a DIMSE message being received
+    network_timeout: float = 60.0  # an established association with no traffic is aborted
+
+
+def build_ae(ae_title: str, limits: Limits | None = None) -> ArchiveAE:
+    """An AE accepting every storage SOP class in every transfer syntax, Verification and Q/R FIND/GET/MOVE."""
+    limits = limits or Limits()
+    ae = ArchiveAE(ae_title=ae_title)
     ae.maximum_pdu_size = 0
+    ae.maximum_associations = limits.max_associations
+    ae.acse_timeout = limits.acse_timeout
+    ae.dimse_timeout = limits.dimse_timeout
+    ae.network_timeout = limits.network_timeout
     # pynetdicom accepts the first of *our* syntaxes that the peer proposed: list the encapsulated ones first so
     # a file proposed with its own (compressed) syntax is received and kept as it is, not decompressed.
     uncompressed = [ts for ts in ALL_TRANSFER_SYNTAXES if not UID(ts).is_compressed]
@@ -52,18 +70,24 @@ def build_ae(ae_title: str) -> AE:
 
 
 def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], storage: Storage, queue: Queue,
-              index: Index, remote_aes: dict[str, str] | None = None) -> Any:
-    """Start the SCP in background threads; returns the server (call ``shutdown()`` to stop)."""
-    ae = build_ae(ae_title)
+              index: Index, remote_aes: dict[str, str] | None = None, limits: Limits | None = None,
+              allowed: dict[str, list[str]] | None = None, overwrite: bool = False) -> Any:
+    """Start the SCP in background threads; returns the server (call ``shutdown()`` to stop).
+
+    ``allowed``: tenant → calling AE titles (``AE`` or ``AE@address``) it accepts (none listed: any);
+    ``overwrite``: a re-sent SOP Instance UID replaces the stored one (default: the first is kept).
+    """
+    ae = build_ae(ae_title, limits)
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, functools.partial(h.handle_requested, tenants=tenants)),
+        (evt.EVT_REQUESTED, functools.partial(h.handle_requested, tenants=tenants, allowed=allowed or {})),
         (evt.EVT_CONN_OPEN, h.handle_conn_open),
         (evt.EVT_C_ECHO, h.handle_echo),
-        (evt.EVT_C_STORE, functools.partial(h.handle_store, tenants=tenants, storage=storage, queue=queue)),
+        (evt.EVT_C_STORE, functools.partial(h.handle_store, tenants=tenants, storage=storage, queue=queue,
+                                            overwrite=overwrite)),
         (evt.EVT_C_FIND, functools.partial(h.handle_find, tenants=tenants, index=index)),
-        (evt.EVT_C_GET, functools.partial(h.handle_get, tenants=tenants, index=index, storage=storage)),
-        (evt.EVT_C_MOVE, functools.partial(h.handle_move, tenants=tenants, index=index, storage=storage,
-                                           remote_aes=remote_aes or {})),
+        (evt.EVT_C_GET, functools.partial(retrieve.handle_get, tenants=tenants, index=index, storage=storage)),
+        (evt.EVT_C_MOVE, functools.partial(retrieve.handle_move, tenants=tenants, index=index, storage=storage,
+                                           remote_aes=remote_aes or {}, ae_title=ae_title)),
         (evt.EVT_N_ACTION, functools.partial(h.handle_n_action, tenants=tenants, index=index,
                                              remote_aes=remote_aes or {}, ae_title=ae_title)),
     ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, create_engine, event, func, select, update
@@ -160,24 +160,34 @@ class Index:
         return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
     def add_instance(self, ev: dict[str, Any]) -> bool:
-        """Index one stored instance (a storage event); False when it was already indexed (idempotent)."""
+        """Index one stored instance (a storage event); False when it was already indexed (idempotent).
+
+        An event marked ``replace`` (a re-sent instance stored with ``overwrite``) updates the instance row and
+        makes its series (and a series it moved out of) pending again, so that metadata and cube are rebuilt.
+        """
         a = ev.get("attrs", {})
         now = _now()
         tenant, study, series = ev["tenant"], ev["study_uid"], ev["series_uid"]
+        row = _fit(dicom_instance, {
+            "study_uid": study, "series_uid": series, "sop_class_uid": ev.get("sop_class_uid"),
+            "instance_number": _int(a.get("InstanceNumber")), "transfer_syntax": ev.get("transfer_syntax"),
+            "storage_key": ev["key"], "size": ev.get("size"), "rows": _int(a.get("Rows")),
+            "columns": _int(a.get("Columns")), "frames": _int(a.get("NumberOfFrames")) or 1})
+        i = dicom_instance
         with self.engine.begin() as conn:
-            ins = self._insert(conn, dicom_instance).values(
-                tenant_id=tenant, sop_uid=ev["sop_uid"], study_uid=study, series_uid=series,
-                sop_class_uid=ev.get("sop_class_uid"), instance_number=_int(a.get("InstanceNumber")),
-                transfer_syntax=ev.get("transfer_syntax"), storage_key=ev["key"], size=ev.get("size"),
-                rows=_int(a.get("Rows")), columns=_int(a.get("Columns")), frames=_int(a.get("NumberOfFrames")) or 1,
-                created_time=now,
-            ).on_conflict_do_nothing().returning(dicom_instance.c.sop_uid)
-            if conn.execute(ins).first() is None:  # already indexed: replaying an event changes nothing
-                return False
-            count = conn.execute(select(func.count()).select_from(dicom_instance).where(
-                dicom_instance.c.tenant_id == tenant, dicom_instance.c.study_uid == study,
-                dicom_instance.c.series_uid == series)).scalar_one()
-            values = {
+            moved_from: tuple[str, str] | None = None
+            if ev.get("replace"):
+                old = conn.execute(select(i.c.study_uid, i.c.series_uid).where(
+                    i.c.tenant_id == tenant, i.c.sop_uid == ev["sop_uid"])).first()
+                if old is not None and (old[0], old[1]) != (study, series):
+                    moved_from = (old[0], old[1])
+                ins = self._insert(conn, i).values(tenant_id=tenant, sop_uid=ev["sop_uid"], created_time=now, **row)
+                conn.execute(ins.on_conflict_do_update(index_elements=["tenant_id", "sop_uid"], set_=row))
+            else:
+                ins = self._insert(conn, i).values(tenant_id=tenant, sop_uid=ev["sop_uid"], created_time=now, **row)
+                if conn.execute(ins.on_conflict_do_nothing().returning(i.c.sop_uid)).first() is None:
+                    return False  # already indexed: replaying an event changes nothing
+            values = _fit(dicom_state_meta, {
                 "patient_id": a.get("PatientID"), "patient_name": a.get("PatientName"),
                 "patient_sex": a.get("PatientSex"), "patient_birth_date": a.get("PatientBirthDate"),
                 "study_date": a.get("StudyDate"), "study_time": a.get("StudyTime"),
@@ -185,20 +195,45 @@ class Index:
                 "study_description": a.get("StudyDescription"), "referring_physician": a.get("ReferringPhysicianName"),
                 "modality": a.get("Modality"), "series_number": _int(a.get("SeriesNumber")),
                 "series_description": a.get("SeriesDescription"), "series_date": a.get("SeriesDate"),
-                "series_related_instances": count, "updated_time": now,
-            }
+                "series_related_instances": self._count(conn, tenant, study, series), "updated_time": now,
+            })
             up = self._insert(conn, dicom_state_meta).values(
                 tenant_id=tenant, study_uid=study, series_uid=series, study_uid_hash=_hash(study),
                 series_uid_hash=_hash(series), created_time=now, **values)
             conn.execute(up.on_conflict_do_update(index_elements=["tenant_id", "study_uid", "series_uid"],
                                                   set_=values))
-            flag = self._insert(conn, dicom_json_meta).values(
-                tenant_id=tenant, study_uid=study, series_uid=series, flag_time=now, json_status=0, retry_times=0,
-                updated_time=now)
-            conn.execute(flag.on_conflict_do_update(
-                index_elements=["tenant_id", "study_uid", "series_uid"],
-                set_={"flag_time": now, "json_status": 0, "retry_times": 0, "updated_time": now}))
+            self._flag(conn, tenant, study, series, now)
+            if moved_from is not None:
+                self._recount(conn, tenant, *moved_from, now)
         return True
+
+    def _count(self, conn: Connection, tenant: str, study: str, series: str) -> int:
+        i = dicom_instance
+        return int(conn.execute(select(func.count()).select_from(i).where(
+            i.c.tenant_id == tenant, i.c.study_uid == study, i.c.series_uid == series)).scalar_one())
+
+    def _flag(self, conn: Connection, tenant: str, study: str, series: str, now: dt.datetime) -> None:
+        """Make a series pending for the web worker (its metadata and cube are rebuilt)."""
+        flag = self._insert(conn, dicom_json_meta).values(
+            tenant_id=tenant, study_uid=study, series_uid=series, flag_time=now, json_status=0, retry_times=0,
+            updated_time=now)
+        conn.execute(flag.on_conflict_do_update(
+            index_elements=["tenant_id", "study_uid", "series_uid"],
+            set_={"flag_time": now, "json_status": 0, "retry_times": 0, "updated_time": now}))
+
+    def _recount(self, conn: Connection, tenant: str, study: str, series: str, now: dt.datetime) -> bool:
+        """After instances left a series: update its count and flag it, or drop its rows when it is empty.
+        True when the series is gone."""
+        s, j = dicom_state_meta, dicom_json_meta
+        key = (s.c.tenant_id == tenant, s.c.study_uid == study, s.c.series_uid == series)
+        count = self._count(conn, tenant, study, series)
+        if count == 0:
+            conn.execute(s.delete().where(*key))
+            conn.execute(j.delete().where(j.c.tenant_id == tenant, j.c.study_uid == study, j.c.series_uid == series))
+            return True
+        conn.execute(update(s).where(*key).values(series_related_instances=count, updated_time=now))
+        self._flag(conn, tenant, study, series, now)
+        return False
 
     def search_studies(self, tenant: str, filters: dict[str, Any], limit: int = 100, offset: int = 0,
                        fuzzy: bool = False) -> list[dict[str, Any]]:
@@ -293,13 +328,55 @@ class Index:
         filters: dict[str, Any] = {"SOPInstanceUID": list(sop_uids)} if sop_uids else {}
         return self.search_instances(tenant, filters, study_uid, series_uid, limit=1_000_000)
 
+    def delete(self, tenant: str, study: str, series: str | None = None, sops: Sequence[str] | None = None,
+               remove: Callable[[list[str]], None] | None = None) -> list[str]:
+        """Remove the rows of a study, series or instances of ``tenant``; returns the storage keys that held them
+        (instance files, and the metadata JSON and cube of every series touched: those are rebuilt for a series
+        that keeps instances). ``remove(keys)`` is called before the rows go, so that a crash in between leaves
+        rows to delete again, never unreachable files. Idempotent: deleting what is gone returns ``[]``."""
+        i, j = dicom_instance, dicom_json_meta
+        cond = [i.c.tenant_id == tenant, i.c.study_uid == study]
+        if series:
+            cond.append(i.c.series_uid == series)
+        if sops:
+            cond.append(i.c.sop_uid.in_(list(sops)))
+        now = _now()
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(i.c.sop_uid, i.c.series_uid, i.c.storage_key).where(*cond)).all()
+            if not rows:
+                return []
+            keys = [r.storage_key for r in rows]
+            for uid in {r.series_uid for r in rows}:
+                built = conn.execute(select(j.c.json_key, j.c.cube_key).where(
+                    j.c.tenant_id == tenant, j.c.study_uid == study, j.c.series_uid == uid)).first()
+                if built is not None:
+                    keys.extend(k for k in built if k)
+            if remove is not None:
+                remove(keys)
+            conn.execute(i.delete().where(*cond))
+            for uid in {r.series_uid for r in rows}:
+                self._recount(conn, tenant, study, uid, now)
+        return keys
+
     def close(self) -> None:
         """Release the connection pool."""
         self.engine.dispose()
 
 
+def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Values cut to their column's length (an over-long value in a non-conformant file must not make the index
+    refuse the instance, and the indexer retry it for ever)."""
+    out = {}
+    for k, v in values.items():
+        length = getattr(table.c[k].type, "length", None)
+        out[k] = v[:length] if isinstance(v, str) and length else v
+    return out
+
+
 def _int(v: Any) -> int | None:
+    """An integer column value; None for what is not one or does not fit 32 bits."""
     try:
-        return int(v) if v not in (None, "") else None
-    except (TypeError, ValueError):
+        n = int(v) if v not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return n if n is None or -(2**31) <= n < 2**31 else None

@@ -18,6 +18,7 @@ Example
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,6 +26,8 @@ from urllib.parse import urlsplit
 from cubepacs._atomic import atomic_write
 from cubepacs.archive.storage.base import Storage
 from cubepacs.errors import ConfigError
+
+log = logging.getLogger("cubepacs.storage")
 
 
 class FileStorage(Storage):
@@ -70,6 +73,26 @@ class FileStorage(Storage):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def clean_temporary(self, max_age: float = 600.0) -> int:
+        """Remove temporary files (``.name.XXXX.tmp``) older than ``max_age`` seconds that a crash left behind
+        (younger ones may be another process' writes in progress); returns how many were removed."""
+        import time
+
+        cutoff, removed = time.time() - max_age, 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    path = os.path.join(folder, name)
+                    try:
+                        if os.stat(path).st_mtime < cutoff:
+                            os.unlink(path)
+                            removed += 1
+                    except OSError:
+                        continue
+        if removed:
+            log.info("removed %d stale temporary file(s) under %s", removed, self.root)
+        return removed
 
     def local_path(self, key: str) -> Path:
         """The file of ``key`` (lets the cube reader memory-map it)."""

@@ -18,8 +18,9 @@ Example
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -55,6 +56,10 @@ class Services:
     api_keys: dict[str, str]
     access_log: Any = None
     cache: Any = None  # a cubepacs.archive.cache Cache, or None
+    overwrite: bool = False  # a re-sent SOP Instance UID replaces the stored one
+    max_request_bytes: int = 4 * 1024**3
+    remote_aes: dict[str, str] = field(default_factory=dict)  # peers for /api/send
+    ae_title: str = "CUBEPACS"  # our calling AE title when sending
 
 
 def _element(keyword: str, value: Any) -> dict[str, Any] | None:
@@ -96,8 +101,36 @@ def tenant_of(request: Request) -> str:
     return tenant
 
 
+_INTEGER = {"SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"}
+_DATE = re.compile(r"(\d{8})?(-(\d{8})?)?")
+_UID_LIST = re.compile(r"[0-9.]{1,64}([\\,][0-9.]{1,64})*")
+
+
+def _check_value(keyword: str, key: str, value: str) -> None:
+    """400 for a query value the attribute can never match (a number that is not one, a malformed date)."""
+    if value in ("", "*"):
+        return
+    vr = str(dictionary_VR(keyword))
+    if keyword in _INTEGER and not (value.lstrip("-").isdigit() and abs(int(value)) < 2**31):
+        raise HTTPException(400, f"query attribute {key!r} must be an integer, not {value[:40]!r}")
+    if vr == "DA" and not _DATE.fullmatch(value):
+        raise HTTPException(400, f"query attribute {key!r} must be a date YYYYMMDD or a range, not {value[:40]!r}")
+    if vr == "UI" and not _UID_LIST.fullmatch(value):
+        raise HTTPException(400, f"query attribute {key!r} must be UIDs (digits and dots), not {value[:40]!r}")
+
+
+def _bounded_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise HTTPException(400, f"{name} must be an integer from {low} to {high}, not {text[:40]!r}")
+    return int(text)
+
+
 def query_filters(request: Request) -> tuple[dict[str, Any], int, int, bool]:
-    """QIDO query parameters → (filters by keyword, limit, offset, fuzzy); 400 on an unknown attribute."""
+    """QIDO query parameters → (filters by keyword, limit, offset, fuzzy); 400 with the reason for an unknown
+    attribute or a value it can never have."""
     filters: dict[str, Any] = {}
     for key, value in request.query_params.multi_items():
         if key.lower() in _PAGING:
@@ -106,13 +139,11 @@ def query_filters(request: Request) -> tuple[dict[str, Any], int, int, bool]:
         if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
             keyword = keyword_for_tag(int(key, 16)) or key
         if tag_for_keyword(keyword) is None:
-            raise HTTPException(400, f"unknown query attribute {key!r}")
+            raise HTTPException(400, f"unknown query attribute {key[:64]!r}")
+        _check_value(keyword, key, value)
         filters[keyword] = value
-    try:
-        limit = min(int(request.query_params.get("limit", 100)), 10_000)
-        offset = int(request.query_params.get("offset", 0))
-    except ValueError as exc:
-        raise HTTPException(400, f"limit/offset must be integers: {exc}") from exc
+    limit = min(_bounded_int(request, "limit", 100, 1, 2**31 - 1), 10_000)
+    offset = _bounded_int(request, "offset", 0, 0, 2**31 - 1)
     fuzzy = request.query_params.get("fuzzymatching", "false").lower() == "true"
     return filters, limit, offset, fuzzy
 
@@ -140,7 +171,7 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 
 def create_app(services: Services) -> FastAPI:
     """The DICOMweb app (all routes under ``/dicom-web``)."""
-    from cubepacs.archive.web import stow, wado
+    from cubepacs.archive.web import api, stow, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
     app.state.services = services
@@ -197,4 +228,5 @@ def create_app(services: Services) -> FastAPI:
 
     wado.add_routes(app, services)
     stow.add_routes(app, services)
+    api.add_routes(app, services)
     return app

@@ -10,6 +10,8 @@ Example
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from typing import Any
 
 from cubepacs.errors import CubepacsError
 
@@ -38,21 +40,33 @@ def _param(content_type: str, name: str) -> str | None:
     return None
 
 
-def parse(body: bytes, content_type: str) -> list[bytes]:
-    """The part bodies of a multipart/related message."""
+def iter_parts(body: bytes | Any, content_type: str) -> Iterator[memoryview]:
+    """The part bodies of a multipart/related message, one at a time, as views into ``body`` (which may be a
+    memory-mapped file: a large upload is never copied whole into memory)."""
     if not content_type.lower().startswith("multipart/related"):
         raise MultipartError(f"expected multipart/related, got {content_type.split(';', maxsplit=1)[0]!r}")
     boundary = _param(content_type, "boundary")
     if not boundary:
         raise MultipartError("multipart/related without a boundary parameter")
-    delim = b"--" + boundary.encode()
-    pieces = body.split(delim)
-    parts = []
-    for piece in pieces[1:]:
-        if piece.startswith(b"--"):
-            break
-        _, sep, data = piece.partition(b"\r\n\r\n")
-        if not sep:
+    delim = b"--" + boundary.encode("latin-1")
+    view = memoryview(body)
+    pos = body.find(delim)
+    if pos < 0:
+        raise MultipartError("the body holds no part (boundary not found)")
+    while True:
+        pos += len(delim)
+        if bytes(view[pos:pos + 2]) == b"--":
+            return
+        nxt = body.find(b"\r\n" + delim, pos)
+        if nxt < 0:
+            raise MultipartError("the last part is not closed by the boundary (body truncated?)")
+        sep = body.find(b"\r\n\r\n", pos, nxt)
+        if sep < 0:
             raise MultipartError("a part has no header/body separator")
-        parts.append(data[:-2] if data.endswith(b"\r\n") else data)
-    return parts
+        yield view[sep + 4:nxt]
+        pos = nxt + 2
+
+
+def parse(body: bytes, content_type: str) -> list[bytes]:
+    """The part bodies of a multipart/related message."""
+    return [bytes(p) for p in iter_parts(body, content_type)]

@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
 from cubepacs.archive.keys import check_uid
-from cubepacs.archive.metadata import bulk_value, instance_metadata
+from cubepacs.archive.metadata import bulk_value, safe_metadata
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, tenant_of
@@ -28,18 +28,21 @@ from cubepacs.archive.webworker import series_base
 from cubepacs.cube.image import InstancePixels
 from cubepacs.cube.reader import CubeReader
 from cubepacs.cube.sources import read_instance
+from cubepacs.errors import CubepacsError
 
+UNDECODABLE = 422  # the request is fine, the stored pixel data is not: named instance and frame in the reason
 _CUBES: dict[tuple[str, Any], CubeReader] = {}
 _LOCK = threading.Lock()
 
 
 def parse_frames(text: str) -> list[int]:
-    """Frame numbers of a ``/frames/{list}`` path (1-based); 400 when not positive integers."""
-    try:
-        frames = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise HTTPException(400, f"frame list must be comma-separated integers, not {text!r}") from None
-    if not frames or min(frames) < 1:
+    """Frame numbers of a ``/frames/{list}`` path (1-based, each once, in the order first asked); 400 when not
+    positive integers."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items or not all(x.isdigit() and len(x) <= 9 for x in items):
+        raise HTTPException(400, f"frame list must be comma-separated positive integers, not {text[:60]!r}")
+    frames = list(dict.fromkeys(int(x) for x in items))
+    if min(frames) < 1:
         raise HTTPException(400, "frame numbers start at 1")
     return frames
 
@@ -84,16 +87,26 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
     """Stored values of the asked frames of one instance (from the cube when the series is compacted)."""
     cube = _cube_for(services, tenant, row["study_uid"], row["series_uid"])
     name = f"{row['sop_uid']}.dcm"
-    if cube is not None and name in cube.meta.names:
-        i = cube.meta.names.index(name)
-        start, count = int(cube.frame_starts[i]), int(cube.frame_starts[i + 1] - cube.frame_starts[i])
-        source: Any = cube
-    else:
-        pixels = InstancePixels([read_instance(services.storage.get(row["storage_key"]), name)])
-        start, count, source = 0, pixels.num_frames, pixels
+    try:
+        if cube is not None and name in cube.meta.names:
+            i = cube.meta.names.index(name)
+            start, count = int(cube.frame_starts[i]), int(cube.frame_starts[i + 1] - cube.frame_starts[i])
+            source: Any = cube
+        else:
+            pixels = InstancePixels([read_instance(services.storage.get(row["storage_key"]), name)])
+            start, count, source = 0, pixels.num_frames, pixels
+    except CubepacsError as exc:
+        raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}: pixel data cannot be read: {exc}") from None
     if max(frames) > count:
-        raise HTTPException(404, f"the instance has {count} frame(s)")
-    return [source.frame(start + f - 1) for f in frames]
+        raise HTTPException(404, f"instance {row['sop_uid']} has {count} frame(s), not {max(frames)}")
+    out = []
+    for f in frames:
+        try:
+            out.append(source.frame(start + f - 1))
+        except Exception as exc:  # a codec's own error types, numpy's, …: the stored data is at fault
+            raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}, frame {f}: pixel data cannot be "
+                                             f"decoded ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return out
 
 
 def _render(arr: np.ndarray, request: Request, thumbnail: bool) -> Response:
@@ -196,8 +209,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
             state = services.index.series_state(tenant, study, series)
             if state and state["json_status"] == 1 and state["built_instances"] == len(rows) and state["json_key"]:
                 return Response(services.storage.get(state["json_key"]), media_type=DICOM_JSON)
-        docs = [instance_metadata(services.storage.get(r["storage_key"]),
-                                  series_base(ROOT, r["study_uid"], r["series_uid"], r["sop_uid"])) for r in rows]
+        docs = [safe_metadata(services.storage.get(r["storage_key"]),
+                              series_base(ROOT, r["study_uid"], r["series_uid"], r["sop_uid"]), r) for r in rows]
         return Response(json.dumps(docs, separators=(",", ":")), media_type=DICOM_JSON)
 
     @app.get(ROOT + "/studies/{study}/metadata")
