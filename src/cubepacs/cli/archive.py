@@ -30,6 +30,8 @@ def _run(parts: set[str], config: Path | None, **overrides: Any) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom logs every decoder failure with a traceback; we report those ourselves, naming instance and frame
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     names = {"storage": "storage_url", "queue": "queue_url", "index": "index_url", "cache": "cache_url"}
     try:
         settings = load_settings(config, dict(os.environ), {names.get(k, k): v for k, v in overrides.items()})

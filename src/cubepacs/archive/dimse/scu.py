@@ -15,7 +15,7 @@ Example
 >>> rows = [{"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax": "1.2.840.10008.1.2.4.70"},
 ...         {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax": "1.2.840.10008.1.2.1"}]
 >>> [(len(cxs), len(part)) for cxs, part in plan(rows)]
-[(2, 2)]
+[(3, 2)]
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def _syntax(row: dict[str, Any]) -> str:
 
 
 def _contexts_of(sop: str, syntaxes: list[str]) -> list[PresentationContext]:
-    out = [build_context(sop, [ts]) for ts in syntaxes if ts not in UNCOMPRESSED]
+    # each stored syntax alone (an acceptor picks by its own preference within a context: alone, the stored one
+    # is taken whenever the peer knows it), then the uncompressed ones for the peers that know none of them
+    out = [build_context(sop, [ts]) for ts in syntaxes]
     out.append(build_context(sop, list(UNCOMPRESSED)))
     return out
 

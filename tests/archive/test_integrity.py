@@ -1,0 +1,366 @@
+"""One truth per instance, odd instances that poison nothing, limits, delete and send (issue: interop and integrity).
+
+The odd files are made from real ones in tests/archive/crafted.py (the data set has none of them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+
+from cubepacs.archive.web import multipart
+from tests.archive import crafted
+from tests.archive.conftest import Server, start_server, stop_server, wait_until, write_config
+from tests.conftest import SERIES, dicom_files
+
+MR = next(s for s in SERIES if s.name.startswith("mr_ge_mr750"))
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """An archive with small limits: 20 MB requests, 2 s to associate, 5 s of association silence."""
+    from tests.archive.conftest import free_port
+
+    root = tmp_path_factory.mktemp("strict")
+    dimse, http = free_port(), free_port()
+    stale = root / "data" / "storage" / "alpha" / ".old.dcm.abc123.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    import os
+
+    os.utime(stale, (1_000_000_000, 1_000_000_000))  # left by a crash long ago
+    cfg = write_config(root / "strict.toml", root / "data", dimse, http, max_request_bytes=20_000_000,
+                       acse_timeout=2.0, network_timeout=5.0, calling_aes={"beta": ["TRUSTED"]})
+    srv = start_server(root / "data", cfg, dimse, http)
+    yield srv
+    stop_server(srv)
+
+
+def stow(server: Server, datas: list[bytes], study: str | None = None, tenant: str = "alpha") -> httpx.Response:
+    body, ctype = multipart.encode(datas, "application/dicom")
+    url = f"{server.url}/studies" + (f"/{study}" if study else "")
+    return httpx.post(url, content=body, headers={**server.headers(tenant), "Content-Type": ctype}, timeout=120)
+
+
+def uids(data: bytes) -> tuple[str, str, str]:
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+
+def instance_url(server: Server, data: bytes) -> str:
+    study, series, sop = uids(data)
+    return f"{server.url}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def indexed(server: Server, data: bytes, tenant: str = "alpha") -> bool:
+    study, _, sop = uids(data)
+    r = httpx.get(f"{server.url}/instances", params={"SOPInstanceUID": sop, "StudyInstanceUID": study},
+                  headers=server.headers(tenant))
+    return r.status_code == 200
+
+
+def built(server: Server, data: bytes) -> bool:
+    study, series, _ = uids(data)
+    return (server.data_dir / "storage" / "alpha" / study / f"{series}.metadata.json").exists()
+
+
+def retrieved(server: Server, data: bytes) -> bytes:
+    r = httpx.get(instance_url(server, data), headers=server.headers())
+    r.raise_for_status()
+    (part,) = multipart.parse(r.content, r.headers["content-type"])
+    return part
+
+
+def frame(server: Server, data: bytes, n: int = 1) -> np.ndarray:
+    r = httpx.get(instance_url(server, data) + f"/frames/{n}", headers=server.headers())
+    r.raise_for_status()
+    (part,) = multipart.parse(r.content, r.headers["content-type"])
+    ref = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    return np.frombuffer(part, ref.dtype).reshape(ref.shape)
+
+
+def test_stale_temporary_files_are_removed_at_start(strict: Server) -> None:
+    wait_until(lambda: not (strict.data_dir / "storage" / "alpha" / ".old.dcm.abc123.tmp").exists())
+
+
+def test_resent_instance_keeps_the_first_by_default(strict: Server) -> None:
+    first = crafted.renamed()
+    second = crafted.variant(first, "OTHER^NAME", 7)
+    assert stow(strict, [first]).status_code == 200
+    wait_until(lambda: indexed(strict, first) and built(strict, first))
+    assert stow(strict, [second]).status_code == 200  # success, as Orthanc answers, but the first is kept
+    assert retrieved(strict, first) == first
+    np.testing.assert_array_equal(frame(strict, first), pydicom.dcmread(io.BytesIO(first)).pixel_array)
+    study = uids(first)[0]
+    r = httpx.get(f"{strict.url}/studies", params={"StudyInstanceUID": study}, headers=strict.headers())
+    assert r.json()[0]["00100010"]["Value"][0]["Alphabetic"] != "OTHER^NAME"
+
+
+def test_resent_instance_replaces_everything_with_overwrite(tmp_path: Path) -> None:
+    from tests.archive.conftest import free_port
+
+    dimse, http = free_port(), free_port()
+    cfg = write_config(tmp_path / "ow.toml", tmp_path / "data", dimse, http, overwrite=True)
+    srv = start_server(tmp_path / "data", cfg, dimse, http)
+    try:
+        first = crafted.renamed()
+        second = crafted.variant(first, "OTHER^NAME", 7)
+        assert stow(srv, [first]).status_code == 200
+        wait_until(lambda: indexed(srv, first) and built(srv, first))
+        before = frame(srv, first)
+        study, series, _ = uids(first)
+        json_file = srv.data_dir / "storage" / "alpha" / study / f"{series}.metadata.json"
+        old_json = json_file.read_bytes()
+        # re-sent by C-STORE this time: the file, the index, the metadata and the cube all follow
+        from pynetdicom import AE
+
+        ae = AE(ae_title="RESEND")
+        ae.add_requested_context(pydicom.dcmread(io.BytesIO(second)).SOPClassUID, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", dimse, ae_title="CUBEPACS")
+        status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(second)))
+        assoc.release()
+        assert status.Status == 0
+        wait_until(lambda: json_file.exists() and json_file.read_bytes() != old_json)
+        wait_until(lambda: built(srv, first))
+        assert pydicom.dcmread(io.BytesIO(retrieved(srv, first))).PatientName == "OTHER^NAME"
+        after = frame(srv, first)
+        np.testing.assert_array_equal(after, pydicom.dcmread(io.BytesIO(second)).pixel_array)
+        assert not np.array_equal(before, after)
+        meta = httpx.get(f"{srv.url}/studies/{study}/series/{series}/metadata", headers=srv.headers()).json()
+        assert meta[0]["00100010"]["Value"][0]["Alphabetic"] == "OTHER^NAME"
+        r = httpx.get(f"{srv.url}/studies", params={"StudyInstanceUID": study}, headers=srv.headers())
+        assert r.json()[0]["00100010"]["Value"][0]["Alphabetic"] == "OTHER^NAME"
+        assert r.json()[0]["00201208"]["Value"] == [1]
+    finally:
+        stop_server(srv)
+
+
+def test_stow_to_another_study_is_never_stored(strict: Server) -> None:
+    data = crafted.renamed()
+    r = stow(strict, [data], study="1.2.3.4.5")
+    assert r.status_code == 409 and "not the study of the request" in r.headers["warning"]
+    assert httpx.get(instance_url(strict, data), headers=strict.headers()).status_code == 404
+    study, series, sop = uids(data)
+    assert not (strict.data_dir / "storage" / "alpha" / study / series / f"{sop}.dcm").exists()
+
+
+def test_poison_value_is_served_and_its_series_built(strict: Server) -> None:
+    data = crafted.poison_is()
+    assert stow(strict, [data]).status_code == 200
+    wait_until(lambda: indexed(strict, data))
+    study, series, _ = uids(data)
+    for url in (instance_url(strict, data) + "/metadata", f"{strict.url}/studies/{study}/series/{series}/metadata",
+                f"{strict.url}/studies/{study}/metadata"):
+        r = httpx.get(url, headers=strict.headers())
+        assert r.status_code == 200, (url, r.text)
+        assert r.json()[0]["00200013"] == {"vr": "IS", "Value": ["1A"]}
+    wait_until(lambda: built(strict, data))  # the web worker built the series
+    assert (strict.data_dir / "storage" / "alpha" / study / f"{series}.dcbs").exists()
+    np.testing.assert_array_equal(frame(strict, data), pydicom.dcmread(io.BytesIO(data)).pixel_array)
+
+
+def test_undecodable_pixels_name_instance_and_frame(strict: Server) -> None:
+    data = crafted.undecodable_pixels()
+    assert stow(strict, [data]).status_code == 200
+    wait_until(lambda: indexed(strict, data))
+    sop = uids(data)[2]
+    for suffix in ("/frames/1", "/rendered"):
+        r = httpx.get(instance_url(strict, data) + suffix, headers=strict.headers())
+        assert r.status_code == 422, (suffix, r.status_code)
+        assert sop in r.json()["detail"] and "frame 1" in r.json()["detail"]
+    assert httpx.get(instance_url(strict, data) + "/metadata", headers=strict.headers()).status_code == 200
+
+
+def test_deep_nesting_is_refused_everywhere(strict: Server, tmp_path: Path) -> None:
+    data = crafted.deep_nesting()
+    r = stow(strict, [data])
+    assert r.status_code == 409 and "nested deeper than 64" in r.headers["warning"]
+    from pynetdicom import AE
+
+    ae = AE(ae_title="DEEP")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    path = tmp_path / "deep.dcm"
+    path.write_bytes(data)
+    assoc = ae.associate("127.0.0.1", strict.dimse_port, ae_title="CUBEPACS")
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes (pydicom cannot read this deep)
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+    assert status.Status == 0xC000 and "nested deeper" in status.ErrorComment
+    log = (strict.data_dir.parent / "data.log").read_text(errors="replace")
+    assert "Traceback" not in log and "RecursionError" not in log
+    out = subprocess.run([sys.executable, "-m", "cubepacs", "convert", str(path), "-o", str(tmp_path / "x.dcbs")],
+                         check=False, capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "nested deeper" in out.stderr
+    assert not (tmp_path / "x.dcbs").exists()
+
+
+def test_stow_edges(strict: Server) -> None:
+    empty_body, ctype = multipart.encode([], "application/dicom")
+    r = httpx.post(f"{strict.url}/studies", content=empty_body,
+                   headers={**strict.headers(), "Content-Type": ctype})
+    assert r.status_code == 400 and "no DICOM part" in r.text
+    # a reason holding a non-Latin-1 character (the file name is in it): one stored, one refused, no 500
+    good = crafted.renamed()
+    bad = b"\0" * 128 + b"DICM" + "日本".encode() * 10
+    r = stow(strict, [good, bad])
+    assert r.status_code == 202 and r.headers["warning"].isascii()
+    # 5,000 bad parts: the Warning header stays small
+    r = stow(strict, [b"not dicom"] * 5000)
+    assert r.status_code == 409 and len(r.headers["warning"]) < 5000 and "more failed part" in r.headers["warning"]
+    assert len(r.json()["00081198"]["Value"]) == 5000
+    # over max_request_bytes: 413, nothing stored
+    big = crafted.renamed()
+    r = stow(strict, [big] * 700)  # ~ 27 MB
+    assert r.status_code == 413
+    assert httpx.get(instance_url(strict, big), headers=strict.headers()).status_code == 404
+
+
+def test_query_and_path_errors_are_400(strict: Server) -> None:
+    h = strict.headers()
+    for params in ({"SeriesNumber": "abc"}, {"offset": "1e20"}, {"offset": "99999999999999999999"},
+                   {"limit": "-1"}, {"StudyDate": "yesterday"}, {"StudyInstanceUID": "1.2.x"}):
+        r = httpx.get(f"{strict.url}/series", params=params, headers=h)
+        assert r.status_code == 400, (params, r.status_code)
+        assert r.json()["detail"]
+    assert httpx.get(f"{strict.url}/studies/1.2.3%0A/metadata", headers=h).status_code == 400
+    assert httpx.get(f"{strict.url}/studies/1.2.3/series/1.2.3.4/instances/1.2%0A/frames/1",
+                     headers=h).status_code == 400
+
+
+def test_frame_lists_are_deduplicated_and_bounded(strict: Server) -> None:
+    data = crafted.renamed()
+    assert stow(strict, [data]).status_code == 200
+    wait_until(lambda: indexed(strict, data))
+    r = httpx.get(instance_url(strict, data) + "/frames/" + ",".join(["1"] * 400), headers=strict.headers())
+    assert r.status_code == 200 and len(multipart.parse(r.content, r.headers["content-type"])) == 1
+    assert httpx.get(instance_url(strict, data) + "/frames/1,2", headers=strict.headers()).status_code == 404
+    assert httpx.get(instance_url(strict, data) + "/frames/a", headers=strict.headers()).status_code == 400
+
+
+def test_all_un_file_is_archived_with_its_uids(strict: Server) -> None:
+    data = crafted.all_un()
+    from pynetdicom import AE, _config
+
+    ae = AE(ae_title="UNSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", strict.dimse_port, ae_title="CUBEPACS")
+    path = strict.data_dir.parent / "un.dcm"
+    path.write_bytes(data)
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+    assert status.Status == 0
+    ref = pydicom.dcmread(crafted.IMPLICIT_MR, stop_before_pixels=True)
+    r = httpx.get(f"{strict.url}/instances", params={"SOPInstanceUID": ref.SOPInstanceUID},
+                  headers=strict.headers())
+    wait_until(lambda: httpx.get(f"{strict.url}/instances", params={"SOPInstanceUID": ref.SOPInstanceUID},
+                                 headers=strict.headers()).status_code == 200)
+    r = httpx.get(f"{strict.url}/instances", params={"SOPInstanceUID": ref.SOPInstanceUID}, headers=strict.headers())
+    row = r.json()[0]
+    assert row["0020000D"]["Value"] == [ref.StudyInstanceUID] and row["00080060"]["Value"] == ["MR"]
+
+
+def test_delete_instance_series_study(strict: Server, tmp_path: Path) -> None:
+    files = dicom_files(MR)[:3]
+    datas = [f.read_bytes() for f in files]
+    study, series, _ = uids(datas[0])
+    assert stow(strict, datas).status_code == 200
+    wait_until(lambda: all(indexed(strict, d) for d in datas) and built(strict, datas[0]))
+    base = strict.data_dir / "storage" / "alpha" / study
+    assert (base / f"{series}.dcbs").exists()
+    h = strict.headers()
+    api = strict.url.replace("/dicom-web", "/api")
+    # one instance: its file goes, the series' cube and metadata go and are rebuilt without it
+    sop0 = uids(datas[0])[2]
+    r = httpx.delete(f"{api}/studies/{study}/series/{series}/instances/{sop0}", headers=h)
+    assert r.status_code == 200 and r.json() == {"deleted": 1}
+    assert not (base / series / f"{sop0}.dcm").exists()
+    assert httpx.get(instance_url(strict, datas[0]), headers=h).status_code == 404
+    wait_until(lambda: built(strict, datas[1]))
+    meta = httpx.get(f"{strict.url}/studies/{study}/series/{series}/metadata", headers=h).json()
+    assert len(meta) == 2
+    # the other tenant cannot delete it
+    assert httpx.delete(f"{api}/studies/{study}", headers=strict.headers("beta")).json() == {"deleted": 0}
+    assert httpx.get(instance_url(strict, datas[1]), headers=h).status_code == 200
+    # the study, twice (idempotent)
+    assert httpx.delete(f"{api}/studies/{study}", headers=h).json() == {"deleted": 2}
+    assert httpx.delete(f"{api}/studies/{study}", headers=h).json() == {"deleted": 0}
+    assert not base.exists() or not any(p.is_file() for p in base.rglob("*"))
+    assert httpx.get(f"{strict.url}/studies", params={"StudyInstanceUID": study}, headers=h).status_code == 204
+    from tests.archive.conftest import dcmtk
+
+    found = dcmtk("findscu", "-aec", "CUBEPACS", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(strict.dimse_port))
+    assert found.returncode == 0 and "Find Response:" not in (found.stdout + found.stderr)
+    assert httpx.delete(f"{api}/studies/1.2.x", headers=h).status_code == 400
+    assert httpx.delete(f"{api}/studies/{study}").status_code == 401
+
+
+def test_send_cli_and_api(strict: Server, tmp_path: Path) -> None:
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from tests.archive.conftest import DEST_PORT
+
+    received: dict[str, bytes] = {}
+
+    def on_store(event: object) -> int:
+        ev = event  # type: ignore[assignment]
+        received[str(ev.request.AffectedSOPInstanceUID)] = ev.encoded_dataset(include_meta=False)  # type: ignore
+        return 0
+
+    dest = AE(ae_title="DEST")
+    for cx in AllStoragePresentationContexts:
+        dest.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+    srv = dest.start_server(("127.0.0.1", DEST_PORT), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        datas = [crafted.renamed(study="1.2.826.0.1.3680043.10.1443.77", series="1.2.826.0.1.3680043.10.1443.77.1")
+                 for _ in range(3)]
+        assert stow(strict, datas).status_code == 200
+        wait_until(lambda: all(indexed(strict, d) for d in datas))
+        api = strict.url.replace("/dicom-web", "/api")
+        with httpx.stream("POST", f"{api}/send", headers=strict.headers(), timeout=60,
+                          json={"to": "DEST", "level": "series", "uid": "1.2.826.0.1.3680043.10.1443.77.1"}) as r:
+            lines = [json.loads(line) for line in r.iter_lines() if line]
+        assert r.status_code == 200
+        assert lines[-1] == {"done": True, "to": "DEST", "instances": 3, "sent": 3, "failed": 0}
+        assert all(line["status"] == 0 and line["sent_as"].startswith("as stored") for line in lines[:-1])
+        for d in datas:
+            from cubepacs.archive.dimse.scu import dataset_offset
+
+            assert received[uids(d)[2]] == d[dataset_offset(d):]  # byte for byte
+        received.clear()
+        out = subprocess.run([sys.executable, "-m", "cubepacs", "send", "--config", str(strict.config), "--tenant",
+                              "alpha", "--to", "DEST", "study", "1.2.826.0.1.3680043.10.1443.77"],
+                             check=False, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert len(received) == 3 and "3 sent" in out.stdout
+        bad = subprocess.run([sys.executable, "-m", "cubepacs", "send", "--config", str(strict.config), "--to",
+                              "NOWHERE", "study", "1.2.3"], check=False, capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "NOWHERE" in bad.stderr and "Traceback" not in bad.stderr
+        r2 = httpx.post(f"{api}/send", headers=strict.headers(), json={"to": "NOWHERE", "uid": "1.2.3"})
+        assert r2.status_code == 400
+    finally:
+        srv.shutdown()
+    gone = subprocess.run([sys.executable, "-m", "cubepacs", "delete", "--config", str(strict.config), "--tenant",
+                           "alpha", "--yes", "study", "1.2.826.0.1.3680043.10.1443.77"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 0 and "3 instance" in gone.stdout, gone.stdout + gone.stderr
+    wait_until(lambda: httpx.get(f"{strict.url}/studies", params={"StudyInstanceUID": "1.2.826.0.1.3680043.10.1443.77"},
+                                 headers=strict.headers()).status_code == 204)
