@@ -364,3 +364,95 @@ def test_send_cli_and_api(strict: Server, tmp_path: Path) -> None:
     assert gone.returncode == 0 and "3 instance" in gone.stdout, gone.stdout + gone.stderr
     wait_until(lambda: httpx.get(f"{strict.url}/studies", params={"StudyInstanceUID": "1.2.826.0.1.3680043.10.1443.77"},
                                  headers=strict.headers()).status_code == 204)
+
+
+def test_32_concurrent_storing_associations_are_all_accepted(strict: Server) -> None:
+    import threading
+
+    from pynetdicom import AE
+
+    files = dicom_files(MR)[:64]
+    datas = [pydicom.dcmread(f) for f in files]
+    results: list[tuple[bool, list[int]]] = []
+    barrier = threading.Barrier(32)
+
+    def sender(k: int) -> None:
+        ae = AE(ae_title=f"SCU{k}")
+        ae.add_requested_context(datas[0].SOPClassUID, "1.2.840.10008.1.2.1")
+        barrier.wait()
+        assoc = ae.associate("127.0.0.1", strict.dimse_port, ae_title="CUBEPACS")
+        statuses = []
+        established = assoc.is_established
+        if established:
+            for ds in datas[k::32]:
+                statuses.append(int(assoc.send_c_store(ds).Status))
+            barrier_hold.wait()  # all 32 are open at the same time
+            assoc.release()
+        results.append((established, statuses))
+
+    barrier_hold = threading.Barrier(32, timeout=60)
+    threads = [threading.Thread(target=sender, args=(k,)) for k in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 32 and all(ok for ok, _ in results)
+    assert sorted(s for _, st in results for s in st) == [0] * 64
+
+
+def test_silent_connections_neither_lock_out_nor_stay(strict: Server) -> None:
+    import socket
+    import time
+
+    from tests.archive.conftest import dcmtk
+
+    silent = [socket.create_connection(("127.0.0.1", strict.dimse_port)) for _ in range(10)]
+    try:
+        res = dcmtk("echoscu", "-aec", "CUBEPACS", "127.0.0.1", str(strict.dimse_port))
+        assert res.returncode == 0, res.stderr
+        time.sleep(4)  # acse_timeout is 2 s: the server hangs up on peers that never ask for an association
+        for s in silent:
+            s.settimeout(5)
+            assert s.recv(1) == b""  # closed by the server
+    finally:
+        for s in silent:
+            s.close()
+
+
+def test_idle_association_is_dropped(strict: Server) -> None:
+    import time
+
+    from pynetdicom import AE
+
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", strict.dimse_port, ae_title="CUBEPACS")
+    assert assoc.is_established
+    deadline = time.monotonic() + 15  # network_timeout is 5 s
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not assoc.is_established and assoc.is_aborted
+
+
+def test_unknown_called_ae_and_calling_allow_list_are_rejected(strict: Server) -> None:
+    from pynetdicom import AE
+
+    def associate(calling: str, called: str) -> object:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", strict.dimse_port, ae_title=called)
+        if assoc.is_established:
+            assoc.release()
+        return assoc
+
+    unknown = associate("MODALITY7", "STRANGER")
+    assert unknown.is_rejected  # type: ignore[attr-defined]
+    rj = unknown.acceptor.primitive  # type: ignore[attr-defined]
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
+    log = (strict.data_dir.parent / "data.log").read_text(errors="replace")
+    assert "'MODALITY7' at 127.0.0.1:" in log and "called AE 'STRANGER' is not configured" in log
+    # tenant beta takes only calling AE TRUSTED
+    other = associate("OTHER", "BETAPACS")
+    assert other.is_rejected and other.acceptor.primitive.diagnostic == 0x03  # type: ignore[attr-defined]
+    trusted = associate("TRUSTED", "BETAPACS")
+    assert not trusted.is_rejected and trusted.is_released  # type: ignore[attr-defined]

@@ -52,8 +52,9 @@ def called_ae(event: Any) -> str:
 
 
 def calling_ae(event: Any) -> str:
-    """The peer's own AE title."""
-    title = event.assoc.requestor.ae_title
+    """The peer's own AE title (from its A-ASSOCIATE-RQ: the requestor's title is set only once accepted)."""
+    primitive = event.assoc.requestor.primitive
+    title = primitive.calling_ae_title if primitive is not None else event.assoc.requestor.ae_title
     return (title.decode() if isinstance(title, bytes) else str(title)).strip()
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger("cubepacs.dimse")
 
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -90,7 +91,8 @@ def _syntax(row: dict[str, Any]) -> str:
 def _contexts_of(sop: str, syntaxes: list[str]) -> list[PresentationContext]:
     # each stored syntax alone (an acceptor picks by its own preference within a context: alone, the stored one
     # is taken whenever the peer knows it), then the uncompressed ones for the peers that know none of them
-    out = [build_context(sop, [ts]) for ts in syntaxes]
+    # (a deflated dataset goes out inflated: peers were seen to time out on a stored deflate stream)
+    out = [build_context(sop, [ts]) for ts in syntaxes if ts not in DEFLATED]
     out.append(build_context(sop, list(UNCOMPRESSED)))
     return out
 
@@ -132,6 +134,13 @@ def dataset_offset(data: bytes) -> int:
         else:
             pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
     return pos
+
+
+def inflate(data: bytes) -> bytes:
+    """The dataset of a deflated Part 10 file, inflated: the same explicit VR little endian bytes it was made of."""
+    import zlib
+
+    return zlib.decompress(data[dataset_offset(data):], -zlib.MAX_WBITS)
 
 
 def decode_to(data: bytes, syntax: str) -> bytes:
@@ -204,6 +213,9 @@ def send_stored(assoc: Any, inst: StoredInstance, msg_id: int = 1, originator_ae
     data = inst.load()
     if cx is not None:
         payload, how = data[dataset_offset(data):], f"as stored ({stored})"
+    elif stored in DEFLATED and _context(assoc, sop, ExplicitVRLittleEndian) is not None:
+        cx = _context(assoc, sop, ExplicitVRLittleEndian)
+        payload, how = inflate(data), f"inflated to {ExplicitVRLittleEndian}"
     else:
         for ts in UNCOMPRESSED:
             cx = _context(assoc, sop, ts)
