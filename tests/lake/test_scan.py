@@ -32,7 +32,9 @@ def test_zip_entries_found_case_insensitively_without_extension(lake_inputs: dic
     assert {r["entry"].rsplit(".", 1)[-1] for r in rows if "." in str(r["entry"]).rsplit("/", 1)[-1]} == {"DCM", "dcm"}
     assert len({r["id"] for r in rows}) == FMRI_FILES
     r = rows[0]
-    assert r["id"] == row_id(str(lake_inputs["series_zip"]), str(r["entry"]))
+    canonical = str(lake_inputs["series_zip"].resolve())
+    assert r["id"] == row_id(canonical, str(r["entry"]), f"{r['entry_size']}:{r['crc32']}")
+    assert r["archive"] == canonical
     assert r["crc32"] and r["entry_size"] and r["compressed_size"]
     assert r["bulk_tags"] and r["bulk_tags"][-1] == "7FE00010" and r["pixel_offset"]
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 import imagecodecs
 import numpy as np
 
+from cubepacs.cube import guard, validate
 from cubepacs.cube.codecs import get_codec
 from cubepacs.cube.format import (
     FRAME_DTYPE,
@@ -88,13 +89,31 @@ class _Bytes:
         return out
 
 
+MAX_META = 1 << 28  # a metadata block larger than this (256 MB) is refused before it is decompressed
+
+
 def _read_meta(src: _Bytes) -> tuple[Header, dict[str, Any], memoryview]:
-    """Header, checked and decoded meta block (JSON document, binary area)."""
+    """Header, checked and decoded meta block (JSON document, binary area), its structure checked."""
     header = Header.unpack(bytes(src.read(0, HEADER_SIZE, "header")), src.name)
+    if header.meta_length > MAX_META or header.meta_raw_length > MAX_META:
+        raise InvalidCubeError(src.name, "meta", f"metadata block of {header.meta_raw_length} bytes is too large")
     stored = src.read(header.meta_offset, header.meta_length, "meta")
     if checksum(stored) != header.meta_checksum:
         raise InvalidCubeError(src.name, "meta", "checksum mismatch (metadata block corrupted)")
-    doc, area = decode_meta(stored, header.meta_raw_length, src.name)
+    try:
+        declared = guard.zstd_size(stored)
+    except CodecError as exc:
+        raise InvalidCubeError(src.name, "meta", str(exc)) from None
+    if declared != header.meta_raw_length:
+        raise InvalidCubeError(src.name, "meta", f"block declares {declared} bytes, the header "
+                                                 f"{header.meta_raw_length}")
+    try:
+        doc, area = decode_meta(stored, header.meta_raw_length, src.name)
+        validate.check_doc(doc, len(area), src.name)
+    except InvalidCubeError:
+        raise
+    except Exception as exc:  # whatever a crafted document trips over
+        raise InvalidCubeError(src.name, "meta", f"{type(exc).__name__}: {exc}") from None
     return header, doc, area
 
 
@@ -119,11 +138,19 @@ class CubeReader:
     def __init__(self, src: CubeSource) -> None:
         self._src = _Bytes(src)
         self.header, self.doc, self._area = _read_meta(self._src)
-        self.meta = _meta_from(self.doc, self._area)
-        self.descs = [PixelDesc.from_json(d) for d in self.doc["pixel_descs"]]
-        self._desc_idx = section(self._area, self.doc["pixel_desc"])
+        try:
+            self.meta = _meta_from(self.doc, self._area)
+            validate.check_pool(self.meta, self.source)
+            self.descs = [PixelDesc.from_json(d) for d in self.doc["pixel_descs"]]
+            validate.check_descs(self.descs, self.source)
+            self._desc_idx = section(self._area, self.doc["pixel_desc"])
+            validate.check_desc_index(self._desc_idx, len(self.descs), len(self.meta), self.source)
+            counts = [d.frames if (d := self.desc(i)) is not None else 0 for i in range(len(self.meta))]
+        except InvalidCubeError:
+            raise
+        except Exception as exc:
+            raise InvalidCubeError(self.source, "meta", f"{type(exc).__name__}: {exc}") from None
         self._index: np.ndarray | None = None
-        counts = [d.frames if (d := self.desc(i)) is not None else 0 for i in range(len(self.meta))]
         self.frame_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._last: tuple[int, bytes] | None = None
 
@@ -155,8 +182,12 @@ class CubeReader:
             data = self._src.read(h.index_offset, h.index_length, "index")
             if checksum(data) != h.index_checksum:
                 raise InvalidCubeError(self.source, "index", "checksum mismatch (frame index corrupted)")
-            self._index = np.frombuffer(data, FRAME_DTYPE)
-            self._first_row = np.searchsorted(self._index["instance"], np.arange(len(self.meta)))
+            if len(data) % FRAME_DTYPE.itemsize:
+                raise InvalidCubeError(self.source, "index", "length is not a whole number of records")
+            index = np.frombuffer(data, FRAME_DTYPE)
+            validate.check_index(index, len(self.meta), h.data_length, self.source)
+            self._first_row = np.searchsorted(index["instance"], np.arange(len(self.meta)))
+            self._index = index
         return self._index
 
     def _blob(self, row: int) -> memoryview:
@@ -177,18 +208,34 @@ class CubeReader:
         """Decode series frame ``k`` (stored values, never rescaled) without touching the others."""
         i, f = self.locate(k)
         d = self.desc(i)
-        assert d is not None
-        if d.mode != "native":
-            return _decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
-        return to_stored_values(d, self._container(i, f, d, out))
+        if d is None:
+            raise InvalidCubeError(self.source, f"frame {k}", "instance without pixel data")
+        try:
+            if d.mode != "native":
+                return _decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
+            return to_stored_values(d, self._container(i, f, d, out))
+        except (InvalidCubeError, CodecError):
+            raise
+        except Exception as exc:
+            raise InvalidCubeError(self.source, f"frame {k}", f"{type(exc).__name__}: {exc}") from None
 
     def _container(self, i: int, f: int, d: PixelDesc, out: np.ndarray | None = None) -> np.ndarray:
         """Frame ``f`` of instance ``i`` as the container values in the file (all bits kept)."""
         row = self._row(i, f)
+        if not 0 <= row < len(self.index) or int(self.index[row]["instance"]) != i or (
+                int(self.index[row]["frame"]) != f):
+            raise InvalidCubeError(self.source, "index", f"no record for frame {f} of instance {i}")
         rec = self.index[row]
-        if out is None:
-            out = np.empty(d.frame_shape, d.native_dtype)
-        get_codec(int(rec["codec"])).decode(self._blob(row), out)
+        codec, blob = int(rec["codec"]), self._blob(row)
+        try:  # the header must agree with the frame before a native decoder sees the bytes
+            guard.check(codec, blob, d.frame_shape, d.native_dtype.itemsize * 8)
+            if out is None:
+                out = np.empty(d.frame_shape, d.native_dtype)
+            get_codec(codec).decode(blob, out)
+        except CodecError as exc:
+            raise CodecError(f"{self.source}: frame {row}: {exc}") from None
+        except Exception as exc:
+            raise CodecError(f"{self.source}: frame {row}: {type(exc).__name__}: {exc}") from None
         return out
 
     def _row(self, i: int, f: int) -> int:
@@ -205,13 +252,30 @@ class CubeReader:
         rec = self.index[first]
         if int(rec["frame"]) == WHOLE_VALUE:
             data = self._blob(first)
-            return bytes(data) if int(rec["codec"]) == 0 else bytes(_ic.zstd_decode(data))
+            if int(rec["codec"]) == 0:
+                return bytes(data)
+            try:
+                size = guard.zstd_size(data)
+                bound = min(d.frames * max(d.rows * d.cols * d.spp * max(d.bits, 8) // 8, 1) + (1 << 20), 1 << 30)
+                if int(rec["codec"]) != 1 or size > bound:
+                    raise CodecError(f"whole pixel value of {size} bytes (at most {bound} expected)")
+                return bytes(_ic.zstd_decode(data))
+            except Exception as exc:
+                raise InvalidCubeError(self.source, f"frame {first}", str(exc)) from None
         return b"".join(frame_to_bytes(d, self._container(i, f, d)) for f in range(d.frames))
 
     def instance_bytes(self, i: int) -> bytes:
         """The original DICOM file of instance ``i``, byte for byte."""
         if self._last is not None and self._last[0] == i:
             return self._last[1]
+        try:
+            return self._instance_bytes(i)
+        except (InvalidCubeError, CodecError):
+            raise
+        except Exception as exc:
+            raise InvalidCubeError(self.source, f"instance {i}", f"{type(exc).__name__}: {exc}") from None
+
+    def _instance_bytes(self, i: int) -> bytes:
         parts = []
         for p in self.meta.instance_refs(i).tolist():
             key = self.meta.pool_key(p)
@@ -244,8 +308,9 @@ class CubeReader:
                     got = checksum(frame_to_bytes(d, self._container(i, f, d)))
                 if got != int(rec["raw_checksum"]):
                     problems.append(f"frame {row} (instance {self.meta.names[i]}): decoded bytes differ")
-            except (InvalidCubeError, CodecError, ValueError, RuntimeError) as exc:
-                problems.append(f"frame {row} (instance {self.meta.names[i]}): {exc}")
+            except Exception as exc:  # verify reports every problem, whatever it is
+                name = self.meta.names[i] if 0 <= i < len(self.meta.names) else i
+                problems.append(f"frame {row} (instance {name}): {type(exc).__name__}: {exc}")
         return problems
 
 
@@ -267,6 +332,7 @@ def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray
                 ds = (file_bytes, pydicom.dcmread(BytesIO(file_bytes), force=True))
                 _PARSED.clear()
                 _PARSED[id(file_bytes)] = ds
+            guard.check_dicom_frame(ds[1], frame)
             return np.asarray(pixel_array(ds[1], index=frame, raw=True))
     except Exception as exc:
         raise CodecError(f"{name}: frame {frame} cannot be decoded: {exc}") from exc
@@ -274,8 +340,16 @@ def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray
 
 def load_meta_only(src: CubeSource) -> DicomMeta:
     """Read only the header and metadata block of a cube."""
-    _, doc, area = _read_meta(_Bytes(src))
-    return _meta_from(doc, area)
+    b = _Bytes(src)
+    _, doc, area = _read_meta(b)
+    try:
+        meta = _meta_from(doc, area)
+        validate.check_pool(meta, b.name)
+    except InvalidCubeError:
+        raise
+    except Exception as exc:
+        raise InvalidCubeError(b.name, "meta", f"{type(exc).__name__}: {exc}") from None
+    return meta
 
 
 def is_cube(path: str | os.PathLike[str]) -> bool:

@@ -156,7 +156,12 @@ class _Walker:
             un = vr_s == "UN"
             if un and vr is not None:  # explicit UN of a known tag: its VR from the dictionary, as pydicom does
                 vr_s = _vr_of(tag, None, creators)
-            if vr_s == "SQ" or (length == UNDEFINED and tag != 0x7FE00010):
+            if length == UNDEFINED and tag in PIXEL_TAGS:  # encapsulated pixel data (an icon's, in an item)
+                end = cur.skip_items(start, implicit, tag)
+                self._binary(out, key, path, "OB", self.buf[start:end])
+                pos = end
+                continue
+            if vr_s == "SQ" or length == UNDEFINED:
                 items, pos = self.sequence(start, length, implicit or un, path + key + "/")
                 out[key] = {"vr": "SQ", "Value": items}
                 continue
@@ -170,13 +175,7 @@ class _Walker:
                     raise Unsupported(f"character set {cs!r}")
                 self.enc = _CHARSETS[cs]
             if vr_s in _BINARY:
-                if length > (self.threshold // 4) * 3:  # pydicom's rule: base64 is 4/3 of the raw length
-                    self.bulk.append(path + key)
-                    out[key] = {"vr": vr_s, "BulkDataURI": f"bulk:{path}{key}"}
-                elif length:
-                    out[key] = {"vr": vr_s, "InlineBinary": base64.b64encode(value).decode("ascii")}
-                else:
-                    out[key] = {"vr": vr_s}
+                self._binary(out, key, path, vr_s, value)
                 continue
             try:
                 vals = _value(vr_s, value, self.little, self.enc)
@@ -190,6 +189,15 @@ class _Walker:
                 creators[(tag >> 16, tag & 0xFFFF)] = str(vals[0])
             out[key] = {"vr": vr_s, "Value": vals} if vals else {"vr": vr_s}
         return out, pos
+
+    def _binary(self, out: dict[str, Any], key: str, path: str, vr: str, value: bytes | memoryview) -> None:
+        if len(value) > (self.threshold // 4) * 3:  # pydicom's rule: base64 is 4/3 of the raw length
+            self.bulk.append(path + key)
+            out[key] = {"vr": vr, "BulkDataURI": f"bulk:{path}{key}"}
+        elif len(value):
+            out[key] = {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+        else:
+            out[key] = {"vr": vr}
 
     def sequence(self, pos: int, length: int, implicit: bool, path: str) -> tuple[list[Any], int]:
         self.depth += 1

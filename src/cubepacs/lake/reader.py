@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from cubepacs.errors import DicomReadError
 from cubepacs.lake.partitions import WorkItem
 
 DEFAULT_BULK_THRESHOLD = 1024
+DEFAULT_MAX_HEADER = 32 * 1024 * 1024  # bytes of one entry read at most to find its header (settable)
+DEFAULT_MAX_NESTED = 4 * 1024**3  # bytes of a ZIP inside a ZIP spooled at most (to a temporary file)
 _FIRST_READ = 32 * 1024
 
 Row = dict[str, Any]
@@ -43,20 +46,21 @@ class NeedMore(Exception):
     """The header runs past the bytes read so far."""
 
 
-def row_id(archive: str, entry: str) -> str:
-    """Deterministic row key from the archive path and the entry name (never a counter).
+def row_id(archive: str, entry: str, fingerprint: str = "") -> str:
+    """Deterministic row key from the canonical archive path, the entry name and the entry's content fingerprint
+    (size and CRC or modification time), never a counter or the partitioning.
 
     Example
     -------
-    >>> row_id("a.zip", "x/1.dcm") == row_id("a.zip", "x/1.dcm") != row_id("a.zip", "x/2.dcm")
+    >>> row_id("/d/a.zip", "x/1.dcm") == row_id("/d/a.zip", "x/1.dcm") != row_id("/d/a.zip", "x/2.dcm")
     True
     """
-    return hashlib.blake2b(f"{archive}\0{entry}".encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(f"{archive}\0{entry}\0{fingerprint}".encode(), digest_size=16).hexdigest()
 
 
-def _empty_row(archive: str, entry: str, container: str) -> Row:
+def _empty_row(archive: str, entry: str, container: str, fingerprint: str = "") -> Row:
     return {
-        "id": row_id(archive, entry), "archive": archive, "entry": entry, "container": container,
+        "id": row_id(archive, entry, fingerprint), "archive": archive, "entry": entry, "container": container,
         "entry_size": None, "compressed_size": None, "crc32": None, "patient_id": None, "study_uid": None,
         "series_uid": None, "sop_uid": None, "sop_class_uid": None, "modality": None, "transfer_syntax": None,
         "instance_number": None, "rows": None, "columns": None, "study_date": None, "header_json": None,
@@ -114,19 +118,70 @@ def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None
     return pos, None
 
 
-def read_and_parse(stream: IO[bytes], row: Row, source: str, bulk_threshold: int) -> Row | None:
-    """Read one entry's header (more bytes only while needed) and fill ``row``; None when it is not DICOM."""
+class _HeaderScan:
+    """Finds the end of an entry's header as its bytes arrive, never walking an element twice (linear)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.pos: int | None = None
+        self.implicit = self.little = True
+        self.deflated = False
+
+    def advance(self, buf: bytes, eof: bool) -> int:
+        """The header's end in ``buf`` (Pixel Data or the end); NeedMore while it may lie beyond."""
+        if self.pos is None:
+            pos, ts = file_meta(buf, eof, self.source)
+            self.deflated = ts in DEFLATED
+            self.implicit, self.little = _guess_encoding(buf, pos) if ts is None else _encoding_of(ts)
+            self.pos = pos
+        if self.deflated:  # the dataset is one deflate stream: the whole entry is needed
+            if not eof:
+                raise NeedMore()
+            return len(buf)
+        cur = _Cursor(buf, self.little, self.source)
+        while self.pos < len(buf):
+            tag = -1
+            try:
+                tag, vr, length, hsize = cur.header(self.pos, self.implicit)
+                if tag in PIXEL_TAGS:
+                    return self.pos
+                if tag == 0:
+                    raise DicomReadError(self.source, "element (0000,0000) in the dataset: not a DICOM header "
+                                                      "(zero-filled data?)", self.pos)
+                self.pos = cur.end_of(self.pos, self.implicit, tag, vr, length, hsize)
+            except DicomReadError:
+                if eof or tag == 0:
+                    raise
+                raise NeedMore() from None
+        if not eof:
+            raise NeedMore()
+        return self.pos
+
+
+def read_and_parse(stream: IO[bytes], row: Row, source: str, bulk_threshold: int,
+                   max_header: int = DEFAULT_MAX_HEADER) -> Row | None:
+    """Read one entry's header (more bytes only while needed, at most ``max_header``) and fill ``row``; None when
+    it is not DICOM."""
     buf = stream.read(_FIRST_READ)
     if not (len(buf) >= 132 and buf[128:132] == b"DICM") and not (len(buf) >= 8 and _plausible_start(buf)):
         return None
     eof = len(buf) < _FIRST_READ
+    scan = _HeaderScan(source)
     while True:
         try:
-            return parse_buffer(buf, eof, row, source, bulk_threshold)
+            scan.advance(buf, eof)
+            break
         except NeedMore:
-            more = stream.read(max(len(buf), _FIRST_READ))
+            if len(buf) >= max_header:
+                raise DicomReadError(source, f"no end of header within {max_header} bytes (max_header_bytes); "
+                                             "not read further", len(buf)) from None
+            more = stream.read(min(max(len(buf), _FIRST_READ), max_header - len(buf)))
             eof = not more
             buf += more
+    try:
+        return parse_buffer(buf, eof, row, source, bulk_threshold)
+    except NeedMore:  # the header is complete (found above): what is missing is not needed
+        return parse_buffer(buf, True, row, source, bulk_threshold)
 
 
 def _bulk_handler(found: list[str]) -> Any:
@@ -216,8 +271,12 @@ def parse_buffer(buf: bytes, eof: bool, row: Row, source: str, bulk_threshold: i
     except DicomReadError:
         if not eof:
             raise NeedMore() from None
-        header_end(buf, eof, source)  # raises the error naming the entry
-        raise
+        header_end(buf, eof, source)  # a broken top level raises the error naming the entry
+        end, pixel = header_end(buf, eof, source)  # sound top level, odd inside (deep items…): pydicom decides
+        _pydicom_parse(buf[:end], row, bulk_threshold)
+        if pixel is not None:
+            row["bulk_tags"].append(f"{pixel:08X}")
+            row["pixel_offset"] = end
     except Exception:  # an unusual file: pydicom's general (slower, more lenient) path decides
         end, pixel = header_end(buf, eof, source)
         _pydicom_parse(buf[:end], row, bulk_threshold)
@@ -229,6 +288,15 @@ def parse_buffer(buf: bytes, eof: bool, row: Row, source: str, bulk_threshold: i
 
 
 def _pydicom_parse(header: bytes, row: Row, bulk_threshold: int) -> None:
+    try:
+        _pydicom_parse_unchecked(header, row, bulk_threshold)
+    except DicomReadError:
+        raise
+    except Exception as exc:  # pydicom's own errors (unknown VR, bad values…) for the entry, as a DicomReadError
+        raise DicomReadError(str(row.get("entry") or ""), f"{type(exc).__name__}: {exc}") from None
+
+
+def _pydicom_parse_unchecked(header: bytes, row: Row, bulk_threshold: int) -> None:
     row["error_stage"] = "parse"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -251,35 +319,55 @@ def _pydicom_parse(header: bytes, row: Row, bulk_threshold: int) -> None:
     row["bulk_tags"] = bulk
 
 
+def _spool(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> IO[bytes]:
+    """A nested archive in a temporary file (memory for small ones), at most ``limit`` bytes; ValueError beyond."""
+    if info.file_size > limit:
+        raise ValueError(f"nested ZIP of {info.file_size} bytes exceeds max_nested_bytes ({limit}): not read")
+    out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+    total = 0
+    with zf.open(info) as src:
+        while chunk := src.read(1024 * 1024):
+            total += len(chunk)
+            if total > limit:
+                out.close()
+                raise ValueError(f"nested ZIP larger than max_nested_bytes ({limit}): not read")
+            out.write(chunk)
+    out.seek(0)
+    return out
+
+
 def _entry_rows(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str, prefix: str, container: str,
-                bulk_threshold: int) -> Iterator[Row]:
+                bulk_threshold: int, limits: tuple[int, int] = (DEFAULT_MAX_HEADER, DEFAULT_MAX_NESTED)
+                ) -> Iterator[Row]:
     entry = prefix + info.filename
-    row = _empty_row(archive, entry, container)
+    row = _empty_row(archive, entry, container, f"{info.file_size}:{info.CRC}")
     row.update(entry_size=info.file_size, compressed_size=info.compress_size, crc32=info.CRC)
     try:
         row["error_stage"] = "zip"
         if info.filename.lower().endswith(".zip"):
             if prefix:
-                row.update(error="nested ZIP deeper than one level: not read")
+                row.update(error=f"{entry}: nested ZIP deeper than one level: not read")
                 yield row
                 return
-            inner = zipfile.ZipFile(BytesIO(zf.read(info)))
-            for sub in zip_entries(inner):
-                yield from _entry_rows(inner, sub, archive, entry + "/", "nested-zip", bulk_threshold)
+            with _spool(zf, info, limits[1]) as spooled, zipfile.ZipFile(spooled) as inner:
+                for sub in zip_entries(inner):
+                    yield from _entry_rows(inner, sub, archive, entry + "/", "nested-zip", bulk_threshold, limits)
             return
         with zf.open(info) as stream:
-            yield from _parsed_or_error(stream, row, entry, bulk_threshold)
+            yield from _parsed_or_error(stream, row, entry, bulk_threshold, limits[0])
     except Exception as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["error"] = f"{entry}: {type(exc).__name__}: {exc}"
         yield row
 
 
-def _parsed_or_error(stream: IO[bytes], row: Row, source: str, bulk_threshold: int) -> Iterator[Row]:
+def _parsed_or_error(stream: IO[bytes], row: Row, source: str, bulk_threshold: int,
+                     max_header: int = DEFAULT_MAX_HEADER) -> Iterator[Row]:
     """The entry's row, an error row for broken DICOM, or nothing for an entry that is not DICOM at all."""
     try:
-        done = read_and_parse(stream, row, source, bulk_threshold)
+        done = read_and_parse(stream, row, source, bulk_threshold, max_header)
     except DicomReadError as exc:
-        row.update(error=str(exc), error_stage="parse")
+        where = f" at byte {exc.offset}" if exc.offset is not None else ""
+        row.update(error=f"{source}: {exc.reason}{where}", error_stage="parse")
         yield row
         return
     if done is None:
@@ -307,33 +395,48 @@ def zip_entries(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return out
 
 
-def read_item(item: WorkItem, bulk_threshold: int = DEFAULT_BULK_THRESHOLD) -> Iterator[Row]:
-    """Rows of one work item (a ZIP or a slice of its entries, a plain file, a cube)."""
+def fingerprint(path: str) -> str:
+    """Size and modification time of a file: what identifies its content cheaply."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def read_item(item: WorkItem, bulk_threshold: int = DEFAULT_BULK_THRESHOLD, max_header: int = DEFAULT_MAX_HEADER,
+              max_nested: int = DEFAULT_MAX_NESTED) -> Iterator[Row]:
+    """Rows of one work item (a ZIP or a slice of its entries, a plain file, a cube).
+
+    Row ids come from the item's canonical path, the entry name and its content fingerprint only: the same input
+    named another way (a relative path, a symbolic link) or read in other partitions gives the same ids.
+    """
+    path = os.path.realpath(item.path)
     if item.kind == "zip":
         try:
-            zf = zipfile.ZipFile(item.path)
+            zf = zipfile.ZipFile(path)
         except Exception as exc:
-            row = _empty_row(item.path, "", "zip")
-            row.update(error=f"unreadable ZIP: {type(exc).__name__}: {exc}", error_stage="zip")
+            row = _empty_row(path, "", "zip", fingerprint(path))
+            row.update(error=f"{path}: unreadable ZIP: {type(exc).__name__}: {exc}", error_stage="zip")
             yield row
             return
         with zf:
             wanted = set(item.entries)
             for info in zip_entries(zf):
                 if not wanted or info.filename in wanted:
-                    yield from _entry_rows(zf, info, item.path, "", "zip", bulk_threshold)
+                    yield from _entry_rows(zf, info, path, "", "zip", bulk_threshold, (max_header, max_nested))
         return
     if item.kind == "cube":
-        yield from _cube_rows(item.path, bulk_threshold)
+        yield from _cube_rows(path, bulk_threshold)
         return
-    row = _empty_row(item.path, os.path.basename(item.path), "folder")
+    row = _empty_row(path, os.path.basename(path), "folder", fingerprint(path))
     try:
         row["error_stage"] = "open"
-        row["entry_size"] = os.path.getsize(item.path)
-        with open(item.path, "rb") as f:
-            yield from _parsed_or_error(f, row, item.path, bulk_threshold)
+        row["entry_size"] = os.path.getsize(path)
+        with open(path, "rb") as f:
+            yield from _parsed_or_error(f, row, path, bulk_threshold, max_header)
     except Exception as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["error"] = f"{path}: {type(exc).__name__}: {exc}"
         yield row
 
 
@@ -343,12 +446,12 @@ def _cube_rows(path: str, bulk_threshold: int) -> Iterator[Row]:
     try:
         reader = CubeReader(path)
     except Exception as exc:
-        row = _empty_row(path, "", "cube")
+        row = _empty_row(path, "", "cube", fingerprint(path))
         row.update(error=f"unreadable cube: {exc}", error_stage="open")
         yield row
         return
     for i, name in enumerate(reader.meta.names):
-        row = _empty_row(path, name, "cube")
+        row = _empty_row(path, name, "cube", fingerprint(path))
         try:
             header, _ = reader.header_bytes(i)
             yield parse_buffer(header, True, row, name, bulk_threshold)

@@ -71,13 +71,20 @@ def scan_partition(part: Partition, table_uri: str | None, bulk_threshold: int) 
 
 
 def batch_id_of(parts: list[Partition], bulk_threshold: int) -> str:
-    """A batch id from what is scanned (paths, entries, sizes, mtimes): the same input gives the same id."""
-    h = hashlib.blake2b(digest_size=12)
-    h.update(str(bulk_threshold).encode())
+    """A batch id from what is scanned only: canonical paths, entry names and content fingerprints, sorted, so
+    that the same input gives the same id however it is named (relative, absolute) or partitioned."""
+    from cubepacs.lake.reader import fingerprint
+
+    keys = set()
     for p in parts:
         for item in p.items:
-            mtime = os.stat(item.path).st_mtime_ns if os.path.exists(item.path) else 0
-            h.update(f"{item.kind}\0{item.path}\0{mtime}\0{item.weight}\0{'|'.join(item.entries)}\n".encode())
+            path = os.path.realpath(item.path)
+            for entry in item.entries or ("",):
+                keys.add(f"{item.kind}\0{path}\0{entry}\0{fingerprint(path)}")
+    h = hashlib.blake2b(digest_size=12)
+    h.update(str(bulk_threshold).encode())
+    for key in sorted(keys):
+        h.update(key.encode() + b"\n")
     return h.hexdigest()
 
 

@@ -213,8 +213,7 @@ def send_stored(assoc: Any, inst: StoredInstance, msg_id: int = 1, originator_ae
     data = inst.load()
     if cx is not None:
         payload, how = data[dataset_offset(data):], f"as stored ({stored})"
-    elif stored in DEFLATED and _context(assoc, sop, ExplicitVRLittleEndian) is not None:
-        cx = _context(assoc, sop, ExplicitVRLittleEndian)
+    elif stored in DEFLATED and (cx := _context(assoc, sop, ExplicitVRLittleEndian)) is not None:
         payload, how = inflate(data), f"inflated to {ExplicitVRLittleEndian}"
     else:
         for ts in UNCOMPRESSED:

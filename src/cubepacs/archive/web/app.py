@@ -102,6 +102,7 @@ def tenant_of(request: Request) -> str:
 
 
 _INTEGER = {"SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"}
+_INT = re.compile(r"-?[0-9]{1,12}")
 _DATE = re.compile(r"(\d{8})?(-(\d{8})?)?")
 _UID_LIST = re.compile(r"[0-9.]{1,64}([\\,][0-9.]{1,64})*")
 
@@ -111,7 +112,7 @@ def _check_value(keyword: str, key: str, value: str) -> None:
     if value in ("", "*"):
         return
     vr = str(dictionary_VR(keyword))
-    if keyword in _INTEGER and not (value.lstrip("-").isdigit() and abs(int(value)) < 2**31):
+    if keyword in _INTEGER and not (_INT.fullmatch(value) and abs(int(value)) < 2**31):
         raise HTTPException(400, f"query attribute {key!r} must be an integer, not {value[:40]!r}")
     if vr == "DA" and not _DATE.fullmatch(value):
         raise HTTPException(400, f"query attribute {key!r} must be a date YYYYMMDD or a range, not {value[:40]!r}")
@@ -123,7 +124,7 @@ def _bounded_int(request: Request, name: str, default: int, low: int, high: int)
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _INT.fullmatch(text) or not low <= int(text) <= high:
         raise HTTPException(400, f"{name} must be an integer from {low} to {high}, not {text[:40]!r}")
     return int(text)
 

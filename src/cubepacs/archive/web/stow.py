@@ -57,7 +57,7 @@ def warning_header(reasons: list[str]) -> str:
 async def spool(request: Request, limit: int) -> tuple[IO[bytes], int]:
     """The request body in a temporary file; 413 beyond ``limit`` bytes (declared or sent)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"request body of {declared} bytes exceeds max_request_bytes ({limit})")
     f = tempfile.TemporaryFile(prefix="cubepacs-stow-")
     total = 0

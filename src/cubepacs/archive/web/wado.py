@@ -39,7 +39,7 @@ def parse_frames(text: str) -> list[int]:
     """Frame numbers of a ``/frames/{list}`` path (1-based, each once, in the order first asked); 400 when not
     positive integers."""
     items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items or not all(x.isdigit() and len(x) <= 9 for x in items):
+    if not items or not all(x.isascii() and x.isdigit() and len(x) <= 9 for x in items):
         raise HTTPException(400, f"frame list must be comma-separated positive integers, not {text[:60]!r}")
     frames = list(dict.fromkeys(int(x) for x in items))
     if min(frames) < 1:

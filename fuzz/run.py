@@ -1,0 +1,61 @@
+"""Run an atheris harness: ``python fuzz/run.py cube|dicom|stow|lake [--minutes M | --seconds S | --runs N]``.
+
+Seeds come from ../shared/data (fuzz/corpus/<target>/, built on first use, not committed); what the fuzzer adds
+to the corpus stays there. A finding is written to fuzz/crashes/<target>/ — copy it to fuzz/regressions/<target>/
+once fixed, where the normal test suite replays it. Runs on one core (libFuzzer's default); memory is capped at
+2 GB and each input at 20 s. The last line says how many executions were done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("target", choices=["cube", "dicom", "stow", "lake"])
+    parser.add_argument("--minutes", type=float, default=0)
+    parser.add_argument("--seconds", type=float, default=0)
+    parser.add_argument("--runs", type=int, default=0)
+    parser.add_argument("--corpus", type=Path, default=None)
+    parser.add_argument("--replay", type=Path, nargs="+", help="run these inputs once, without the fuzzer")
+    args, extra = parser.parse_known_args()
+    if args.replay:
+        import harnesses
+
+        for path in args.replay:
+            print(path)
+            harnesses.TARGETS[args.target](path.read_bytes())
+        return
+    import atheris
+
+    with atheris.instrument_imports(include=["cubepacs"]):
+        import harnesses
+    import seeds
+
+    corpus = seeds.build(args.target, args.corpus or HERE / "corpus" / args.target)
+    crashes = HERE / "crashes" / args.target
+    crashes.mkdir(parents=True, exist_ok=True)
+    seconds = int(args.minutes * 60 + args.seconds)
+    flags = [sys.argv[0], str(corpus), f"-artifact_prefix={crashes}/", "-rss_limit_mb=2048", "-timeout=20",
+             "-print_final_stats=1", *extra]
+    if seconds:
+        flags.append(f"-max_total_time={seconds}")
+    if args.runs:
+        flags.append(f"-runs={args.runs}")
+    mutator = harnesses.MUTATORS.get(args.target)
+    if mutator is not None:
+        atheris.Setup(flags, harnesses.TARGETS[args.target], custom_mutator=mutator)
+    else:
+        atheris.Setup(flags, harnesses.TARGETS[args.target])
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

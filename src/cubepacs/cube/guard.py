@@ -1,0 +1,263 @@
+"""Codestream headers read in Python before any native decoder sees the bytes.
+
+A crafted codestream can kill the process inside a C decoder (a JPEG 2000 tile width of 0 is a division by zero
+in OpenJPH). So every frame is decoded only once its header has been parsed here, every size bounded, and found
+to agree with the geometry the frame index and the DICOM header declare. Failures are
+:class:`~cubepacs.errors.CodecError` saying what disagrees.
+
+Example
+-------
+>>> import numpy as np, imagecodecs
+>>> frame = np.zeros((16, 24), np.uint16)
+>>> j2k_header(imagecodecs.htj2k_encode(frame))
+(16, 24, 1, 16)
+>>> check(2, imagecodecs.htj2k_encode(frame), (16, 24), 16)
+>>> check(2, imagecodecs.htj2k_encode(frame), (24, 16), 16)
+Traceback (most recent call last):
+...
+cubepacs.errors.CodecError: HTJ2K codestream is 16 rows × 24 columns × 1 samples, 16 bits; expected 24 × 16 × 1
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+
+from cubepacs.errors import CodecError
+
+MAX_DIM = 65535  # DICOM Rows/Columns are US
+MAX_TILES = 65535
+
+
+def _u16(b: bytes | memoryview, pos: int) -> int:
+    if pos + 2 > len(b):
+        raise CodecError("codestream truncated in a marker segment")
+    return int(struct.unpack_from(">H", b, pos)[0])
+
+
+def j2k_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(rows, columns, components, bits) of a JPEG 2000 / HTJ2K codestream, after checking SIZ and COD."""
+    b = bytes(data[:65536])
+    start = b.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (a JP2 wrapper may come first)
+    if start < 0:
+        raise CodecError("not a JPEG 2000 codestream (no SOC/SIZ)")
+    pos = start + 4
+    if pos + 38 > len(b):
+        raise CodecError("JPEG 2000 SIZ segment truncated")
+    lsiz, _rsiz, x, y, xo, yo, xt, yt, xto, yto, c = struct.unpack_from(">HHIIIIIIIIH", b, pos)
+    if not 1 <= c <= 4 or lsiz != 38 + 3 * c or pos + lsiz > len(b):
+        raise CodecError(f"JPEG 2000 SIZ: {c} components or length {lsiz} not supported")
+    if not (x > xo and y > yo and xt and yt and xto <= xo and yto <= yo and xto + xt > xo and yto + yt > yo):
+        raise CodecError("JPEG 2000 SIZ: inconsistent image/tile geometry")
+    rows, cols = y - yo, x - xo
+    if rows > MAX_DIM or cols > MAX_DIM:
+        raise CodecError(f"JPEG 2000 SIZ: {rows} × {cols} exceeds {MAX_DIM}")
+    tiles = -(-(x - xto) // xt) * -(-(y - yto) // yt)
+    if tiles > MAX_TILES:
+        raise CodecError(f"JPEG 2000 SIZ: {tiles} tiles")
+    bits = 0
+    for k in range(c):
+        ssiz, xr, yr = b[pos + 38 + 3 * k: pos + 41 + 3 * k]
+        if xr != 1 or yr != 1:
+            raise CodecError("JPEG 2000 SIZ: subsampled components are not supported")
+        depth = (ssiz & 0x7F) + 1
+        if depth > 16 or (bits and depth != bits):
+            raise CodecError(f"JPEG 2000 SIZ: component depth {depth}")
+        bits = depth
+    pos += lsiz
+    while pos + 4 <= len(b):  # main header markers up to the first tile (SOT)
+        marker, length = _u16(b, pos), _u16(b, pos + 2)
+        if marker == 0xFF90 or length < 2:
+            break
+        if marker == 0xFF52:  # COD: decomposition levels and code-block size
+            if pos + 14 > len(b):
+                raise CodecError("JPEG 2000 COD segment truncated")
+            layers, levels, xcb, ycb = _u16(b, pos + 6), b[pos + 9], b[pos + 10], b[pos + 11]
+            if not layers or levels > 32 or xcb > 8 or ycb > 8 or xcb + ycb > 8:
+                raise CodecError(f"JPEG 2000 COD: {levels} levels, code-blocks 2^{xcb + 2} × 2^{ycb + 2}")
+        pos += 2 + length
+    return rows, cols, c, bits
+
+
+def jpeg_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(rows, columns, components, bits) from the SOF segment of a JPEG or JPEG-LS codestream."""
+    b = bytes(data[:65536])
+    if b[:2] != b"\xff\xd8":
+        raise CodecError("not a JPEG codestream (no SOI)")
+    pos = 2
+    while pos + 4 <= len(b):
+        if b[pos] != 0xFF:
+            raise CodecError("JPEG: marker expected")
+        marker = b[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = _u16(b, pos + 2)
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # SOFn, SOF55 (LS)
+            if pos + 10 > len(b):
+                raise CodecError("JPEG SOF segment truncated")
+            bits, rows, cols, comps = b[pos + 4], _u16(b, pos + 5), _u16(b, pos + 7), b[pos + 9]
+            if not (2 <= bits <= 16 and rows and cols and 1 <= comps <= 4):
+                raise CodecError(f"JPEG SOF: {rows} × {cols} × {comps}, {bits} bits")
+            return rows, cols, comps, bits
+        if marker in (0xDA, 0xD9) or length < 2:
+            break
+        pos += 2 + length
+    raise CodecError("JPEG: no SOF segment before the scan")
+
+
+def jxl_header(data: bytes | memoryview) -> tuple[int, int]:
+    """(rows, columns) from the SizeHeader of a JPEG XL codestream (bare, or in its ISO BMFF container)."""
+    b = bytes(data[:4096])
+    if b[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        pos = 0
+        while pos + 8 <= len(b):
+            size, kind = struct.unpack_from(">I4s", b, pos)
+            head = 8
+            if size == 1 and pos + 16 <= len(b):
+                size, head = int.from_bytes(b[pos + 8:pos + 16], "big"), 16
+            if kind in (b"jxlc", b"jxlp"):
+                b = b[pos + head + (4 if kind == b"jxlp" else 0):]
+                break
+            if size < head:
+                raise CodecError("JPEG XL container: bad box size")
+            pos += size
+        else:
+            raise CodecError("JPEG XL container without a codestream box in its first 4 KB")
+    if b[:2] != b"\xff\x0a":
+        raise CodecError("not a JPEG XL codestream")
+    bitpos = 16
+
+    def bits(n: int) -> int:
+        nonlocal bitpos
+        v = 0
+        for k in range(n):
+            byte = bitpos >> 3
+            if byte >= len(b):
+                raise CodecError("JPEG XL header truncated")
+            v |= ((b[byte] >> (bitpos & 7)) & 1) << k
+            bitpos += 1
+        return v
+
+    def u32() -> int:
+        return 1 + bits((9, 13, 18, 30)[bits(2)])
+
+    ratios = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+    if bits(1):  # small
+        rows = (bits(5) + 1) * 8
+        ratio = bits(3)
+        cols = (bits(5) + 1) * 8 if ratio == 0 else 0
+    else:
+        rows = u32()
+        ratio = bits(3)
+        cols = u32() if ratio == 0 else 0
+    if ratio:
+        num, den = ratios[ratio]
+        cols = rows * num // den
+    return rows, cols
+
+
+def rle_header(data: bytes | memoryview, segments: int) -> None:
+    """Check a DICOM RLE frame header: ``segments`` segments with increasing offsets inside the frame."""
+    if len(data) < 64:
+        raise CodecError("RLE frame shorter than its 64-byte header")
+    n, *offsets = struct.unpack_from("<16I", data, 0)
+    if n != segments or offsets[0] != 64:
+        raise CodecError(f"RLE header: {n} segments, expected {segments}")
+    used = offsets[:n]
+    if any(a >= b for a, b in itertools.pairwise(used)) or used[-1] >= len(data):
+        raise CodecError("RLE header: segment offsets out of order or beyond the frame")
+
+
+def blosc2_header(data: bytes | memoryview, nbytes: int) -> None:
+    """Check a Blosc2 chunk header: ``nbytes`` uncompressed, its own length compressed."""
+    if len(data) < 32:
+        raise CodecError("Blosc2 chunk shorter than its header")
+    version, _lz, _flags, typesize, size, blocksize, cbytes = struct.unpack_from("<BBBBIII", data, 0)
+    if not (1 <= version <= 5 and typesize and size == nbytes and cbytes == len(data) and 0 < blocksize
+            and blocksize <= max(size, 1 << 20)):
+        raise CodecError(f"Blosc2 header: {size} bytes of {typesize}-byte items in {cbytes}; expected {nbytes} in "
+                         f"{len(data)}")
+
+
+def zstd_size(data: bytes | memoryview) -> int:
+    """The content size a Zstandard frame declares (CodecError when it declares none)."""
+    b = bytes(data[:18])
+    if b[:4] != b"\x28\xb5\x2f\xfd" or len(b) < 6:
+        raise CodecError("not a Zstandard frame")
+    fhd = b[4]
+    fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+    width = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if not width or pos + width > len(b):
+        raise CodecError("Zstandard frame without a content size")
+    value = int.from_bytes(b[pos:pos + width], "little")
+    return value + 256 if width == 2 else value
+
+
+def check(codec_id: int, data: bytes | memoryview, shape: tuple[int, ...], bits: int) -> None:
+    """Check a cube frame blob for codec ``codec_id`` against its frame shape and bits per sample."""
+    rows, cols = shape[0], shape[1]
+    spp = shape[2] if len(shape) > 2 else 1
+    nbytes = rows * cols * spp * max(bits // 8, 1)
+    if codec_id == 2:
+        got = j2k_header(data)
+        if got[:3] != (rows, cols, spp) or got[3] > bits:
+            raise CodecError(f"HTJ2K codestream is {got[0]} rows × {got[1]} columns × {got[2]} samples, "
+                             f"{got[3]} bits; expected {rows} × {cols} × {spp}")
+    elif codec_id == 3:
+        got = jpeg_header(data)
+        if got[:3] != (rows, cols, spp) or got[3] > bits:
+            raise CodecError(f"JPEG-LS codestream is {got[0]} × {got[1]} × {got[2]}; expected {rows} × {cols} × {spp}")
+    elif codec_id == 4:
+        if jxl_header(data) != (rows, cols):
+            raise CodecError(f"JPEG XL codestream is {jxl_header(data)}; expected {rows} × {cols}")
+    elif codec_id == 5:
+        blosc2_header(data, nbytes)
+    elif codec_id == 1:
+        if zstd_size(data) != nbytes:
+            raise CodecError(f"Zstandard frame declares {zstd_size(data)} bytes; expected {nbytes}")
+    elif codec_id == 0:
+        if len(data) != nbytes:
+            raise CodecError(f"raw frame of {len(data)} bytes; expected {nbytes}")
+
+
+_J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+         "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+_RLE = "1.2.840.10008.1.2.5"
+
+
+def check_dicom_frame(ds: object, index: int) -> None:
+    """Before pydicom hands frame ``index`` of a dataset to a native decoder: bounded geometry and, for
+    encapsulated syntaxes, a codestream header that agrees with Rows, Columns, Samples per Pixel and Bits."""
+    from pydicom.encaps import get_frame
+
+    get = getattr(ds, "get")  # noqa: B009 - a pydicom Dataset, typed loosely to keep pydicom out of the signature
+    try:
+        rows, cols = int(get("Rows", 0) or 0), int(get("Columns", 0) or 0)
+        spp, bits = int(get("SamplesPerPixel", 1) or 1), int(get("BitsAllocated", 0) or 0)
+        frames = int(get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"image pixel attributes cannot be read: {exc}") from None
+    if not (0 < rows <= MAX_DIM and 0 < cols <= MAX_DIM and 1 <= spp <= 4 and bits in (1, 8, 16, 32, 64)
+            and 0 < frames <= 1 << 24 and 0 <= index < frames):
+        raise CodecError(f"image geometry out of bounds: {rows} × {cols} × {spp}, {bits} bits, frame {index + 1} "
+                         f"of {frames}")
+    if rows * cols * spp * max(bits, 8) // 8 > 1 << 31:
+        raise CodecError("a frame larger than 2 GiB")
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if ts not in _J2K and ts not in _JPEG and ts != _RLE:
+        return
+    try:
+        data = get_frame(get("PixelData"), index, number_of_frames=frames)
+    except Exception as exc:
+        raise CodecError(f"frame {index + 1} cannot be found in the encapsulated pixel data: {exc}") from None
+    if ts == _RLE:
+        rle_header(data, spp * max(bits // 8, 1))
+        return
+    got = j2k_header(data) if ts in _J2K else jpeg_header(data)
+    if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
+        raise CodecError(f"codestream of frame {index + 1} is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the "
+                         f"dataset says {rows} × {cols} × {spp}, {bits} bits")
