@@ -110,12 +110,18 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         import uvicorn
 
         from cubepacs.archive.web.app import Services, create_app
+        from cubepacs.archive.web.session import SessionKeys, load_secret, load_users
 
         access = AccessLog(*log_location(b.storage, settings, "access"))
         stoppers.append(access.close)
-        app = create_app(Services(b.storage, b.queue, b.index, settings.api_keys, access, b.cache,
-                                  overwrite=settings.overwrite, max_request_bytes=settings.max_request_bytes,
-                                  remote_aes=settings.remote_aes, ae_title=settings.ae_title))
+        data_dir = Path(settings.data_dir)
+        app = create_app(Services(
+            b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,
+            max_request_bytes=settings.max_request_bytes, remote_aes=settings.remote_aes, ae_title=settings.ae_title,
+            sessions=SessionKeys(load_secret(settings.session_secret, settings.data_dir)),
+            users={**load_users(data_dir), **settings.users}, session_hours=settings.session_hours,
+            cors_origins=settings.cors_origins, public_url=settings.public_url,
+            trusted_proxies=settings.trusted_proxies, viewer_dir=settings.viewer_dir or str(data_dir / "viewer")))
         config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
                                 access_log=False)
         uvicorn_server = uvicorn.Server(config)

@@ -45,6 +45,13 @@ class Settings:
     network_timeout: float = 60.0  # seconds of silence before an association is aborted
     overwrite: bool = False  # a re-sent SOP Instance UID replaces the stored one (default: the first is kept)
     max_request_bytes: int = 4 * 1024**3  # largest STOW-RS body
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call the API ([]: none)
+    public_url: str = ""  # e.g. https://pacs.example.org (BulkDataURIs); "" → from the request
+    trusted_proxies: list[str] = field(default_factory=list)  # addresses whose X-Forwarded-Proto/Host are believed
+    session_secret: str = ""  # signs browser sessions; "" → data_dir/session-secret (created, 0600)
+    session_hours: float = 8.0
+    users: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {password (argon2 hash), tenant}
+    viewer_dir: str = ""  # the OHIF build; "" → data_dir/viewer (cubepacs viewer install)
     quiet_seconds: float = 30.0
     max_retries: int = 3
     codec: str = "htj2k"
@@ -77,6 +84,11 @@ def _coerce(name: str, value: Any) -> Any:
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
         if kind.startswith("dict"):
             return value if isinstance(value, dict) else json.loads(value)
+        if kind.startswith("list"):
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            text = str(value).strip()
+            return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}: cannot use {value!r} ({exc})") from exc
     return str(value)

@@ -200,3 +200,4 @@ def main() -> None:
 from cubepacs.cli import archive as _archive  # noqa: E402,F401  (registers serve, storescp, indexer, …)
 from cubepacs.cli import lake as _lake  # noqa: E402,F401  (registers `cubepacs scan`)
 from cubepacs.cli import manage as _manage  # noqa: E402,F401  (registers `cubepacs send`, `cubepacs delete`)
+from cubepacs.cli import viewer as _viewer  # noqa: E402,F401  (registers `cubepacs viewer`, `cubepacs users`)

@@ -60,6 +60,13 @@ class Services:
     max_request_bytes: int = 4 * 1024**3
     remote_aes: dict[str, str] = field(default_factory=dict)  # peers for /api/send
     ae_title: str = "CUBEPACS"  # our calling AE title when sending
+    sessions: Any = None  # a web.session.SessionKeys: browser sessions (cookie) accepted when set
+    users: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {password: argon2 hash, tenant}
+    session_hours: float = 8.0
+    cors_origins: list[str] = field(default_factory=list)
+    public_url: str = ""
+    trusted_proxies: list[str] = field(default_factory=list)
+    viewer_dir: str = ""  # the OHIF build served at / ("" or missing: a page says how to install it)
 
 
 def _element(keyword: str, value: Any) -> dict[str, Any] | None:
@@ -88,17 +95,70 @@ def to_json(row: dict[str, Any], fields: dict[str, str], extra: dict[str, Any] |
     return dict(sorted(out.items()))
 
 
-def tenant_of(request: Request) -> str:
-    """The request's tenant from its API key; 401 without a known one."""
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def session_of(request: Request) -> tuple[str, str] | None:
+    """(tenant, CSRF token) of the browser session cookie, when valid."""
+    from cubepacs.archive.web.session import COOKIE
+
     services: Services = request.app.state.services
+    token = request.cookies.get(COOKIE)
+    return services.sessions.verify(token) if token and services.sessions is not None else None
+
+
+def api_key_of(request: Request) -> str:
+    """The API key a request presents: ``Authorization: Bearer <key>``, ``X-Api-Key: <key>``, or HTTP Basic with the
+    key as password (what OHIF's ``requestOptions.auth`` sends)."""
     auth = request.headers.get("authorization", "")
-    key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        import base64
+        import binascii
+
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+    return request.headers.get("x-api-key", "")
+
+
+def tenant_of(request: Request) -> str:
+    """The request's tenant: from ``Authorization: Bearer <key>`` or ``X-Api-Key``, else from the session cookie
+    (then a state-changing request must carry its CSRF token in ``X-CSRF-Token``); 401 without any."""
+    from cubepacs.archive.web.session import CSRF_HEADER
+
+    services: Services = request.app.state.services
+    key = api_key_of(request)
     tenant = services.api_keys.get(key) if key else None
+    if tenant is None and not key:
+        session = session_of(request)
+        if session is not None:
+            tenant, csrf = session
+            if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER, "") != csrf:
+                raise HTTPException(403, "a request made with the session cookie that changes data needs the "
+                                         "session's X-CSRF-Token header")
     if tenant is None:
-        raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)",
+        raise HTTPException(401, "an API key is required (Authorization: Bearer <key>) or a signed-in session",
                             headers={"WWW-Authenticate": "Bearer"})
     request.state.tenant = tenant
     return tenant
+
+
+def public_base(request: Request) -> str:
+    """The archive's public base URL (no trailing slash): ``public_url``, else the request's scheme and host —
+    a proxy's X-Forwarded-Proto/Host only when it is one of ``trusted_proxies``."""
+    services: Services = request.app.state.services
+    if services.public_url:
+        return services.public_url.rstrip("/")
+    scheme, host = request.url.scheme, request.headers.get("host") or request.url.netloc
+    client = request.client.host if request.client else ""
+    if client and client in services.trusted_proxies:
+        scheme = request.headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
+        host = request.headers.get("x-forwarded-host", host).split(",")[0].strip()
+    return f"{scheme}://{host}"
 
 
 _INTEGER = {"SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"}
@@ -172,10 +232,19 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 
 def create_app(services: Services) -> FastAPI:
     """The DICOMweb app (all routes under ``/dicom-web``)."""
-    from cubepacs.archive.web import api, stow, wado
+    from cubepacs.archive.web import api, stow, ui, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
     app.state.services = services
+    if services.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        # preflights are answered here, before any route asks for a key
+        app.add_middleware(CORSMiddleware, allow_origins=services.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                           allow_headers=["Authorization", "X-Api-Key", "Content-Type", "Accept", "X-CSRF-Token"],
+                           expose_headers=["Content-Type", "Content-Length", "Content-Location", "Warning",
+                                           "Location"], max_age=600)
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Response:
@@ -230,4 +299,5 @@ def create_app(services: Services) -> FastAPI:
     wado.add_routes(app, services)
     stow.add_routes(app, services)
     api.add_routes(app, services)
+    ui.add_routes(app, services)  # last: its catch-all serves the viewer's client-side routes
     return app

@@ -23,7 +23,7 @@ from cubepacs.archive.keys import check_uid
 from cubepacs.archive.metadata import bulk_value, safe_metadata
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
-from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, tenant_of
+from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
 from cubepacs.archive.webworker import series_base
 from cubepacs.cube.image import InstancePixels
 from cubepacs.cube.reader import CubeReader
@@ -109,26 +109,33 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
     return out
 
 
-def _render(arr: np.ndarray, request: Request, thumbnail: bool) -> Response:
-    import imagecodecs
+def rendered_response(services: Services, tenant: str, row: dict[str, Any], frame: int,
+                      request: Request) -> Response:
+    """A frame of an instance as JPEG or PNG (``window`` query parameter honoured, 400 when malformed)."""
+    import warnings
+    from io import BytesIO
 
-    img = arr.astype(np.float64)
-    if img.ndim == 2:
-        window = request.query_params.get("window")
-        if window:
-            center, width = (float(v) for v in window.split(",")[:2])
-        else:
-            lo, hi = np.percentile(img, [0.5, 99.5])
-            center, width = (lo + hi) / 2, max(hi - lo, 1.0)
-        img = np.clip((img - (center - width / 2)) / width, 0, 1) * 255
-    out = np.ascontiguousarray(img.astype(np.uint8))
-    if thumbnail:
-        step = max(1, max(out.shape[:2]) // 128)
-        out = np.ascontiguousarray(out[::step, ::step])
-    accept = request.headers.get("accept", "image/jpeg")
-    if "png" in accept:
-        return Response(imagecodecs.png_encode(out), media_type="image/png")
-    return Response(imagecodecs.jpeg8_encode(out, level=90), media_type="image/jpeg")
+    import pydicom
+
+    from cubepacs.archive.web import render
+
+    window = request.query_params.get("window")
+    try:
+        voi = render.parse_window(window) if window else None
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    arr = frame_arrays(services, tenant, row, [frame])[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(BytesIO(services.storage.get(row["storage_key"])), stop_before_pixels=True,
+                                 force=True)
+        image = render.render(ds, arr, voi, request.url.path.endswith("/thumbnail"))
+    except Exception as exc:
+        raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}, frame {frame}: cannot be rendered "
+                                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    body, media = render.encode(image, request.headers.get("accept", "image/jpeg"))
+    return Response(body, media_type=media)
 
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -178,6 +185,19 @@ def transcode(data: bytes, syntax: str) -> bytes:
     return out.getvalue()
 
 
+_RELATIVE = b'"BulkDataURI":"' + ROOT.encode() + b"/"
+
+
+def absolute(response: Response, request: Request) -> Response:
+    """The metadata with absolute BulkDataURIs (PS3.18 F.2.6), from ``public_url`` or the request's own base (a
+    trusted proxy's X-Forwarded-Proto/Host honoured). Stored and cached metadata keep relative ones."""
+    if response.status_code != 200:
+        return response
+    base = public_base(request).encode()
+    body = bytes(response.body).replace(_RELATIVE, b'"BulkDataURI":"' + base + ROOT.encode() + b"/")
+    return Response(body, media_type=DICOM_JSON)
+
+
 def add_routes(app: FastAPI, services: Services) -> None:
     """Register the WADO-RS routes."""
 
@@ -214,16 +234,18 @@ def add_routes(app: FastAPI, services: Services) -> None:
         return Response(json.dumps(docs, separators=(",", ":")), media_type=DICOM_JSON)
 
     @app.get(ROOT + "/studies/{study}/metadata")
-    def study_metadata(study: str, tenant: str = Depends(tenant_of)) -> Response:
-        return metadata(tenant, study, None, None)
+    def study_metadata(request: Request, study: str, tenant: str = Depends(tenant_of)) -> Response:
+        return absolute(metadata(tenant, study, None, None), request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/metadata")
     def series_metadata(request: Request, study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
-        return cached(services, tenant, "metadata", request, lambda: metadata(tenant, study, series, None))
+        return absolute(cached(services, tenant, "metadata", request, lambda: metadata(tenant, study, series, None)),
+                        request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/metadata")
-    def instance_meta(study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
-        return metadata(tenant, study, series, sop)
+    def instance_meta(request: Request, study: str, series: str, sop: str,
+                      tenant: str = Depends(tenant_of)) -> Response:
+        return absolute(metadata(tenant, study, series, sop), request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
     def get_frames(study: str, series: str, sop: str, frames: str, tenant: str = Depends(tenant_of)) -> Response:
@@ -249,5 +271,14 @@ def add_routes(app: FastAPI, services: Services) -> None:
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/thumbnail")
     def rendered(request: Request, study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
         row = _instances(services, tenant, study, series, sop)[0]
-        arr = frame_arrays(services, tenant, row, [1])[0]
-        return _render(arr, request, request.url.path.endswith("/thumbnail"))
+        return rendered_response(services, tenant, row, 1, request)
+
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered")
+    @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/thumbnail")
+    def rendered_frame(request: Request, study: str, series: str, sop: str, frames: str,
+                       tenant: str = Depends(tenant_of)) -> Response:
+        numbers = parse_frames(frames)
+        if len(numbers) != 1:
+            raise HTTPException(400, "one frame number is rendered at a time")
+        row = _instances(services, tenant, study, series, sop)[0]
+        return rendered_response(services, tenant, row, numbers[0], request)

@@ -1,0 +1,120 @@
+"""``cubepacs viewer install`` (the OHIF viewer from npm) and ``cubepacs users add|list|remove`` (browser users).
+
+Example
+-------
+>>> OHIF_VERSION
+'3.13.2'
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cubepacs.archive.web.session import load_users
+from cubepacs.cli import _fail, app, console, out
+
+OHIF_PACKAGE = "@ohif/app"
+OHIF_VERSION = "3.13.2"  # pinned: the version the browser tests run
+
+viewer_app = typer.Typer(help="The OHIF viewer served at / by `cubepacs serve` and `cubepacs web`.",
+                         no_args_is_help=True)
+users_app = typer.Typer(help="Browser users (passwords stored as Argon2id hashes in data-dir/users.json).",
+                        no_args_is_help=True)
+app.add_typer(viewer_app, name="viewer")
+app.add_typer(users_app, name="users")
+
+DataDir = Annotated[Path, typer.Option(help="the archive's data folder")]
+
+
+@viewer_app.command("install")
+def install(data_dir: DataDir = Path("./cubepacs-data"),
+            version: Annotated[str, typer.Option(help="@ohif/app version")] = OHIF_VERSION) -> None:
+    """Download OHIF's prebuilt viewer (npm pack @ohif/app) into DATA_DIR/viewer; nothing else of npm is kept."""
+    target = data_dir / "viewer"
+    stamp = target / ".cubepacs-ohif-version"
+    if stamp.is_file() and stamp.read_text().strip() == version:
+        out.print(f"OHIF {version} is already installed in {target}")
+        return
+    if shutil.which("npm") is None:
+        raise _fail("npm is not installed: install Node.js and npm (Debian: apt-get install npm), then run this again")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
+        with console.status(f"downloading {OHIF_PACKAGE}@{version} from the npm registry…"):
+            run = subprocess.run(["npm", "pack", f"{OHIF_PACKAGE}@{version}", "--silent", "--pack-destination", tmp],
+                                 capture_output=True, text=True, check=False, cwd=tmp)
+        if run.returncode != 0:
+            raise _fail(f"npm pack {OHIF_PACKAGE}@{version} failed: {run.stderr.strip()[-400:]}")
+        tarball = next(Path(tmp).glob("*.tgz"))
+        staging = Path(tmp) / "viewer"
+        with console.status("unpacking the viewer…"), tarfile.open(tarball) as tf:
+            members = [m for m in tf.getmembers() if m.name.startswith("package/dist/") and not m.issym()
+                       and not m.islnk() and ".." not in Path(m.name).parts]
+            tf.extractall(Path(tmp) / "x", members=members, filter="data")
+        (Path(tmp) / "x" / "package" / "dist").rename(staging)
+        (staging / ".cubepacs-ohif-version").write_text(version + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    out.print(f"OHIF {version} installed in {target}: `cubepacs serve` shows it at /")
+
+
+def _users_file(data_dir: Path) -> Path:
+    return data_dir / "users.json"
+
+
+def _save_users(data_dir: Path, users: dict[str, dict[str, str]]) -> None:
+    from cubepacs._atomic import atomic_write
+
+    path = _users_file(data_dir)
+    atomic_write(path, [json.dumps(users, indent=1).encode()])
+    os.chmod(path, 0o600)
+
+
+@users_app.command("add")
+def add_user(name: str, tenant: Annotated[str, typer.Option(help="the tenant this user sees")] = "default",
+             data_dir: DataDir = Path("./cubepacs-data"),
+             password_stdin: Annotated[bool, typer.Option(help="read the password from standard input")] = False,
+             ) -> None:
+    """Add (or reset) a user who signs in with a password."""
+    from cubepacs.archive.keys import check_tenant
+    from cubepacs.archive.web.session import hash_password
+    from cubepacs.errors import ConfigError
+
+    try:
+        check_tenant(tenant)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    password = input() if password_stdin else getpass.getpass(f"password for {name}: ")
+    if len(password) < 8:
+        raise _fail("the password must have at least 8 characters")
+    users = load_users(data_dir)
+    users[name] = {"password": hash_password(password), "tenant": tenant}
+    _save_users(data_dir, users)
+    out.print(f"user {name} (tenant {tenant}) saved in {_users_file(data_dir)}")
+
+
+@users_app.command("list")
+def list_users(data_dir: DataDir = Path("./cubepacs-data")) -> None:
+    """The users and their tenants (never their password hashes)."""
+    for name, user in sorted(load_users(data_dir).items()):
+        out.print(f"{name}\t{user.get('tenant')}")
+
+
+@users_app.command("remove")
+def remove_user(name: str, data_dir: DataDir = Path("./cubepacs-data")) -> None:
+    """Remove a user (sessions already open expire with their cookie)."""
+    users = load_users(data_dir)
+    if users.pop(name, None) is None:
+        raise _fail(f"no user {name!r}")
+    _save_users(data_dir, users)
+    out.print(f"user {name} removed")
