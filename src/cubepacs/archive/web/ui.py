@@ -103,8 +103,6 @@ def app_config(origin: str, csrf: str) -> str:
         "routerBasename": "/", "extensions": [], "modes": [], "showStudyList": True, "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False, "showCPUFallbackMessage": True, "showLoadingIndicator": True,
         "strictZSpacingForVolumeViewport": True, "defaultDataSourceName": "cubepacs", "dataSources": [source],
-        "customizationService": {"dicomUploadComponent":
-                                 "@ohif/extension-cornerstone.customizationModule.cornerstoneDicomUploadComponent"},
     }
     return f"window.config = {json.dumps(config, indent=1)};\n" + _CLIENT.format(csrf=json.dumps(csrf))
 
