@@ -96,6 +96,7 @@ def _cube_mutation(data: bytes, max_size: int, seed: int) -> bytes:
                 raise ValueError("meta too large")
             raw = bytes(imagecodecs.zstd_decode(data[mo:mo + ml]))
             (n,) = struct.unpack_from("<I", raw)
+            n = min(n, len(raw) - 4)  # a mutated length must not make the mutator allocate it
             if choice == 0:
                 text = atheris.Mutate(raw[4:4 + n], n + 64)
                 return _rebuild(data, struct.pack("<I", len(text)) + text + raw[4 + n:])

@@ -55,11 +55,15 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024, source
     except DicomReadError:
         raise
     except Exception:  # unusual character sets, deflated data: pydicom's general path
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
-            doc = ds.to_json_dict(bulk_threshold, lambda e: f"bulk:{e.tag:08X}", suppress_invalid_tags=True)
-            invalid = [f"{int(t):08X}" for t in ds.keys() if f"{int(t):08X}" not in doc]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
+                doc = ds.to_json_dict(bulk_threshold, lambda e: f"bulk:{e.tag:08X}", suppress_invalid_tags=True)
+                invalid = [f"{int(t):08X}" for t in ds.keys() if f"{int(t):08X}" not in doc]
+        except Exception as exc:
+            raise DicomReadError(source or base, f"cannot be converted to DICOM JSON ({type(exc).__name__}: "
+                                                 f"{str(exc)[:200]})") from None
     if invalid:
         log.info("%s: values kept as received (not convertible to their VR): %s", source or base,
                  ", ".join(invalid[:20]))

@@ -389,6 +389,8 @@ def zip_entries(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     for info in zf.infolist():
         name = info.filename
         base = name.rsplit("/", 1)[-1]
+        if not name:  # a nameless entry (crafted): nothing to call it by
+            continue
         if info.is_dir() or name.startswith("__MACOSX/") or "/__MACOSX/" in name or base.startswith("."):
             continue
         out.append(info)
