@@ -22,6 +22,10 @@ def scan(
     = 1024,
     batch_id: Annotated[str | None, typer.Option(help="commit id; the same id never commits twice "
                                                       "(default: derived from the inputs)")] = None,
+    max_header_bytes: Annotated[int, typer.Option(help="bytes read at most per entry to find its header "
+                                                       "(beyond: an error row)")] = 32 * 1024 * 1024,
+    max_nested_bytes: Annotated[int, typer.Option(help="size at most of a ZIP inside a ZIP (spooled to a "
+                                                       "temporary file)")] = 4 * 1024**3,
 ) -> None:
     """Read every DICOM header (no pixel data) in parallel processes and append one row per instance.
 
@@ -39,7 +43,8 @@ def scan(
         try:
             result = run([str(p) for p in inputs], str(to), workers=workers or None,
                          num_partitions=partitions or None, pattern=glob, recursive=recursive,
-                         bulk_threshold=bulk_threshold, batch_id=batch_id, progress=advance)
+                         bulk_threshold=bulk_threshold, batch_id=batch_id, progress=advance,
+                         max_header=max_header_bytes, max_nested=max_nested_bytes)
         except (FileNotFoundError, ValueError) as exc:
             raise _fail(str(exc)) from exc
     rate = (result.files + result.errors) / result.wall_s if result.wall_s else 0.0

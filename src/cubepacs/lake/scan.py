@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from cubepacs.lake.delta import Part, commit, write_part
 from cubepacs.lake.partitions import Partition, plan
-from cubepacs.lake.reader import DEFAULT_BULK_THRESHOLD, read_item
+from cubepacs.lake.reader import DEFAULT_BULK_THRESHOLD, DEFAULT_MAX_HEADER, DEFAULT_MAX_NESTED, read_item
 from cubepacs.lake.schema import ARROW_SCHEMA, to_batch
 
 BATCH_ROWS = 2048
@@ -48,14 +48,16 @@ class ScanResult:
         return 1000 * self.cpu_s / max(self.files + self.errors, 1)
 
 
-def scan_partition(part: Partition, table_uri: str | None, bulk_threshold: int) -> tuple[Part | None, int, int, float]:
+def scan_partition(part: Partition, table_uri: str | None, bulk_threshold: int,
+                   limits: tuple[int, int] = (DEFAULT_MAX_HEADER, DEFAULT_MAX_NESTED)
+                   ) -> tuple[Part | None, int, int, float]:
     """Read one partition; write its Parquet part when ``table_uri`` is given. (part, files, errors, cpu s)."""
     start = time.process_time()
     files = errors = 0
     batches = []
     rows: list[dict[str, object]] = []
     for item in part.items:
-        for row in read_item(item, bulk_threshold):
+        for row in read_item(item, bulk_threshold, *limits):
             rows.append(row)
             if row["error"] is None:
                 files += 1
@@ -90,7 +92,8 @@ def batch_id_of(parts: list[Partition], bulk_threshold: int) -> str:
 
 def scan(paths: list[str], table_uri: str, workers: int | None = None, num_partitions: int | None = None,
          pattern: str | None = None, recursive: bool = True, bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
-         batch_id: str | None = None, progress: Callable[[int, int], None] | None = None) -> ScanResult:
+         batch_id: str | None = None, progress: Callable[[int, int], None] | None = None,
+         max_header: int = DEFAULT_MAX_HEADER, max_nested: int = DEFAULT_MAX_NESTED) -> ScanResult:
     """Read every DICOM header under ``paths`` into the Delta table ``table_uri`` in one commit.
 
     The commit is idempotent per ``batch_id`` (default: derived from the inputs, so scanning unchanged inputs
@@ -107,12 +110,13 @@ def scan(paths: list[str], table_uri: str, workers: int | None = None, num_parti
     with contextlib.ExitStack() as stack:
         if workers == 1:
             outcomes: Iterator[tuple[Part | None, int, int, float]] = (
-                scan_partition(p, table_uri, bulk_threshold) for p in parts)
+                scan_partition(p, table_uri, bulk_threshold, (max_header, max_nested)) for p in parts)
         else:
             ctx = multiprocessing.get_context("forkserver")  # never fork a parent that runs delta-rs' threads
             ctx.set_forkserver_preload(["cubepacs.lake.scan"])
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=ctx))
-            futures = [pool.submit(scan_partition, p, table_uri, bulk_threshold) for p in parts]
+            futures = [pool.submit(scan_partition, p, table_uri, bulk_threshold, (max_header, max_nested))
+                       for p in parts]
             outcomes = (f.result() for f in futures)
         for n, (part, files, errors, cpu) in enumerate(outcomes, 1):
             if workers > 1:
