@@ -10,7 +10,8 @@ also subclasses it::
     ├── CodecError (ValueError)          a codec that cannot encode or decode a frame losslessly
     ├── ConfigError (ValueError)         a bad setting or URL (unknown scheme, missing driver)
     ├── TenantError (PermissionError)    a request or association without a (known) tenant
-    └── BackendError (ConnectionError)   a storage, queue or index backend that does not answer
+    ├── BackendError (ConnectionError)   a storage, queue or index backend that does not answer
+    └── ListenError (OSError)            a port that cannot be listened on (taken, not permitted)
 
 Example
 -------
@@ -79,3 +80,7 @@ class TenantError(CubepacsError, PermissionError):
 
 class BackendError(CubepacsError, ConnectionError):
     """A backend (storage, queue, index) failed; the message never holds a password."""
+
+
+class ListenError(CubepacsError, OSError):
+    """A listener that cannot be opened; the message names the address and port."""

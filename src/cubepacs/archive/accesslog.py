@@ -24,7 +24,7 @@ log = logging.getLogger("cubepacs.accesslog")
 SCHEMA = pa.schema([
     ("time", pa.timestamp("us", tz="UTC")), ("tenant", pa.string()), ("method", pa.string()),
     ("path", pa.string()), ("status", pa.int32()), ("bytes", pa.int64()), ("duration_ms", pa.float64()),
-    ("client", pa.string()),
+    ("client", pa.string()), ("request_id", pa.string()),
 ])
 _TS = pa.timestamp("us", tz="UTC")
 OBJECT_SCHEMA = pa.schema([
@@ -102,7 +102,7 @@ class DeltaLog:
 
         try:
             write_deltalake(self.table_uri, pa.Table.from_pylist(rows, schema=self.schema), mode="append",
-                            storage_options=self.storage_options)
+                            storage_options=self.storage_options, schema_mode="merge")
             self.rows_written += len(rows)
         except Exception:
             log.exception("writing %d access-log rows failed; keeping them for the next flush", len(rows))

@@ -21,6 +21,7 @@ import logging
 import threading
 from typing import Any
 
+from cubepacs.archive import metrics
 from cubepacs.archive.accesslog import DeltaLog, image_row, object_row
 from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
@@ -54,6 +55,7 @@ class Indexer:
             if self.index.add_instance(m.payload):
                 new.append(m.payload["tenant"])
                 self._record(m.payload)
+        metrics.INDEXED.inc(len(new))
         if self.cache is not None:
             for tenant in set(new):  # cached QIDO answers and metadata of these tenants are now stale
                 self.cache.bump(tenant)
@@ -83,6 +85,7 @@ class Indexer:
         while not self.stopped.is_set():
             try:
                 self.run_once(poll_timeout)
+                metrics.update_queue_lag(self.queue, STORAGE_TOPIC, GROUP)
                 delay = 0.5
             except Exception as exc:
                 log.warning("indexing failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)

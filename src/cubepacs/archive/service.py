@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.webworker import WebWorker
+from cubepacs.errors import ListenError
 
 log = logging.getLogger("cubepacs")
 
@@ -61,6 +63,42 @@ def log_location(storage: Storage, settings: Settings, name: str) -> tuple[str, 
     return str(Path(settings.data_dir).resolve() / "logs" / name), None
 
 
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A listening TCP socket, or ListenError naming the address (a taken port is one line, not a traceback)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check(settings: Settings) -> dict[str, str]:
+    """``serve --check``: open every backend and reach it; each one "ok" or the reason it is not usable."""
+    from cubepacs.archive.metrics import readiness
+
+    b = open_backends(settings, settings.cache_url or None)
+    try:
+        checks = readiness(b.storage, b.queue, b.index)
+        if b.cache is not None:
+            try:
+                b.cache.get("check-probe")
+                checks["cache"] = "ok"
+            except Exception as exc:
+                checks["cache"] = f"{type(exc).__name__}: {exc}"
+        for name, path in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key), ("tls_ca", settings.tls_ca)):
+            if path:
+                checks[name] = "ok" if Path(path).is_file() else f"no such file: {path}"
+        return {k: v for k, v in checks.items() if not k.endswith("_ms")}
+    finally:
+        b.queue.close()
+        b.index.close()
+
+
 def _thread(target: Any, name: str) -> threading.Thread:
     t = threading.Thread(target=target, name=name, daemon=True)
     t.start()
@@ -78,14 +116,18 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     if clean is not None and parts & {"storescp", "web", "webworker"}:
         _thread(clean, "clean-temporary")  # files a crash left half-written
     if "storescp" in parts:
-        from cubepacs.archive.dimse.scp import Limits, start_scp
+        from cubepacs.archive.dimse.scp import Limits, start_scp, tls_context
 
         limits = Limits(settings.max_associations, settings.acse_timeout, settings.dimse_timeout,
                         settings.network_timeout)
+        tls = (settings.dimse_tls_port, tls_context(settings.tls_cert, settings.tls_key, settings.tls_ca)) \
+            if settings.dimse_tls_port else None
         server = start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, b.storage,
-                           b.queue, b.index, settings.remote_aes, limits, settings.calling_aes, settings.overwrite)
+                           b.queue, b.index, settings.remote_aes, limits, settings.calling_aes, settings.overwrite,
+                           tls, settings.tls_client_tenants)
         stoppers.append(server.shutdown)
-        log.info("DIMSE SCP %s listening on %s:%d", settings.ae_title, settings.host, settings.dimse_port)
+        log.info("DIMSE SCP %s listening on %s:%d%s", settings.ae_title, settings.host, settings.dimse_port,
+                 f" and DICOM TLS on {settings.host}:{settings.dimse_tls_port}" if tls else "")
     if "indexer" in parts:
         logs: dict[str, DeltaLog] = {}
         if settings.log_tables:
@@ -111,6 +153,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
 
         from cubepacs.archive.web.app import Services, create_app
         from cubepacs.archive.web.session import SessionKeys, load_secret, load_users
+        from cubepacs.archive.web.tokens import OidcVerifier
 
         access = AccessLog(*log_location(b.storage, settings, "access"))
         stoppers.append(access.close)
@@ -121,10 +164,38 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
             sessions=SessionKeys(load_secret(settings.session_secret, settings.data_dir)),
             users={**load_users(data_dir), **settings.users}, session_hours=settings.session_hours,
             cors_origins=settings.cors_origins, public_url=settings.public_url,
-            trusted_proxies=settings.trusted_proxies, viewer_dir=settings.viewer_dir or str(data_dir / "viewer")))
-        config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
-                                access_log=False)
+            trusted_proxies=settings.trusted_proxies, viewer_dir=settings.viewer_dir or str(data_dir / "viewer"),
+            keys_file=str(data_dir / "api-keys.json"), configured_keys=settings.api_keys,
+            oidc=OidcVerifier(settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience,
+                              settings.oidc_tenant_claim, settings.oidc_leeway) if settings.oidc_jwks_url else None))
+        plain_socket = listen(settings.host, settings.http_port, "HTTP")
+        config = uvicorn.Config(app, log_level="warning", access_log=False)
         uvicorn_server = uvicorn.Server(config)
+        if settings.https_port:
+            secure_socket = listen(settings.host, settings.https_port, "HTTPS")
+            tls_server = uvicorn.Server(uvicorn.Config(
+                app, log_level="warning", access_log=False, ssl_certfile=settings.tls_cert,
+                ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca or None,
+                ssl_cert_reqs=2 if settings.tls_ca else 0))  # ssl.CERT_REQUIRED / CERT_NONE
+            secure_thread = threading.Thread(target=tls_server.run, kwargs={"sockets": [secure_socket]},
+                                             name="https", daemon=True)
+            secure_thread.start()
+
+            def stop_https() -> None:
+                tls_server.should_exit = True
+                secure_thread.join(timeout=10)
+
+            stoppers.append(stop_https)
+            log.info("DICOMweb on https://%s:%d/dicom-web", settings.host, settings.https_port)
+    elif settings.metrics_port:  # services without the web: Prometheus on their own listener
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.metrics_port, addr=settings.host)
+        except OSError as exc:
+            raise ListenError(f"metrics cannot listen on {settings.host}:{settings.metrics_port}: "
+                              f"{exc.strerror or exc}") from None
+        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -137,7 +208,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         ready.set()
     if uvicorn_server is not None:
         log.info("DICOMweb on http://%s:%d/dicom-web", settings.host, settings.http_port)
-        uvicorn_server.run()
+        uvicorn_server.run(sockets=[plain_socket])
     else:
         stop.wait()
     for s in reversed(stoppers):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -52,6 +51,19 @@ class Settings:
     session_hours: float = 8.0
     users: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {password (argon2 hash), tenant}
     viewer_dir: str = ""  # the OHIF build; "" → data_dir/viewer (cubepacs viewer install)
+    tls_cert: str = ""  # PEM certificate (chain) of this server, for DICOM TLS and HTTPS
+    tls_key: str = ""  # its PEM private key
+    tls_ca: str = ""  # PEM CA bundle: when set, TLS clients must present a certificate it signed
+    tls_client_tenants: dict[str, str] = field(default_factory=dict)  # client certificate CN → tenant it may use
+    dimse_tls_port: int = 0  # DICOM TLS listener beside the plain one (0: off; the standard port is 2762)
+    https_port: int = 0  # HTTPS listener beside the plain one (0: off)
+    oidc_jwks_url: str = ""  # OAuth2/OIDC: bearer JWTs are checked against these keys (""): off)
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_tenant_claim: str = "tenant"  # the claim that names the tenant
+    oidc_leeway: float = 60.0  # seconds of clock skew allowed on exp/nbf/iat
+    log_format: str = "text"  # "text" or "json" (one object per line)
+    metrics_port: int = 0  # Prometheus /metrics of a service run without the web (0: off)
     quiet_seconds: float = 30.0
     max_retries: int = 3
     codec: str = "htj2k"
@@ -116,17 +128,12 @@ def load_settings(config: str | os.PathLike[str] | None = None, env: dict[str, s
 
 
 def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
-    """With no API key configured, create one for tenant ``default`` in ``data_dir/api-keys.json`` (0600) and
-    return it once so it can be shown; never a built-in default key."""
-    if settings.api_keys:
-        return settings, None
-    path = Path(settings.data_dir) / "api-keys.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        keys = json.loads(path.read_text())
+    """The settings with the configured API keys hashed; with none configured and none in
+    ``data_dir/api-keys.json`` (which the web re-reads as it changes), one is created there for tenant ``default``
+    and returned once so that it can be shown (only its hash is kept). Never a built-in default key."""
+    from cubepacs.archive import apikeys
+
+    keys = apikeys.normalize(settings.api_keys)
+    if keys or apikeys.load(settings.data_dir):
         return replace(settings, api_keys=keys), None
-    key = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({key: "default"}, f)
-    return replace(settings, api_keys={key: "default"}), key
+    return settings, apikeys.create(settings.data_dir, "default")

@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import Any
 
+from cubepacs.archive import metrics
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import cube_key
 from cubepacs.archive.metadata import safe_metadata
@@ -79,10 +80,13 @@ class WebWorker:
         for row in self.index.pending_series(self.quiet_seconds, self.max_retries):
             try:
                 jkey, ckey, n = self.build(row)
-            except Exception:
-                log.exception("building series %s failed (attempt %d)", row["series_uid"], row["retry_times"] + 1)
+            except Exception as exc:
+                log.error("building series %s failed (attempt %d): %s: %s", row["series_uid"],
+                          row["retry_times"] + 1, type(exc).__name__, str(exc)[:300])
+                metrics.BUILDS.labels(result="failed").inc()
                 self.index.finish_series(row, ok=False, max_retries=self.max_retries)
                 continue
+            metrics.BUILDS.labels(result="ok" if ckey else "metadata-only").inc()
             if self.index.finish_series(row, ok=True, max_retries=self.max_retries, json_key=jkey, cube_key=ckey,
                                         instances=n):
                 built += 1

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -36,9 +37,9 @@ def _progress() -> Progress:
                     console=console, transient=True, disable=not console.is_terminal)
 
 
-def _fail(msg: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {msg}")
-    return typer.Exit(2)
+def _fail(msg: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)  # one line, however long
+    return typer.Exit(code)
 
 
 @app.command()
@@ -198,6 +199,7 @@ def main() -> None:
 
 
 from cubepacs.cli import archive as _archive  # noqa: E402,F401  (registers serve, storescp, indexer, …)
+from cubepacs.cli import keys as _keys  # noqa: E402,F401  (registers `cubepacs keys`)
 from cubepacs.cli import lake as _lake  # noqa: E402,F401  (registers `cubepacs scan`)
 from cubepacs.cli import manage as _manage  # noqa: E402,F401  (registers `cubepacs send`, `cubepacs delete`)
 from cubepacs.cli import viewer as _viewer  # noqa: E402,F401  (registers `cubepacs viewer`, `cubepacs users`)

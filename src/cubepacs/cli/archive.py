@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cubepacs.cli import _fail, app, console
+from cubepacs.cli import _fail, app, console, out
 from cubepacs.errors import CubepacsError
 
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file ([cubepacs] table)")]
@@ -24,17 +23,29 @@ Cache = Annotated[str | None, typer.Option("--cache", help="cache URL (memory://
 Quiet = Annotated[float | None, typer.Option(help="seconds without a new instance before a series is built [30]")]
 
 
-def _run(parts: set[str], config: Path | None, **overrides: Any) -> None:
+EXIT_SETTING, EXIT_LISTEN, EXIT_BACKEND = 2, 3, 4  # documented in docs/operations.md
+
+
+def _run(parts: set[str], config: Path | None, check: bool = False, **overrides: Any) -> None:
+    from cubepacs.archive.logs import configure
+    from cubepacs.archive.service import check as check_backends
     from cubepacs.archive.service import run
     from cubepacs.archive.settings import ensure_api_key, load_settings
+    from cubepacs.errors import BackendError, ListenError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # pydicom logs every decoder failure with a traceback; we report those ourselves, naming instance and frame
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     names = {"storage": "storage_url", "queue": "queue_url", "index": "index_url", "cache": "cache_url"}
+    service = "serve" if len(parts) > 1 else next(iter(parts))
     try:
         settings = load_settings(config, dict(os.environ), {names.get(k, k): v for k, v in overrides.items()})
+        configure(settings.log_format, service)
+        if check:
+            results = check_backends(settings)
+            for name, result in results.items():
+                out.print(f"{name:8} {result}")
+            if any(v != "ok" for v in results.values()):
+                raise typer.Exit(EXIT_BACKEND)
+            out.print("settings and backends: ok")
+            return
         if "web" in parts:
             settings, new_key = ensure_api_key(settings)
             if new_key:
@@ -44,21 +55,31 @@ def _run(parts: set[str], config: Path | None, **overrides: Any) -> None:
                 console.print(f"[bold]Created an API key for tenant 'default'[/bold] in {where}{shown}"
                               "Use it as: Authorization: Bearer <key>")
         run(settings, parts)
+    except ListenError as exc:
+        raise _fail(str(exc), EXIT_LISTEN) from None
+    except BackendError as exc:
+        raise _fail(str(exc), EXIT_BACKEND) from None
     except CubepacsError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(str(exc), EXIT_SETTING) from None
+    except OSError as exc:  # a TLS certificate or key file that cannot be read, …
+        raise _fail(f"{exc.filename or ''} {exc.strerror or exc}".strip(), EXIT_SETTING) from None
 
 
 @app.command()
 def serve(config: Config = None, data_dir: DataDir = None, host: Host = None, dimse_port: DimsePort = None,
           http_port: HttpPort = None, storage: Storage = None, queue: Queue = None, index: Index = None,
-          quiet_seconds: Quiet = None, cache: Cache = None) -> None:
+          quiet_seconds: Quiet = None, cache: Cache = None,
+          check: Annotated[bool, typer.Option("--check", help="check the settings, reach every backend, exit "
+                                                               "(0: all ok, 2: bad setting, 4: a backend)")]
+          = False) -> None:
     """Run the whole archive in one process: DIMSE SCP, indexer, web worker and DICOMweb.
 
     Embedded defaults need nothing else: SQLite index, files and a durable queue under --data-dir. Listens on
     127.0.0.1 (DIMSE 11112, HTTP 8042). Called AE title CUBEPACS is tenant 'default'; an API key for the web is
     created on first start.
     """
-    _run({"storescp", "indexer", "webworker", "web"}, config, data_dir=data_dir, host=host, dimse_port=dimse_port,
+    _run({"storescp", "indexer", "webworker", "web"}, config, check, data_dir=data_dir, host=host,
+         dimse_port=dimse_port,
          http_port=http_port, storage=storage, queue=queue, index=index, quiet_seconds=quiet_seconds, cache=cache)
 
 

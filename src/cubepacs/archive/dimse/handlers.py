@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
 
+from cubepacs.archive import metrics
 from cubepacs.archive.dimse.filemeta import encode_file_meta
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.ingest import RejectedInstance, ingest
@@ -73,13 +75,31 @@ def permitted(allowed: list[str], calling: str, address: str) -> bool:
     return False
 
 
-def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, list[str]] | None = None) -> None:
+def peer_common_name(assoc: Any) -> str | None:
+    """The common name of the TLS client certificate of an association (None on plain TCP or without one)."""
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    cert = sock.getpeercert() if sock is not None and hasattr(sock, "getpeercert") else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, list[str]] | None = None,
+                     cert_tenants: dict[str, str] | None = None) -> None:
     """Answer A-ASSOCIATE-RJ (permanent, service user) to an association whose called AE title belongs to no
     tenant (diagnostic 7), or whose calling AE is not on that tenant's allow-list (diagnostic 3)."""
+    import secrets
+
     from pynetdicom import evt
+
+    from cubepacs.archive.logs import ASSOCIATION_ID, TENANT
 
     assoc = event.assoc
     called, calling = called_ae(event), calling_ae(event)
+    ASSOCIATION_ID.set(f"{calling}-{secrets.token_hex(4)}")  # the association's thread: its later logs carry it
+    TENANT.set(tenants.get(called))
     address = f"{assoc.requestor.address}:{assoc.requestor.port}"
     tenant = tenants.get(called)
     diagnostic, why = 0, ""
@@ -87,11 +107,33 @@ def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, lis
         diagnostic, why = 0x07, f"called AE {called!r} is not configured"
     elif (allowed or {}).get(tenant) and not permitted((allowed or {})[tenant], calling, assoc.requestor.address):
         diagnostic, why = 0x03, f"calling AE {calling!r} is not allowed for tenant {tenant!r}"
+    elif cert_tenants and (cn := peer_common_name(assoc)) in cert_tenants and cert_tenants[cn] != tenant:
+        diagnostic, why = 0x07, f"client certificate {cn!r} may not call tenant {tenant!r}"
     if diagnostic:
         log.warning("association from %r at %s rejected: %s", calling, address, why)
         assoc.acse.send_reject(0x01, 0x01, diagnostic)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()  # as pynetdicom does for its own rejections: the RJ PDU is sent before the socket closes
+
+
+def handle_established(event: Any) -> None:
+    """Count the association as open."""
+    event.assoc._cp_open = True
+    metrics.ASSOCIATIONS_OPEN.inc()
+
+
+def handle_closed(event: Any) -> None:
+    """Released or aborted: no longer open (aborts are also counted as refused ones, "aborted")."""
+    if getattr(event.assoc, "_cp_open", False):
+        event.assoc._cp_open = False
+        metrics.ASSOCIATIONS_OPEN.dec()
+    if event.event.name == "EVT_ABORTED":
+        metrics.ASSOCIATIONS_REFUSED.labels(reason="aborted").inc()
+
+
+def handle_rejected(event: Any) -> None:
+    """Count an A-ASSOCIATE-RJ (ours, or pynetdicom's when max_associations is reached)."""
+    metrics.ASSOCIATIONS_REFUSED.labels(reason="rejected").inc()
 
 
 def handle_conn_open(event: Any) -> None:
@@ -112,22 +154,27 @@ def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Q
     tenant = tenants.get(called_ae(event))
     if tenant is None:
         return STATUS_REFUSED_NOT_AUTHORIZED
+    start = time.perf_counter()
+    code: int = STATUS_SUCCESS
+    answer: int | Dataset = STATUS_SUCCESS
     try:
         req = event.request
         meta = encode_file_meta(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
                                 str(event.context.transfer_syntax), str(event.assoc.requestor.ae_title))
-        ingest(meta + event.encoded_dataset(include_meta=False), tenant, storage, queue, source="C-STORE",
-               overwrite=overwrite)
+        data = meta + event.encoded_dataset(include_meta=False)
+        ingest(data, tenant, storage, queue, source="C-STORE", overwrite=overwrite)
+        metrics.STORE_BYTES.labels(tenant=tenant).inc(len(data))
     except RejectedInstance as exc:
         log.warning("C-STORE from %r refused: %s", calling_ae(event), exc)
-        status = Dataset()
-        status.Status = STATUS_CANNOT_UNDERSTAND
-        status.ErrorComment = str(exc.reason)[:64]
-        return status
+        answer = Dataset()
+        answer.Status = code = STATUS_CANNOT_UNDERSTAND
+        answer.ErrorComment = str(exc.reason)[:64]
     except Exception as exc:
         log.error("C-STORE from %r failed: %s: %s", calling_ae(event), type(exc).__name__, str(exc)[:300])
-        return STATUS_OUT_OF_RESOURCES
-    return STATUS_SUCCESS
+        answer = code = STATUS_OUT_OF_RESOURCES
+    metrics.STORES.labels(tenant=tenant, status=f"0x{code:04X}").inc()
+    metrics.STORE_SECONDS.labels(tenant=tenant).observe(time.perf_counter() - start)
+    return answer
 
 
 def _filters(identifier: Dataset, keys: tuple[str, ...]) -> dict[str, Any]:

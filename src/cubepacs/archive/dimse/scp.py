@@ -10,6 +10,7 @@ True
 from __future__ import annotations
 
 import functools
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
+from cubepacs.errors import ListenError
 
 
 @dataclass(frozen=True)
@@ -69,18 +71,39 @@ def build_ae(ae_title: str, limits: Limits | None = None) -> ArchiveAE:
     return ae
 
 
+def tls_context(cert: str, key: str, ca: str = "") -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later, as the DICOM TLS secure transport profiles ask); with ``ca``,
+    clients must present a certificate that CA signed."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if ca:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], storage: Storage, queue: Queue,
               index: Index, remote_aes: dict[str, str] | None = None, limits: Limits | None = None,
-              allowed: dict[str, list[str]] | None = None, overwrite: bool = False) -> Any:
-    """Start the SCP in background threads; returns the server (call ``shutdown()`` to stop).
+              allowed: dict[str, list[str]] | None = None, overwrite: bool = False,
+              tls: tuple[int, ssl.SSLContext] | None = None, cert_tenants: dict[str, str] | None = None) -> Any:
+    """Start the SCP in background threads; returns a server (call ``shutdown()`` to stop; it stops the TLS
+    listener too).
 
     ``allowed``: tenant → calling AE titles (``AE`` or ``AE@address``) it accepts (none listed: any);
-    ``overwrite``: a re-sent SOP Instance UID replaces the stored one (default: the first is kept).
+    ``overwrite``: a re-sent SOP Instance UID replaces the stored one (default: the first is kept);
+    ``tls``: (port, context) of a DICOM TLS listener beside the plain one; ``cert_tenants``: client certificate
+    common name → the only tenant an association with that certificate may call.
     """
     ae = build_ae(ae_title, limits)
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, functools.partial(h.handle_requested, tenants=tenants, allowed=allowed or {})),
+        (evt.EVT_REQUESTED, functools.partial(h.handle_requested, tenants=tenants, allowed=allowed or {},
+                                              cert_tenants=cert_tenants or {})),
         (evt.EVT_CONN_OPEN, h.handle_conn_open),
+        (evt.EVT_ESTABLISHED, h.handle_established),
+        (evt.EVT_RELEASED, h.handle_closed),
+        (evt.EVT_ABORTED, h.handle_closed),
+        (evt.EVT_REJECTED, h.handle_rejected),
         (evt.EVT_C_ECHO, h.handle_echo),
         (evt.EVT_C_STORE, functools.partial(h.handle_store, tenants=tenants, storage=storage, queue=queue,
                                             overwrite=overwrite)),
@@ -91,4 +114,23 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
         (evt.EVT_N_ACTION, functools.partial(h.handle_n_action, tenants=tenants, index=index,
                                              remote_aes=remote_aes or {}, ae_title=ae_title)),
     ]
-    return ae.start_server((host, port), block=False, evt_handlers=handlers)
+    servers = Listeners()
+    for p, ctx in ((port, None), *((tls,) if tls is not None else ())):
+        try:
+            servers.items.append(ae.start_server((host, p), block=False, evt_handlers=handlers, ssl_context=ctx))
+        except OSError as exc:
+            servers.shutdown()
+            raise ListenError(f"DIMSE cannot listen on {host}:{p}: {exc.strerror or exc}") from None
+    return servers
+
+
+class Listeners:
+    """The plain and TLS listeners of one SCP, stopped together."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def shutdown(self) -> None:
+        """Stop every listener."""
+        for server in self.items:
+            server.shutdown()

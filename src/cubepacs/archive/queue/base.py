@@ -50,5 +50,12 @@ class Queue(ABC):
     def ack(self, group: str, messages: list[Message]) -> None:
         """Mark ``messages`` processed by ``group``."""
 
+    def ping(self) -> None:  # noqa: B027 - backends that can check more do
+        """Raise when the queue cannot be reached (readiness)."""
+
+    def lag(self, topic: str, group: str) -> tuple[int, float] | None:
+        """(events waiting for ``group``, age in seconds of the oldest) when the backend can tell, else None."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         """Release connections."""

@@ -94,6 +94,17 @@ class EmbeddedQueue(Queue):
             "INSERT INTO offsets (grp, topic, acked) VALUES (?, ?, ?) "
             "ON CONFLICT (grp, topic) DO UPDATE SET acked = max(acked, excluded.acked)", (group, topic, last))
 
+    def ping(self) -> None:
+        self._conn().execute("SELECT 1").fetchone()
+
+    def lag(self, topic: str, group: str) -> tuple[int, float] | None:
+        conn = self._conn()
+        row = conn.execute("SELECT acked FROM offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
+        acked = row[0] if row else 0
+        count, oldest = conn.execute("SELECT count(*), min(created) FROM messages WHERE topic = ? AND id > ?",
+                                     (topic, acked)).fetchone()
+        return int(count), (time.time() - oldest) if oldest else 0.0
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:

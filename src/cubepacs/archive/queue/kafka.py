@@ -110,6 +110,9 @@ class KafkaQueue(Queue):
         offsets = [TopicPartition(self._topic(topic), p, o + 1) for p, o in last.items()]
         self._consumer(topic, group).commit(offsets=offsets, asynchronous=False)
 
+    def ping(self) -> None:
+        self.producer.list_topics(timeout=5)
+
     def close(self) -> None:
         for consumer in self._consumers.values():
             consumer.close()

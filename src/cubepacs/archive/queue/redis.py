@@ -86,5 +86,8 @@ class RedisQueue(Queue):
         self._group(topic, group)
         return int(self.redis.xpending(self._key(topic), group)["pending"])
 
+    def ping(self) -> None:
+        self.redis.ping()
+
     def close(self) -> None:
         self.redis.close()

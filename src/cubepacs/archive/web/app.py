@@ -6,7 +6,8 @@ tenant only ever sees its own rows and objects.
 Example
 -------
 >>> import tempfile, os
->>> from cubepacs.archive.index.store import Index
+>>> from cubepacs.archive import metrics
+from cubepacs.archive.index.store import Index
 >>> from cubepacs.archive.queue.embedded import EmbeddedQueue
 >>> from cubepacs.archive.storage.file import FileStorage
 >>> tmp = tempfile.mkdtemp()
@@ -27,6 +28,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from cubepacs.archive import metrics
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
@@ -67,6 +69,27 @@ class Services:
     public_url: str = ""
     trusted_proxies: list[str] = field(default_factory=list)
     viewer_dir: str = ""  # the OHIF build served at / ("" or missing: a page says how to install it)
+    oidc: Any = None  # a web.tokens.OidcVerifier: bearer JWTs accepted when set
+    keys_file: str = ""  # data_dir/api-keys.json: re-read when it changes (a revoked key stops working at once)
+    configured_keys: dict[str, str] = field(default_factory=dict)
+    _keys_mtime: float = 0.0
+
+    def refresh_keys(self) -> None:
+        """Re-read the key file when it changed since the last request."""
+        import os
+
+        if not self.keys_file:
+            return
+        try:
+            mtime = os.stat(self.keys_file).st_mtime
+        except OSError:
+            return
+        if mtime != self._keys_mtime:
+            from cubepacs.archive import apikeys
+
+            self._keys_mtime = mtime
+            self.api_keys = {**apikeys.load(os.path.dirname(self.keys_file)),
+                             **apikeys.normalize(self.configured_keys)}
 
 
 def _element(keyword: str, value: Any) -> dict[str, Any] | None:
@@ -131,8 +154,18 @@ def tenant_of(request: Request) -> str:
     from cubepacs.archive.web.session import CSRF_HEADER
 
     services: Services = request.app.state.services
+    from cubepacs.archive.apikeys import tenant_of_key
+    from cubepacs.archive.web.tokens import looks_like_jwt
+
     key = api_key_of(request)
-    tenant = services.api_keys.get(key) if key else None
+    services.refresh_keys()
+    tenant = tenant_of_key(services.api_keys, key)
+    if tenant is None and key and services.oidc is not None and looks_like_jwt(key):
+        try:
+            tenant = services.oidc.tenant(key)
+        except ValueError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) \
+                from None
     if tenant is None and not key:
         session = session_of(request)
         if session is not None:
@@ -222,6 +255,7 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
     query = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
     key = services.cache.key(tenant, kind, f"{request.url.path}?{query}")
     hit = services.cache.get(key)
+    metrics.CACHE.labels(result="hit" if hit is not None else "miss").inc()
     if hit is not None:
         return Response(hit, status_code=204) if hit == b"" else Response(hit, media_type=DICOM_JSON)
     response: Response = build()
@@ -232,9 +266,11 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 
 def create_app(services: Services) -> FastAPI:
     """The DICOMweb app (all routes under ``/dicom-web``)."""
+    from cubepacs.archive.apikeys import normalize
     from cubepacs.archive.web import api, stow, ui, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
+    services.api_keys = normalize(services.api_keys)  # only hashes are kept in memory too
     app.state.services = services
     if services.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
@@ -248,14 +284,24 @@ def create_app(services: Services) -> FastAPI:
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Response:
+        import secrets
+
+        from cubepacs.archive.logs import REQUEST_ID
+
         start = time.perf_counter()
+        request_id = secrets.token_hex(8)
+        REQUEST_ID.set(request_id)
         response: Response = await call_next(request)
+        response.headers["X-Request-Id"] = request_id
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.HTTP.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+        metrics.HTTP_SECONDS.labels(route=route).observe(time.perf_counter() - start)
         if services.access_log is not None:
             services.access_log.add(
                 tenant=getattr(request.state, "tenant", None), method=request.method, path=request.url.path,
                 status=response.status_code, bytes=int(response.headers.get("content-length", 0) or 0),
                 duration_ms=(time.perf_counter() - start) * 1000,
-                client=request.client.host if request.client else None)
+                client=request.client.host if request.client else None, request_id=request_id)
         return response
 
     @app.get(ROOT + "/studies")
@@ -295,6 +341,20 @@ def create_app(services: Services) -> FastAPI:
             return _json([to_json(r, {**_STUDY, **_SERIES, **_INSTANCE}) for r in rows])
 
         return cached(services, tenant, "qido", request, build)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        checks = metrics.readiness(services.storage, services.queue, services.index)
+        ready = all(v == "ok" for k, v in checks.items() if not k.endswith("_ms"))
+        return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics_route() -> Response:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     wado.add_routes(app, services)
     stow.add_routes(app, services)

@@ -129,7 +129,9 @@ def add_routes(app: FastAPI, services: Services) -> None:
         tenant = None
         key = form.get("api_key", "").strip()
         if key:
-            tenant = services.api_keys.get(key)
+            from cubepacs.archive.apikeys import tenant_of_key
+
+            tenant = tenant_of_key(services.api_keys, key)
         elif form.get("user"):
             user = services.users.get(form["user"].strip())
             if user and check_password(user.get("password", ""), form.get("password", "")):
