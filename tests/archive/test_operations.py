@@ -72,7 +72,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 class _Jwks(http.server.BaseHTTPRequestHandler):
     body = b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -153,9 +153,9 @@ def test_oidc_tokens(secure: Server, idp: dict[str, Any]) -> None:
     url = f"{secure.url}/studies"
     assert httpx.get(url, headers={"Authorization": f"Bearer {_token(idp)}"}).status_code in (200, 204)
     now = int(time.time())
+    hs256 = jwt.encode({"org": "alpha", "exp": now + 60}, "hs-secret-0123456789abcdef0123456789", algorithm="HS256")
     for bad in (_token(idp, exp=now - 600), _token(idp, aud="other"), _token(idp, iss="https://evil"),
-                _token(idp, org=None), jwt.encode({"org": "alpha", "exp": now + 60}, "hs-secret-0123456789abcdef0123456789",
-                                                  algorithm="HS256")):
+                _token(idp, org=None), hs256):
         r = httpx.get(url, headers={"Authorization": f"Bearer {bad}"})
         assert r.status_code == 401, r.text
     # within the allowed clock skew (60 s)
@@ -191,7 +191,7 @@ def test_json_logs_and_request_ids(secure: Server) -> None:
     assert KEYS["alpha"] not in log
     from deltalake import DeltaTable
 
-    wait_until(lambda: (secure.data_dir / "logs" / "access" / "_delta_log").exists(), timeout=20)
+    wait_until((secure.data_dir / "logs" / "access" / "_delta_log").exists, timeout=20)
     wait_until(lambda: request_id in DeltaTable(str(secure.data_dir / "logs" / "access")).to_pyarrow_table()
                .column("request_id").to_pylist(), timeout=20)
 
