@@ -190,14 +190,18 @@ def store_encoded(assoc: Any, context: PresentationContext, sop_class: str, sop_
     req.AffectedSOPClassUID = sop_class
     req.AffectedSOPInstanceUID = sop_uid
     req.DataSet = BytesIO(payload)
-    assoc._reactor_checkpoint.clear()
-    try:
-        while not assoc._is_paused:
-            time.sleep(0.0001)
+    if getattr(assoc, "_cp_held", False):  # our own association: its reactor is held, nothing can race us
         assoc.dimse.send_msg(req, context.context_id)
         _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
+    else:
+        assoc._reactor_checkpoint.clear()
+        try:
+            while not assoc._is_paused:
+                time.sleep(0.0001)
+            assoc.dimse.send_msg(req, context.context_id)
+            _, rsp = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()
@@ -251,6 +255,27 @@ def _hooked_send_c_store(assoc: Any, original: Callable[..., Dataset], dataset: 
     return status
 
 
+def hold_reactor(assoc: Any) -> None:
+    """Keep a requestor association's reactor paused for its whole life.
+
+    pynetdicom pauses the reactor thread around each send by clearing a checkpoint and waiting for a
+    ``_is_paused`` flag; the flag can still read True just after the reactor passed the checkpoint, and then the
+    reactor takes the C-STORE response off the queue ("Received unexpected C-STORE service message") and the
+    sender waits for its DIMSE timeout — seen here under load. An association that only sends C-STOREs needs no
+    reactor: it is paused once (the flag seen True twice, 5 ms apart) and left paused; ``release()`` pauses it
+    the same way, so it is unaffected.
+    """
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if assoc._is_paused:
+            time.sleep(0.005)
+            if assoc._is_paused:
+                break
+        time.sleep(0.0005)
+    assoc._cp_held = True
+
+
 def hook(assoc: Any) -> Any:
     """Make ``assoc.send_c_store`` send StoredInstance objects byte-preserving (other datasets as before)."""
     original = assoc.send_c_store
@@ -262,7 +287,10 @@ class ArchiveAE(AE):
     """A pynetdicom AE whose requested associations (C-MOVE destinations included) send stored bytes."""
 
     def associate(self, *args: Any, **kwargs: Any) -> Any:
-        return hook(super().associate(*args, **kwargs))
+        assoc = super().associate(*args, **kwargs)
+        if assoc.is_established:
+            hold_reactor(assoc)
+        return hook(assoc)
 
 
 def _new_ae(ae_title: str, timeout: float) -> ArchiveAE:
