@@ -304,7 +304,8 @@ def test_bulkdata_and_transfer_syntax_negotiation(stored: Server) -> None:
     meta = httpx.get(base + "/metadata", headers=stored.headers()).json()[0]
     uri = meta["54000100"]["Value"][1]["54001010"]["BulkDataURI"]
     assert uri.endswith("/bulkdata/54000100/1/54001010")
-    r = httpx.get(f"http://127.0.0.1:{stored.http_port}{uri}", headers=stored.headers())
+    assert uri.startswith(f"http://127.0.0.1:{stored.http_port}/dicom-web/")  # absolute, as PS3.18 asks
+    r = httpx.get(uri, headers=stored.headers())
     assert r.status_code == 200
     (value,) = multipart.parse(r.content, r.headers["content-type"])
     assert value == ds.WaveformSequence[1].WaveformData
