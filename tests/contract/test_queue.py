@@ -51,6 +51,21 @@ class QueueContract:
         q.ack("g1", got)
         assert q.poll(topic, "g1", timeout=0.5) == []
 
+    def test_lag_counts_what_is_not_acknowledged(self, make: Any) -> None:
+        import uuid
+
+        q = make()
+        topic = f"lag-{uuid.uuid4().hex[:8]}"
+        for n in range(3):
+            q.publish(topic, {"n": n})
+        got = drain(q, topic, "g", 3)
+        q.ack("g", got[:1])
+        lag = q.lag(topic, "g")
+        assert lag is not None and lag[0] == 2 and lag[1] >= 0
+        q.ack("g", got[1:])
+        assert q.lag(topic, "g")[0] == 0
+        q.ping()
+
     def test_unacknowledged_messages_come_back_after_a_restart(self, make: Any) -> None:
         topic = f"t{uuid.uuid4().hex[:8]}"
         first = make()

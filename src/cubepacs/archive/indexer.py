@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from cubepacs.archive import metrics
@@ -82,10 +83,13 @@ class Indexer:
         """Run until :meth:`stop`; a failing batch is not acknowledged and is retried with exponential backoff
         (a queue or index that is down is waited for, never skipped)."""
         delay = 0.5
+        next_lag = 0.0
         while not self.stopped.is_set():
             try:
                 self.run_once(poll_timeout)
-                metrics.update_queue_lag(self.queue, STORAGE_TOPIC, GROUP)
+                if time.monotonic() >= next_lag:  # the lag gauges, every few seconds
+                    next_lag = time.monotonic() + 5
+                    metrics.update_queue_lag(self.queue, STORAGE_TOPIC, GROUP)
                 delay = 0.5
             except Exception as exc:
                 log.warning("indexing failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)

@@ -113,6 +113,24 @@ class KafkaQueue(Queue):
     def ping(self) -> None:
         self.producer.list_topics(timeout=5)
 
+    def lag(self, topic: str, group: str) -> tuple[int, float] | None:
+        """Messages after ``group``'s committed offsets (high watermark minus committed, over the partitions);
+        the age of the oldest is not read (that would need a fetch): reported as 0."""
+        from confluent_kafka import TopicPartition
+
+        consumer = self._consumer(topic, group)
+        name = self._topic(topic)
+        meta = consumer.list_topics(name, timeout=5).topics.get(name)
+        if meta is None or meta.error is not None:
+            return None
+        parts = [TopicPartition(name, p) for p in meta.partitions]
+        waiting = 0
+        for tp in consumer.committed(parts, timeout=5):
+            low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            start = tp.offset if tp.offset >= 0 else low
+            waiting += max(high - start, 0)
+        return waiting, 0.0
+
     def close(self) -> None:
         for consumer in self._consumers.values():
             consumer.close()

@@ -89,5 +89,28 @@ class RedisQueue(Queue):
     def ping(self) -> None:
         self.redis.ping()
 
+    def lag(self, topic: str, group: str) -> tuple[int, float] | None:
+        """Entries not yet acknowledged by ``group`` (undelivered ones — Redis 7's group ``lag`` — plus pending
+        ones) and the age of the oldest, read from its stream id (milliseconds since the epoch)."""
+        import time
+
+        self._group(topic, group)
+        key = self._key(topic)
+        info = next((g for g in self.redis.xinfo_groups(key) if g["name"] in (group, group.encode())), None)
+        if info is None:
+            return None
+        pending = self.redis.xpending(key, group)
+        waiting = int(info.get("lag") or 0) + int(pending["pending"])
+        oldest_id = pending["min"] if pending["pending"] else None
+        if oldest_id is None and waiting:
+            after = info["last-delivered-id"]
+            first: Any = self.redis.xrange(key, min=f"({after.decode() if isinstance(after, bytes) else after}",
+                                           count=1)
+            oldest_id = first[0][0] if first else None
+        if oldest_id is None:
+            return waiting, 0.0
+        text = oldest_id.decode() if isinstance(oldest_id, bytes) else str(oldest_id)
+        return waiting, max(time.time() - int(text.split("-")[0]) / 1000, 0.0)
+
     def close(self) -> None:
         self.redis.close()
