@@ -247,3 +247,25 @@ def test_one_line_failures(tmp_path: Path) -> None:
     setting = subprocess.run([sys.executable, "-m", "cubepacs", "serve", "--config", str(cfg), "--check"],
                              check=False, capture_output=True, text=True, timeout=60)
     assert setting.returncode == 2 and "http_port" in setting.stderr and "Traceback" not in setting.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.kafka
+@pytest.mark.s3
+def test_check_reaches_the_scale_out_backends(tmp_path: Path, seaweedfs: str, kafka_url: str) -> None:
+    import os
+
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    args = [sys.executable, "-m", "cubepacs", "serve", "--data-dir", str(tmp_path / "d"), "--storage", seaweedfs,
+            "--queue", kafka_url, "--index", "postgresql://postgres@127.0.0.1:5432/postgres",
+            "--cache", "redis://127.0.0.1:6379/12", "--check"]
+    ok = subprocess.run(args, check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert all(f"{name:8} ok" in ok.stdout for name in ("index", "queue", "storage", "cache"))
+    i = args.index("--queue") + 1
+    for bad in ("redis://127.0.0.1:1/0", "kafka://127.0.0.1:1"):
+        broken = [*args[:i], bad, *args[i + 1:]]
+        run = subprocess.run(broken, check=False, capture_output=True, text=True, timeout=120, env=env)
+        assert run.returncode == 4 and "127.0.0.1:1" in run.stdout + run.stderr, run.stdout + run.stderr
+        assert "Traceback" not in run.stderr
