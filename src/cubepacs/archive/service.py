@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -105,8 +106,13 @@ def _thread(target: Any, name: str) -> threading.Thread:
     return t
 
 
-def run(settings: Settings, parts: set[str], ready: threading.Event | None = None) -> None:
-    """Run ``parts`` (any of ``storescp``, ``indexer``, ``webworker``, ``web``) until SIGINT/SIGTERM."""
+def run(settings: Settings, parts: set[str], ready: threading.Event | None = None,
+        extensions: Sequence[Callable[[Any, Any], None]] = ()) -> None:
+    """Run ``parts`` (any of ``storescp``, ``indexer``, ``webworker``, ``web``) until SIGINT/SIGTERM.
+
+    ``extensions``: functions ``(app, services)`` adding routes to the web (the research export registers its
+    endpoint this way, so that the archive itself never imports the lake).
+    """
     # An in-process cache is only safe where the indexer that invalidates it runs in the same process.
     cache_url = settings.cache_url or ("memory://" if {"indexer", "web"} <= parts else None)
     b = open_backends(settings, cache_url)
@@ -158,7 +164,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         access = AccessLog(*log_location(b.storage, settings, "access"))
         stoppers.append(access.close)
         data_dir = Path(settings.data_dir)
-        app = create_app(Services(
+        app = create_app(extensions=extensions, services=Services(
             b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,
             max_request_bytes=settings.max_request_bytes, remote_aes=settings.remote_aes, ae_title=settings.ae_title,
             sessions=SessionKeys(load_secret(settings.session_secret, settings.data_dir)),

@@ -62,6 +62,8 @@ class Settings:
     oidc_audience: str = ""
     oidc_tenant_claim: str = "tenant"  # the claim that names the tenant
     oidc_leeway: float = 60.0  # seconds of clock skew allowed on exp/nbf/iat
+    export_dir: str = ""  # where POST /api/export writes cohorts ("" → data_dir/exports), one folder per tenant
+    export_secret: str = ""  # the project secret de-identified UIDs and date shifts derive from (required to export)
     log_format: str = "text"  # "text" or "json" (one object per line)
     metrics_port: int = 0  # Prometheus /metrics of a service run without the web (0: off)
     quiet_seconds: float = 30.0

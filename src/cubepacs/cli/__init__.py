@@ -202,4 +202,5 @@ from cubepacs.cli import archive as _archive  # noqa: E402,F401  (registers serv
 from cubepacs.cli import keys as _keys  # noqa: E402,F401  (registers `cubepacs keys`)
 from cubepacs.cli import lake as _lake  # noqa: E402,F401  (registers `cubepacs scan`)
 from cubepacs.cli import manage as _manage  # noqa: E402,F401  (registers `cubepacs send`, `cubepacs delete`)
+from cubepacs.cli import research as _research  # noqa: E402,F401  (registers `cubepacs export-cohort`)
 from cubepacs.cli import viewer as _viewer  # noqa: E402,F401  (registers `cubepacs viewer`, `cubepacs users`)

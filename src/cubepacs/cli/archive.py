@@ -54,7 +54,10 @@ def _run(parts: set[str], config: Path | None, check: bool = False, **overrides:
                 shown = f":\n  {new_key}\n" if console.is_terminal else " (not shown: output is not a terminal). "
                 console.print(f"[bold]Created an API key for tenant 'default'[/bold] in {where}{shown}"
                               "Use it as: Authorization: Bearer <key>")
-        run(settings, parts)
+        from cubepacs.research.api import routes
+
+        export_dir = settings.export_dir or str(Path(settings.data_dir) / "exports")
+        run(settings, parts, extensions=[routes(export_dir, settings.export_secret)])
     except ListenError as exc:
         raise _fail(str(exc), EXIT_LISTEN) from None
     except BackendError as exc:

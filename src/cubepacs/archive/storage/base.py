@@ -39,6 +39,10 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key`` (no error when absent)."""
 
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key starting with ``prefix``, sorted (backends that can list override this)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its keys")
+
 
 class StorageFile:
     """A read-only, seekable file over one stored object, reading byte ranges on demand (no whole download):

@@ -74,6 +74,17 @@ class FileStorage(Storage):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def keys(self, prefix: str = "") -> list[str]:
+        out = []
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(".tmp") and name.startswith("."):
+                    continue
+                key = os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    out.append(key)
+        return sorted(out)
+
     def clean_temporary(self, max_age: float = 600.0) -> int:
         """Remove temporary files (``.name.XXXX.tmp``) older than ``max_age`` seconds that a crash left behind
         (younger ones may be another process' writes in progress); returns how many were removed."""

@@ -112,3 +112,10 @@ class S3Storage(Storage):
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        out = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self._key(prefix)):
+            out += [obj["Key"][len(self.prefix):] for obj in page.get("Contents", [])]
+        return sorted(out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,8 +265,9 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
     return response
 
 
-def create_app(services: Services) -> FastAPI:
-    """The DICOMweb app (all routes under ``/dicom-web``)."""
+def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
+    """The DICOMweb app (routes under ``/dicom-web``), the archive's API (``/api``), health, metrics and the web
+    UI; ``extensions`` are functions ``(app, services)`` adding more routes (before the UI's catch-all)."""
     from cubepacs.archive.apikeys import normalize
     from cubepacs.archive.web import api, stow, ui, wado
 
@@ -359,5 +361,7 @@ def create_app(services: Services) -> FastAPI:
     wado.add_routes(app, services)
     stow.add_routes(app, services)
     api.add_routes(app, services)
+    for extend in extensions:
+        extend(app, services)
     ui.add_routes(app, services)  # last: its catch-all serves the viewer's client-side routes
     return app

@@ -1,0 +1,187 @@
+"""A PyTorch ``Dataset`` over a folder or an object-storage prefix of cubes: volumes, 2D slices or 3D patches.
+
+Optional: ``pip install 'cubepacs[torch]'``. Each item is a dict: ``image`` (a float32 tensor in Hounsfield or
+other rescaled units, or the stored values with ``rescale=False``; volumes and patches are depth × rows ×
+columns, slices rows × columns), ``spacing`` (slice, row, column spacing in mm), ``origin`` (the position of the
+first voxel, patient coordinates), ``orientation`` (the six direction cosines), ``source`` and ``index`` (slice,
+or patch corner). Slices are in position order along the slice normal (not file or instance number order).
+
+Readers are opened lazily in the process that reads (one set per DataLoader worker), so the dataset is safe with
+``num_workers > 0``; only paths (or storage keys) are pickled.
+
+Example
+-------
+>>> import tempfile, cubepacs
+>>> folder = tempfile.mkdtemp()
+>>> cubepacs.save(cubepacs.load_from_dicom_folder("../shared/data/series/ct_philips_ingenuity_tilt_54sl"),
+...               folder + "/ct.dcbs")
+>>> ds = CubeDataset(folder, mode="slice")
+>>> item = ds[10]
+>>> len(ds), tuple(item["image"].shape), item["spacing"].tolist()[1:]   # doctest: +SKIP
+(54, (512, 512), [0.48828125, 0.48828125])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cubepacs.cube.reader import CubeReader
+
+try:
+    import torch
+    from torch.utils.data import Dataset
+except ImportError as exc:  # pragma: no cover - the extra names what to install
+    raise ImportError("cubepacs.research.dataset needs PyTorch: pip install 'cubepacs[torch]'") from exc
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the voxels of one cube are: slice order, spacing, origin and direction cosines."""
+
+    order: np.ndarray  # series frame numbers in position order
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    slope: np.ndarray  # per frame
+    intercept: np.ndarray
+
+
+def _floats(value: Any, n: int, default: float) -> list[float]:
+    try:
+        values = [float(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    except (TypeError, ValueError):
+        values = []
+    return values[:n] if len(values) >= n else [default] * n
+
+
+def geometry(reader: CubeReader) -> Geometry:
+    """The geometry of a cube from its metadata (typed columns, shared values)."""
+    meta = reader.meta
+    ipp = meta.get_array("ImagePositionPatient")
+    iop_values = meta.get_values("ImageOrientationPatient")
+    iop = _floats(iop_values[0] if iop_values else None, 6, 0.0)
+    if not any(iop):
+        iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    normal = np.cross(iop[:3], iop[3:])
+    frames = []  # (position along the normal, series frame number, instance)
+    for i in range(len(meta)):
+        pos = float(np.dot(ipp[i], normal)) if i < len(ipp) and not np.isnan(ipp[i]).any() else float(i)
+        for f in range(int(reader.frame_starts[i]), int(reader.frame_starts[i + 1])):
+            frames.append((pos, f, i))
+    frames.sort()
+    order = np.array([f for _, f, _ in frames], np.int64)
+    positions = np.array([p for p, _, _ in frames])
+    steps = np.diff(positions)
+    steps = steps[steps > 1e-6]
+    thickness = _floats(meta.get_values("SliceThickness")[0] if meta.get_values("SliceThickness") else None, 1,
+                        1.0)[0]
+    dz = float(np.median(steps)) if len(steps) else thickness
+    ps_values = meta.get_values("PixelSpacing")
+    row, col = _floats(ps_values[0] if ps_values else None, 2, 1.0)
+    first = frames[0][2] if frames else 0
+    origin = tuple(float(v) for v in ipp[first]) if len(ipp) and not np.isnan(ipp[first]).any() else (0.0, 0.0, 0.0)
+    slopes = meta.get_values("RescaleSlope")
+    intercepts = meta.get_values("RescaleIntercept")
+    per_instance_slope = np.array([_floats(slopes[i] if i < len(slopes) else None, 1, 1.0)[0]
+                                   for i in range(len(meta))])
+    per_instance_intercept = np.array([_floats(intercepts[i] if i < len(intercepts) else None, 1, 0.0)[0]
+                                       for i in range(len(meta))])
+    inst_of_frame = np.array([i for _, _, i in frames], np.int64)
+    return Geometry(order, (dz, row, col), (origin[0], origin[1], origin[2]), tuple(iop),
+                    per_instance_slope[inst_of_frame], per_instance_intercept[inst_of_frame])
+
+
+class CubeDataset(Dataset):  # type: ignore[type-arg]
+    """Volumes (``mode="volume"``), 2D slices (``"slice"``) or random 3D patches (``"patch"``) of cubes.
+
+    ``source``: a folder (every ``.dcbs`` below it), a list of cube paths, or a storage URL
+    (``s3://bucket/prefix?endpoint=…``: every ``.dcbs`` key under it, read with ranged GETs).
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | list[str], mode: str = "slice",
+                 patch_size: tuple[int, int, int] = (16, 64, 64), patches_per_volume: int = 8,
+                 rescale: bool = True, seed: int = 0, storage_options: dict[str, str] | None = None) -> None:
+        if mode not in ("volume", "slice", "patch"):
+            raise ValueError(f"mode must be volume, slice or patch, not {mode!r}")
+        self.mode, self.patch_size, self.per_volume = mode, patch_size, patches_per_volume
+        self.rescale, self.seed = rescale, seed
+        self.url: str | None = None
+        self.storage_options = storage_options or {}
+        if isinstance(source, list):
+            self.paths = [str(p) for p in source]
+        elif str(source).startswith(("s3://", "file://")):
+            self.url = str(source)
+            self.paths = [k for k in self._storage().keys() if k.endswith(".dcbs")]
+        else:
+            self.paths = sorted(str(p) for p in Path(source).rglob("*.dcbs"))
+        if not self.paths:
+            raise ValueError(f"no .dcbs cube found in {source}")
+        self._readers: dict[tuple[int, int], tuple[CubeReader, Geometry]] = {}
+        self.counts = [self._open(k)[0].num_frames for k in range(len(self.paths))]
+        self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self._readers.clear()  # opened again, per process, when items are read
+
+    def _storage(self) -> Any:
+        from cubepacs._registry import open_backend
+
+        assert self.url is not None
+        return open_backend("storage", self.url, **self.storage_options)
+
+    def _open(self, k: int) -> tuple[CubeReader, Geometry]:
+        key = (os.getpid(), k)  # a DataLoader worker opens its own readers
+        found = self._readers.get(key)
+        if found is None:
+            if self.url is not None:
+                from cubepacs.archive.storage.base import StorageFile
+
+                reader = CubeReader(StorageFile(self._storage(), self.paths[k]))  # type: ignore[arg-type]
+            else:
+                reader = CubeReader(self.paths[k])
+            found = self._readers[key] = (reader, geometry(reader))
+        return found
+
+    def __len__(self) -> int:
+        if self.mode == "volume":
+            return len(self.paths)
+        if self.mode == "patch":
+            return len(self.paths) * self.per_volume
+        return int(self._starts[-1])
+
+    def _frames(self, k: int, numbers: np.ndarray) -> np.ndarray:
+        reader, geo = self._open(k)
+        frames = np.stack([reader.frame(int(geo.order[n])) for n in numbers]).astype(np.float32)
+        if self.rescale:
+            frames = frames * geo.slope[numbers, None, None].astype(np.float32) + \
+                geo.intercept[numbers, None, None].astype(np.float32)
+        return frames
+
+    def _item(self, k: int, image: np.ndarray, index: Any) -> dict[str, Any]:
+        _, geo = self._open(k)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "spacing": torch.tensor(geo.spacing),
+                "origin": torch.tensor(geo.origin), "orientation": torch.tensor(geo.orientation),
+                "source": self.paths[k], "index": torch.tensor(index)}
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        if not 0 <= idx < len(self):
+            raise IndexError(idx)
+        if self.mode == "volume":
+            n = self.counts[idx]
+            return self._item(idx, self._frames(idx, np.arange(n)), [0, 0, 0])
+        if self.mode == "slice":
+            k = int(np.searchsorted(self._starts, idx, side="right")) - 1
+            s = idx - int(self._starts[k])
+            return self._item(k, self._frames(k, np.array([s]))[0], [s, 0, 0])
+        k = idx // self.per_volume
+        reader, _ = self._open(k)
+        rows, cols = reader.frame(0).shape[:2]
+        depth = self.counts[k]
+        d, h, w = (min(a, b) for a, b in zip(self.patch_size, (depth, rows, cols), strict=True))
+        rng = np.random.default_rng([self.seed, idx])
+        z, y, x = (int(rng.integers(0, lim - size + 1)) for lim, size in ((depth, d), (rows, h), (cols, w)))
+        volume = self._frames(k, np.arange(z, z + d))[:, y:y + h, x:x + w]
+        return self._item(k, volume, [z, y, x])
