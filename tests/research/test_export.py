@@ -1,0 +1,233 @@
+"""De-identified cohorts: the profile's own table checked on every exported instance, deterministic UIDs, pixels
+unchanged, exports to DICOM, cubes and Delta from a running archive, resumed without duplicates; the PyTorch
+dataset against pydicom + rescale."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+
+from cubepacs.archive.web import multipart
+from cubepacs.research.deid import Options, deidentify
+from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
+from tests.conftest import SERIES, SINGLES, dicom_files
+
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")  # odd values of real files
+SECRET = "project-secret-0123456789"
+CT = next(s for s in SERIES if s.name.startswith("ct_ge"))
+T1 = next(s for s in SERIES if s.name.startswith("mr_ge_signa"))
+US = next(s for s in SINGLES if s.name == "jpeg_baseline_ybr422_us_cine_30f.dcm")
+SAMPLES = [dicom_files(s)[0] for s in SERIES] + [s for s in SINGLES if s.name in (
+    "mr_siemens_csa_private_overlays.dcm", "sr_comprehensive_nested.dcm", "enhanced_mr_philips_64f.dcm",
+    "jpeg_baseline_ybr422_us_cine_30f.dcm", "rtdose_32bit_15f.dcm", "seg_1bit_liver.dcm")]
+
+
+def _table() -> dict[str, list[tuple[int, int]]]:
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+
+    return dicom_anonymization_database_selector("dicomfields_2026c")
+
+
+def _elements(ds: pydicom.Dataset) -> Iterator[pydicom.DataElement]:
+    for elem in ds:
+        yield elem
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from _elements(item)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_every_attribute_of_the_profile_is_handled(path: Path) -> None:
+    data = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = pydicom.dcmread(io.BytesIO(data))
+        res = deidentify(data, Options(SECRET.encode()))
+        after = pydicom.dcmread(io.BytesIO(res.data))  # a valid Part 10 file again
+    table = {k: [t for t in v if len(t) == 2] for k, v in _table().items()}
+    masked = [t for t in _table()["X_TAGS"] if len(t) == 4]  # repeating groups (curves, overlay text…)
+    tags = {e.tag: e for e in _elements(after)}
+    for group, element, gmask, emask in masked:
+        assert not [t for t in tags if t.group & gmask == group & gmask and t.element & emask == element & emask
+                    and not tags[t].is_empty], hex(group)
+    for group, element in table["X_TAGS"]:
+        assert (group, element) not in tags or tags[(group, element)].is_empty, hex(group << 16 | element)
+    for group, element in table["Z_TAGS"]:
+        t = (group, element)
+        assert t not in tags or tags[t].is_empty or tags[t].VR in ("DA", "DT", "TM", "SQ") or \
+            tags[t].value in ("0", 0, "ANONYMIZED"), hex(group << 16 | element)
+    for group, element in table["D_TAGS"] + table["Z_D_TAGS"] + table["X_D_TAGS"] + table["X_Z_D_TAGS"]:
+        t = (group, element)
+        if t in before and not before[t].is_empty and before[t].VR not in ("SQ",):
+            assert t not in after or after[t].value != before[t].value or after[t].VR in ("US", "SS"), hex(t[0])
+    for group, element in table["U_TAGS"]:
+        t = (group, element)
+        if t in before and before[t].value:
+            assert after[t].value != before[t].value and str(after[t].value).startswith("2.25."), hex(t[1])
+    assert not any(e.tag.is_private for e in _elements(after))
+    assert after.PatientIdentityRemoved == "YES" and after.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert after.PatientName != before.get("PatientName") and after.PatientID.startswith("P")
+    if "PixelData" in before:
+        assert after.PixelData == before.PixelData  # byte for byte
+    if path == US:
+        assert res.burned_in and "US" in res.burned_in
+
+
+def test_uids_are_deterministic_and_linkable() -> None:
+    files = dicom_files(T1)[:3]
+    a = [deidentify(f.read_bytes(), Options(SECRET.encode())) for f in files]
+    b = [deidentify(f.read_bytes(), Options(SECRET.encode())) for f in files]
+    c = deidentify(files[0].read_bytes(), Options(b"another-secret-0123456789"))
+    ds = [pydicom.dcmread(io.BytesIO(r.data)) for r in a]
+    assert len({d.StudyInstanceUID for d in ds}) == 1 and len({d.SOPInstanceUID for d in ds}) == 3
+    assert [r.data for r in a] == [r.data for r in b]
+    assert pydicom.dcmread(io.BytesIO(c.data)).StudyInstanceUID != ds[0].StudyInstanceUID
+    kept = deidentify(files[0].read_bytes(), Options(SECRET.encode(), retain_uids=True, retain_dates=True,
+                                                     retain_patient=True, retain_device=True))
+    k = pydicom.dcmread(io.BytesIO(kept.data))
+    orig = pydicom.dcmread(files[0])
+    assert k.SOPInstanceUID == orig.SOPInstanceUID and k.StudyDate != orig.StudyDate and len(k.StudyDate) == 8
+    assert k.PatientSex == orig.PatientSex and k.get("StationName") == orig.get("StationName")
+    codes = [i.CodeValue for i in k.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113110", "113107", "113108", "113109"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("research")
+    dimse, http = free_port(), free_port()
+    cfg = write_config(root / "r.toml", root / "data", dimse, http, export_secret=SECRET,
+                       export_dir=str(root / "exports"))
+    srv = start_server(root / "data", cfg, dimse, http)
+    datas = [f.read_bytes() for f in dicom_files(CT)[:20]] + [US.read_bytes()]
+    body, ctype = multipart.encode(datas, "application/dicom")
+    assert httpx.post(f"{srv.url}/studies", content=body, headers={**srv.headers(), "Content-Type": ctype},
+                      timeout=120).status_code == 200
+    wait_until(lambda: httpx.get(f"{srv.url}/instances", params={"limit": 100},
+                                 headers=srv.headers()).status_code == 200
+               and len(httpx.get(f"{srv.url}/instances", params={"limit": 100}, headers=srv.headers()).json()) == 21)
+    yield srv
+    stop_server(srv)
+
+
+def _cli(archive: Server, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    study = pydicom.dcmread(dicom_files(CT)[0], stop_before_pixels=True).StudyInstanceUID
+    us_study = pydicom.dcmread(US, stop_before_pixels=True).StudyInstanceUID
+    return subprocess.run([sys.executable, "-m", "cubepacs", "export-cohort", "--config", str(archive.config),
+                           "--tenant", "alpha", "--to", str(out), "--study", study, "--study", us_study, *extra],
+                          check=False, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUBEPACS_EXPORT_SECRET": SECRET})
+
+
+def test_export_to_dicom_cubes_and_delta_then_resume(archive: Server, tmp_path: Path) -> None:
+    import cubepacs
+    from deltalake import DeltaTable
+
+    out = tmp_path / "cohort"
+    run = _cli(archive, out)
+    assert run.returncode == 0, run.stdout + run.stderr
+    said = " ".join(run.stdout.split())
+    assert "2 series, 21 instances" in said and "1 flagged for burned-in" in said
+    files = sorted((out / "dicom").rglob("*.dcm"))
+    assert len(files) == 21
+    originals = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in dicom_files(CT)[:20]}
+    manifest = (out / "manifest.json").read_text()
+    assert not any(uid in manifest for uid in originals) and "CMB-CRC" not in manifest
+    mapping = json.loads((out / "mapping.json").read_text())
+    assert originals <= set(mapping) and oct((out / "mapping.json").stat().st_mode)[-3:] == "600"
+    cubes = sorted((out / "cubes").rglob("*.dcbs"))
+    assert len(cubes) == 2
+    by_name = {f.name: f.read_bytes() for f in files}
+    for k, cube in enumerate(cubes):  # each cube gives back the de-identified files byte for byte
+        back = tmp_path / f"back{k}"
+        cubepacs.save_to_dicom_folder(cubepacs.load(cube), back)
+        for f in back.iterdir():
+            assert f.read_bytes() == by_name[f.name]
+    table = DeltaTable(str(out / "delta")).to_pyarrow_table()
+    assert table.num_rows == 21 and not set(table.column("sop_uid").to_pylist()) & originals
+    before = {f: f.read_bytes() for f in files}
+    again = _cli(archive, out)  # resumed: everything done, nothing duplicated
+    assert again.returncode == 0 and "2 series already done" in " ".join(again.stdout.split())
+    assert sorted((out / "dicom").rglob("*.dcm")) == files and all(f.read_bytes() == before[f] for f in files)
+    assert DeltaTable(str(out / "delta")).to_pyarrow_table().num_rows == 21
+    # an interrupted export: the progress file lost one series → it is redone, identically
+    progress = json.loads((out / ".progress.json").read_text())
+    (out / ".progress.json").write_text(json.dumps(progress[:1]))
+    third = _cli(archive, out)
+    assert third.returncode == 0 and "1 series already done" in " ".join(third.stdout.split())
+    assert all(f.read_bytes() == before[f] for f in files)
+    assert DeltaTable(str(out / "delta")).to_pyarrow_table().num_rows == 21
+
+
+def test_export_endpoint_is_tenant_scoped(archive: Server) -> None:
+    api = archive.url.replace("/dicom-web", "/api")
+    study = pydicom.dcmread(dicom_files(CT)[0], stop_before_pixels=True).StudyInstanceUID
+    body = {"name": "api-cohort", "studies": [study], "formats": ["dicom", "cube"], "options": {"retain_dates": True}}
+    with httpx.stream("POST", f"{api}/export", json=body, headers=archive.headers(), timeout=300) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert r.status_code == 200 and lines[-1]["instances"] == 20 and lines[-1]["series"] == 1
+    exported = archive.data_dir.parent / "exports" / "alpha" / "api-cohort"
+    assert len(list((exported / "dicom").rglob("*.dcm"))) == 20
+    r = httpx.post(f"{api}/export", json=body, headers=archive.headers("beta"))
+    assert r.status_code == 404  # tenant beta has no such study
+    assert httpx.post(f"{api}/export", json={**body, "name": "../x"}, headers=archive.headers()).status_code == 400
+
+
+def test_dataset_matches_pydicom_and_works_with_workers(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset
+
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(CT)), tmp_path / "ct.dcbs")
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(T1)), tmp_path / "t1.dcbs")
+    refs = [pydicom.dcmread(f) for f in dicom_files(CT)]
+    iop = np.array(refs[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    refs.sort(key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, float), normal)))
+    slices = CubeDataset(tmp_path, mode="slice")
+    assert len(slices) == 200
+    ct_index = [i for i in range(len(slices.paths)) if slices.paths[i].endswith("ct.dcbs")][0]
+    offset = int(slices._starts[ct_index])
+    for s in (0, 37, 99):
+        item = slices[offset + s]
+        ref = refs[s].pixel_array * float(refs[s].RescaleSlope) + float(refs[s].RescaleIntercept)
+        np.testing.assert_array_equal(item["image"].numpy(), ref.astype(np.float32))
+    assert np.allclose(item["spacing"].numpy()[1:], [float(v) for v in refs[0].PixelSpacing])
+    assert np.allclose(item["origin"].numpy(), [float(v) for v in refs[0].ImagePositionPatient])
+    volume = CubeDataset([str(tmp_path / "t1.dcbs")], mode="volume")[0]
+    assert tuple(volume["image"].shape) == (100, 256, 256)
+    patches = CubeDataset(tmp_path, mode="patch", patch_size=(8, 32, 32), patches_per_volume=4)
+    loader = torch.utils.data.DataLoader(patches, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 2 and tuple(batches[0]["image"].shape) == (4, 8, 32, 32)
+    again = list(torch.utils.data.DataLoader(patches, batch_size=4, num_workers=0))
+    assert torch.equal(batches[1]["image"], again[1]["image"])  # patches depend on the index, not the worker
+
+
+@pytest.mark.s3
+def test_dataset_over_an_s3_prefix(tmp_path: Path, seaweedfs: str) -> None:
+    pytest.importorskip("torch")
+    import cubepacs
+    from cubepacs._registry import open_backend
+    from cubepacs.research.dataset import CubeDataset
+
+    cube = tmp_path / "ct.dcbs"
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(next(s for s in SERIES if s.name.startswith("ct_philips")))),
+                  cube)
+    storage = open_backend("storage", seaweedfs, access_key="test", secret_key="test")
+    storage.put("cohort/ct.dcbs", cube.read_bytes())
+    remote = CubeDataset(seaweedfs, mode="slice", storage_options={"access_key": "test", "secret_key": "test"})
+    local = CubeDataset(tmp_path, mode="slice")
+    assert len(remote) == len(local) == 54
+    assert np.array_equal(remote[20]["image"].numpy(), local[20]["image"].numpy())
