@@ -131,8 +131,9 @@ def _cli(archive: Server, out: Path, *extra: str) -> subprocess.CompletedProcess
 
 
 def test_export_to_dicom_cubes_and_delta_then_resume(archive: Server, tmp_path: Path) -> None:
-    import cubepacs
     from deltalake import DeltaTable
+
+    import cubepacs
 
     out = tmp_path / "cohort"
     run = _cli(archive, out)
@@ -197,7 +198,7 @@ def test_dataset_matches_pydicom_and_works_with_workers(tmp_path: Path) -> None:
     refs.sort(key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, float), normal)))
     slices = CubeDataset(tmp_path, mode="slice")
     assert len(slices) == 200
-    ct_index = [i for i in range(len(slices.paths)) if slices.paths[i].endswith("ct.dcbs")][0]
+    ct_index = next(i for i in range(len(slices.paths)) if slices.paths[i].endswith("ct.dcbs"))
     offset = int(slices._starts[ct_index])
     for s in (0, 37, 99):
         item = slices[offset + s]
