@@ -56,6 +56,8 @@ def select(index: Any, tenant: str, filters: dict[str, Any] | None = None, studi
            series: list[str] | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Instance rows of ``tenant`` by series: a QIDO-style study query (keywords → values), study UIDs, series UIDs."""
     chosen: list[dict[str, Any]] = []
+    if filters and "Modality" in filters:  # a study query: the studies holding that modality
+        filters = {("ModalitiesInStudy" if k == "Modality" else k): v for k, v in filters.items()}
     if filters:
         for s in index.search_studies(tenant, filters, limit=100_000):
             chosen += index.instances_of(tenant, s["study_uid"])
