@@ -456,3 +456,53 @@ def test_unknown_called_ae_and_calling_allow_list_are_rejected(strict: Server) -
     assert other.is_rejected and other.acceptor.primitive.diagnostic == 0x03  # type: ignore[attr-defined]
     trusted = associate("TRUSTED", "BETAPACS")
     assert not trusted.is_rejected and trusted.is_released  # type: ignore[attr-defined]
+
+
+def test_more_than_128_contexts_go_over_several_associations(strict: Server) -> None:
+    """70 instances of 70 storage SOP classes need 140 presentation contexts (stored syntax + fallback each): the
+    C-MOVE opens more than one association to the destination. (The SOP classes are rewritten here from one real
+    CT: no data set holds 70 classes.)"""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+
+    from tests.archive.conftest import DEST_PORT
+
+    classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts][:70]
+    study = pydicom.uid.generate_uid()
+    datas = []
+    for sop_class in classes:
+        ds = pydicom.dcmread(io.BytesIO(crafted.renamed(study=study)))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        datas.append(out.getvalue())
+    assert stow(strict, datas).status_code == 200
+    wait_until(lambda: httpx.get(f"{strict.url}/studies/{study}/instances", headers=strict.headers(),
+                                 params={"limit": 100}).status_code == 200 and
+               len(httpx.get(f"{strict.url}/studies/{study}/instances", headers=strict.headers(),
+                             params={"limit": 100}).json()) == 70)
+    received: list[str] = []
+    associations: list[int] = []
+
+    def on_store(event: object) -> int:
+        received.append(str(event.request.AffectedSOPClassUID))  # type: ignore[attr-defined]
+        return 0
+
+    dest = AE(ae_title="DEST")
+    for cx in AllStoragePresentationContexts:
+        dest.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    server = dest.start_server(("127.0.0.1", DEST_PORT), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, lambda e: associations.append(1))])
+    try:
+        scu = AE(ae_title="MOVER")
+        scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = scu.associate("127.0.0.1", strict.dimse_port, ae_title="CUBEPACS")
+        ident = pydicom.Dataset()
+        ident.QueryRetrieveLevel = "STUDY"
+        ident.StudyInstanceUID = study
+        final = [s for s, _ in assoc.send_c_move(ident, "DEST", StudyRootQueryRetrieveInformationModelMove)][-1]
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert final.Status == 0 and sorted(received) == sorted(classes)
+    assert len(associations) >= 2
