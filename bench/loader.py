@@ -102,7 +102,8 @@ def main() -> None:
         for workers in (0, 2):
             ours = rate(CubeDataset(cubes, mode=mode, patch_size=patch, patches_per_volume=12), workers, limit)
             anchor = rate(DicomFolders(folders, mode, patch, 12), workers, limit)
-            print(f"{mode + 'es' if mode == 'patch' else mode + 's':8} {workers:7d} {ours:9.1f} {anchor:9.1f} {ours / anchor:6.2f}x")
+            label = "patches" if mode == "patch" else "slices"
+            print(f"{label:8} {workers:7d} {ours:9.1f} {anchor:9.1f} {ours / anchor:6.2f}x")
 
 
 if __name__ == "__main__":

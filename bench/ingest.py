@@ -1,0 +1,162 @@
+"""C-STORE ingest, cubepacs vs Orthanc, measured fairly: same data, same clients, both servers given
+``TCP_NODELAY=1`` in their environment (Orthanc, like every DCMTK-based server, reads it), in one private network
+namespace.
+
+Usage (root): .venv/bin/python bench/ingest.py [--levels 1,4,16,32]
+
+For each number of concurrent DCMTK storescu associations, the 404 files of the four series of ../shared/data are
+sent to each server with new Study/Series/SOP Instance UIDs (a fresh copy per level, so nothing is a re-send).
+Reported per server: instances/s and MB/s, refused or failed associations, server CPU per instance (user + system
+time of the server process, indexing included: measured until the instances are visible in a query), and for
+cubepacs the indexing lag (last acknowledgement → all instances visible in QIDO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pydicom
+from pydicom.uid import generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "series"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / TICK  # utime, stime, cutime, cstime
+
+
+def copies(out: Path) -> list[Path]:
+    """The shared series with new UIDs (one new study per series)."""
+    out.mkdir(parents=True)
+    files = []
+    for folder in sorted(d for d in DATA.iterdir() if d.is_dir()):
+        study, series = generate_uid(), generate_uid()
+        for f in sorted(folder.iterdir()):
+            if f.suffix == ".txt" or f.name == "DIRFILE":
+                continue
+            ds = pydicom.dcmread(f)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            target = out / f"{len(files):05d}.dcm"
+            ds.save_as(target)
+            files.append(target)
+    return files
+
+
+def store(port: int, aet: str, files: list[Path], streams: int) -> tuple[float, int]:
+    """(seconds, failed storescu processes) for ``streams`` concurrent storescu over ``files``."""
+    chunks = [files[i::streams] for i in range(streams)]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, c)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in chunks if c]
+    failed = sum(p.wait() != 0 for p in procs)
+    return time.perf_counter() - start, failed
+
+
+def wait_http(url: str, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def run_inside(levels: list[int]) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cubepacs-ingest-"))
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    ocfg = {"Name": "bench", "StorageDirectory": str(tmp / "orthanc"), "IndexDirectory": str(tmp / "orthanc"),
+            "DicomAet": "ORTHANC", "DicomPort": 4242, "HttpPort": 8043, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "MaximumPatientCount": 0,
+            "DicomThreadsCount": 32}
+    (tmp / "orthanc.json").write_text(json.dumps(ocfg))
+    orthanc = subprocess.Popen(["Orthanc", str(tmp / "orthanc.json")], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    key = "bench-key-0123456789"
+    (tmp / "c.toml").write_text(f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\n'
+                                f'api_keys = {{ "{key}" = "default" }}\n')
+    ours = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "c.toml")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    auth = {"Authorization": f"Bearer {key}", "Accept-Encoding": "identity"}
+    rows = []
+    try:
+        wait_http("http://127.0.0.1:8043/system")
+        wait_http("http://127.0.0.1:8042/healthz")
+        total_o = total_c = 0
+        for level in levels:
+            for name, port, aet, pid in (("Orthanc", 4242, "ORTHANC", orthanc.pid), ("cubepacs", 11112, "CUBEPACS",
+                                                                                    ours.pid)):
+                files = copies(tmp / f"{name}-{level}")
+                size = sum(f.stat().st_size for f in files)
+                cpu0 = cpu_seconds(pid)
+                seconds, failed = store(port, aet, files, level)
+                lag = 0.0
+                if name == "cubepacs":
+                    total_c += len(files)
+                    t0 = time.perf_counter()
+                    while True:
+                        r = httpx.get("http://127.0.0.1:8042/dicom-web/instances", headers=auth,
+                                      params={"limit": 100_000})
+                        if r.status_code == 200 and len(r.json()) >= total_c:
+                            break
+                        time.sleep(0.05)
+                    lag = time.perf_counter() - t0
+                else:
+                    total_o += len(files)
+                cpu = cpu_seconds(pid) - cpu0
+                rows.append({"server": name, "associations": level, "instances": len(files),
+                             "inst_s": len(files) / seconds, "mb_s": size / seconds / 1e6, "failed": failed,
+                             "cpu_ms_per_instance": 1000 * cpu / len(files), "lag_s": lag})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+                shutil.rmtree(tmp / f"{name}-{level}")
+        rss = {name: int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
+               for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
+    finally:
+        for p in (ours, orthanc):
+            p.terminate()
+            p.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'assoc':>5} {'Orthanc inst/s':>14} {'cubepacs inst/s':>15} {'ratio':>6} {'MB/s O/c':>13} "
+          f"{'CPU ms/inst O/c':>16} {'failed O/c':>10} {'lag s':>6}")
+    for level in levels:
+        o = next(r for r in rows if r["server"] == "Orthanc" and r["associations"] == level)
+        c = next(r for r in rows if r["server"] == "cubepacs" and r["associations"] == level)
+        print(f"{level:5d} {o['inst_s']:14.1f} {c['inst_s']:15.1f} {c['inst_s'] / o['inst_s']:5.2f}x "
+              f"{o['mb_s']:6.1f}/{c['mb_s']:<6.1f} {o['cpu_ms_per_instance']:7.1f}/{c['cpu_ms_per_instance']:<8.1f} "
+              f"{o['failed']:4d}/{c['failed']:<5d} {c['lag_s']:6.2f}")
+    print(f"memory after the runs: Orthanc {rss['Orthanc']} MB, cubepacs {rss['cubepacs']} MB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--levels", default="1,4,16,32", help="concurrent storescu associations, comma-separated")
+    args = ap.parse_args()
+    levels = [int(v) for v in args.levels.split(",")]
+    if os.environ.get("CUBEPACS_BENCH_NETNS") == "1":
+        run_inside(levels)
+        return
+    if shutil.which("Orthanc") is None:
+        sys.exit("Orthanc is not installed: apt-get install orthanc")
+    sys.exit(subprocess.call(["unshare", "-n", sys.executable, *sys.argv],
+                             env={**os.environ, "CUBEPACS_BENCH_NETNS": "1"}))
+
+
+if __name__ == "__main__":
+    main()
