@@ -252,4 +252,5 @@ def test_ohif_from_another_origin_through_cors(browser: Any, site: Server, tmp_p
         context.close()
     finally:
         server.shutdown()
+        server.server_close()
 
