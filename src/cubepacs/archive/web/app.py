@@ -1,13 +1,13 @@
 """The DICOMweb application: tenant authentication, QIDO-RS; WADO-RS and STOW-RS routes from their modules.
 
-Every request needs ``Authorization: Bearer <api key>`` (or ``X-Api-Key``); the key selects the tenant, and a
-tenant only ever sees its own rows and objects.
+Every request needs a credential — ``Authorization: Bearer <api key or OIDC token>``, ``X-Api-Key``, HTTP Basic
+with the key as password, or a browser session cookie — which selects the tenant; a tenant only ever sees its own
+rows and objects. ``/healthz``, ``/readyz`` and ``/metrics`` need none.
 
 Example
 -------
 >>> import tempfile, os
->>> from cubepacs.archive import metrics
-from cubepacs.archive.index.store import Index
+>>> from cubepacs.archive.index.store import Index
 >>> from cubepacs.archive.queue.embedded import EmbeddedQueue
 >>> from cubepacs.archive.storage.file import FileStorage
 >>> tmp = tempfile.mkdtemp()

@@ -14,7 +14,7 @@ Example
 >>> parse_window("40")
 Traceback (most recent call last):
 ...
-ValueError: window must be 'center,width[,function]' with a positive width, not '40'
+ValueError: window must be 'center,width[,function]' with a positive width, not '40' (function: linear, linear_exact, sigmoid)
 """
 
 from __future__ import annotations
