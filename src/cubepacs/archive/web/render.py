@@ -14,7 +14,7 @@ Example
 >>> parse_window("40")
 Traceback (most recent call last):
 ...
-ValueError: window must be 'center,width[,function]' with a positive width, not '40' (function: linear, linear_exact, sigmoid)
+ValueError: window must be 'center,width[,linear|linear_exact|sigmoid]' with width > 0, not '40'
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def parse_window(text: str) -> tuple[float, float, str]:
         if not (np.isfinite(center) and np.isfinite(width) and width > 0):
             raise ValueError
     except (ValueError, KeyError):
-        raise ValueError(f"window must be 'center,width[,function]' with a positive width, not {text[:60]!r}"
-                         f" (function: {', '.join(FUNCTIONS)})") from None
+        raise ValueError(f"window must be 'center,width[,linear|linear_exact|sigmoid]' with width > 0, "
+                         f"not {text[:60]!r}") from None
     return center, width, function
 
 
