@@ -26,7 +26,7 @@ from cubepacs.cube.codecs import CODEC_NAMES, DEFAULT_CODEC
 from cubepacs.cube.reader import CubeReader, is_cube
 from cubepacs.errors import CubepacsError
 
-app = typer.Typer(help="cubepacs: DICOM series cubes (.dcbs) with a byte-exact round trip.",
+app = typer.Typer(help="cubepacs: DICOM series cubes (.dcbs), a PACS archive built on them, and a lake of headers.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 out = Console()

@@ -89,7 +89,7 @@ def serve(config: Config = None, data_dir: DataDir = None, host: Host = None, di
 @app.command()
 def storescp(config: Config = None, data_dir: DataDir = None, host: Host = None, dimse_port: DimsePort = None,
              storage: Storage = None, queue: Queue = None, index: Index = None) -> None:
-    """Run the DIMSE SCP alone (C-ECHO, C-STORE, C-FIND)."""
+    """Run the DIMSE SCP alone (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, storage commitment)."""
     _run({"storescp"}, config, data_dir=data_dir, host=host, dimse_port=dimse_port, storage=storage, queue=queue,
          index=index)
 
@@ -111,6 +111,6 @@ def webworker(config: Config = None, data_dir: DataDir = None, storage: Storage 
 @app.command()
 def web(config: Config = None, data_dir: DataDir = None, host: Host = None, http_port: HttpPort = None,
         storage: Storage = None, queue: Queue = None, index: Index = None, cache: Cache = None) -> None:
-    """Run DICOMweb alone (QIDO-RS, WADO-RS, STOW-RS)."""
+    """Run the web alone: DICOMweb (QIDO-RS, WADO-RS, STOW-RS), the archive API, the viewer, health and metrics."""
     _run({"web"}, config, data_dir=data_dir, host=host, http_port=http_port, storage=storage, queue=queue,
          index=index, cache=cache)
