@@ -408,7 +408,7 @@ def test_silent_connections_neither_lock_out_nor_stay(strict: Server) -> None:
 
     silent = [socket.create_connection(("127.0.0.1", strict.dimse_port)) for _ in range(10)]
     try:
-        res = dcmtk("echoscu", "-aec", "CUBEPACS", "127.0.0.1", str(strict.dimse_port))
+        res = dcmtk("storescu", "-aec", "CUBEPACS", "127.0.0.1", str(strict.dimse_port), str(crafted.CT))
         assert res.returncode == 0, res.stderr
         time.sleep(4)  # acse_timeout is 2 s: the server hangs up on peers that never ask for an association
         for s in silent:
@@ -506,3 +506,38 @@ def test_more_than_128_contexts_go_over_several_associations(strict: Server) -> 
         server.shutdown()
     assert final.Status == 0 and sorted(received) == sorted(classes)
     assert len(associations) >= 2
+
+
+def test_c_get_sends_the_stored_bytes(strict: Server) -> None:
+    """C-GET of a JPEG Lossless instance by a requestor that accepts that syntax: the dataset it receives is the
+    stored one, byte for byte (not re-encoded by pydicom)."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+    from cubepacs.archive.dimse.scu import dataset_offset
+    from tests.conftest import SINGLES
+
+    src = next(p for p in SINGLES if p.name == "ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm")
+    data = src.read_bytes()
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    stow(strict, [data])
+    wait_until(lambda: indexed(strict, data))
+    received: list[bytes] = []
+
+    def on_store(event: object) -> int:
+        received.append(event.encoded_dataset(include_meta=False))  # type: ignore[attr-defined]
+        return 0
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(ds.SOPClassUID, "1.2.840.10008.1.2.4.70")
+    assoc = ae.associate("127.0.0.1", strict.dimse_port, ae_title="CUBEPACS",
+                         ext_neg=[build_role(ds.SOPClassUID, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    ident = pydicom.Dataset()
+    ident.QueryRetrieveLevel = "IMAGE"
+    ident.StudyInstanceUID, ident.SeriesInstanceUID = ds.StudyInstanceUID, ds.SeriesInstanceUID
+    ident.SOPInstanceUID = ds.SOPInstanceUID
+    statuses = [s.Status for s, _ in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet) if s]
+    assoc.release()
+    assert statuses[-1] == 0 and received == [data[dataset_offset(data):]]

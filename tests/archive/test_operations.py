@@ -269,3 +269,44 @@ def test_check_reaches_the_scale_out_backends(tmp_path: Path, seaweedfs: str, ka
         run = subprocess.run(broken, check=False, capture_output=True, text=True, timeout=120, env=env)
         assert run.returncode == 4 and "127.0.0.1:1" in run.stdout + run.stderr, run.stdout + run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_services_alone_serve_metrics_and_users_sign_in(tmp_path: Path) -> None:
+    port, dimse, http_port = free_port(), free_port(), free_port()
+    cfg = write_config(tmp_path / "m.toml", tmp_path / "data", dimse, http_port, metrics_port=port)
+    proc = subprocess.Popen([sys.executable, "-m", "cubepacs", "indexer", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/metrics") is not None, timeout=30)
+        assert "cubepacs_indexed_instances_total" in str(_get(f"http://127.0.0.1:{port}/metrics"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    # a browser user: password stored as an Argon2id hash, signs in for its tenant
+    add = subprocess.run([sys.executable, "-m", "cubepacs", "users", "add", "alice", "--tenant", "alpha",
+                          "--data-dir", str(tmp_path / "data"), "--password-stdin"], input="correct horse battery\n",
+                         check=False, capture_output=True, text=True)
+    assert add.returncode == 0, add.stderr
+    stored = (tmp_path / "data" / "users.json").read_text()
+    assert "$argon2id$" in stored and "correct horse" not in stored
+    srv = start_server(tmp_path / "data", cfg, dimse, http_port)
+    try:
+        base = f"http://127.0.0.1:{srv.http_port}"
+        bad = httpx.post(f"{base}/login", data={"user": "alice", "password": "wrong"})
+        assert bad.status_code == 401 and "cubepacs_session" not in bad.cookies
+        good = httpx.post(f"{base}/login", data={"user": "alice", "password": "correct horse battery"})
+        assert good.status_code == 303 and "cubepacs_session" in good.cookies
+        cookie = {"cubepacs_session": good.cookies["cubepacs_session"]}
+        assert httpx.get(f"{base}/dicom-web/studies", cookies=cookie).status_code in (200, 204)
+        out = httpx.post(f"{base}/logout", cookies=cookie)
+        assert out.status_code == 303 and 'cubepacs_session=""' in out.headers["set-cookie"]
+    finally:
+        stop_server(srv)
+
+
+
+def _get(url: str) -> str | None:
+    try:
+        return httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return None

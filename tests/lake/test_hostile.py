@@ -124,3 +124,12 @@ def test_error_rows_name_the_entry(tmp_path: Path) -> None:
     (zrow,) = list(read_item(WorkItem("zip", str(zipped))))
     assert "dir/bad.dcm" in str(zrow["error"])
 
+
+
+def test_deep_nesting_is_an_error_row(tmp_path: Path) -> None:
+    from tests.archive.crafted import deep_nesting
+
+    path = tmp_path / "deep.dcm"
+    path.write_bytes(deep_nesting())
+    row = _one(path)
+    assert row["error"] and str(path.resolve()) in str(row["error"])

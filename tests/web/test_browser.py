@@ -128,6 +128,12 @@ def test_sign_in_and_the_study_list(browser: Any, site: Server) -> None:
         assert str(len(dicom_files(series))) in lines
         assert ds.Modality in lines
     assert "1-4 of 4" in page.inner_text("body")
+    # the study list is the study browser: filter by patient (a QIDO search with wildcards)
+    page.locator("input").nth(0).fill("HEAD")
+    page.wait_for_selector("text=1-1 of 1", timeout=20_000)
+    page.screenshot(path=str(ARTIFACTS / "study-list-filtered.png"))
+    page.locator("input").nth(0).fill("")
+    page.wait_for_selector("text=1-4 of 4", timeout=20_000)
     assert watch.failed == [] and watch.errors == []
     # the key never reaches the page: app-config.js only holds the session's CSRF token
     assert KEYS["alpha"] not in page.evaluate("JSON.stringify(window.config)")
