@@ -226,9 +226,13 @@ def test_dataset_over_an_s3_prefix(tmp_path: Path, seaweedfs: str) -> None:
     cube = tmp_path / "ct.dcbs"
     cubepacs.save(cubepacs.load_from_dicom_folder(str(next(s for s in SERIES if s.name.startswith("ct_philips")))),
                   cube)
-    storage = open_backend("storage", seaweedfs, access_key="test", secret_key="test")
+    import uuid
+
+    path, _, query = seaweedfs.partition("?")
+    url = f"{path}/loader-{uuid.uuid4().hex[:8]}?{query}"  # a prefix of its own in the shared bucket
+    storage = open_backend("storage", url, access_key="test", secret_key="test")
     storage.put("cohort/ct.dcbs", cube.read_bytes())
-    remote = CubeDataset(seaweedfs, mode="slice", storage_options={"access_key": "test", "secret_key": "test"})
+    remote = CubeDataset(url, mode="slice", storage_options={"access_key": "test", "secret_key": "test"})
     local = CubeDataset(tmp_path, mode="slice")
     assert len(remote) == len(local) == 54
     assert np.array_equal(remote[20]["image"].numpy(), local[20]["image"].numpy())
