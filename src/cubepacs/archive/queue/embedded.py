@@ -90,9 +90,16 @@ class EmbeddedQueue(Queue):
             return
         topic = messages[0].topic
         last = max(m.id for m in messages)
-        self._conn().execute(
-            "INSERT INTO offsets (grp, topic, acked) VALUES (?, ?, ?) "
-            "ON CONFLICT (grp, topic) DO UPDATE SET acked = max(acked, excluded.acked)", (group, topic, last))
+        conn = self._conn()
+        # An acknowledgement need not survive a power cut: lost, it only makes the (idempotent) consumer see the
+        # events again. So it is committed without the fsync that publishing keeps (synchronous=NORMAL in WAL).
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute(
+                "INSERT INTO offsets (grp, topic, acked) VALUES (?, ?, ?) "
+                "ON CONFLICT (grp, topic) DO UPDATE SET acked = max(acked, excluded.acked)", (group, topic, last))
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
 
     def ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
