@@ -236,3 +236,15 @@ def test_dataset_over_an_s3_prefix(tmp_path: Path, seaweedfs: str) -> None:
     local = CubeDataset(tmp_path, mode="slice")
     assert len(remote) == len(local) == 54
     assert np.array_equal(remote[20]["image"].numpy(), local[20]["image"].numpy())
+
+
+def test_safe_private_attributes_are_kept() -> None:
+    path = next(s for s in SINGLES if s.name == "mr_siemens_csa_private_overlays.dcm")
+    before = pydicom.dcmread(path, stop_before_pixels=True)
+    res = deidentify(path.read_bytes(), Options(SECRET.encode(), safe_private=(("SIEMENS MEDCOM HEADER", 0x31),)))
+    after = pydicom.dcmread(io.BytesIO(res.data), stop_before_pixels=True)
+    private = [e for e in after if e.tag.is_private and not e.tag.is_private_creator]
+    assert len(private) == 1 and private[0].value == before[0x00291031].value
+    assert after.private_block(0x0029, "SIEMENS MEDCOM HEADER")[0x31].value == before[0x00291031].value
+    codes = [i.CodeValue for i in after.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113111"]
