@@ -94,28 +94,9 @@ def header_end(buf: bytes, eof: bool, source: str = "") -> tuple[int, int | None
     """(end of header, Pixel Data tag or None) of an encoded file whose first ``len(buf)`` bytes are known.
 
     Raises :class:`NeedMore` when an element runs past ``buf`` and more bytes exist, DicomReadError when the file
-    ends inside an element.
+    ends inside an element or a ``(0000,0000)`` element shows zero-filled data.
     """
-    pos, ts = file_meta(buf, eof, source)
-    if ts in DEFLATED:  # the dataset is one deflate stream: the whole entry is needed
-        if not eof:
-            raise NeedMore()
-        return len(buf), None
-    implicit, little = _guess_encoding(buf, pos) if ts is None else _encoding_of(ts)
-    cur = _Cursor(buf, little, source)
-    while pos < len(buf):
-        try:
-            tag, vr, length, hsize = cur.header(pos, implicit)
-            if tag in PIXEL_TAGS:
-                return pos, tag
-            pos = cur.end_of(pos, implicit, tag, vr, length, hsize)
-        except DicomReadError:
-            if eof:
-                raise
-            raise NeedMore() from None
-    if not eof:  # no Pixel Data yet: it may be in the bytes not read
-        raise NeedMore()
-    return pos, None
+    return _HeaderScan(source).advance(buf, eof)
 
 
 class _HeaderScan:
@@ -127,8 +108,9 @@ class _HeaderScan:
         self.implicit = self.little = True
         self.deflated = False
 
-    def advance(self, buf: bytes, eof: bool) -> int:
-        """The header's end in ``buf`` (Pixel Data or the end); NeedMore while it may lie beyond."""
+    def advance(self, buf: bytes, eof: bool) -> tuple[int, int | None]:
+        """The header's end in ``buf`` and the Pixel Data tag found there (None at the end); NeedMore while it may
+        lie beyond."""
         if self.pos is None:
             pos, ts = file_meta(buf, eof, self.source)
             self.deflated = ts in DEFLATED
@@ -137,14 +119,14 @@ class _HeaderScan:
         if self.deflated:  # the dataset is one deflate stream: the whole entry is needed
             if not eof:
                 raise NeedMore()
-            return len(buf)
+            return len(buf), None
         cur = _Cursor(buf, self.little, self.source)
         while self.pos < len(buf):
             tag = -1
             try:
                 tag, vr, length, hsize = cur.header(self.pos, self.implicit)
                 if tag in PIXEL_TAGS:
-                    return self.pos
+                    return self.pos, tag
                 if tag == 0:
                     raise DicomReadError(self.source, "element (0000,0000) in the dataset: not a DICOM header "
                                                       "(zero-filled data?)", self.pos)
@@ -155,7 +137,7 @@ class _HeaderScan:
                 raise NeedMore() from None
         if not eof:
             raise NeedMore()
-        return self.pos
+        return self.pos, None
 
 
 def read_and_parse(stream: IO[bytes], row: Row, source: str, bulk_threshold: int,
@@ -271,8 +253,8 @@ def parse_buffer(buf: bytes, eof: bool, row: Row, source: str, bulk_threshold: i
     except DicomReadError:
         if not eof:
             raise NeedMore() from None
-        header_end(buf, eof, source)  # a broken top level raises the error naming the entry
-        end, pixel = header_end(buf, eof, source)  # sound top level, odd inside (deep items…): pydicom decides
+        # a broken top level raises the error naming the entry; a sound one, odd inside: pydicom decides
+        end, pixel = header_end(buf, eof, source)
         _pydicom_parse(buf[:end], row, bulk_threshold)
         if pixel is not None:
             row["bulk_tags"].append(f"{pixel:08X}")
