@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pydicom
+from archive import wait_http  # bench/archive.py (this folder is on sys.path when run as a script)
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,18 +65,6 @@ def store(port: int, aet: str, files: list[Path], streams: int) -> tuple[float, 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in chunks if c]
     failed = sum(p.wait() != 0 for p in procs)
     return time.perf_counter() - start, failed
-
-
-def wait_http(url: str, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, headers=headers, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def run_inside(levels: list[int]) -> None:

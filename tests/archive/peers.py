@@ -200,14 +200,9 @@ def main(out: Path) -> None:
                             "other": {k: v for k, v in outcome.items() if v not in ("bytes", "elements", "pixels")}}
         result["log"] = (tmp / "cubepacs.log").read_text(errors="replace")[-3000:]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        log.close()
+        from tests.archive.conftest import stop_all
+
+        stop_all(procs, [log])
     out.write_text(json.dumps(result, indent=1))
 
 

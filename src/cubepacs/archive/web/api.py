@@ -23,8 +23,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from cubepacs.archive import manage
-from cubepacs.archive.keys import check_uid
 from cubepacs.archive.web.app import Services, tenant_of
+from cubepacs.archive.web.wado import _uids
 from cubepacs.errors import ConfigError, CubepacsError
 
 API = "/api"
@@ -34,19 +34,11 @@ def _line(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc).encode() + b"\n"
 
 
-def _check(*uids: str) -> None:
-    for uid in uids:
-        try:
-            check_uid(uid)
-        except ConfigError as exc:
-            raise HTTPException(400, str(exc)) from None
-
-
 def add_routes(app: FastAPI, services: Services) -> None:
     """Register the ``/api`` routes."""
 
     def delete(tenant: str, study: str, series: str | None, sop: str | None) -> JSONResponse:
-        _check(*(u for u in (study, series, sop) if u))
+        _uids(*(u for u in (study, series, sop) if u))
         rows = services.index.instances_of(tenant, study, series, [sop] if sop else None)
         if not rows:
             return JSONResponse({"deleted": 0})

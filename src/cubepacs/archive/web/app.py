@@ -20,6 +20,7 @@ Example
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,13 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from cubepacs.archive import metrics
+from cubepacs.archive.apikeys import normalize, tenant_of_key
 from cubepacs.archive.index.store import Index
+from cubepacs.archive.logs import REQUEST_ID
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
+from cubepacs.archive.web.session import COOKIE, CSRF_HEADER
+from cubepacs.archive.web.tokens import looks_like_jwt
 
 DICOM_JSON = "application/dicom+json"
 MAX_CACHED = 8 * 1024 * 1024  # larger answers are not cached (the big ones are pre-built files anyway)
@@ -124,8 +129,6 @@ _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 def session_of(request: Request) -> tuple[str, str] | None:
     """(tenant, CSRF token) of the browser session cookie, when valid."""
-    from cubepacs.archive.web.session import COOKIE
-
     services: Services = request.app.state.services
     token = request.cookies.get(COOKIE)
     return services.sessions.verify(token) if token and services.sessions is not None else None
@@ -152,12 +155,7 @@ def api_key_of(request: Request) -> str:
 def tenant_of(request: Request) -> str:
     """The request's tenant: from ``Authorization: Bearer <key>`` or ``X-Api-Key``, else from the session cookie
     (then a state-changing request must carry its CSRF token in ``X-CSRF-Token``); 401 without any."""
-    from cubepacs.archive.web.session import CSRF_HEADER
-
     services: Services = request.app.state.services
-    from cubepacs.archive.apikeys import tenant_of_key
-    from cubepacs.archive.web.tokens import looks_like_jwt
-
     key = api_key_of(request)
     services.refresh_keys()
     tenant = tenant_of_key(services.api_keys, key)
@@ -268,7 +266,6 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     """The DICOMweb app (routes under ``/dicom-web``), the archive's API (``/api``), health, metrics and the web
     UI; ``extensions`` are functions ``(app, services)`` adding more routes (before the UI's catch-all)."""
-    from cubepacs.archive.apikeys import normalize
     from cubepacs.archive.web import api, stow, ui, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
@@ -286,10 +283,6 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Response:
-        import secrets
-
-        from cubepacs.archive.logs import REQUEST_ID
-
         start = time.perf_counter()
         request_id = secrets.token_hex(8)
         REQUEST_ID.set(request_id)
