@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from cubepacs.archive.dimse import handlers as h
-from cubepacs.archive.dimse import retrieve
+from cubepacs.archive.dimse import lean, retrieve
 from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
@@ -86,14 +86,16 @@ def tls_context(cert: str, key: str, ca: str = "") -> ssl.SSLContext:
 def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], storage: Storage, queue: Queue,
               index: Index, remote_aes: dict[str, str] | None = None, limits: Limits | None = None,
               allowed: dict[str, list[str]] | None = None, overwrite: bool = False,
-              tls: tuple[int, ssl.SSLContext] | None = None, cert_tenants: dict[str, str] | None = None) -> Any:
+              tls: tuple[int, ssl.SSLContext] | None = None, cert_tenants: dict[str, str] | None = None,
+              reuse_port: bool = False) -> Any:
     """Start the SCP in background threads; returns a server (call ``shutdown()`` to stop; it stops the TLS
     listener too).
 
     ``allowed``: tenant → calling AE titles (``AE`` or ``AE@address``) it accepts (none listed: any);
     ``overwrite``: a re-sent SOP Instance UID replaces the stored one (default: the first is kept);
     ``tls``: (port, context) of a DICOM TLS listener beside the plain one; ``cert_tenants``: client certificate
-    common name → the only tenant an association with that certificate may call.
+    common name → the only tenant an association with that certificate may call; ``reuse_port``: bind with
+    SO_REUSEPORT (several worker processes on one port).
     """
     ae = build_ae(ae_title, limits)
     handlers: list[Any] = [
@@ -117,7 +119,7 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
     servers = Listeners()
     for p, ctx in ((port, None), *((tls,) if tls is not None else ())):
         try:
-            servers.items.append(ae.start_server((host, p), block=False, evt_handlers=handlers, ssl_context=ctx))
+            servers.items.append(lean.start_server(ae, (host, p), handlers, ctx, reuse_port=reuse_port))
         except OSError as exc:
             servers.shutdown()
             raise ListenError(f"DIMSE cannot listen on {host}:{p}: {exc.strerror or exc}") from None

@@ -1,0 +1,259 @@
+"""A leaner pynetdicom acceptor: reactors that block until there is work, contexts shared, not copied.
+
+Why (pynetdicom 3.0, measured with py-spy under 4 storing associations): each association runs two threads that
+poll. The DUL reactor sleeps 1 ms whenever its socket and its send queue are empty (``dul.py``, 26 % of the
+C-STORE threads' samples), and the association reactor sleeps 1 ms between looks at its message queue
+(``association.py``, 13 %). Every new association also deep-copies the ~2,000 supported presentation contexts
+(12 % of the GIL), although negotiation only reads them. The subclasses here change just that:
+
+* ``LeanDUL`` waits in ``select()`` on its socket *and* a wake-up pipe that its send queue writes to, so it
+  sleeps until a PDU arrives or one is to be sent (50 ms at most, the resolution of its ARTIM timer check);
+* ``LeanAssociation`` waits on an event set whenever the DUL hands it a message, a release or an abort (50 ms at
+  most, the resolution of the network idle timeout check);
+* ``LeanRequestHandler`` gives each association the server's context list itself.
+
+The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
+replaced; everything else — state machine, PDU coding, events — is pynetdicom's.
+
+Example
+-------
+>>> from pynetdicom import AE
+>>> LeanAssociation(AE(), "acceptor").dul.__class__.__name__
+'LeanDUL'
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+from datetime import datetime
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+LOGGER = logging.getLogger("pynetdicom.dul")
+_TICK = 0.05  # the longest a reactor sleeps without work: how often timers are looked at
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """A queue whose ``put`` also calls ``wake`` (the consumer blocks elsewhere)."""
+
+    def __init__(self, wake: Any) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class LeanDUL(DULServiceProvider):
+    """pynetdicom's DUL, sleeping in ``select()`` on the socket and a wake-up pipe instead of polling."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.to_provider_queue = _WakingQueue(self.poke)
+
+    def poke(self) -> None:
+        """Wake the reactor (a primitive is to be sent, or it is to stop)."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # the pipe is full (it will wake anyway) or closed
+            pass
+
+    def kill_dul(self) -> None:
+        self._kill_thread = True
+        self.poke()
+
+    def stop_dul(self) -> bool:
+        self.poke()
+        return bool(super().stop_dul())
+
+    def _idle(self) -> None:
+        """Sleep until the socket is readable, a primitive is queued, or _TICK has passed."""
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is None or self.state_machine.current_state == "Sta13":
+            threading.Event().wait(0.001)  # closing down: pynetdicom's own pace
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        try:
+            ready, _, _ = select.select([sock, self._wake_r], [], [], _TICK)
+        except (OSError, ValueError):  # the socket was closed under us: the next check raises Evt17
+            return
+        if self._wake_r in ready:
+            try:
+                self._wake_r.recv(4096)
+            except OSError:
+                pass
+
+    def run_reactor(self) -> None:
+        """pynetdicom's ``DULServiceProvider.run_reactor`` with its 1 ms sleep replaced by ``_idle``."""
+        try:
+            self._reactor()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _reactor(self) -> None:
+        self._idle_timer.start()
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if idle:
+                self._idle()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:  # as pynetdicom: bypass the state machine and abort
+                LOGGER.error("Exception in DUL.run(), aborting association")
+                LOGGER.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                if self.socket is not None:
+                    self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                getattr(self.assoc, "poke", lambda: None)()
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+
+
+class LeanAssociation(Association):
+    """pynetdicom's acceptor association, woken by its DUL rather than polling every millisecond."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._wake = threading.Event()
+        self.dul = LeanDUL(self)
+        self.acse_timeout, self.network_timeout = self.acse_timeout, self.network_timeout  # onto the new DUL's timers
+        self.dul.to_user_queue = _WakingQueue(self.poke)
+        self.dimse.msg_queue = _WakingQueue(self.poke)
+
+    def poke(self) -> None:
+        """Wake the association reactor."""
+        self._wake.set()
+
+    def kill(self) -> None:
+        self._wake.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's ``Association._run_reactor`` with its 1 ms sleep replaced by waiting to be woken."""
+        self._is_paused = False
+        while not self._kill:
+            self._wake.wait(_TICK)
+            self._wake.clear()
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, int(context_id or 0))
+                if not self.dimse.msg_queue.empty():
+                    self._wake.set()
+            if self._closed_by_peer():
+                return
+
+    def _closed_by_peer(self) -> bool:
+        """Release, abort, a stopped DUL or the idle timeout: handled as pynetdicom does; True when finished."""
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            self.is_released, self.is_established = True, False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return True
+        if self.acse.is_aborted():
+            self.dul.receive_pdu(wait=False)
+            self.is_aborted, self.is_established = True, False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return True
+        if not self.dul.is_alive():
+            self.kill()
+            return True
+        if self.dul.idle_timer_expired():
+            logging.getLogger("pynetdicom.assoc").error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return True
+        return False
+
+
+class LeanRequestHandler(RequestHandler):
+    """pynetdicom's request handler creating a ``LeanAssociation`` that shares the server's contexts."""
+
+    def _create_association(self) -> Association:
+        assoc = LeanAssociation(self.ae, "acceptor")
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = self.server.contexts  # read, never written, by negotiation
+        assoc.requestor.address_info = self.remote
+        for event, handlers in self.server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in handlers:
+                    assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
+        return assoc
+
+
+def start_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None,
+                 reuse_port: bool = False) -> Any:
+    """``ae.start_server(address, block=False, …)`` with lean associations; ``reuse_port``: bind with
+    SO_REUSEPORT, so that several processes can listen on the same port (the kernel spreads connections)."""
+    server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers,
+                            server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
+                            request_handler=LeanRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    return server
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """A threaded association server whose socket is bound with SO_REUSEPORT."""
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
