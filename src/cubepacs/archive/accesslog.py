@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 import pyarrow as pa
+from deltalake import write_deltalake
 
 log = logging.getLogger("cubepacs.accesslog")
 
@@ -98,8 +99,6 @@ class DeltaLog:
             rows, self.rows = self.rows, []
         if not rows:
             return
-        from deltalake import write_deltalake
-
         try:
             write_deltalake(self.table_uri, pa.Table.from_pylist(rows, schema=self.schema), mode="append",
                             storage_options=self.storage_options, schema_mode="merge")

@@ -10,7 +10,8 @@ C-STORE threads' samples), and the association reactor sleeps 1 ms between looks
   sleeps until a PDU arrives or one is to be sent (50 ms at most, the resolution of its ARTIM timer check);
 * ``LeanAssociation`` waits on an event set whenever the DUL hands it a message, a release or an abort (50 ms at
   most, the resolution of the network idle timeout check);
-* ``LeanRequestHandler`` gives each association the server's context list itself.
+* ``LeanRequestHandler`` gives each association the server's context list itself;
+* ``LeanDIMSE`` encodes the usual C-STORE-RSP (a status, nothing else) from bytes instead of a pydicom Dataset.
 
 The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
 replaced; everything else — state machine, PDU coding, events — is pynetdicom's.
@@ -29,14 +30,18 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 from datetime import datetime
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 LOGGER = logging.getLogger("pynetdicom.dul")
@@ -146,6 +151,49 @@ class LeanDUL(DULServiceProvider):
             idle = False
 
 
+def _element(group_element: int, value: bytes) -> bytes:
+    """One Implicit VR Little Endian command element (the command set's encoding, PS3.7 6.3.1)."""
+    return struct.pack("<HHI", group_element >> 16, group_element & 0xFFFF, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" * (len(raw) % 2)
+
+
+def store_response(message_id: int, sop_class: str, sop_instance: str, status: int) -> bytes:
+    """The encoded command set of a C-STORE-RSP that carries only a status (the common answer), built from
+    bytes rather than through a pydicom Dataset.
+
+    Example
+    -------
+    >>> store_response(7, "1.2", "1.2.3", 0)[:12].hex()
+    '0000000004000000'
+    """
+    body = b"".join((_element(0x00000002, _uid(sop_class)), _element(0x00000100, b"\x01\x80"),
+                     _element(0x00000120, struct.pack("<H", message_id)), _element(0x00000800, b"\x01\x01"),
+                     _element(0x00000900, struct.pack("<H", status)), _element(0x00001000, _uid(sop_instance))))
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+class LeanDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider; a C-STORE-RSP with nothing but a status is encoded from a template."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        if (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
+                and primitive.Status is not None and primitive.AffectedSOPClassUID
+                and primitive.AffectedSOPInstanceUID and primitive.ErrorComment is None
+                and primitive.OffendingElement is None and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            command = store_response(primitive.MessageIDBeingRespondedTo, str(primitive.AffectedSOPClassUID),
+                                     str(primitive.AffectedSOPInstanceUID), primitive.Status)
+            if not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+
 class LeanAssociation(Association):
     """pynetdicom's acceptor association, woken by its DUL rather than polling every millisecond."""
 
@@ -155,6 +203,7 @@ class LeanAssociation(Association):
         self.dul = LeanDUL(self)
         self.acse_timeout, self.network_timeout = self.acse_timeout, self.network_timeout  # onto the new DUL's timers
         self.dul.to_user_queue = _WakingQueue(self.poke)
+        self.dimse = LeanDIMSE(self)
         self.dimse.msg_queue = _WakingQueue(self.poke)
 
     def poke(self) -> None:

@@ -23,12 +23,14 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, create_engine, event, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.sql import Select
@@ -155,8 +157,6 @@ class Index:
                 conn.execute(schema_version.insert().values(version=version))
 
     def _insert(self, conn: Connection, table: Any) -> Any:
-        from sqlalchemy.dialects import postgresql, sqlite
-
         return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
     def add_instance(self, ev: dict[str, Any]) -> bool:
@@ -165,61 +165,88 @@ class Index:
         An event marked ``replace`` (a re-sent instance stored with ``overwrite``) updates the instance row and
         makes its series (and a series it moved out of) pending again, so that metadata and cube are rebuilt.
         """
-        a = ev.get("attrs", {})
-        now = _now()
+        if not ev.get("replace"):
+            return self.add_instances([ev])[0]
         tenant, study, series = ev["tenant"], ev["study_uid"], ev["series_uid"]
-        row = _fit(dicom_instance, {
-            "study_uid": study, "series_uid": series, "sop_class_uid": ev.get("sop_class_uid"),
-            "instance_number": _int(a.get("InstanceNumber")), "transfer_syntax": ev.get("transfer_syntax"),
-            "storage_key": ev["key"], "size": ev.get("size"), "rows": _int(a.get("Rows")),
-            "columns": _int(a.get("Columns")), "frames": _int(a.get("NumberOfFrames")) or 1})
-        i = dicom_instance
+        now, row, i = _now(), _instance_row(ev), dicom_instance
         with self.engine.begin() as conn:
             moved_from: tuple[str, str] | None = None
-            if ev.get("replace"):
-                old = conn.execute(select(i.c.study_uid, i.c.series_uid).where(
-                    i.c.tenant_id == tenant, i.c.sop_uid == ev["sop_uid"])).first()
-                if old is not None and (old[0], old[1]) != (study, series):
-                    moved_from = (old[0], old[1])
-                ins = self._insert(conn, i).values(tenant_id=tenant, sop_uid=ev["sop_uid"], created_time=now, **row)
-                conn.execute(ins.on_conflict_do_update(index_elements=["tenant_id", "sop_uid"], set_=row))
-            else:
-                ins = self._insert(conn, i).values(tenant_id=tenant, sop_uid=ev["sop_uid"], created_time=now, **row)
-                if conn.execute(ins.on_conflict_do_nothing().returning(i.c.sop_uid)).first() is None:
-                    return False  # already indexed: replaying an event changes nothing
-            values = _fit(dicom_state_meta, {
-                "patient_id": a.get("PatientID"), "patient_name": a.get("PatientName"),
-                "patient_sex": a.get("PatientSex"), "patient_birth_date": a.get("PatientBirthDate"),
-                "study_date": a.get("StudyDate"), "study_time": a.get("StudyTime"),
-                "accession_number": a.get("AccessionNumber"), "study_id": a.get("StudyID"),
-                "study_description": a.get("StudyDescription"), "referring_physician": a.get("ReferringPhysicianName"),
-                "modality": a.get("Modality"), "series_number": _int(a.get("SeriesNumber")),
-                "series_description": a.get("SeriesDescription"), "series_date": a.get("SeriesDate"),
-                "series_related_instances": self._count(conn, tenant, study, series), "updated_time": now,
-            })
-            up = self._insert(conn, dicom_state_meta).values(
-                tenant_id=tenant, study_uid=study, series_uid=series, study_uid_hash=_hash(study),
-                series_uid_hash=_hash(series), created_time=now, **values)
-            conn.execute(up.on_conflict_do_update(index_elements=["tenant_id", "study_uid", "series_uid"],
-                                                  set_=values))
-            self._flag(conn, tenant, study, series, now)
+            old = conn.execute(select(i.c.study_uid, i.c.series_uid).where(
+                i.c.tenant_id == tenant, i.c.sop_uid == ev["sop_uid"])).first()
+            if old is not None and (old[0], old[1]) != (study, series):
+                moved_from = (old[0], old[1])
+            ins = self._insert(conn, i).values(tenant_id=tenant, sop_uid=ev["sop_uid"], created_time=now, **row)
+            conn.execute(ins.on_conflict_do_update(index_elements=["tenant_id", "sop_uid"], set_=row))
+            self._series_changed(conn, tenant, study, series, ev.get("attrs", {}), now)
             if moved_from is not None:
                 self._recount(conn, tenant, *moved_from, now)
         return True
 
+    def add_instances(self, events: Sequence[dict[str, Any]]) -> list[bool]:
+        """Index a batch of storage events in one transaction; for each, whether it changed the index.
+
+        New instances go in with one multi-row ``INSERT … ON CONFLICT DO NOTHING``; every series they touch is
+        then counted, upserted and flagged once (not once per instance). ``replace`` events go one by one.
+
+        Example
+        -------
+        >>> idx = Index.from_url("sqlite://")
+        >>> evs = [{"tenant": "t", "study_uid": "1", "series_uid": "1.1", "sop_uid": f"1.1.{n}", "key": "k",
+        ...         "attrs": {}} for n in (1, 2, 1)]
+        >>> idx.add_instances(evs), idx.search_series("t", {})[0]["series_related_instances"]
+        ([True, True, False], 2)
+        """
+        out = [False] * len(events)
+        first: dict[tuple[str, str], int] = {}
+        for n, ev in enumerate(events):
+            if ev.get("replace"):
+                out[n] = self.add_instance(ev)
+            else:
+                first.setdefault((ev["tenant"], ev["sop_uid"]), n)
+        if not first:
+            return out
+        now = _now()
+        params = [{"tenant_id": t, "sop_uid": sop, "created_time": now, **_instance_row(events[n])}
+                  for (t, sop), n in first.items()]
+        with self.engine.begin() as conn:
+            inserted = {(r[0], r[1]) for r in conn.execute(_statements(conn.dialect.name)["instances"], params)}
+            touched: dict[tuple[str, str, str], dict[str, Any]] = {}
+            for key, n in first.items():
+                if key in inserted:
+                    out[n] = True
+                    ev = events[n]
+                    touched[(ev["tenant"], ev["study_uid"], ev["series_uid"])] = ev.get("attrs", {})
+            for (tenant, study, series), attrs in touched.items():
+                self._series_changed(conn, tenant, study, series, attrs, now)
+        return out
+
+    def _series_changed(self, conn: Connection, tenant: str, study: str, series: str, a: dict[str, Any],
+                        now: dt.datetime) -> None:
+        """Upsert a series' state row (attributes of its newest instance, instance count) and flag it."""
+        values = _fit(dicom_state_meta, {
+            "patient_id": a.get("PatientID"), "patient_name": a.get("PatientName"),
+            "patient_sex": a.get("PatientSex"), "patient_birth_date": a.get("PatientBirthDate"),
+            "study_date": a.get("StudyDate"), "study_time": a.get("StudyTime"),
+            "accession_number": a.get("AccessionNumber"), "study_id": a.get("StudyID"),
+            "study_description": a.get("StudyDescription"), "referring_physician": a.get("ReferringPhysicianName"),
+            "modality": a.get("Modality"), "series_number": _int(a.get("SeriesNumber")),
+            "series_description": a.get("SeriesDescription"), "series_date": a.get("SeriesDate"),
+            "series_related_instances": self._count(conn, tenant, study, series), "updated_time": now,
+        })
+        conn.execute(_statements(conn.dialect.name)["state"], {
+            "tenant_id": tenant, "study_uid": study, "series_uid": series, "study_uid_hash": _hash(study),
+            "series_uid_hash": _hash(series), "created_time": now, **values})
+        self._flag(conn, tenant, study, series, now)
+
     def _count(self, conn: Connection, tenant: str, study: str, series: str) -> int:
-        i = dicom_instance
-        return int(conn.execute(select(func.count()).select_from(i).where(
-            i.c.tenant_id == tenant, i.c.study_uid == study, i.c.series_uid == series)).scalar_one())
+        return int(conn.execute(_statements(conn.dialect.name)["count"],
+                                {"t": tenant, "st": study, "se": series}).scalar_one())
 
     def _flag(self, conn: Connection, tenant: str, study: str, series: str, now: dt.datetime) -> None:
         """Make a series pending for the web worker (its metadata and cube are rebuilt)."""
-        flag = self._insert(conn, dicom_json_meta).values(
-            tenant_id=tenant, study_uid=study, series_uid=series, flag_time=now, json_status=0, retry_times=0,
-            updated_time=now)
-        conn.execute(flag.on_conflict_do_update(
-            index_elements=["tenant_id", "study_uid", "series_uid"],
-            set_={"flag_time": now, "json_status": 0, "retry_times": 0, "updated_time": now}))
+        conn.execute(_statements(conn.dialect.name)["flag"], {
+            "tenant_id": tenant, "study_uid": study, "series_uid": series, "flag_time": now, "json_status": 0,
+            "retry_times": 0, "updated_time": now})
 
     def _recount(self, conn: Connection, tenant: str, study: str, series: str, now: dt.datetime) -> bool:
         """After instances left a series: update its count and flag it, or drop its rows when it is empty.
@@ -361,6 +388,40 @@ class Index:
     def close(self) -> None:
         """Release the connection pool."""
         self.engine.dispose()
+
+
+@functools.cache
+def _statements(dialect: str) -> dict[str, Any]:
+    """The indexer's statements, built once per dialect: SQLAlchemy then reuses their compiled SQL without
+    building (and cache-keying) a new statement object per instance."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    i, s, j = dicom_instance, dicom_state_meta, dicom_json_meta
+    state = insert(s)
+    state = state.on_conflict_do_update(
+        index_elements=["tenant_id", "study_uid", "series_uid"],
+        set_={c.name: state.excluded[c.name] for c in s.columns
+              if c.name not in ("tenant_id", "study_uid", "series_uid", "study_uid_hash", "series_uid_hash",
+                                "created_time")})
+    flag = insert(j)
+    flag = flag.on_conflict_do_update(
+        index_elements=["tenant_id", "study_uid", "series_uid"],
+        set_={c: flag.excluded[c] for c in ("flag_time", "json_status", "retry_times", "updated_time")})
+    return {
+        "instances": insert(i).on_conflict_do_nothing().returning(i.c.tenant_id, i.c.sop_uid),
+        "count": select(func.count()).select_from(i).where(
+            i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"), i.c.series_uid == bindparam("se")),
+        "state": state, "flag": flag,
+    }
+
+
+def _instance_row(ev: dict[str, Any]) -> dict[str, Any]:
+    """The dicom_instance columns of a storage event (beside tenant, SOP Instance UID and created time)."""
+    a = ev.get("attrs", {})
+    return _fit(dicom_instance, {
+        "study_uid": ev["study_uid"], "series_uid": ev["series_uid"], "sop_class_uid": ev.get("sop_class_uid"),
+        "instance_number": _int(a.get("InstanceNumber")), "transfer_syntax": ev.get("transfer_syntax"),
+        "storage_key": ev["key"], "size": ev.get("size"), "rows": _int(a.get("Rows")),
+        "columns": _int(a.get("Columns")), "frames": _int(a.get("NumberOfFrames")) or 1})
 
 
 def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ Connection string
 Options
 -------
 None. Each group keeps its own acknowledged position per topic; unacknowledged messages are delivered again after
-a restart. SQLite runs in WAL mode with ``synchronous=FULL``: ``publish`` returns after the commit is on disk.
+a restart. SQLite runs in WAL mode with ``synchronous=FULL``: ``publish`` returns after the commit is on disk;
+messages published by several threads at once share one commit (group commit).
 Several processes may share the file (SQLite locking); one consumer per group is the embedded use.
 
 Example
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cubepacs._group import GroupCommit
 from cubepacs.archive.queue.base import Message, Queue
 
 _SCHEMA = """
@@ -50,6 +52,7 @@ class EmbeddedQueue(Queue):
         self.path = path
         self._local = threading.local()
         self._cond = threading.Condition()
+        self._group: GroupCommit[tuple[str, str, float]] = GroupCommit(self._insert)
         self._conn().executescript(_SCHEMA)
 
     @classmethod
@@ -67,10 +70,20 @@ class EmbeddedQueue(Queue):
         return conn
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
-        self._conn().execute("INSERT INTO messages (topic, payload, created) VALUES (?, ?, ?)",
-                             (topic, json.dumps(payload, separators=(",", ":")), time.time()))
+        self._group.run((topic, json.dumps(payload, separators=(",", ":")), time.time()))
         with self._cond:
             self._cond.notify_all()
+
+    def _insert(self, rows: list[tuple[str, str, float]]) -> None:
+        """One transaction, one fsync of the WAL, for every message published meanwhile (group commit)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO messages (topic, payload, created) VALUES (?, ?, ?)", rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def poll(self, topic: str, group: str, max_messages: int = 100, timeout: float = 1.0) -> list[Message]:
         deadline = time.monotonic() + timeout

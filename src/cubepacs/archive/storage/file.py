@@ -36,6 +36,8 @@ class FileStorage(Storage):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)
+        self._prefix = os.path.join(self._root, "")
 
     @classmethod
     def from_url(cls, url: str) -> FileStorage:
@@ -46,10 +48,12 @@ class FileStorage(Storage):
         return cls(path)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        # normpath, not resolve(): the key is checked lexically (no ".." may leave the root) without an lstat of
+        # every folder on the way, which every C-STORE paid twice.
+        path = os.path.normpath(os.path.join(self._root, key))
+        if not path.startswith(self._prefix):
             raise ConfigError(f"storage key {key!r} leaves the storage root")
-        return path
+        return Path(path)
 
     def put(self, key: str, data: bytes) -> None:
         atomic_write(self._path(key), [data])
