@@ -34,8 +34,20 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / TICK  # utime, stime, cutime, cstime
+    """CPU time (user + system) of a server: the process, the children it waited for, and its live children
+    (cubepacs' DIMSE worker processes) — the whole tree."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    total = sum(int(v) for v in fields[11:15]) / TICK  # utime, stime, cutime, cstime
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += sum(cpu_seconds(int(child)) for child in children)
+    return total
 
 
 def copies(out: Path) -> list[Path]:

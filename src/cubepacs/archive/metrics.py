@@ -12,19 +12,30 @@ True
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 STORES = Counter("cubepacs_cstore", "C-STORE requests handled", ["tenant", "status"])
 STORE_SECONDS = Histogram("cubepacs_cstore_seconds", "C-STORE handling time (write and queue included)",
                           ["tenant"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 STORE_BYTES = Counter("cubepacs_cstore_bytes", "bytes stored by C-STORE", ["tenant"])
-ASSOCIATIONS_OPEN = Gauge("cubepacs_associations_open", "DIMSE associations open")
+ASSOCIATIONS_OPEN = Gauge("cubepacs_associations_open", "DIMSE associations open", multiprocess_mode="livesum")
 ASSOCIATIONS_REFUSED = Counter("cubepacs_associations_refused", "associations rejected or aborted", ["reason"])
-QUEUE_WAITING = Gauge("cubepacs_queue_waiting", "storage events not yet indexed")
-QUEUE_OLDEST = Gauge("cubepacs_queue_oldest_seconds", "age of the oldest storage event not yet indexed")
+QUEUE_WAITING = Gauge("cubepacs_queue_waiting", "storage events not yet indexed", multiprocess_mode="mostrecent")
+QUEUE_OLDEST = Gauge("cubepacs_queue_oldest_seconds", "age of the oldest storage event not yet indexed",
+                     multiprocess_mode="mostrecent")
 INDEXED = Counter("cubepacs_indexed_instances", "instances the indexer added or replaced")
 BUILDS = Counter("cubepacs_webworker_builds", "series built by the web worker", ["result"])
 HTTP = Counter("cubepacs_http_requests", "HTTP requests", ["route", "method", "status"])
@@ -33,9 +44,19 @@ HTTP_SECONDS = Histogram("cubepacs_http_seconds", "HTTP request time", ["route"]
 CACHE = Counter("cubepacs_cache_lookups", "cache lookups", ["result"])
 
 
+def registry() -> CollectorRegistry:
+    """The registry to expose: this process' own, or — when DIMSE worker processes run (prometheus-client's
+    multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR`` set before it was imported) — all processes' merged."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged
+
+
 def render() -> bytes:
     """The metrics in Prometheus' text format."""
-    return bytes(generate_latest())
+    return bytes(generate_latest(registry()))
 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -38,7 +38,8 @@ class Settings:
     api_keys: dict[str, str] = field(default_factory=dict)
     remote_aes: dict[str, str] = field(default_factory=dict)  # AE title -> "host:port" (C-MOVE destinations)
     calling_aes: dict[str, list[str]] = field(default_factory=dict)  # tenant -> allowed calling "AE" / "AE@addr"
-    max_associations: int = 64
+    max_associations: int = 64  # per DIMSE worker process
+    dimse_workers: int = 0  # DIMSE listener processes sharing the port (0: one per core; 1: inside serve)
     acse_timeout: float = 30.0  # seconds to wait for an A-ASSOCIATE-RQ after connect (and A-RELEASE-RP)
     dimse_timeout: float = 60.0  # seconds to wait for a DIMSE message
     network_timeout: float = 60.0  # seconds of silence before an association is aborted

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import select
@@ -35,6 +36,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
+from pydicom import valuerep
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -284,6 +286,36 @@ class LeanRequestHandler(RequestHandler):
                 for handler in handlers:
                     assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
         return assoc
+
+
+def cache_uid_validation() -> None:
+    """Remember UI values already validated (pydicom's and pynetdicom's validators, through their documented
+    ``VALIDATORS`` tables).
+
+    Why: DCMTK's storescu proposes 128 presentation contexts; pydicom checks each UID string it wraps with a
+    regular expression and pynetdicom checks again, thousands of times per association for the same few hundred
+    SOP class and transfer syntax UIDs — a quarter of the CPU of setting up an association. The answers are
+    pure functions of the string, so an LRU cache (bounded) gives the same results.
+    """
+    from pynetdicom import _config as net_config
+
+    if getattr(valuerep.VALIDATORS["UI"], "cached", False):
+        return
+    for table, key in ((valuerep.VALIDATORS, "UI"), (net_config.VALIDATORS, "UI")):
+        table[key] = _cached(table[key])
+
+
+def _cached(validator: Any) -> Any:
+    remembered = functools.lru_cache(maxsize=8192)(validator)
+
+    def validate(*args: Any) -> Any:
+        try:
+            return remembered(*args)
+        except TypeError:  # an unhashable value (a list of UIDs): validated as before
+            return validator(*args)
+
+    validate.cached = True  # type: ignore[attr-defined]
+    return validate
 
 
 def start_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None,

@@ -1,0 +1,158 @@
+"""The DIMSE listener as N worker processes on one port, so that ingest scales with cores, not with one GIL.
+
+Each worker is a spawned process with its own pynetdicom AE and its own connections to the shared backends
+(storage, queue, index — the same URLs the other services use), listening on the DIMSE port with
+``SO_REUSEPORT``: the kernel spreads new connections over the workers. A C-STORE is acknowledged by the worker
+that received it after its file and event are durable, exactly as in one process.
+
+* Before the workers start, the port is bound once *without* ``SO_REUSEPORT``: a port another program holds is a
+  one-line ListenError, never two servers sharing it.
+* A worker dies with the process that started it (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread), so a
+  ``kill -9`` of ``cubepacs serve`` leaves no listener behind.
+* Prometheus metrics of all processes are merged (prometheus-client's multiprocess mode; ``/metrics`` of the
+  parent shows the workers' C-STORE counters).
+* ``max_associations`` applies per worker.
+
+Example
+-------
+>>> worker_count(0) >= 1, worker_count(3)
+(True, 3)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from cubepacs.archive.settings import Settings
+from cubepacs.errors import BackendError, CubepacsError, ListenError
+
+log = logging.getLogger("cubepacs")
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_count(setting: int) -> int:
+    """The number of DIMSE worker processes for the ``dimse_workers`` setting (0: one per core)."""
+    return setting if setting > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                              else os.cpu_count() or 1)
+
+
+def ensure_free(host: str, port: int, what: str) -> None:
+    """ListenError unless ``host:port`` can be bound by us alone (nobody listens there, with or without
+    SO_REUSEPORT)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise ListenError(f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+
+
+def metrics_across_processes(data_dir: str) -> None:
+    """Put prometheus-client in multiprocess mode for this process and the workers it starts: call before
+    prometheus-client is first imported. Its folder (``data_dir/run/metrics``) is emptied of a previous run's."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
+    folder = Path(data_dir) / "run" / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+class Workers:
+    """``n`` DIMSE worker processes; :meth:`shutdown` stops them."""
+
+    def __init__(self, settings: Settings, n: int, timeout: float = 60.0) -> None:
+        ensure_free(settings.host, settings.dimse_port, "DIMSE")
+        if settings.dimse_tls_port:
+            ensure_free(settings.host, settings.dimse_tls_port, "DICOM TLS")
+        ctx = multiprocessing.get_context("spawn")
+        self.procs: list[Any] = []
+        pipes = []
+        for k in range(n):
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(settings, k, send, os.getpid()), name=f"dimse-{k}",
+                               daemon=True)
+            proc.start()
+            send.close()
+            self.procs.append(proc)
+            pipes.append(receive)
+        for k, pipe in enumerate(pipes):
+            answer = pipe.recv() if pipe.poll(timeout) else f"BackendError:worker {k} did not start in {timeout} s"
+            if answer != "ok":
+                self.shutdown()
+                kind, _, message = str(answer).partition(":")
+                raise (ListenError if kind == "ListenError" else BackendError)(message)
+
+    def shutdown(self) -> None:
+        """Stop every worker (SIGTERM: open associations end, then the process exits; SIGKILL after 10 s)."""
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and proc.pid is not None:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+
+
+def _die_with(parent: int) -> None:
+    """End this process when ``parent`` goes away, however it ends."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the watchdog below does it
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker(settings: Settings, k: int, ready: Connection, parent: int) -> None:
+    """One DIMSE worker process: open the backends, listen (SO_REUSEPORT), serve until SIGTERM."""
+    from cubepacs._registry import open_backend
+    from cubepacs.archive.logs import configure
+    from cubepacs.archive.service import settle_heap, start_dimse
+
+    _die_with(parent)
+    configure(settings.log_format, f"storescp-{k}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    try:
+        storage, queue, index = (open_backend("storage", settings.storage_url),
+                                 open_backend("queue", settings.queue_url), open_backend("index", settings.index_url))
+        server = start_dimse(settings, storage, queue, index, reuse_port=True)
+    except CubepacsError as exc:
+        ready.send(f"{type(exc).__name__}:{exc}")
+        return
+    except Exception as exc:  # a backend library's own error: one line for the parent to report
+        ready.send(f"BackendError:DIMSE worker {k}: {type(exc).__name__}: {exc}")
+        return
+    settle_heap()
+    ready.send("ok")
+    stop.wait()
+    server.shutdown()
+    queue.close()
+    index.close()

@@ -1,0 +1,89 @@
+"""The DIMSE listener as several worker processes on one port (SO_REUSEPORT): connections are spread over them,
+their metrics are merged, a busy port is one line, and a kill -9 of ``cubepacs serve`` takes them along."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.archive.conftest import dcmtk, free_port, start_server, stop_server, wait_until, write_config
+from tests.conftest import SERIES, dicom_files
+
+pytestmark = pytest.mark.dcmtk
+
+
+def _children(pid: int) -> list[int]:
+    """The DIMSE worker processes of a server (spawned by multiprocessing; not its resource tracker)."""
+    pids = [int(c) for task in Path(f"/proc/{pid}/task").glob("*") for c in (task / "children").read_text().split()]
+    return [p for p in pids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
+    data, dimse, http = tmp_path / "data", free_port(), free_port()
+    config = write_config(tmp_path / "w.toml", data, dimse, http, quiet_seconds=3600.0, dimse_workers=2)
+    server = start_server(data, config, dimse, http)
+    try:
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2
+        files = dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))[:32]
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda chunk: results.append(dcmtk(
+            "storescu", "-aec", "CUBEPACS", "127.0.0.1", str(dimse), *map(str, chunk)).returncode),
+            args=(files[k::16],)) for k in range(16)]  # 16 connections: both workers get some
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [0] * 16
+        # each worker counted its own C-STOREs (prometheus-client multiprocess files, one per process) …
+        counted = {int(f.stem.rsplit("_", 1)[1]) for f in (data / "run" / "metrics").glob("counter_*.db")}
+        assert set(workers) <= counted
+        # … and /metrics shows their sum
+        text = httpx.get(f"http://127.0.0.1:{http}/metrics").text
+        stored = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("cubepacs_cstore_total{") and 'status="0x0000"' in line)
+        assert stored == len(files)
+
+        def indexed() -> int:
+            r = httpx.get(f"http://127.0.0.1:{http}/dicom-web/instances", params={"limit": 1000},
+                          headers=server.headers())
+            return 0 if r.status_code == 204 else len(r.json())
+
+        wait_until(lambda: indexed() == len(files))
+    finally:
+        stop_server(server)
+    assert all(not Path(f"/proc/{w}").exists() for w in workers)  # stopped with serve
+
+
+def test_a_busy_port_is_one_line_and_kill_9_takes_the_workers_along(tmp_path: Path) -> None:
+    data, dimse, http = tmp_path / "data", free_port(), free_port()
+    config = write_config(tmp_path / "w.toml", data, dimse, http, dimse_workers=2)
+    with socket.socket() as taken:  # another program holds the DIMSE port (without SO_REUSEPORT)
+        taken.bind(("127.0.0.1", dimse))
+        taken.listen()
+        res = subprocess.run([sys.executable, "-m", "cubepacs", "serve", "--config", str(config)],
+                             check=False, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert f"cannot listen on 127.0.0.1:{dimse}" in res.stderr and "Traceback" not in res.stderr
+    server = start_server(data, config, dimse, http)
+    workers = _children(server.proc.pid)
+    assert len(workers) == 2
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait()
+    wait_until(lambda: all(not Path(f"/proc/{w}").exists() for w in workers), timeout=15)
+    wait_until(lambda: _port_free(dimse), timeout=15)
+    stop_server(server)
+    time.sleep(0.1)
