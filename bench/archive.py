@@ -13,6 +13,8 @@ Measured:
   2. /metadata of a 1000-instance series (a real series replicated with new UIDs — synthetic by necessity:
      no real series that long is in the data set) → median and p95, Orthanc / cubepacs.
   3. QIDO study search over ``--studies`` studies (index rows made from real headers with new UIDs) → p95.
+  4. Retrieval: one frame of a CT slice (stored file; cube after compaction; JPEG-lossless made by DCMTK's
+     dcmcjpeg), the first series /metadata before compaction, warm study /metadata — p50/p95 for both.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def replicate_series(src: Path, n: int, out: Path) -> tuple[str, str]:
 
 def timings(url: str, headers: dict[str, str], n: int) -> tuple[float, float]:
     times = []
-    headers = {**headers, "Accept-Encoding": "identity"}  # no gzip on either side (Orthanc compresses when asked)
+    headers = {"Accept-Encoding": "identity", **headers}  # no gzip on either side (Orthanc compresses when asked)
     with httpx.Client(timeout=60) as client:
         for _ in range(n):
             t = time.perf_counter()
@@ -99,6 +101,65 @@ def timings(url: str, headers: dict[str, str], n: int) -> tuple[float, float]:
             times.append(time.perf_counter() - t)
     times.sort()
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+FRAME_ACCEPT = {"Accept": 'multipart/related; type="application/octet-stream"'}
+
+
+def retrieval_files(out: Path) -> dict[str, Path]:
+    """One CT slice stored uncompressed and the same slice JPEG-lossless (DCMTK's dcmcjpeg, process 14 SV1),
+    each in a new study (new UIDs: made from the real series, synthetic only in their UIDs)."""
+    src = sorted((DATA / "ct_ge_lightspeedvct_chest_100sl").iterdir())[0]
+    out.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for name in ("plain", "jpegll"):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(out / f"{name}.dcm")
+        made[name] = out / f"{name}.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(made["jpegll"]), str(out / "jpegll-c.dcm")], check=True)
+    made["jpegll"] = out / "jpegll-c.dcm"
+    return made
+
+
+def frame_url(base: str, f: Path) -> str:
+    ds = pydicom.dcmread(f, stop_before_pixels=True)
+    return (f"{base}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+            f"{ds.SOPInstanceUID}/frames/1")
+
+
+def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> dict[str, float]:
+    """Frames (before and after compaction; JPEG-lossless), first series /metadata before compaction and warm
+    study /metadata, Orthanc and cubepacs, same requests."""
+    out: dict[str, float] = {}
+    files = retrieval_files(tmp / "retrieval")
+    ct = sorted((DATA / "ct_ge_lightspeedvct_chest_100sl").iterdir())
+    ct_meta = pydicom.dcmread(ct[0], stop_before_pixels=True)
+    study_meta = f"/dicom-web/studies/{ct_meta.StudyInstanceUID}/metadata"
+    series_meta = f"/dicom-web/studies/{ct_meta.StudyInstanceUID}/series/{ct_meta.SeriesInstanceUID}/metadata"
+    for name, port, aet, base, headers in (("orthanc", 4242, "ORTHANC", "http://127.0.0.1:8043", {}),
+                                           ("cubepacs", 11112, "CUBEPACS", "http://127.0.0.1:8042", auth)):
+        store(port, aet, [*files.values()], 1)
+        # the CT series was stored by the ingest measurement; ours is not compacted yet (quiet_seconds = 30)
+        out[f"{name}_series_meta_first"] = timings(base + series_meta, headers, 1)[0]
+        for kind, f in files.items():
+            timings(frame_url(base, f), {**headers, **FRAME_ACCEPT}, 1)
+            out[f"{name}_frame_{kind}_median"], out[f"{name}_frame_{kind}_p95"] = timings(
+                frame_url(base, f), {**headers, **FRAME_ACCEPT}, repeat)
+        timings(base + study_meta, headers, 1)
+        out[f"{name}_study_meta_median"], out[f"{name}_study_meta_p95"] = timings(base + study_meta, headers,
+                                                                                  max(5, repeat // 5))
+    plain = pydicom.dcmread(files["plain"], stop_before_pixels=True)
+    deadline = time.monotonic() + 120  # our web worker compacts the plain slice's series into a cube
+    while time.monotonic() < deadline and not list((data_dir / "storage" / "default" /
+                                                    str(plain.StudyInstanceUID)).glob("*.dcbs")):
+        time.sleep(0.5)
+    url = frame_url("http://127.0.0.1:8042", files["plain"])
+    timings(url, {**auth, **FRAME_ACCEPT}, 1)
+    out["cubepacs_frame_cube_median"], out["cubepacs_frame_cube_p95"] = timings(url, {**auth, **FRAME_ACCEPT},
+                                                                                repeat)
+    return out
 
 
 def varying(headers: dict[str, str], n: int) -> tuple[float, float]:
@@ -156,7 +217,7 @@ def run_inside(args: argparse.Namespace) -> None:
     fill_index(f"sqlite:///{data_dir}/index.db", args.studies)
     key = "bench-key-0123456789"
     (tmp / "cubepacs.toml").write_text(
-        f'[cubepacs]\ndata_dir = "{data_dir}"\nquiet_seconds = 2.0\napi_keys = {{ "{key}" = "default" }}\n')
+        f'[cubepacs]\ndata_dir = "{data_dir}"\nquiet_seconds = 30.0\napi_keys = {{ "{key}" = "default" }}\n')
     ours = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "cubepacs.toml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     auth = {"Authorization": f"Bearer {key}"}
@@ -167,6 +228,8 @@ def run_inside(args: argparse.Namespace) -> None:
         results["orthanc_store_ips"] = store(4242, "ORTHANC", files, args.streams)
         results["cubepacs_store_ips"] = store(11112, "CUBEPACS", files, args.streams)
         print("C-STORE instances/s:", results, file=sys.stderr)
+        results.update(retrieval(auth, tmp, data_dir, args.repeat))
+        print("retrieval:", results, file=sys.stderr)
         big = tmp / "big"
         study, series = replicate_series(DATA / "mr_ge_signa_3dt1_100sl", args.instances, big)
         big_files = sorted(big.iterdir())
@@ -213,6 +276,22 @@ def run_inside(args: argparse.Namespace) -> None:
           f"p95 {r['qido_p95'] * 1e3:.1f} ms; date range median {r['qido_daterange_median'] * 1e3:.1f} ms "
           f"p95 {r['qido_daterange_p95'] * 1e3:.1f} ms; varying (cache missed) median "
           f"{r['qido_miss_median'] * 1e3:.1f} ms p95 {r['qido_miss_p95'] * 1e3:.1f} ms")
+    print("one frame, p50 / p95 ms (Orthanc | cubepacs | ratio of p50):")
+    for kind, label in (("plain", "uncompressed CT, stored file"), ("jpegll", "JPEG-lossless CT, stored file")):
+        o, c = (r[f"orthanc_frame_{kind}_median"], r[f"orthanc_frame_{kind}_p95"]), \
+            (r[f"cubepacs_frame_{kind}_median"], r[f"cubepacs_frame_{kind}_p95"])
+        print(f"  {label:32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / {c[1] * 1e3:6.1f} | "
+              f"{o[0] / c[0]:.1f}×")
+    cube = r["cubepacs_frame_cube_median"]
+    print(f"  {'uncompressed CT, from the cube':32} {'':15} | {cube * 1e3:6.1f} / "
+          f"{r['cubepacs_frame_cube_p95'] * 1e3:6.1f} | {r['orthanc_frame_plain_median'] / cube:.1f}×")
+    print(f"series /metadata, first request before compaction: Orthanc {r['orthanc_series_meta_first'] * 1e3:.1f} ms, "
+          f"cubepacs {r['cubepacs_series_meta_first'] * 1e3:.1f} ms "
+          f"({r['orthanc_series_meta_first'] / r['cubepacs_series_meta_first']:.1f}×)")
+    print(f"study /metadata warm, p50 / p95: Orthanc {r['orthanc_study_meta_median'] * 1e3:.1f} / "
+          f"{r['orthanc_study_meta_p95'] * 1e3:.1f} ms, cubepacs {r['cubepacs_study_meta_median'] * 1e3:.1f} / "
+          f"{r['cubepacs_study_meta_p95'] * 1e3:.1f} ms "
+          f"({r['orthanc_study_meta_median'] / r['cubepacs_study_meta_median']:.1f}×)")
     print("raw:", json.dumps(results))
 
 

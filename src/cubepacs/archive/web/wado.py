@@ -11,6 +11,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any
@@ -24,14 +25,15 @@ from cubepacs.archive.metadata import bulk_value, safe_metadata
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
+from cubepacs.archive.web.hot import HotFrames, HotInstances
 from cubepacs.archive.webworker import series_base
-from cubepacs.cube.image import InstancePixels
 from cubepacs.cube.reader import CubeReader
-from cubepacs.cube.sources import read_instance
 from cubepacs.errors import CubepacsError
 
 UNDECODABLE = 422  # the request is fine, the stored pixel data is not: named instance and frame in the reason
-_CUBES: dict[tuple[str, Any], CubeReader] = {}
+_CUBES: dict[tuple[str, str, str], CubeReader] = {}
+_INSTANCES = HotInstances()
+_FRAMES = HotFrames()
 _LOCK = threading.Lock()
 
 
@@ -64,11 +66,12 @@ def _instances(services: Services, tenant: str, study: str, series: str | None =
     return rows
 
 
-def _cube_for(services: Services, tenant: str, study: str, series: str) -> CubeReader | None:
+def _cube_for(services: Services, tenant: str, study: str, series: str) -> tuple[CubeReader | None, Any]:
+    """The reader of a compacted series' cube (kept open) and what identifies that build; (None, None)."""
     state = services.index.series_state(tenant, study, series)
     if not state or state["json_status"] != 1 or not state.get("cube_key"):
-        return None
-    key = (state["cube_key"], state["updated_time"])
+        return None, None
+    key = ("cube", state["cube_key"], str(state["updated_time"]))
     with _LOCK:
         reader = _CUBES.get(key)
         if reader is None:
@@ -80,21 +83,23 @@ def _cube_for(services: Services, tenant: str, study: str, series: str) -> CubeR
             if len(_CUBES) > 64:
                 _CUBES.clear()
             _CUBES[key] = reader
-    return reader
+    return reader, key
 
 
 def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: list[int]) -> list[np.ndarray]:
-    """Stored values of the asked frames of one instance (from the cube when the series is compacted)."""
-    cube = _cube_for(services, tenant, row["study_uid"], row["series_uid"])
+    """Stored values of the asked frames of one instance (from the cube when the series is compacted); parsed
+    files and decoded frames are kept hot (``hot``)."""
+    cube, cube_id = _cube_for(services, tenant, row["study_uid"], row["series_uid"])
     name = f"{row['sop_uid']}.dcm"
     try:
         if cube is not None and name in cube.meta.names:
             i = cube.meta.names.index(name)
             start, count = int(cube.frame_starts[i]), int(cube.frame_starts[i + 1] - cube.frame_starts[i])
             source: Any = cube
+            identity: Any = cube_id
         else:
-            pixels = InstancePixels([read_instance(services.storage.get(row["storage_key"]), name)])
-            start, count, source = 0, pixels.num_frames, pixels
+            identity, source = _INSTANCES.pixels(services.storage, row)
+            start, count = 0, source.num_frames
     except CubepacsError as exc:
         raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}: pixel data cannot be read: {exc}") from None
     if max(frames) > count:
@@ -102,7 +107,7 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
     out = []
     for f in frames:
         try:
-            out.append(source.frame(start + f - 1))
+            out.append(_FRAMES.frame(identity, start + f - 1, functools.partial(source.frame, start + f - 1)))
         except Exception as exc:  # a codec's own error types, numpy's, …: the stored data is at fault
             raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}, frame {f}: pixel data cannot be "
                                              f"decoded ({type(exc).__name__}: {str(exc)[:200]})") from None
@@ -223,19 +228,33 @@ def add_routes(app: FastAPI, services: Services) -> None:
                      tenant: str = Depends(tenant_of)) -> Response:
         return retrieve(_instances(services, tenant, study, series, sop), request)
 
-    def metadata(tenant: str, study: str, series: str | None, sop: str | None) -> Response:
-        rows = _instances(services, tenant, study, series, sop)
-        if series and not sop:
-            state = services.index.series_state(tenant, study, series)
-            if state and state["json_status"] == 1 and state["built_instances"] == len(rows) and state["json_key"]:
-                return Response(services.storage.get(state["json_key"]), media_type=DICOM_JSON)
+    def series_json(tenant: str, study: str, series: str, rows: list[dict[str, Any]]) -> bytes:
+        """A series' metadata: the web worker's pre-built JSON when it holds every instance, else built now."""
+        state = services.index.series_state(tenant, study, series)
+        if state and state["json_status"] == 1 and state["built_instances"] == len(rows) and state["json_key"]:
+            return services.storage.get(state["json_key"])
         docs = [safe_metadata(services.storage.get(r["storage_key"]),
                               series_base(ROOT, r["study_uid"], r["series_uid"], r["sop_uid"]), r) for r in rows]
-        return Response(json.dumps(docs, separators=(",", ":")), media_type=DICOM_JSON)
+        return json.dumps(docs, separators=(",", ":")).encode()
+
+    def metadata(tenant: str, study: str, series: str | None, sop: str | None) -> Response:
+        rows = _instances(services, tenant, study, series, sop)
+        if sop:
+            docs = [safe_metadata(services.storage.get(r["storage_key"]),
+                                  series_base(ROOT, r["study_uid"], r["series_uid"], r["sop_uid"]), r) for r in rows]
+            return Response(json.dumps(docs, separators=(",", ":")), media_type=DICOM_JSON)
+        by_series: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_series.setdefault(r["series_uid"], []).append(r)
+        # a study is its series' JSON arrays joined (pre-built ones as they are stored, not parsed again)
+        parts = [series_json(tenant, study, uid, series_rows).strip()[1:-1].strip()
+                 for uid, series_rows in by_series.items()]
+        return Response(b"[" + b",".join(p for p in parts if p) + b"]", media_type=DICOM_JSON)
 
     @app.get(ROOT + "/studies/{study}/metadata")
     def study_metadata(request: Request, study: str, tenant: str = Depends(tenant_of)) -> Response:
-        return absolute(metadata(tenant, study, None, None), request)
+        return absolute(cached(services, tenant, "metadata", request, lambda: metadata(tenant, study, None, None)),
+                        request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/metadata")
     def series_metadata(request: Request, study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
