@@ -61,12 +61,12 @@ def series_files() -> list[Path]:
                   if p.is_file() and p.suffix != ".txt" and p.name != "DIRFILE")
 
 
-def store(port: int, aet: str, files: list[Path], streams: int) -> float:
+def store(port: int, aet: str, files: list[Path], streams: int, *options: str) -> float:
     """Send ``files`` with ``streams`` concurrent storescu processes; return instances per second."""
     chunks = [files[i::streams] for i in range(streams)]
     env = {**os.environ, "TCP_NODELAY": "1"}
     start = time.perf_counter()
-    procs = [subprocess.Popen(["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, c)], env=env,
+    procs = [subprocess.Popen(["storescu", *options, "-aec", aet, "127.0.0.1", str(port), *map(str, c)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in chunks if c]
     for p in procs:
         _, err = p.communicate()
@@ -140,7 +140,8 @@ def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> d
     series_meta = f"/dicom-web/studies/{ct_meta.StudyInstanceUID}/series/{ct_meta.SeriesInstanceUID}/metadata"
     for name, port, aet, base, headers in (("orthanc", 4242, "ORTHANC", "http://127.0.0.1:8043", {}),
                                            ("cubepacs", 11112, "CUBEPACS", "http://127.0.0.1:8042", auth)):
-        store(port, aet, [*files.values()], 1)
+        store(port, aet, [files["plain"]], 1)
+        store(port, aet, [files["jpegll"]], 1, "-xs")  # proposed (and kept) as JPEG lossless
         # the CT series was stored by the ingest measurement; ours is not compacted yet (quiet_seconds = 30)
         out[f"{name}_series_meta_first"] = timings(base + series_meta, headers, 1)[0]
         for kind, f in files.items():

@@ -2,7 +2,7 @@
 ``TCP_NODELAY=1`` in their environment (Orthanc, like every DCMTK-based server, reads it), in one private network
 namespace.
 
-Usage (root): .venv/bin/python bench/ingest.py [--levels 1,4,16,32]
+Usage (root): .venv/bin/python bench/ingest.py [--levels 1,4,16,32] [--layout embedded|services]
 
 For each number of concurrent DCMTK storescu associations, the 404 files of the four series of ../shared/data are
 sent to each server with new Study/Series/SOP Instance UIDs (a fresh copy per level, so nothing is a re-send).
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,9 +80,43 @@ def store(port: int, aet: str, files: list[Path], streams: int) -> tuple[float, 
     return time.perf_counter() - start, failed
 
 
-def run_inside(levels: list[int]) -> None:
+def postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL process on the machine (the backends serving our index included)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            total += sum(int(v) for v in text.rsplit(")", 1)[1].split()[11:13]) / TICK
+    return total
+
+
+def services_layout(tmp: Path) -> tuple[str, subprocess.Popen[bytes], str]:
+    """PostgreSQL (this machine's, over its Unix socket: reachable from the private network namespace) and a Redis
+    started here with an fsynced append-only file: (settings lines, the Redis process, the database name)."""
+    db = f"cubepacs_bench_{os.getpid()}"
+    subprocess.run(["psql", "-h", "/var/run/postgresql", "-U", "postgres", "-qc", f"CREATE DATABASE {db}"],
+                   check=True)
+    (tmp / "redis").mkdir()
+    redis = subprocess.Popen(["redis-server", "--port", "6390", "--bind", "127.0.0.1", "--dir", str(tmp / "redis"),
+                              "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):  # up before cubepacs opens its queue
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", 6390)) == 0:
+                break
+        time.sleep(0.1)
+    lines = (f'index_url = "postgresql://postgres@/{db}?host=/var/run/postgresql"\n'
+             'queue_url = "redis://127.0.0.1:6390/0"\n')
+    return lines, redis, db
+
+
+def run_inside(levels: list[int], layout: str) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     tmp = Path(tempfile.mkdtemp(prefix="cubepacs-ingest-"))
+    backends, redis, db = services_layout(tmp) if layout == "services" else ("", None, "")
     env = {**os.environ, "TCP_NODELAY": "1"}
     ocfg = {"Name": "bench", "StorageDirectory": str(tmp / "orthanc"), "IndexDirectory": str(tmp / "orthanc"),
             "DicomAet": "ORTHANC", "DicomPort": 4242, "HttpPort": 8043, "RemoteAccessAllowed": False,
@@ -92,7 +127,7 @@ def run_inside(levels: list[int]) -> None:
                                stderr=subprocess.DEVNULL)
     key = "bench-key-0123456789"
     (tmp / "c.toml").write_text(f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\n'
-                                f'api_keys = {{ "{key}" = "default" }}\n')
+                                f'api_keys = {{ "{key}" = "default" }}\n{backends}')
     ours = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "c.toml")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     auth = {"Authorization": f"Bearer {key}", "Accept-Encoding": "identity"}
@@ -107,6 +142,7 @@ def run_inside(levels: list[int]) -> None:
                 files = copies(tmp / f"{name}-{level}")
                 size = sum(f.stat().st_size for f in files)
                 cpu0 = cpu_seconds(pid)
+                extra0 = (cpu_seconds(redis.pid) + postgres_cpu()) if redis is not None else 0.0
                 seconds, failed = store(port, aet, files, level)
                 lag = 0.0
                 if name == "cubepacs":
@@ -123,17 +159,23 @@ def run_inside(levels: list[int]) -> None:
                 else:
                     total_o += len(files)
                 cpu = cpu_seconds(pid) - cpu0
+                extra = ((cpu_seconds(redis.pid) + postgres_cpu()) - extra0) \
+                    if redis is not None and name == "cubepacs" else 0.0
                 rows.append({"server": name, "associations": level, "instances": len(files),
                              "inst_s": len(files) / seconds, "mb_s": size / seconds / 1e6, "failed": failed,
-                             "cpu_ms_per_instance": 1000 * cpu / len(files), "lag_s": lag})
+                             "cpu_ms_per_instance": 1000 * cpu / len(files), "lag_s": lag,
+                             "backend_cpu_ms_per_instance": 1000 * extra / len(files)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
                 shutil.rmtree(tmp / f"{name}-{level}")
         rss = {name: int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
                for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
     finally:
-        for p in (ours, orthanc):
+        for p in (ours, orthanc, *((redis,) if redis is not None else ())):
             p.terminate()
             p.wait(timeout=30)
+        if db:
+            subprocess.run(["psql", "-h", "/var/run/postgresql", "-U", "postgres", "-qc", f"DROP DATABASE {db}"],
+                           check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'assoc':>5} {'Orthanc inst/s':>14} {'cubepacs inst/s':>15} {'ratio':>6} {'MB/s O/c':>13} "
           f"{'CPU ms/inst O/c':>16} {'failed O/c':>10} {'lag s':>6}")
@@ -144,15 +186,21 @@ def run_inside(levels: list[int]) -> None:
               f"{o['mb_s']:6.1f}/{c['mb_s']:<6.1f} {o['cpu_ms_per_instance']:7.1f}/{c['cpu_ms_per_instance']:<8.1f} "
               f"{o['failed']:4d}/{c['failed']:<5d} {c['lag_s']:6.2f}")
     print(f"memory after the runs: Orthanc {rss['Orthanc']} MB, cubepacs {rss['cubepacs']} MB")
+    if layout == "services":
+        print("cubepacs over PostgreSQL (index) + Redis (queue, appendfsync always); their CPU per instance, not "
+              "counted above: " + ", ".join(f"{r['associations']}: {r['backend_cpu_ms_per_instance']:.1f} ms"
+                                            for r in rows if r["server"] == "cubepacs"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,4,16,32", help="concurrent storescu associations, comma-separated")
+    ap.add_argument("--layout", choices=["embedded", "services"], default="embedded",
+                    help="cubepacs' backends: embedded (SQLite, embedded queue) or PostgreSQL + Redis")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     if os.environ.get("CUBEPACS_BENCH_NETNS") == "1":
-        run_inside(levels)
+        run_inside(levels, args.layout)
         return
     if shutil.which("Orthanc") is None:
         sys.exit("Orthanc is not installed: apt-get install orthanc")

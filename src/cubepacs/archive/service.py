@@ -68,7 +68,9 @@ def log_location(storage: Storage, settings: Settings, name: str) -> tuple[str, 
 
 def listen(host: str, port: int, what: str) -> socket.socket:
     """A listening TCP socket, or ListenError naming the address (a taken port is one line, not a traceback)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto given explicitly: asyncio sets TCP_NODELAY on accepted connections only when the socket says
+    # IPPROTO_TCP (proto 0 did not), and without it every kept-alive HTTP response waited 40 ms on a delayed ACK
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

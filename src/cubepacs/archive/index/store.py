@@ -349,6 +349,23 @@ class Index:
                                              j.c.series_uid == series_uid)).first()
         return dict(r._mapping) if r else None
 
+    def frame_source(self, tenant: str, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any] | None:
+        """One instance row with its series' build state (``json_status``, ``cube_key``, ``cube_time``): what a
+        WADO frame request needs, in one prepared query; None when there is no such instance.
+
+        Example
+        -------
+        >>> idx = Index.from_url("sqlite://")
+        >>> _ = idx.add_instance({"tenant": "t", "study_uid": "1", "series_uid": "1.1", "sop_uid": "1.1.1",
+        ...                       "key": "k", "attrs": {}})
+        >>> row = idx.frame_source("t", "1", "1.1", "1.1.1"); row["storage_key"], row["json_status"]
+        ('k', 0)
+        """
+        with self.engine.connect() as conn:
+            r = conn.execute(_statements(conn.dialect.name)["frame_source"],
+                             {"t": tenant, "st": study_uid, "se": series_uid, "sop": sop_uid}).first()
+        return dict(r._mapping) if r else None
+
     def instances_of(self, tenant: str, study_uid: str, series_uid: str | None = None,
                      sop_uids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Instance rows of a study (or series), in instance-number order."""
@@ -411,6 +428,10 @@ def _statements(dialect: str) -> dict[str, Any]:
         "count": select(func.count()).select_from(i).where(
             i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"), i.c.series_uid == bindparam("se")),
         "state": state, "flag": flag,
+        "frame_source": select(i, j.c.json_status, j.c.cube_key, j.c.updated_time.label("cube_time")).join(
+            j, and_(j.c.tenant_id == i.c.tenant_id, j.c.study_uid == i.c.study_uid, j.c.series_uid == i.c.series_uid),
+            isouter=True).where(i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"),
+                                i.c.series_uid == bindparam("se"), i.c.sop_uid == bindparam("sop")),
     }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive import metrics
 from cubepacs.archive.apikeys import normalize, tenant_of_key
@@ -152,16 +153,19 @@ def api_key_of(request: Request) -> str:
     return request.headers.get("x-api-key", "")
 
 
-def tenant_of(request: Request) -> str:
+async def tenant_of(request: Request) -> str:
     """The request's tenant: from ``Authorization: Bearer <key>`` or ``X-Api-Key``, else from the session cookie
-    (then a state-changing request must carry its CSRF token in ``X-CSRF-Token``); 401 without any."""
+    (then a state-changing request must carry its CSRF token in ``X-CSRF-Token``); 401 without any.
+
+    Async, so that it costs no hop to the thread pool: everything here is a lookup in memory, except an OIDC token
+    check (its signing keys may have to be fetched), which runs in the pool."""
     services: Services = request.app.state.services
     key = api_key_of(request)
     services.refresh_keys()
     tenant = tenant_of_key(services.api_keys, key)
     if tenant is None and key and services.oidc is not None and looks_like_jwt(key):
         try:
-            tenant = services.oidc.tenant(key)
+            tenant = await run_in_threadpool(services.oidc.tenant, key)
         except ValueError as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) \
                 from None
@@ -177,6 +181,48 @@ def tenant_of(request: Request) -> str:
                             headers={"WWW-Authenticate": "Bearer"})
     request.state.tenant = tenant
     return tenant
+
+
+class AccessMiddleware:
+    """Request id, Prometheus counters and the access log row of every request — a plain ASGI middleware (it
+    only watches ``http.response.start`` go by; Starlette's ``BaseHTTPMiddleware`` re-streamed every body through
+    a task and a memory stream, a few milliseconds per 512 KB frame)."""
+
+    def __init__(self, app: Any, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = secrets.token_hex(8)
+        REQUEST_ID.set(request_id)
+        seen: dict[str, int] = {"status": 500, "bytes": 0}
+
+        async def watch(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                headers = list(message.get("headers", []))
+                for name, value in headers:
+                    if name.lower() == b"content-length":
+                        seen["bytes"] = int(value or 0)
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP.labels(route=route, method=scope["method"], status=str(seen["status"])).inc()
+            metrics.HTTP_SECONDS.labels(route=route).observe(time.perf_counter() - start)
+            if self.services.access_log is not None:
+                client = scope.get("client")
+                self.services.access_log.add(
+                    tenant=scope.get("state", {}).get("tenant"), method=scope["method"], path=scope["path"],
+                    status=seen["status"], bytes=seen["bytes"], duration_ms=(time.perf_counter() - start) * 1000,
+                    client=client[0] if client else None, request_id=request_id)
 
 
 def public_base(request: Request) -> str:
@@ -281,23 +327,7 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
                            expose_headers=["Content-Type", "Content-Length", "Content-Location", "Warning",
                                            "Location"], max_age=600)
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        request_id = secrets.token_hex(8)
-        REQUEST_ID.set(request_id)
-        response: Response = await call_next(request)
-        response.headers["X-Request-Id"] = request_id
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.HTTP.labels(route=route, method=request.method, status=str(response.status_code)).inc()
-        metrics.HTTP_SECONDS.labels(route=route).observe(time.perf_counter() - start)
-        if services.access_log is not None:
-            services.access_log.add(
-                tenant=getattr(request.state, "tenant", None), method=request.method, path=request.url.path,
-                status=response.status_code, bytes=int(response.headers.get("content-length", 0) or 0),
-                duration_ms=(time.perf_counter() - start) * 1000,
-                client=request.client.host if request.client else None, request_id=request_id)
-        return response
+    app.add_middleware(AccessMiddleware, services=services)
 
     @app.get(ROOT + "/studies")
     def search_studies(request: Request, tenant: str = Depends(tenant_of)) -> Response:

@@ -66,12 +66,12 @@ def _instances(services: Services, tenant: str, study: str, series: str | None =
     return rows
 
 
-def _cube_for(services: Services, tenant: str, study: str, series: str) -> tuple[CubeReader | None, Any]:
-    """The reader of a compacted series' cube (kept open) and what identifies that build; (None, None)."""
-    state = services.index.series_state(tenant, study, series)
-    if not state or state["json_status"] != 1 or not state.get("cube_key"):
+def _cube_for(services: Services, state: dict[str, Any] | None) -> tuple[CubeReader | None, Any]:
+    """The reader of a compacted series' cube (kept open) and what identifies that build; (None, None).
+    ``state``: the series' row (``json_status``, ``cube_key`` and ``cube_time`` or ``updated_time``)."""
+    if not state or state.get("json_status") != 1 or not state.get("cube_key"):
         return None, None
-    key = ("cube", state["cube_key"], str(state["updated_time"]))
+    key = ("cube", state["cube_key"], str(state.get("cube_time", state.get("updated_time"))))
     with _LOCK:
         reader = _CUBES.get(key)
         if reader is None:
@@ -86,10 +86,20 @@ def _cube_for(services: Services, tenant: str, study: str, series: str) -> tuple
     return reader, key
 
 
+def _frame_row(services: Services, tenant: str, study: str, series: str, sop: str) -> dict[str, Any]:
+    """The instance row with its series' build state (one query), or 404."""
+    _uids(study, series, sop)
+    row = services.index.frame_source(tenant, study, series, sop)
+    if row is None:
+        raise HTTPException(404, "no such study, series or instance")
+    return row
+
+
 def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: list[int]) -> list[np.ndarray]:
     """Stored values of the asked frames of one instance (from the cube when the series is compacted); parsed
     files and decoded frames are kept hot (``hot``)."""
-    cube, cube_id = _cube_for(services, tenant, row["study_uid"], row["series_uid"])
+    state = row if "json_status" in row else services.index.series_state(tenant, row["study_uid"], row["series_uid"])
+    cube, cube_id = _cube_for(services, state)
     name = f"{row['sop_uid']}.dcm"
     try:
         if cube is not None and name in cube.meta.names:
@@ -269,7 +279,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
     def get_frames(study: str, series: str, sop: str, frames: str, tenant: str = Depends(tenant_of)) -> Response:
         numbers = parse_frames(frames)
-        row = _instances(services, tenant, study, series, sop)[0]
+        row = _frame_row(services, tenant, study, series, sop)
         arrays = frame_arrays(services, tenant, row, numbers)
         body, ctype = multipart.encode([np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
                                         for a in arrays], "application/octet-stream",
@@ -289,7 +299,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/rendered")
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/thumbnail")
     def rendered(request: Request, study: str, series: str, sop: str, tenant: str = Depends(tenant_of)) -> Response:
-        row = _instances(services, tenant, study, series, sop)[0]
+        row = _frame_row(services, tenant, study, series, sop)
         return rendered_response(services, tenant, row, 1, request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered")
@@ -299,5 +309,5 @@ def add_routes(app: FastAPI, services: Services) -> None:
         numbers = parse_frames(frames)
         if len(numbers) != 1:
             raise HTTPException(400, "one frame number is rendered at a time")
-        row = _instances(services, tenant, study, series, sop)[0]
+        row = _frame_row(services, tenant, study, series, sop)
         return rendered_response(services, tenant, row, numbers[0], request)
