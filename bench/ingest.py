@@ -80,6 +80,23 @@ def store(port: int, aet: str, files: list[Path], streams: int) -> tuple[float, 
     return time.perf_counter() - start, failed
 
 
+def memory_mb(pid: int) -> int:
+    """Proportional set size (MB) of a server's whole process tree (cubepacs' DIMSE workers included; pages
+    the processes share are counted once, split between them)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += int(rollup.split("\nPss:")[1].split()[0])
+            pids += [int(c) for task in Path(f"/proc/{p}/task").glob("*")
+                     for c in (task / "children").read_text().split()]
+        except (OSError, IndexError):
+            continue
+    return total // 1024
+
+
 def postgres_cpu() -> float:
     """CPU seconds of every PostgreSQL process on the machine (the backends serving our index included)."""
     total = 0.0
@@ -167,8 +184,7 @@ def run_inside(levels: list[int], layout: str) -> None:
                              "backend_cpu_ms_per_instance": 1000 * extra / len(files)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
                 shutil.rmtree(tmp / f"{name}-{level}")
-        rss = {name: int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
-               for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
+        rss = {name: memory_mb(pid) for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
     finally:
         for p in (ours, orthanc, *((redis,) if redis is not None else ())):
             p.terminate()
@@ -185,7 +201,8 @@ def run_inside(levels: list[int], layout: str) -> None:
         print(f"{level:5d} {o['inst_s']:14.1f} {c['inst_s']:15.1f} {c['inst_s'] / o['inst_s']:5.2f}x "
               f"{o['mb_s']:6.1f}/{c['mb_s']:<6.1f} {o['cpu_ms_per_instance']:7.1f}/{c['cpu_ms_per_instance']:<8.1f} "
               f"{o['failed']:4d}/{c['failed']:<5d} {c['lag_s']:6.2f}")
-    print(f"memory after the runs: Orthanc {rss['Orthanc']} MB, cubepacs {rss['cubepacs']} MB")
+    print(f"memory (PSS of the process tree) after the runs: Orthanc {rss['Orthanc']} MB, "
+          f"cubepacs {rss['cubepacs']} MB")
     if layout == "services":
         print("cubepacs over PostgreSQL (index) + Redis (queue, appendfsync always); their CPU per instance, not "
               "counted above: " + ", ".join(f"{r['associations']}: {r['backend_cpu_ms_per_instance']:.1f} ms"

@@ -293,12 +293,13 @@ def _json(items: list[dict[str, Any]]) -> Response:
     return JSONResponse(items, media_type=DICOM_JSON)
 
 
-def cached(services: Services, tenant: str, kind: str, request: Request, build: Any) -> Response:
-    """``build()``'s response, from the cache when an unchanged tenant asked the same before."""
+def cached(services: Services, tenant: str, kind: str, request: Request, build: Any, vary: str = "") -> Response:
+    """``build()``'s response, from the cache when an unchanged tenant asked the same before; ``vary``: what else
+    the answer depends on (metadata with absolute BulkDataURIs: the public base URL)."""
     if services.cache is None:
         return build()  # type: ignore[no-any-return]
     query = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
-    key = services.cache.key(tenant, kind, f"{request.url.path}?{query}")
+    key = services.cache.key(tenant, kind, f"{vary}{request.url.path}?{query}")
     hit = services.cache.get(key)
     metrics.CACHE.labels(result="hit" if hit is not None else "miss").inc()
     if hit is not None:

@@ -263,13 +263,13 @@ def add_routes(app: FastAPI, services: Services) -> None:
 
     @app.get(ROOT + "/studies/{study}/metadata")
     def study_metadata(request: Request, study: str, tenant: str = Depends(tenant_of)) -> Response:
-        return absolute(cached(services, tenant, "metadata", request, lambda: metadata(tenant, study, None, None)),
-                        request)
+        return cached(services, tenant, "metadata", request,
+                      lambda: absolute(metadata(tenant, study, None, None), request), vary=public_base(request))
 
     @app.get(ROOT + "/studies/{study}/series/{series}/metadata")
     def series_metadata(request: Request, study: str, series: str, tenant: str = Depends(tenant_of)) -> Response:
-        return absolute(cached(services, tenant, "metadata", request, lambda: metadata(tenant, study, series, None)),
-                        request)
+        return cached(services, tenant, "metadata", request,
+                      lambda: absolute(metadata(tenant, study, series, None), request), vary=public_base(request))
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/metadata")
     def instance_meta(request: Request, study: str, series: str, sop: str,
