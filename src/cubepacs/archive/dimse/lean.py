@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import re
 import select
 import socket
 import ssl
@@ -37,6 +38,7 @@ from datetime import datetime
 from typing import Any
 
 from pydicom import valuerep
+from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -303,6 +305,10 @@ def cache_uid_validation() -> None:
         return
     for table, key in ((valuerep.VALIDATORS, "UI"), (net_config.VALIDATORS, "UI")):
         table[key] = _cached(table[key])
+    # pynetdicom also asks ``UID.is_valid`` (a regular expression) of every UID it sets: the same answer, cached
+    valid = functools.lru_cache(maxsize=8192)(
+        lambda text: len(text) <= 64 and re.match(RE_VALID_UID, text) is not None)
+    UID.is_valid = property(lambda self: valid(str(self)))  # type: ignore[method-assign,assignment]
 
 
 def _cached(validator: Any) -> Any:
