@@ -7,7 +7,8 @@ Connection string
 Options
 -------
 ``max_items``: entries kept; ``max_bytes``: their total size (default 128 MiB); the oldest go first.
-Invalidation reaches only this process: when services run as separate processes, use ``redis://`` so the indexer's invalidations reach the web servers.
+Invalidation reaches only this process: when services run as separate processes, use ``redis://`` so the
+indexer's invalidations reach the web servers.
 
 Example
 -------
