@@ -85,6 +85,12 @@ def _match(col: Any, value: str | list[str], fuzzy: bool) -> Any:
         return and_(*parts)
     if name in ("series_number", "instance_number"):
         return col == int(value)
+    if value.endswith("*") and len(value) > 1 and not any(c in value[:-1] for c in "*?\\") \
+            and not fuzzy and name not in _PN:
+        # a prefix (P0012*): a range the column's index serves, on SQLite (whose LIKE ignores indexes on
+        # case-sensitive columns) as on PostgreSQL; matching stays case-sensitive, as PS3.4 asks outside PN
+        prefix = value[:-1]
+        return and_(col >= prefix, col < prefix[:-1] + chr(ord(prefix[-1]) + 1))
     if "*" in value or "?" in value:
         pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = pattern.replace("*", "%").replace("?", "_")

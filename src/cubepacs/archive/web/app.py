@@ -41,7 +41,7 @@ from cubepacs.archive.web.session import COOKIE, CSRF_HEADER
 from cubepacs.archive.web.tokens import looks_like_jwt
 
 DICOM_JSON = "application/dicom+json"
-MAX_CACHED = 8 * 1024 * 1024  # larger answers are not cached (the big ones are pre-built files anyway)
+MAX_CACHED = 32 * 1024 * 1024  # larger answers are not cached (a 1,000-instance MR series' metadata is ~14 MB)
 ROOT = "/dicom-web"
 
 _STUDY = {"StudyDate": "study_date", "StudyTime": "study_time", "AccessionNumber": "accession_number",
