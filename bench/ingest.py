@@ -2,7 +2,7 @@
 ``TCP_NODELAY=1`` in their environment (Orthanc, like every DCMTK-based server, reads it), in one private network
 namespace.
 
-Usage (root): .venv/bin/python bench/ingest.py [--levels 1,4,16,32] [--layout embedded|services]
+Usage (root): .venv/bin/python bench/ingest.py [--levels 1,4,16,32] [--layout embedded|services] [--long 1000]
 
 For each number of concurrent DCMTK storescu associations, the 404 files of the four series of ../shared/data are
 sent to each server with new Study/Series/SOP Instance UIDs (a fresh copy per level, so nothing is a re-send).
@@ -51,18 +51,21 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def copies(out: Path) -> list[Path]:
-    """The shared series with new UIDs (one new study per series)."""
+def copies(out: Path, long: int = 0) -> list[Path]:
+    """The shared series with new UIDs (one new study per series); with ``long``, instead one series of that
+    many instances: the GE 3D T1 series repeated with new UIDs (synthetic by necessity: no real series that long
+    is in the data set)."""
     out.mkdir(parents=True)
-    files = []
-    for folder in sorted(d for d in DATA.iterdir() if d.is_dir()):
+    files: list[Path] = []
+    folders = sorted(d for d in DATA.iterdir() if d.is_dir())
+    for folder in ([DATA / "mr_ge_signa_3dt1_100sl"] if long else folders):
         study, series = generate_uid(), generate_uid()
-        for f in sorted(folder.iterdir()):
-            if f.suffix == ".txt" or f.name == "DIRFILE":
-                continue
+        sources = sorted(f for f in folder.iterdir() if f.suffix != ".txt" and f.name != "DIRFILE")
+        for f in ([sources[k % len(sources)] for k in range(long)] if long else sources):
             ds = pydicom.dcmread(f)
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.InstanceNumber = len(files) + 1
             target = out / f"{len(files):05d}.dcm"
             ds.save_as(target)
             files.append(target)
@@ -130,7 +133,7 @@ def services_layout(tmp: Path) -> tuple[str, subprocess.Popen[bytes], str]:
     return lines, redis, db
 
 
-def run_inside(levels: list[int], layout: str) -> None:
+def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     tmp = Path(tempfile.mkdtemp(prefix="cubepacs-ingest-"))
     backends, redis, db = services_layout(tmp) if layout == "services" else ("", None, "")
@@ -156,7 +159,7 @@ def run_inside(levels: list[int], layout: str) -> None:
         for level in levels:
             for name, port, aet, pid in (("Orthanc", 4242, "ORTHANC", orthanc.pid), ("cubepacs", 11112, "CUBEPACS",
                                                                                     ours.pid)):
-                files = copies(tmp / f"{name}-{level}")
+                files = copies(tmp / f"{name}-{level}", long)
                 size = sum(f.stat().st_size for f in files)
                 cpu0 = cpu_seconds(pid)
                 extra0 = (cpu_seconds(redis.pid) + postgres_cpu()) if redis is not None else 0.0
@@ -214,10 +217,12 @@ def main() -> None:
     ap.add_argument("--levels", default="1,4,16,32", help="concurrent storescu associations, comma-separated")
     ap.add_argument("--layout", choices=["embedded", "services"], default="embedded",
                     help="cubepacs' backends: embedded (SQLite, embedded queue) or PostgreSQL + Redis")
+    ap.add_argument("--long", type=int, default=0,
+                    help="send one series of this many instances instead of the shared series (e.g. 1000)")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     if os.environ.get("CUBEPACS_BENCH_NETNS") == "1":
-        run_inside(levels, args.layout)
+        run_inside(levels, args.layout, args.long)
         return
     if shutil.which("Orthanc") is None:
         sys.exit("Orthanc is not installed: apt-get install orthanc")
