@@ -11,7 +11,6 @@ Example
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import socket
@@ -31,7 +30,7 @@ from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.webworker import WebWorker
-from cubepacs.archive.workers import worker_count
+from cubepacs.archive.workers import settle_heap, worker_count
 from cubepacs.errors import ListenError
 
 log = logging.getLogger("cubepacs")
@@ -104,28 +103,6 @@ def check(settings: Settings) -> dict[str, str]:
         b.index.close()
 
 
-def start_dimse(settings: Settings, storage: Storage, queue: Queue, index: Index, reuse_port: bool = False) -> Any:
-    """The DIMSE SCP (and DICOM TLS listener) of ``settings`` over these backends, in background threads."""
-    from cubepacs.archive.dimse.scp import Limits, start_scp, tls_context
-
-    limits = Limits(settings.max_associations, settings.acse_timeout, settings.dimse_timeout,
-                    settings.network_timeout)
-    tls = (settings.dimse_tls_port, tls_context(settings.tls_cert, settings.tls_key, settings.tls_ca)) \
-        if settings.dimse_tls_port else None
-    return start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, storage, queue, index,
-                     settings.remote_aes, limits, settings.calling_aes, settings.overwrite, tls,
-                     settings.tls_client_tenants, reuse_port=reuse_port)
-
-
-def settle_heap() -> None:
-    """Move everything allocated while starting (≈110,000 objects: pydicom's dictionaries, SQLAlchemy, FastAPI,
-    pyarrow…) out of the garbage collector's sight (``gc.freeze``): a full collection then scans only what the
-    service allocates later. Without it, each full collection walked them all (≈100 ms), and setting up a
-    DIMSE association allocates enough to trigger one every few associations."""
-    gc.collect()
-    gc.freeze()
-
-
 def _thread(target: Any, name: str) -> threading.Thread:
     t = threading.Thread(target=target, name=name, daemon=True)
     t.start()
@@ -154,7 +131,9 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
 
             stoppers.append(Workers(settings, workers).shutdown)
         else:
-            stoppers.append(start_dimse(settings, b.storage, b.queue, b.index).shutdown)
+            from cubepacs.archive.dimse.scp import start_from_settings
+
+            stoppers.append(start_from_settings(settings, b.storage, b.queue, b.index).shutdown)
         log.info("DIMSE SCP %s listening on %s:%d%s%s", settings.ae_title, settings.host, settings.dimse_port,
                  f" and DICOM TLS on {settings.host}:{settings.dimse_tls_port}" if settings.dimse_tls_port else "",
                  f" ({workers} worker processes)" if workers > 1 else "")

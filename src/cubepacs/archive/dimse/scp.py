@@ -33,6 +33,7 @@ from cubepacs.archive.dimse import lean, retrieve
 from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
+from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.errors import ListenError
 
@@ -142,3 +143,15 @@ class Listeners:
         """Stop every listener."""
         for server in self.items:
             server.shutdown()
+
+
+def start_from_settings(settings: Settings, storage: Storage, queue: Queue, index: Index,
+                        reuse_port: bool = False) -> Any:
+    """The DIMSE SCP (and DICOM TLS listener) of ``settings`` over these backends, in background threads."""
+    limits = Limits(settings.max_associations, settings.acse_timeout, settings.dimse_timeout,
+                    settings.network_timeout)
+    tls = (settings.dimse_tls_port, tls_context(settings.tls_cert, settings.tls_key, settings.tls_ca)) \
+        if settings.dimse_tls_port else None
+    return start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, storage, queue, index,
+                     settings.remote_aes, limits, settings.calling_aes, settings.overwrite, tls,
+                     settings.tls_client_tenants, reuse_port=reuse_port)
