@@ -18,9 +18,10 @@ replaced; everything else — state machine, PDU coding, events — is pynetdico
 
 Example
 -------
->>> from pynetdicom import AE
->>> LeanAssociation(AE(), "acceptor").dul.__class__.__name__
-'LeanDUL'
+>>> [c.__name__ for c in (LeanDUL, LeanAssociation, LeanDIMSE, LeanRequestHandler)]
+['LeanDUL', 'LeanAssociation', 'LeanDIMSE', 'LeanRequestHandler']
+>>> LeanAssociation.__mro__[1].__name__  # pynetdicom's, with its run loop and a few methods overridden
+'Association'
 """
 
 from __future__ import annotations
@@ -171,8 +172,9 @@ def store_response(message_id: int, sop_class: str, sop_instance: str, status: i
 
     Example
     -------
-    >>> store_response(7, "1.2", "1.2.3", 0)[:12].hex()
-    '0000000004000000'
+    >>> rsp = store_response(7, "1.2", "1.2.3", 0)
+    >>> len(rsp), rsp[:12].hex()  # (0000,0000) Command Group Length: 66 bytes follow
+    (78, '000000000400000042000000')
     """
     body = b"".join((_element(0x00000002, _uid(sop_class)), _element(0x00000100, b"\x01\x80"),
                      _element(0x00000120, struct.pack("<H", message_id)), _element(0x00000800, b"\x01\x01"),
