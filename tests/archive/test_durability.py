@@ -18,7 +18,8 @@ pytestmark = pytest.mark.dcmtk
 def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
     data = tmp_path / "data"
     dimse, http = free_port(), free_port()
-    config = write_config(tmp_path / "cfg.toml", data, dimse, http, quiet_seconds=3600.0)
+    # two DIMSE worker processes whatever the machine: the kill lands on serve, the workers go with it
+    config = write_config(tmp_path / "cfg.toml", data, dimse, http, quiet_seconds=3600.0, dimse_workers=2)
     server = start_server(data, config, dimse, http)
     files = dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))
     # storescu reports per file; kill the server while it is still sending

@@ -127,9 +127,11 @@ def test_indexer_feeds_the_doris_topics(kafka_url: str) -> None:
     for _ in range(20):
         if indexer.run_once(timeout=0.5):
             break
-    (obj,) = drain(q, LOG_TOPIC, "doris", 1)
-    (img,) = drain(q, IMAGE_TOPIC, "doris", 1)
-    (state,) = drain(q, STATE_TOPIC, "doris", 1)
+    # one consumer group per topic, as one Doris routine load per table has (one group over three topics made
+    # each new member wait for the idle ones in a rebalance)
+    (obj,) = drain(q, LOG_TOPIC, "doris-log", 1)
+    (img,) = drain(q, IMAGE_TOPIC, "doris-image", 1)
+    (state,) = drain(q, STATE_TOPIC, "doris-state", 1)
     assert obj.payload["storage_key"] == "t/x.dcm" and obj.payload["tenant_id"] == "t"
     assert img.payload["rows"] == 512 and img.payload["modality"] == "CT"
     assert state.payload["series_related_instances"] == 1 and state.payload["series_uid"] == "1.2.3"

@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -28,6 +29,8 @@ from urllib.parse import parse_qsl, urlsplit
 from cubepacs._registry import mask_url
 from cubepacs.archive.queue.base import Message, Queue
 from cubepacs.errors import BackendError
+
+log = logging.getLogger("cubepacs.queue")
 
 
 class KafkaQueue(Queue):
@@ -132,7 +135,15 @@ class KafkaQueue(Queue):
         return waiting, 0.0
 
     def close(self) -> None:
-        for consumer in self._consumers.values():
-            consumer.close()
+        # Closing a consumer leaves its group, which rebalances the group's other members; closed one after the
+        # other, each close could wait on the rebalance the previous one started (seen hanging with librdkafka's
+        # mock cluster). So they leave together, each in a thread, and are waited for 10 s at most.
+        closers = [threading.Thread(target=c.close, name="kafka-close", daemon=True) for c in self._consumers.values()]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(timeout=10)
+        if any(t.is_alive() for t in closers):
+            log.warning("a Kafka consumer did not leave its group within 10 s; not waiting for it")
         self._consumers.clear()
         self.producer.flush(10)
