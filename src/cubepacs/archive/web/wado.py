@@ -97,9 +97,8 @@ def _frame_row(services: Services, tenant: str, study: str, series: str, sop: st
 
 def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: list[int]) -> list[np.ndarray]:
     """Stored values of the asked frames of one instance (from the cube when the series is compacted); parsed
-    files and decoded frames are kept hot (``hot``)."""
-    state = row if "json_status" in row else services.index.series_state(tenant, row["study_uid"], row["series_uid"])
-    cube, cube_id = _cube_for(services, state)
+    files and decoded frames are kept hot (``hot``). ``row``: from ``_frame_row`` (it carries the series' state)."""
+    cube, cube_id = _cube_for(services, row)
     name = f"{row['sop_uid']}.dcm"
     try:
         if cube is not None and name in cube.meta.names:
@@ -239,7 +238,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
         return retrieve(_instances(services, tenant, study, series, sop), request)
 
     def series_json(tenant: str, study: str, series: str, rows: list[dict[str, Any]]) -> bytes:
-        """A series' metadata: the web worker's pre-built JSON when it holds every instance, else built now."""
+        """Metadata of ``rows`` (all of one series): the web worker's pre-built JSON of the series when it holds
+        exactly these instances, else built now."""
         state = services.index.series_state(tenant, study, series)
         if state and state["json_status"] == 1 and state["built_instances"] == len(rows) and state["json_key"]:
             return services.storage.get(state["json_key"])
@@ -248,11 +248,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
         return json.dumps(docs, separators=(",", ":")).encode()
 
     def metadata(tenant: str, study: str, series: str | None, sop: str | None) -> Response:
+        """An instance's, series' or study's metadata: the JSON arrays of its series joined."""
         rows = _instances(services, tenant, study, series, sop)
-        if sop:
-            docs = [safe_metadata(services.storage.get(r["storage_key"]),
-                                  series_base(ROOT, r["study_uid"], r["series_uid"], r["sop_uid"]), r) for r in rows]
-            return Response(json.dumps(docs, separators=(",", ":")), media_type=DICOM_JSON)
         by_series: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             by_series.setdefault(r["series_uid"], []).append(r)
