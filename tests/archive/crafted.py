@@ -64,13 +64,18 @@ def undecodable_pixels(path: Path = CT) -> bytes:
     return _save(ds)
 
 
-def deep_nesting(levels: int = 300, path: Path = CT) -> bytes:
+def deep_nesting(levels: int = 300, path: Path = CT, defined: bool = False) -> bytes:
     """A real CT (explicit VR LE) with a Content Sequence nested ``levels`` deep, written byte by byte with
-    undefined lengths (pydicom itself cannot write that deep), placed in tag order."""
+    undefined lengths (pydicom itself cannot write that deep) or, with ``defined``, with every sequence and item
+    length given; placed in tag order."""
     from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE, split_file
 
     inner = struct.pack("<HH", 0x0008, 0x0100) + b"SH" + struct.pack("<H", 2) + b"X "
     for _ in range(levels):
+        if defined:
+            item = struct.pack("<HHI", 0xFFFE, 0xE000, len(inner)) + inner
+            inner = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + struct.pack("<I", len(item)) + item
+            continue
         inner = (struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + b"\xff" * 4
                  + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner
                  + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))

@@ -208,6 +208,19 @@ def test_deep_nesting_is_refused_everywhere(strict: Server, tmp_path: Path) -> N
     assert not (tmp_path / "x.dcbs").exists()
 
 
+@pytest.mark.parametrize("defined", [False, True], ids=["undefined-lengths", "defined-lengths"])
+def test_nesting_depth_is_checked_without_decoding(defined: bool) -> None:
+    """The ingest check walks the structure of sequences of either length encoding: 64 levels pass, 65 and 300
+    are refused with the tag named; the instance is otherwise described as usual (synthetic nesting, real CT)."""
+    from cubepacs.archive.ingest import RejectedInstance, describe
+
+    ok = describe(crafted.deep_nesting(64, defined=defined))
+    assert ok["attrs"]["Modality"] == "CT"
+    for levels in (65, 300):
+        with pytest.raises(RejectedInstance, match=r"nested deeper than 64 levels.*\(0040,A730\)"):
+            describe(crafted.deep_nesting(levels, defined=defined))
+
+
 def test_stow_edges(strict: Server) -> None:
     empty_body, ctype = multipart.encode([], "application/dicom")
     r = httpx.post(f"{strict.url}/studies", content=empty_body,

@@ -28,7 +28,7 @@ from cubepacs.archive.keys import check_tenant, check_uid, instance_key
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 from cubepacs.archive.storage.base import Storage
 from cubepacs.dicom.dicomjson import _dictionary_vr, dataset_to_json
-from cubepacs.dicom.rawfile import RawFile, split_file
+from cubepacs.dicom.rawfile import MAX_DEPTH, UNDEFINED, Scan, _Cursor, scan_file
 from cubepacs.errors import DicomReadError
 
 INDEX_KEYWORDS = (
@@ -46,14 +46,14 @@ def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
     """Check an encoded instance and return its UIDs and index attributes; RejectedInstance when it cannot be
     archived (the message says why)."""
     try:
-        raw = split_file(data, source)  # the whole file must be well formed: it is what we keep
+        scan = scan_file(data, source)  # the whole file must be well formed: it is what we keep
     except DicomReadError as exc:
         raise RejectedInstance(source, exc.reason, exc.offset) from exc
-    if not any(c.key == 0x00020010 for c in raw.chunks):
+    if not scan.has_transfer_syntax:
         raise RejectedInstance(source, "no file meta information / Transfer Syntax UID")
-    _check_nesting(raw, source)
+    _check_nesting(data, scan, source)
     try:
-        uids, attrs = _fast_attrs(raw)
+        uids, attrs = _fast_attrs(data, scan)
     except Exception:  # unusual character set, deflated, odd values: pydicom decides
         try:
             with warnings.catch_warnings():
@@ -70,19 +70,20 @@ def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
             raise RejectedInstance(source, str(exc)) from exc
     return {"study_uid": uids["StudyInstanceUID"], "series_uid": uids["SeriesInstanceUID"],
             "sop_uid": uids["SOPInstanceUID"], "sop_class_uid": uids["SOPClassUID"] or None,
-            "transfer_syntax": raw.transfer_syntax, "size": len(data), "attrs": attrs}
+            "transfer_syntax": scan.transfer_syntax, "size": len(data), "attrs": attrs}
 
 
 _UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
 _WANTED = {f"{tag_for_keyword(k):08X}": k for k in (*_UID_KEYWORDS, *INDEX_KEYWORDS, "SpecificCharacterSet")}
+_WANTED_TAGS = frozenset(int(t, 16) for t in _WANTED)
 
 
-def _fast_attrs(raw: RawFile) -> tuple[dict[str, str], dict[str, Any]]:
+def _fast_attrs(data: bytes, scan: Scan) -> tuple[dict[str, str], dict[str, Any]]:
     """UIDs and index attributes straight from the encoded top-level elements (the fast DICOM JSON path)."""
-    if raw.deflated_body is not None:
+    if scan.deflated_body is not None:
         raise ValueError("deflated")
-    wanted = [c.data for c in raw.chunks if c.key >= 0 and f"{c.key:08X}" in _WANTED]
-    doc, _, _, _ = dataset_to_json(b"".join(wanted), raw.implicit, raw.little_endian)
+    wanted = b"".join([data[s:e] for tag, _, s, _, e in scan.spans if tag in _WANTED_TAGS and tag >> 16 != 2])
+    doc, _, _, _ = dataset_to_json(wanted, scan.implicit, scan.little_endian)
     values: dict[str, Any] = {}
     for tag, kw in _WANTED.items():
         v = doc.get(tag, {}).get("Value")
@@ -94,28 +95,60 @@ def _fast_attrs(raw: RawFile) -> tuple[dict[str, str], dict[str, Any]]:
     return uids, {k: v for k, v in values.items() if v not in (None, "")}
 
 
-def _check_nesting(raw: RawFile, source: str) -> None:
-    """Refuse sequences nested deeper than MAX_DEPTH (every reader of the instance would have to walk them)."""
-    if raw.deflated_body is not None:
+class _TooDeep(Exception):
+    pass
+
+
+def _check_nesting(data: bytes, scan: Scan, source: str) -> None:
+    """Refuse sequences nested deeper than MAX_DEPTH (every reader of the instance would have to walk them).
+
+    Undefined-length sequences were walked to that depth by the scan already; this walks the structure (items
+    and element headers, no values) of the defined-length ones. Other oddities inside a sequence are served as
+    they are, not refused: the walk of that sequence just stops.
+    """
+    if scan.deflated_body is not None:
         return  # pydicom reads those; its failure is a refusal too
-    seqs = []
-    for c in raw.chunks:
-        if c.key < 0 or c.key >> 16 == 2 or len(c.data) < 8:
+    cur = _Cursor(data, scan.little_endian, source)
+    for tag, vr, start, hsize, end in scan.spans:
+        if tag >> 16 == 2 or not _is_sequence(tag, vr, scan.implicit):
             continue
-        if raw.implicit:
-            if c.data[4:8] == b"\xff\xff\xff\xff" or _dictionary_vr(c.key, {}) == "SQ":
-                seqs.append(c.data)
-        elif c.data[4:6] in (b"SQ", b"UN"):
-            seqs.append(c.data)
-    if not seqs:
-        return
-    try:
-        dataset_to_json(b"".join(seqs), raw.implicit, raw.little_endian, invalid=[])
-    except DicomReadError as exc:
-        if "nested deeper" in exc.reason:
-            raise RejectedInstance(source, exc.reason) from None
-    except Exception:  # other oddities inside sequences are served as they are, not refused
-        return
+        try:
+            _walk_items(cur, start + hsize, end, scan.implicit or vr == b"UN", 1)
+        except _TooDeep:
+            raise RejectedInstance(source, f"sequences nested deeper than {MAX_DEPTH} levels in "
+                                   f"({tag >> 16:04X},{tag & 0xFFFF:04X})", start) from None
+        except DicomReadError as exc:  # an undefined-length sequence inside a defined-length one
+            if "nested deeper" in exc.reason:
+                raise RejectedInstance(source, exc.reason, exc.offset) from None
+
+
+def _is_sequence(tag: int, vr: bytes | None, implicit: bool) -> bool:
+    if vr is not None:
+        return vr in (b"SQ", b"UN")
+    return implicit and _dictionary_vr(tag, {}) in ("SQ", "UN")
+
+
+def _walk_items(cur: _Cursor, pos: int, end: int, implicit: bool, depth: int) -> None:
+    """Walk the items of a sequence value in ``[pos, end)`` down to its deepest level (_TooDeep past MAX_DEPTH)."""
+    if depth > MAX_DEPTH:
+        raise _TooDeep
+    while pos + 8 <= end:
+        tag, _, length, _ = cur.header(pos, implicit)
+        pos += 8
+        if tag != 0xFFFEE000:
+            return  # a delimiter, or not an item (an UN value that is not a sequence): nothing more to walk
+        stop = end if length == UNDEFINED else min(end, pos + length)
+        while pos + 8 <= stop:
+            etag, evr, elen, ehsize = cur.header(pos, implicit)
+            if etag == 0xFFFEE00D:
+                pos += 8
+                break
+            eend = cur.end_of(pos, implicit, etag, evr, elen, ehsize, depth)
+            if elen == UNDEFINED or _is_sequence(etag, evr, implicit):
+                _walk_items(cur, pos + ehsize, eend, implicit or evr == b"UN", depth + 1)
+            pos = eend
+        if length != UNDEFINED:
+            pos = stop
 
 
 def _plain(value: Any) -> Any:

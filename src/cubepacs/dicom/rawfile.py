@@ -87,6 +87,10 @@ class RawFile:
 
 _LE = (struct.Struct("<HH").unpack_from, struct.Struct("<I").unpack_from, struct.Struct("<H").unpack_from)
 _BE = (struct.Struct(">HH").unpack_from, struct.Struct(">I").unpack_from, struct.Struct(">H").unpack_from)
+_SHORT_LE = struct.Struct("<HH2sH").unpack_from
+_SHORT_BE = struct.Struct(">HH2sH").unpack_from
+_PLAIN_LE = struct.Struct("<HHI").unpack_from
+_PLAIN_BE = struct.Struct(">HHI").unpack_from
 
 
 class _Cursor:
@@ -193,6 +197,98 @@ def _encoding_of(ts: str) -> tuple[bool, bool]:
     return False, True
 
 
+@dataclass
+class Scan:
+    """Where the top-level elements of an encoded file are, found without copying any of them.
+
+    ``spans`` holds ``(tag, vr or None, start, header size, end)`` of every element in file order, the file meta
+    elements first; ``tail`` is the offset of trailing zero padding (``len(buf)`` when there is none). For a
+    deflated transfer syntax the spans stop after the file meta and ``deflated_body`` holds the inflated dataset.
+    """
+
+    transfer_syntax: str
+    implicit: bool
+    little_endian: bool
+    has_preamble: bool
+    has_transfer_syntax: bool
+    spans: list[tuple[int, bytes | None, int, int, int]]
+    tail: int
+    deflated_body: bytes | None = None
+
+
+def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
+    """Find the element boundaries of an encoded DICOM file (every element checked, nothing copied).
+
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
+    >>> scan = scan_file(data)
+    >>> scan.transfer_syntax, hex(scan.spans[-1][0]), scan.spans[-1][4] == len(data)
+    ('1.2.840.10008.1.2.1', '0x7fe00010', True)
+    """
+    pos = 0
+    has_preamble = len(buf) >= 132 and buf[128:132] == b"DICM"
+    if has_preamble:
+        pos = 132
+    elif len(buf) < 8 or not _plausible_start(buf):
+        raise DicomReadError(source, "not a DICOM file (no DICM prefix, and no element at the start)")
+    spans: list[tuple[int, bytes | None, int, int, int]] = []
+    # File meta group (always explicit VR little endian).
+    meta = _Cursor(buf, True, source)
+    ts: str | None = None
+    while pos + 6 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+        tag, vr, length, hsize = meta.header(pos, False)
+        end = meta.end_of(pos, False, tag, vr, length, hsize)
+        if tag == 0x00020010:
+            ts = buf[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii", "replace")
+        spans.append((tag, vr, pos, hsize, end))
+        pos = end
+    has_ts = ts is not None
+    if ts is None:
+        implicit, little = _guess_encoding(buf, pos)
+        ts = IMPLICIT_LE if implicit else (EXPLICIT_LE if little else EXPLICIT_BE)
+    else:
+        implicit, little = _encoding_of(ts)
+    scan = Scan(ts, implicit, little, has_preamble, has_ts, spans, len(buf))
+    if ts in DEFLATED:
+        try:
+            scan.deflated_body = zlib.decompress(buf[pos:], -15)
+        except zlib.error as exc:
+            raise DicomReadError(source, f"deflated dataset cannot be inflated: {exc}", pos) from exc
+        scan.tail = pos
+        return scan
+    cur = _Cursor(buf, little, source)
+    header, end_of, size = cur.header, cur.end_of, len(buf)
+    # the common cases read in one unpack: tag, VR, 16-bit length (explicit) or tag, 32-bit length (implicit)
+    short, plain = (_SHORT_LE, _PLAIN_LE) if little else (_SHORT_BE, _PLAIN_BE)
+    while pos < size:
+        if size - pos < 8:
+            if buf[pos:].strip(b"\0") == b"":
+                scan.tail = pos  # trailing zero padding after the last element
+                break
+        elif not implicit:
+            group, elem, vr, length = short(buf, pos)
+            if vr in _SHORT_VRS and group != 0xFFFE:
+                end = pos + 8 + length
+                if end <= size:
+                    spans.append(((group << 16) | elem, vr, pos, 8, end))
+                    pos = end
+                    continue
+        else:
+            group, elem, length = plain(buf, pos)
+            end = pos + 8 + length
+            if length != UNDEFINED and group != 0xFFFE and end <= size:
+                spans.append(((group << 16) | elem, None, pos, 8, end))
+                pos = end
+                continue
+        tag, vr2, length, hsize = header(pos, implicit)
+        end = end_of(pos, implicit, tag, vr2, length, hsize)
+        spans.append((tag, vr2, pos, hsize, end))
+        pos = end
+    return scan
+
+
 def split_file(buf: bytes, source: str = "<bytes>") -> RawFile:
     """Split an encoded DICOM file into chunks (see :class:`RawFile`).
 
@@ -208,59 +304,31 @@ def split_file(buf: bytes, source: str = "<bytes>") -> RawFile:
     ...
     cubepacs.errors.DicomReadError: x.dcm: not a DICOM file (no DICM prefix, and no element at the start)
     """
-    chunks: list[Chunk] = []
-    pos = 0
-    has_preamble = len(buf) >= 132 and buf[128:132] == b"DICM"
-    if has_preamble:
-        chunks.append(Chunk(KEY_PREAMBLE, buf[:132]))
-        pos = 132
-    elif len(buf) < 8 or not _plausible_start(buf):
-        raise DicomReadError(source, "not a DICOM file (no DICM prefix, and no element at the start)")
-    # File meta group (always explicit VR little endian).
-    meta = _Cursor(buf, True, source)
-    ts: str | None = None
-    while pos + 6 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
-        end = meta.skip_element(pos, False)
-        tag = struct.unpack_from("<I", buf, pos)[0]
-        tag = ((tag & 0xFFFF) << 16) | (tag >> 16)
-        if tag == 0x00020010:
-            _, _, length, hsize = meta.header(pos, False)
-            ts = buf[pos + hsize : pos + hsize + length].rstrip(b"\0 ").decode("ascii", "replace")
-        chunks.append(Chunk(tag, buf[pos:end]))
-        pos = end
-    if ts is None:
-        implicit, little = _guess_encoding(buf, pos)
-        ts = IMPLICIT_LE if implicit else (EXPLICIT_LE if little else EXPLICIT_BE)
-    else:
-        implicit, little = _encoding_of(ts)
-    raw = RawFile(source=source, transfer_syntax=ts, implicit=implicit, little_endian=little, chunks=chunks)
-    if ts in DEFLATED:
-        body = buf[pos:]
-        try:
-            raw.deflated_body = zlib.decompress(body, -15)
-        except zlib.error as exc:
-            raise DicomReadError(source, f"deflated dataset cannot be inflated: {exc}", pos) from exc
-        chunks.append(Chunk(KEY_OPAQUE, body))
-        return raw
-    cur = _Cursor(buf, little, source)
-    while pos < len(buf):
-        if len(buf) - pos < 8 and buf[pos:].strip(b"\0") == b"":
-            chunks.append(Chunk(KEY_OPAQUE, buf[pos:]))  # trailing zero padding after the last element
-            break
-        tag, vr, length, hsize = cur.header(pos, implicit)
-        end = cur.end_of(pos, implicit, tag, vr, length, hsize)
+    scan = scan_file(buf, source)
+    chunks: list[Chunk] = [Chunk(KEY_PREAMBLE, buf[:132])] if scan.has_preamble else []
+    raw = RawFile(source=source, transfer_syntax=scan.transfer_syntax, implicit=scan.implicit,
+                  little_endian=scan.little_endian, chunks=chunks)
+    for tag, vr, pos, hsize, end in scan.spans:
         if tag in PIXEL_TAGS and raw.pixel_tag is None:
             raw.pixel_tag = tag
             raw.pixel_vr = vr.decode("ascii") if vr else None
-            raw.encapsulated = length == UNDEFINED
+            raw.encapsulated = _declared(buf, pos, hsize, scan.little_endian) == UNDEFINED
             chunks.append(Chunk(tag, buf[pos : pos + hsize]))
             chunks.append(Chunk(KEY_PIXEL_VALUE, b""))
             raw.pixel_value = buf[pos + hsize : end]
-            pos = end
             continue
         chunks.append(Chunk(tag, buf[pos:end]))
-        pos = end
+    if scan.deflated_body is not None:
+        raw.deflated_body = scan.deflated_body
+        chunks.append(Chunk(KEY_OPAQUE, buf[scan.tail:]))
+    elif scan.tail < len(buf):
+        chunks.append(Chunk(KEY_OPAQUE, buf[scan.tail:]))
     return raw
+
+
+def _declared(buf: bytes, pos: int, hsize: int, little: bool) -> int:
+    """The value length an element header at ``pos`` declares (UNDEFINED for encapsulated pixel data)."""
+    return int(struct.unpack_from("<I" if little else ">I", buf, pos + hsize - 4)[0])
 
 
 def _plausible_start(buf: bytes) -> bool:
