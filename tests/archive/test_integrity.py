@@ -383,8 +383,9 @@ def test_32_concurrent_storing_associations_are_all_accepted(strict: Server) -> 
     import threading
 
     from pynetdicom import AE
+    from pynetdicom.dsutils import encode
 
-    from cubepacs.archive.dimse.scu import hold_reactor
+    from cubepacs.archive.dimse.scu import hold_reactor, store_encoded
 
     files = dicom_files(MR)[:64]
     datas = [pydicom.dcmread(f) for f in files]
@@ -401,9 +402,12 @@ def test_32_concurrent_storing_associations_are_all_accepted(strict: Server) -> 
         if established:
             # pynetdicom's requestor can take a fast C-STORE response off its own queue (a race in its reactor
             # pause, docs/design.md): these clients only send, so their reactors are held paused, as ours are
+            # (pynetdicom's send_c_store would let them go again after each store: store_encoded keeps them held)
             hold_reactor(assoc)
+            cx = assoc.accepted_contexts[0]
             for ds in datas[k::32]:
-                statuses.append(int(assoc.send_c_store(ds).Status))
+                payload = bytes(encode(ds, False, True))
+                statuses.append(int(store_encoded(assoc, cx, ds.SOPClassUID, ds.SOPInstanceUID, payload).Status))
             barrier_hold.wait()  # all 32 are open at the same time
             assoc.release()
         results.append((established, statuses))

@@ -11,7 +11,8 @@ C-STORE threads' samples), and the association reactor sleeps 1 ms between looks
 * ``LeanAssociation`` waits on an event set whenever the DUL hands it a message, a release or an abort (50 ms at
   most, the resolution of the network idle timeout check);
 * ``LeanRequestHandler`` gives each association the server's context list itself;
-* ``LeanDIMSE`` encodes the usual C-STORE-RSP (a status, nothing else) from bytes instead of a pydicom Dataset.
+* ``LeanDIMSE`` encodes the usual C-STORE-RSP (a status, nothing else) from bytes instead of a pydicom Dataset;
+* ``LeanDUL`` also decodes a repeated A-ASSOCIATE-RQ, and encodes its answer, once (``handshake``).
 
 The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
 replaced; everything else — state machine, PDU coding, events — is pynetdicom's.
@@ -45,9 +46,11 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from cubepacs.archive.dimse import handshake
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 _TICK = 0.05  # the longest a reactor sleeps without work: how often timers are looked at
@@ -74,6 +77,33 @@ class LeanDUL(DULServiceProvider):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.to_provider_queue = _WakingQueue(self.poke)
+        self._request: handshake.CachedRequest | None = None  # the A-ASSOCIATE-RQ, when cached
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        """pynetdicom's, but an A-ASSOCIATE-RQ seen before is not decoded again (``handshake``)."""
+        if bytestream[:1] != b"\x01" or not handshake.usable(self.assoc):
+            return super()._decode_pdu(bytestream)
+        data = bytes(bytestream)
+        cached = handshake.remembered(data)
+        if cached is None:
+            pdu, event = super()._decode_pdu(bytestream)
+            self._request = handshake.remember(data, pdu)
+            return pdu, event
+        self._request = cached
+        return cached, "Evt6"
+
+    def _send(self, pdu: Any) -> None:
+        """pynetdicom's, but the A-ASSOCIATE-AC answering a cached request is encoded once (``handshake``)."""
+        request = self._request
+        if request is None or not isinstance(pdu, A_ASSOCIATE_AC) or self.socket is None:
+            super()._send(pdu)
+            return
+        ae = self.assoc.ae
+        data = request.accept_for(ae)
+        if data is None:
+            data = pdu.encode()
+            request.keep_accept(ae, data)
+        self.socket.send(data)
 
     def poke(self) -> None:
         """Wake the reactor (a primitive is to be sent, or it is to stop)."""
@@ -330,6 +360,7 @@ def start_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_con
                  reuse_port: bool = False) -> Any:
     """``ae.start_server(address, block=False, …)`` with lean associations; ``reuse_port``: bind with
     SO_REUSEPORT, so that several processes can listen on the same port (the kernel spreads connections)."""
+    handshake.install()
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers,
                             server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
                             request_handler=LeanRequestHandler)
