@@ -25,3 +25,48 @@ def test_store_response_equals_pynetdicom_encoding(sop_class: str, sop_instance:
     msg = C_STORE_RSP()
     msg.primitive_to_message(rsp)
     assert store_response(message_id, sop_class, sop_instance, status) == encode(msg.command_set, True, True)
+
+
+@pytest.mark.parametrize("originator", [None, ("MOVER", 17)])
+def test_store_request_read_from_bytes_equals_pynetdicom(originator: tuple[str, int] | None) -> None:
+    """A C-STORE-RQ command set read by ``command`` gives the primitive pynetdicom's Dataset route gives."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from cubepacs.archive.dimse.command import LeanStoreRequest, new_message
+
+    req = C_STORE()
+    req.MessageID, req.Priority = 300, 1
+    req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.826.0.1.3680043.8.498.1"
+    if originator:
+        req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID = originator
+    req.DataSet = BytesIO(b"\x08\x00\x16\x00")
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    pdata = P_DATA()
+    pdata.presentation_data_value_list = [[5, b"\x03" + bytes(encode(msg.command_set, True, True))],
+                                          [5, b"\x02" + b"\x08\x00\x16\x00"]]
+    lean, plain = new_message(), new_message()
+    assert lean.decode_msg(pdata)
+    assert type(lean) is LeanStoreRequest
+    theirs = C_STORE_RQ()
+    theirs.command_set, theirs.data_set, theirs.context_id = msg.command_set, BytesIO(b"\x08\x00\x16\x00"), 5
+    mine, expected = lean.message_to_primitive(), theirs.message_to_primitive()
+    for name in ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+                 "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
+        assert getattr(mine, name) == getattr(expected, name), name
+    assert mine._context_id == 5 and mine.DataSet.getvalue() == b"\x08\x00\x16\x00"
+    assert lean.command_set.AffectedSOPInstanceUID == "1.2.826.0.1.3680043.8.498.1"
+    # anything but a C-STORE-RQ goes pynetdicom's way
+    echo = P_DATA()
+    from pynetdicom.dimse_messages import C_ECHO_RQ
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    e = C_ECHO()
+    e.MessageID = 1
+    em = C_ECHO_RQ()
+    em.primitive_to_message(e)
+    echo.presentation_data_value_list = [[1, b"\x03" + bytes(encode(em.command_set, True, True))]]
+    assert plain.decode_msg(echo) and type(plain) is C_ECHO_RQ

@@ -17,6 +17,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import warnings
 from io import BytesIO
 from typing import Any
@@ -95,6 +96,9 @@ def _fast_attrs(data: bytes, scan: Scan) -> tuple[dict[str, str], dict[str, Any]
     return uids, {k: v for k, v in values.items() if v not in (None, "")}
 
 
+_SEQUENCE_VRS = frozenset({b"SQ", b"UN"})
+
+
 class _TooDeep(Exception):
     pass
 
@@ -109,8 +113,11 @@ def _check_nesting(data: bytes, scan: Scan, source: str) -> None:
     if scan.deflated_body is not None:
         return  # pydicom reads those; its failure is a refusal too
     cur = _Cursor(data, scan.little_endian, source)
+    implicit = scan.implicit
     for tag, vr, start, hsize, end in scan.spans:
-        if tag >> 16 == 2 or not _is_sequence(tag, vr, scan.implicit):
+        if vr is not None and vr not in _SEQUENCE_VRS:
+            continue
+        if tag >> 16 == 2 or not _is_sequence(tag, vr, implicit):
             continue
         try:
             _walk_items(cur, start + hsize, end, scan.implicit or vr == b"UN", 1)
@@ -124,8 +131,14 @@ def _check_nesting(data: bytes, scan: Scan, source: str) -> None:
 
 def _is_sequence(tag: int, vr: bytes | None, implicit: bool) -> bool:
     if vr is not None:
-        return vr in (b"SQ", b"UN")
-    return implicit and _dictionary_vr(tag, {}) in ("SQ", "UN")
+        return vr in _SEQUENCE_VRS
+    return implicit and _implicit_sequence(tag)
+
+
+@functools.lru_cache(maxsize=8192)
+def _implicit_sequence(tag: int) -> bool:
+    """Whether an implicit-VR element may hold items (its dictionary VR is SQ, or unknown)."""
+    return _dictionary_vr(tag, {}) in ("SQ", "UN")
 
 
 def _walk_items(cur: _Cursor, pos: int, end: int, implicit: bool, depth: int) -> None:

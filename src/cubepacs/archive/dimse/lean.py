@@ -11,7 +11,8 @@ C-STORE threads' samples), and the association reactor sleeps 1 ms between looks
 * ``LeanAssociation`` waits on an event set whenever the DUL hands it a message, a release or an abort (50 ms at
   most, the resolution of the network idle timeout check);
 * ``LeanRequestHandler`` gives each association the server's context list itself;
-* ``LeanDIMSE`` encodes the usual C-STORE-RSP (a status, nothing else) from bytes instead of a pydicom Dataset;
+* ``LeanDIMSE`` reads a C-STORE-RQ's command from its bytes (``command``) and encodes the usual C-STORE-RSP (a
+  status, nothing else) from bytes, instead of going through a pydicom Dataset each way;
 * ``LeanDUL`` also decodes a repeated A-ASSOCIATE-RQ, and encodes its answer, once (``handshake``).
 
 The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
@@ -50,7 +51,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from cubepacs.archive.dimse import handshake
+from cubepacs.archive.dimse import command, handshake
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 _TICK = 0.05  # the longest a reactor sleeps without work: how often timers are looked at
@@ -213,7 +214,13 @@ def store_response(message_id: int, sop_class: str, sop_instance: str, status: i
 
 
 class LeanDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider; a C-STORE-RSP with nothing but a status is encoded from a template."""
+    """pynetdicom's DIMSE provider; a C-STORE-RQ is read from its command bytes (``command``), a C-STORE-RSP
+    with nothing but a status is encoded from a template."""
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self.message is None and command.usable(self.assoc):
+            self.message = command.new_message()
+        super().receive_primitive(primitive)
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
