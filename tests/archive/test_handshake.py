@@ -121,3 +121,11 @@ def test_accept_bytes_equal_a_fresh_encoding(server: tuple[Any, int, list[str]])
             user.append(ver)
         fresh.user_information = user
         assert request.accept_for(ae) == A_ASSOCIATE_AC(fresh).encode()
+
+
+def test_listener_backlog_holds_a_burst_of_senders(server: tuple[Any, int, list[str]]) -> None:
+    """The kernel's listen queue (``ss`` shows it as Send-Q of a listening socket) takes 128 pending connections,
+    not socketserver's 5: a burst of 32 storescu is not dropped into SYN retries."""
+    _, port, _ = server
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[2]) == 128, out
