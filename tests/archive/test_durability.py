@@ -28,11 +28,16 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
     sender = subprocess.Popen(["storescu", "-v", "-aec", "CUBEPACS", "127.0.0.1", str(dimse), *map(str, files)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
-    time.sleep(0.8)
+    assert sender.stdout is not None
+    seen = []  # kill once 20 instances are acknowledged (a fixed delay missed: the whole series took < 0.8 s)
+    for line in sender.stdout:
+        seen.append(line)
+        if sum("Received Store Response (Success)" in x for x in seen) >= 20:
+            break
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     out, _ = sender.communicate(timeout=60)
-    acknowledged = out.count("Received Store Response (Success)")
+    acknowledged = ("".join(seen) + out).count("Received Store Response (Success)")
     assert 0 < acknowledged < len(files), "the kill should land mid-series"
     stop_server(server)
     server = start_server(data, config, dimse, http)

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.dcmtk
 
 
 def _children(pid: int) -> list[int]:
-    """The DIMSE worker processes of a server (spawned by multiprocessing; not its resource tracker)."""
+    """The DIMSE worker processes of a server (forked, or spawned by multiprocessing; not a resource tracker)."""
     pids = [int(c) for task in Path(f"/proc/{pid}/task").glob("*") for c in (task / "children").read_text().split()]
-    return [p for p in pids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
 def _port_free(port: int) -> bool:

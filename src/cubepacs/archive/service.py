@@ -116,21 +116,26 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     ``extensions``: functions ``(app, services)`` adding routes to the web (the research export registers its
     endpoint this way, so that the archive itself never imports the lake).
     """
+    stoppers: list[Any] = []
+    workers = worker_count(settings.dimse_workers) if "storescp" in parts else 0
+    if workers > 1:  # first, while this process has no thread and no connection: they can be forked
+        from cubepacs.archive.workers import Workers
+
+        stoppers.append(Workers(settings, workers).shutdown)
     # An in-process cache is only safe where the indexer that invalidates it runs in the same process.
     cache_url = settings.cache_url or ("memory://" if {"indexer", "web"} <= parts else None)
-    b = open_backends(settings, cache_url)
+    try:
+        b = open_backends(settings, cache_url)
+    except BaseException:
+        for s in stoppers:
+            s()
+        raise
     stop = threading.Event()
-    stoppers: list[Any] = []
     clean = getattr(b.storage, "clean_temporary", None)
     if clean is not None and parts & {"storescp", "web", "webworker"}:
         _thread(clean, "clean-temporary")  # files a crash left half-written
     if "storescp" in parts:
-        workers = worker_count(settings.dimse_workers)
-        if workers > 1:
-            from cubepacs.archive.workers import Workers
-
-            stoppers.append(Workers(settings, workers).shutdown)
-        else:
+        if workers <= 1:
             from cubepacs.archive.dimse.scp import start_from_settings
 
             stoppers.append(start_from_settings(settings, b.storage, b.queue, b.index).shutdown)

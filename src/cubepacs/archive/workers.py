@@ -1,7 +1,8 @@
 """The DIMSE listener as N worker processes on one port, so that ingest scales with cores, not with one GIL.
 
-Each worker is a spawned process with its own pynetdicom AE and its own connections to the shared backends
-(storage, queue, index — the same URLs the other services use), listening on the DIMSE port with
+Each worker is a process (forked before the service starts any thread, else spawned) with its own pynetdicom AE
+and its own connections to the shared backends (storage, queue, index — the same URLs the other services use),
+listening on the DIMSE port with
 ``SO_REUSEPORT``: the kernel spreads new connections over the workers. A C-STORE is acknowledged by the worker
 that received it after its file and event are durable, exactly as in one process.
 
@@ -81,7 +82,7 @@ class Workers:
         ensure_free(settings.host, settings.dimse_port, "DIMSE")
         if settings.dimse_tls_port:
             ensure_free(settings.host, settings.dimse_tls_port, "DICOM TLS")
-        ctx = multiprocessing.get_context("spawn")
+        ctx: Any = multiprocessing.get_context(_start_method())
         self.procs: list[Any] = []
         pipes = []
         for k in range(n):
@@ -92,12 +93,17 @@ class Workers:
             send.close()
             self.procs.append(proc)
             pipes.append(receive)
-        for k, pipe in enumerate(pipes):
-            answer = pipe.recv() if pipe.poll(timeout) else f"BackendError:worker {k} did not start in {timeout} s"
-            if answer != "ok":
-                self.shutdown()
-                kind, _, message = str(answer).partition(":")
-                raise (ListenError if kind == "ListenError" else BackendError)(message)
+            if k == 0:  # the first one alone: it creates what the backends need (tables), the others find it
+                self._wait(0, receive, timeout)
+        for k, pipe in enumerate(pipes[1:], start=1):
+            self._wait(k, pipe, timeout)
+
+    def _wait(self, k: int, pipe: Connection, timeout: float) -> None:
+        answer = pipe.recv() if pipe.poll(timeout) else f"BackendError:worker {k} did not start in {timeout} s"
+        if answer != "ok":
+            self.shutdown()
+            kind, _, message = str(answer).partition(":")
+            raise (ListenError if kind == "ListenError" else BackendError)(message)
 
     def shutdown(self) -> None:
         """Stop every worker (SIGTERM: open associations end, then the process exits; SIGKILL after 10 s)."""
@@ -113,6 +119,24 @@ class Workers:
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+
+
+def _start_method() -> str:
+    """``fork`` on Linux while this process has a single thread, else ``spawn``.
+
+    Forked workers share the parent's pages (the interpreter, pydicom's dictionaries, pynetdicom, SQLAlchemy —
+    about 75 MB that a spawned worker imports again) until either side writes to them; the shared part is
+    frozen first (``gc.freeze``) so that no collection writes to it. Forking is only safe before any thread
+    exists (a lock another thread holds would stay held in the child): the service starts its workers first,
+    and anything else — a test running the service in a thread, macOS — spawns them.
+    """
+    if sys.platform != "linux" or threading.active_count() > 1:
+        return "spawn"
+    from cubepacs._registry import open_backend  # noqa: F401  (what every worker imports, loaded to be shared)
+    from cubepacs.archive.dimse import scp  # noqa: F401
+
+    settle_heap()
+    return "fork"
 
 
 def settle_heap() -> None:
