@@ -83,16 +83,17 @@ def store(port: int, aet: str, files: list[Path], streams: int) -> tuple[float, 
     return time.perf_counter() - start, failed
 
 
-def memory_mb(pid: int) -> int:
+def memory_mb(pid: int, field: str = "Pss") -> int:
     """Proportional set size (MB) of a server's whole process tree (cubepacs' DIMSE workers included; pages
-    the processes share are counted once, split between them)."""
+    the processes share are counted once, split between them). ``field="Pss_Anon"``: only its anonymous memory
+    (heaps; not the code and data pages of mapped libraries, which the kernel can drop and read back)."""
     total = 0
     pids = [pid]
     while pids:
         p = pids.pop()
         try:
             rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
-            total += int(rollup.split("\nPss:")[1].split()[0])
+            total += int(rollup.split(f"\n{field}:")[1].split()[0])
             pids += [int(c) for task in Path(f"/proc/{p}/task").glob("*")
                      for c in (task / "children").read_text().split()]
         except (OSError, IndexError):
@@ -188,6 +189,7 @@ def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
                 print(json.dumps(rows[-1]), file=sys.stderr)
                 shutil.rmtree(tmp / f"{name}-{level}")
         rss = {name: memory_mb(pid) for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
+        anon = {name: memory_mb(pid, "Pss_Anon") for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
     finally:
         for p in (ours, orthanc, *((redis,) if redis is not None else ())):
             p.terminate()
@@ -205,7 +207,8 @@ def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
               f"{o['mb_s']:6.1f}/{c['mb_s']:<6.1f} {o['cpu_ms_per_instance']:7.1f}/{c['cpu_ms_per_instance']:<8.1f} "
               f"{o['failed']:4d}/{c['failed']:<5d} {c['lag_s']:6.2f}")
     print(f"memory (PSS of the process tree) after the runs: Orthanc {rss['Orthanc']} MB, "
-          f"cubepacs {rss['cubepacs']} MB")
+          f"cubepacs {rss['cubepacs']} MB; of it anonymous (heaps, not library pages): Orthanc {anon['Orthanc']} MB, "
+          f"cubepacs {anon['cubepacs']} MB")
     if layout == "services":
         print("cubepacs over PostgreSQL (index) + Redis (queue, appendfsync always); their CPU per instance, not "
               "counted above: " + ", ".join(f"{r['associations']}: {r['backend_cpu_ms_per_instance']:.1f} ms"

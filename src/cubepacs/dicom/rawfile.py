@@ -224,8 +224,8 @@ def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
     >>> from pathlib import Path
     >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
     >>> scan = scan_file(data)
-    >>> scan.transfer_syntax, hex(scan.spans[-1][0]), scan.spans[-1][4] == len(data)
-    ('1.2.840.10008.1.2.1', '0x7fe00010', True)
+    >>> scan.transfer_syntax, [hex(t) for t, *_ in scan.spans[-2:]], scan.spans[-1][4] == len(data)
+    ('1.2.840.10008.1.2.1', ['0x7fe00010', '0xfffcfffc'], True)
     """
     pos = 0
     has_preamble = len(buf) >= 132 and buf[128:132] == b"DICM"
