@@ -8,32 +8,62 @@ Example
 >>> target = pathlib.Path(tempfile.mkdtemp()) / "a" / "x.bin"
 >>> atomic_write(target, [b"ab", b"c"]); target.read_bytes()
 b'abc'
+>>> import array
+>>> atomic_write(target, [array.array("H", [1, 2])]); target.read_bytes()  # any buffer, written byte for byte
+b'\\x01\\x00\\x02\\x00'
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+_COUNTER = itertools.count()
+_MADE: set[str] = set()  # folders known to exist (a file never removes its folder: delete does, and says so)
 
 
 def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> None:
     """Write ``parts`` to ``path`` atomically and durably (creating the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    folder = os.path.dirname(path)
+    if folder not in _MADE:
+        os.makedirs(folder, exist_ok=True)
+        if len(_MADE) > 100_000:
+            _MADE.clear()
+        _MADE.add(folder)
+    # unique without a random name: process, thread and a counter (O_EXCL still refuses a clash)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{threading.get_ident()}-"
+                               f"{next(_COUNTER)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileNotFoundError:  # the folder went away (a delete): make it again
+        forget_folder(folder)
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
             for p in parts:
-                f.write(p)
-            f.flush()
-            os.fsync(f.fileno())
+                view = memoryview(p)
+                if view.itemsize != 1 or view.ndim != 1:
+                    view = view.cast("B")  # os.write counts bytes; slice in bytes too
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def forget_folder(folder: str | os.PathLike[str]) -> None:
+    """Forget that ``folder`` exists (call after removing it), so that the next write there makes it again."""
+    _MADE.discard(os.fspath(folder))
