@@ -169,7 +169,7 @@ def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
                 if name == "cubepacs":
                     total_c += len(files)
                     t0 = time.perf_counter()
-                    while True:
+                    while time.perf_counter() - t0 < 120:  # never forever: a lost instance shows as a 120 s lag
                         # the last of them visible? (one row asked for: the polling itself costs the server little)
                         r = httpx.get("http://127.0.0.1:8042/dicom-web/instances", headers=auth,
                                       params={"limit": 1, "offset": total_c - 1})

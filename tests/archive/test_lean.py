@@ -70,3 +70,17 @@ def test_store_request_read_from_bytes_equals_pynetdicom(originator: tuple[str, 
     em.primitive_to_message(e)
     echo.presentation_data_value_list = [[1, b"\x03" + bytes(encode(em.command_set, True, True))]]
     assert plain.decode_msg(echo) and type(plain) is C_ECHO_RQ
+
+
+@pytest.mark.parametrize(("context_id", "value"), [(1, b"\x03" + b"\x00" * 77),
+                                                  (255, b"\x02" + bytes(range(256)) * 40)])
+def test_direct_pdata_equals_pynetdicom_encoding(context_id: int, value: bytes) -> None:
+    """The P-DATA-TF a C-STORE-RSP is sent in directly (``LeanDUL.send_now``) is pynetdicom's own encoding."""
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from cubepacs.archive.dimse.lean import pdata_tf
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append([context_id, value])
+    assert pdata_tf(context_id, value) == P_DATA_TF(primitive).encode()

@@ -69,6 +69,24 @@ class _WakingQueue(queue.Queue[Any]):
         self._wake()
 
 
+class _SendQueue(_WakingQueue):
+    """The DUL's send queue: an item taken off it is "in flight" until the DUL has sent it (``LeanDUL._send``),
+    so that a direct send (``LeanDUL.send_now``) never overtakes it."""
+
+    def __init__(self, wake: Any, lock: threading.Lock) -> None:
+        super().__init__(wake)
+        self.lock = lock
+        self.in_flight = False
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if block:
+            return super().get(block, timeout)
+        with self.lock:
+            item = super().get(False)
+            self.in_flight = True
+            return item
+
+
 class LeanDUL(DULServiceProvider):
     """pynetdicom's DUL, sleeping in ``select()`` on the socket and a wake-up pipe instead of polling."""
 
@@ -77,7 +95,9 @@ class LeanDUL(DULServiceProvider):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.to_provider_queue = _WakingQueue(self.poke)
+        self._send_lock = threading.Lock()  # one writer on the socket at a time: this thread, or send_now
+        self._sendq = _SendQueue(self.poke, self._send_lock)
+        self.to_provider_queue = self._sendq
         self._request: handshake.CachedRequest | None = None  # the A-ASSOCIATE-RQ, when cached
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
@@ -95,16 +115,33 @@ class LeanDUL(DULServiceProvider):
 
     def _send(self, pdu: Any) -> None:
         """pynetdicom's, but the A-ASSOCIATE-AC answering a cached request is encoded once (``handshake``)."""
-        request = self._request
-        if request is None or not isinstance(pdu, A_ASSOCIATE_AC) or self.socket is None:
-            super()._send(pdu)
-            return
-        ae = self.assoc.ae
-        data = request.accept_for(ae)
-        if data is None:
-            data = pdu.encode()
-            request.keep_accept(ae, data)
-        self.socket.send(data)
+        with self._send_lock:
+            try:
+                request = self._request
+                if request is None or not isinstance(pdu, A_ASSOCIATE_AC) or self.socket is None:
+                    super()._send(pdu)
+                    return
+                ae = self.assoc.ae
+                data = request.accept_for(ae)
+                if data is None:
+                    data = pdu.encode()
+                    request.keep_accept(ae, data)
+                self.socket.send(data)
+            finally:
+                self._sendq.in_flight = False
+
+    def send_now(self, context_id: int, value: bytes) -> bool:
+        """Send one P-DATA-TF holding one PDV (``value``: control header and fragment) from the calling thread,
+        when nothing is queued or being sent before it and the association is established; False: not sent (then
+        queue it as usual). Saves the DUL thread's wake-up, state-machine step and PDU object per response."""
+        with self._send_lock:
+            queued = self._sendq
+            if (queued.in_flight or queued.qsize() or self.socket is None
+                    or self.state_machine.current_state != "Sta6"):
+                return False
+            self.socket.send(pdata_tf(context_id, value))
+            return True
+
 
     def poke(self) -> None:
         """Wake the reactor (a primitive is to be sent, or it is to stop)."""
@@ -213,6 +250,16 @@ def store_response(message_id: int, sop_class: str, sop_instance: str, status: i
     return _element(0x00000000, struct.pack("<I", len(body))) + body
 
 
+def pdata_tf(context_id: int, value: bytes) -> bytes:
+    """A P-DATA-TF PDU holding one presentation data value item (``value``: control header and fragment).
+
+    >>> pdata_tf(1, b"\\x03ab").hex()  # type 04, length 8; item length 4, context 1, header 03, "ab"
+    '0400000000080000000401036162'
+    """
+    item = struct.pack(">IB", len(value) + 1, context_id) + value
+    return b"\x04\x00" + struct.pack(">I", len(item)) + item
+
+
 class LeanDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider; a C-STORE-RQ is read from its command bytes (``command``), a C-STORE-RSP
     with nothing but a status is encoded from a template."""
@@ -227,12 +274,16 @@ class LeanDIMSE(DIMSEServiceProvider):
                 and primitive.Status is not None and primitive.AffectedSOPClassUID
                 and primitive.AffectedSOPInstanceUID and primitive.ErrorComment is None
                 and primitive.OffendingElement is None and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
-            command = store_response(primitive.MessageIDBeingRespondedTo, str(primitive.AffectedSOPClassUID),
+            encoded = store_response(primitive.MessageIDBeingRespondedTo, str(primitive.AffectedSOPClassUID),
                                      str(primitive.AffectedSOPInstanceUID), primitive.Status)
-            if not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size:
+            if not self.maximum_pdu_size or len(encoded) + 6 <= self.maximum_pdu_size:
+                dul = self.dul
+                if isinstance(dul, LeanDUL) and handshake.usable(self.assoc) and dul.send_now(context_id,
+                                                                                             b"\x03" + encoded):
+                    return
                 pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
-                self.dul.send_pdu(pdata)
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+                dul.send_pdu(pdata)
                 return
         super().send_msg(primitive, context_id)
 
