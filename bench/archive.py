@@ -9,7 +9,7 @@ either. Ingest at 1/4/16/32 associations with CPU per instance is bench/ingest.p
 
 Measured:
   1. C-STORE ingest: DCMTK storescu, ``--streams`` concurrent associations, all series of ../shared/data
-     → instances per second, cubepacs / Orthanc.
+     → instances per second, cubepacs / Orthanc (both servers warmed first by 8 untimed instances).
   2. /metadata of a 1000-instance series (a real series replicated with new UIDs — synthetic by necessity:
      no real series that long is in the data set) → median and p95, Orthanc / cubepacs.
   3. QIDO study search over ``--studies`` studies (index rows made from real headers with new UIDs) → p95.
@@ -226,6 +226,10 @@ def run_inside(args: argparse.Namespace) -> None:
         wait_http("http://127.0.0.1:8043/system")
         wait_http("http://127.0.0.1:8042/dicom-web/studies?limit=1", auth)
         files = series_files()
+        # untimed warm-up of both servers (first associations, first writes): 8 fMRI copies with new UIDs
+        replicate_series(DATA / "mr_ge_mr750_epi_fmri_150img", 8, tmp / "warm")
+        for port, aet in ((4242, "ORTHANC"), (11112, "CUBEPACS")):
+            store(port, aet, sorted((tmp / "warm").iterdir()), args.streams)
         results["orthanc_store_ips"] = store(4242, "ORTHANC", files, args.streams)
         results["cubepacs_store_ips"] = store(11112, "CUBEPACS", files, args.streams)
         print("C-STORE instances/s:", results, file=sys.stderr)
