@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _COUNTER = itertools.count()
-_MADE: set[str] = set()  # folders known to exist (a file never removes its folder: delete does, and says so)
+_MADE: set[str] = set()  # folders made or found already (one removed since is made again on the next write)
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> None:
@@ -37,11 +38,10 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> None:
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{threading.get_ident()}-"
                                f"{next(_COUNTER)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except FileNotFoundError:  # the folder went away (a delete): make it again
-        forget_folder(folder)
+        fd = os.open(tmp, _FLAGS, 0o600)
+    except FileNotFoundError:  # the folder went away since (removed by someone else): make it again
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = os.open(tmp, _FLAGS, 0o600)
     try:
         try:
             for p in parts:
@@ -62,8 +62,3 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def forget_folder(folder: str | os.PathLike[str]) -> None:
-    """Forget that ``folder`` exists (call after removing it), so that the next write there makes it again."""
-    _MADE.discard(os.fspath(folder))

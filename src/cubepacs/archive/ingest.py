@@ -115,12 +115,10 @@ def _check_nesting(data: bytes, scan: Scan, source: str) -> None:
     cur = _Cursor(data, scan.little_endian, source)
     implicit = scan.implicit
     for tag, vr, start, hsize, end in scan.spans:
-        if vr is not None and vr not in _SEQUENCE_VRS:
-            continue
         if tag >> 16 == 2 or not _is_sequence(tag, vr, implicit):
             continue
         try:
-            _walk_items(cur, start + hsize, end, scan.implicit or vr == b"UN", 1)
+            _walk_items(cur, start + hsize, end, implicit or vr == b"UN", 1)
         except _TooDeep:
             raise RejectedInstance(source, f"sequences nested deeper than {MAX_DEPTH} levels in "
                                    f"({tag >> 16:04X},{tag & 0xFFFF:04X})", start) from None

@@ -312,23 +312,16 @@ def split_file(buf: bytes, source: str = "<bytes>") -> RawFile:
         if tag in PIXEL_TAGS and raw.pixel_tag is None:
             raw.pixel_tag = tag
             raw.pixel_vr = vr.decode("ascii") if vr else None
-            raw.encapsulated = _declared(buf, pos, hsize, scan.little_endian) == UNDEFINED
+            raw.encapsulated = _Cursor(buf, scan.little_endian, source).header(pos, scan.implicit)[2] == UNDEFINED
             chunks.append(Chunk(tag, buf[pos : pos + hsize]))
             chunks.append(Chunk(KEY_PIXEL_VALUE, b""))
             raw.pixel_value = buf[pos + hsize : end]
             continue
         chunks.append(Chunk(tag, buf[pos:end]))
-    if scan.deflated_body is not None:
-        raw.deflated_body = scan.deflated_body
-        chunks.append(Chunk(KEY_OPAQUE, buf[scan.tail:]))
-    elif scan.tail < len(buf):
+    raw.deflated_body = scan.deflated_body
+    if scan.tail < len(buf):  # trailing padding, or the deflated dataset as it was
         chunks.append(Chunk(KEY_OPAQUE, buf[scan.tail:]))
     return raw
-
-
-def _declared(buf: bytes, pos: int, hsize: int, little: bool) -> int:
-    """The value length an element header at ``pos`` declares (UNDEFINED for encapsulated pixel data)."""
-    return int(struct.unpack_from("<I" if little else ">I", buf, pos + hsize - 4)[0])
 
 
 def _plausible_start(buf: bytes) -> bool:

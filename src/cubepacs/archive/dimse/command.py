@@ -127,15 +127,10 @@ class LeanStoreRequest(LeanMessage, C_STORE_RQ):
         return req
 
     @property
-    def command_set(self) -> Dataset:
-        return decode(BytesIO(b"".join(self._elements())), True, True)
-
-    @command_set.setter
-    def command_set(self, value: Dataset) -> None:
-        pass
-
-    def _elements(self) -> list[bytes]:
-        return [struct.pack("<HHI", 0, e, len(v)) + v for e, v in self.fields.items()]
+    def command_set(self) -> Dataset:  # type: ignore[override]
+        """pynetdicom's Dataset of the command, decoded only if something asks for it."""
+        return decode(BytesIO(b"".join(struct.pack("<HHI", 0, e, len(v)) + v for e, v in self.fields.items())),
+                      True, True)
 
 
 def new_message() -> DIMSEMessage:

@@ -108,8 +108,9 @@ class LeanDUL(DULServiceProvider):
         cached = handshake.remembered(data)
         if cached is None:
             pdu, event = super()._decode_pdu(bytestream)
-            self._request = handshake.remember(data, pdu)
-            return pdu, event
+            cached = handshake.remember(data, pdu)
+            if cached is None:  # not cacheable: pynetdicom's PDU, as it is
+                return pdu, event
         self._request = cached
         return cached, "Evt6"
 
