@@ -48,7 +48,7 @@ COMMIT_PORT = free_port()  # where the storage commitment requestor of the tests
 
 
 def write_config(path: Path, data_dir: Path, dimse: int, http: int, **extra: object) -> Path:
-    cfg = {"data_dir": str(data_dir), "dimse_port": dimse, "http_port": http, "quiet_seconds": 1.0,
+    cfg = {"data_dir": str(data_dir), "dimse_port": dimse, "http_port": http, "quiet_seconds": 1.0, "log_interval": 1.0,
            "ae_tenants": {"CUBEPACS": "alpha", "BETAPACS": "beta"},
            "api_keys": {KEYS["alpha"]: "alpha", KEYS["beta"]: "beta"},
            "remote_aes": {"DEST": f"127.0.0.1:{DEST_PORT}", "COMMITSCU": f"127.0.0.1:{COMMIT_PORT}"}, **extra}

@@ -1,6 +1,11 @@
 """Log tables appended in batches to Delta Lake: access logs (who, tenant, endpoint, status, bytes, duration),
 and the per-object and per-image rows of the reference design (``dicom_object_meta``, ``dicom_image_meta``).
 
+Rows are appended as JSON lines to a local spool (one file write per row, so a killed server keeps them) and a
+short-lived writer process (:mod:`cubepacs.archive.logwriter`) appends the spooled rows to the Delta table every
+``interval`` seconds, when ``batch`` rows wait, and at close. The server itself never loads pyarrow or delta-rs:
+their libraries are ≈ 130 MB of resident pages, more than the rest of the archive (``docs/design.md``).
+
 Example
 -------
 >>> import tempfile
@@ -12,32 +17,31 @@ Example
 
 from __future__ import annotations
 
-import datetime as dt
+import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
-from deltalake import write_deltalake
 
 log = logging.getLogger("cubepacs.accesslog")
 
-SCHEMA = pa.schema([
-    ("time", pa.timestamp("us", tz="UTC")), ("tenant", pa.string()), ("method", pa.string()),
-    ("path", pa.string()), ("status", pa.int32()), ("bytes", pa.int64()), ("duration_ms", pa.float64()),
-    ("client", pa.string()), ("request_id", pa.string()),
-])
-_TS = pa.timestamp("us", tz="UTC")
-OBJECT_SCHEMA = pa.schema([
-    ("time", _TS), ("tenant_id", pa.string()), ("patient_id", pa.string()), ("study_uid", pa.string()),
-    ("series_uid", pa.string()), ("sop_uid", pa.string()), ("sop_class_uid", pa.string()),
-    ("transfer_syntax", pa.string()), ("storage_key", pa.string()), ("size", pa.int64()),
-])
-IMAGE_SCHEMA = pa.schema([
-    ("time", _TS), ("tenant_id", pa.string()), ("study_uid", pa.string()), ("series_uid", pa.string()),
-    ("sop_uid", pa.string()), ("modality", pa.string()), ("study_date", pa.string()),
-    ("instance_number", pa.int64()), ("rows", pa.int64()), ("columns", pa.int64()), ("frames", pa.int64()),
-])
+# Columns of each table: (name, Arrow type name); logwriter turns them into Arrow schemas.
+SCHEMA = (("time", "timestamp"), ("tenant", "string"), ("method", "string"), ("path", "string"),
+          ("status", "int32"), ("bytes", "int64"), ("duration_ms", "float64"), ("client", "string"),
+          ("request_id", "string"))
+OBJECT_SCHEMA = (("time", "timestamp"), ("tenant_id", "string"), ("patient_id", "string"), ("study_uid", "string"),
+                 ("series_uid", "string"), ("sop_uid", "string"), ("sop_class_uid", "string"),
+                 ("transfer_syntax", "string"), ("storage_key", "string"), ("size", "int64"))
+IMAGE_SCHEMA = (("time", "timestamp"), ("tenant_id", "string"), ("study_uid", "string"), ("series_uid", "string"),
+                ("sop_uid", "string"), ("modality", "string"), ("study_date", "string"),
+                ("instance_number", "int64"), ("rows", "int64"), ("columns", "int64"), ("frames", "int64"))
+Columns = tuple[tuple[str, str], ...]
+WRITER_TIMEOUT = 300.0  # seconds one writer run may take (a slow object store); its rows stay spooled after
 
 
 def object_row(ev: dict[str, Any]) -> dict[str, Any]:
@@ -65,59 +69,93 @@ def image_row(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 class DeltaLog:
-    """Buffer rows; write them every ``batch`` rows, every ``interval`` seconds and at close."""
+    """Spool rows; a writer process appends them to the Delta table every ``interval`` seconds, when ``batch``
+    rows wait, and at close. ``spool``: the local folder for the waiting rows (default: ``.spool/<name>`` beside
+    a local table, a temporary folder for a remote one)."""
 
-    schema = SCHEMA
+    schema: Columns = SCHEMA
 
-    def __init__(self, table_uri: str, storage_options: dict[str, str] | None = None, batch: int = 1000,
-                 interval: float | None = 5.0, schema: pa.Schema | None = None) -> None:
+    def __init__(self, table_uri: str, storage_options: dict[str, str] | None = None, batch: int = 10_000,
+                 interval: float | None = 30.0, schema: Columns | None = None, spool: str | None = None) -> None:
         self.table_uri = table_uri
         self.schema = schema or self.schema
         self.storage_options = storage_options
         self.batch = batch
-        self.rows: list[dict[str, Any]] = []
         self.rows_written = 0
-        self._lock = threading.Lock()
+        if spool is None:
+            local = "://" not in table_uri
+            spool = (str(Path(table_uri).parent / ".spool" / Path(table_uri).name) if local
+                     else tempfile.mkdtemp(prefix="cubepacs-log-"))
+        self.spool = Path(spool)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self._current = self.spool / "current.jsonl"
+        self._fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._pending = 0
+        self._lock = threading.Lock()  # the spool file
+        self._writing = threading.Lock()  # one writer run at a time
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         if interval:
-            self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True, name="access-log")
+            self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True, name="log-writer")
             self._thread.start()
 
     def add(self, **row: Any) -> None:
-        """Record one request (never blocks on I/O unless the batch is full)."""
-        row["time"] = dt.datetime.now(dt.UTC)
+        """Record one row: a line appended to the spool (it never waits on the Delta table)."""
+        row["time"] = time.time_ns() // 1000
+        line = (json.dumps(row, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
-            self.rows.append(row)
-            full = len(self.rows) >= self.batch
+            os.write(self._fd, line)
+            self._pending += 1
+            full = self._pending >= self.batch
         if full:
-            self.flush()
+            self._wake.set()
 
     def flush(self) -> None:
-        """Append the buffered rows to the Delta table."""
-        with self._lock:
-            rows, self.rows = self.rows, []
-        if not rows:
-            return
-        try:
-            write_deltalake(self.table_uri, pa.Table.from_pylist(rows, schema=self.schema), mode="append",
-                            storage_options=self.storage_options, schema_mode="merge")
-            self.rows_written += len(rows)
-        except Exception:
-            log.exception("writing %d access-log rows failed; keeping them for the next flush", len(rows))
+        """Append every spooled row to the Delta table (rows stay spooled for the next flush if that fails)."""
+        with self._writing:
             with self._lock:
-                self.rows = rows + self.rows
+                if self._pending or self._current.stat().st_size:
+                    os.close(self._fd)
+                    os.replace(self._current, self.spool / f"{time.time_ns()}.jsonl")
+                    self._fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    self._pending = 0
+            files = sorted(str(p) for p in self.spool.glob("[0-9]*.jsonl"))
+            if not files:
+                return
+            job = {"uri": self.table_uri, "options": self.storage_options, "columns": self.schema, "files": files}
+            try:  # storage options (credentials) go on stdin, never on a command line
+                done = subprocess.run([sys.executable, "-m", "cubepacs.archive.logwriter"], input=json.dumps(job),
+                                      capture_output=True, text=True, timeout=WRITER_TIMEOUT, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.warning("writing the %s log table failed (%s); its rows stay spooled in %s",
+                            self.table_uri, exc, self.spool)
+                return
+            if done.returncode != 0:
+                reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                log.warning("writing the %s log table failed: %s; its rows stay spooled in %s",
+                            self.table_uri, reason, self.spool)
+                return
+            for f in files:  # a crash before this line writes these rows again: at least once, never lost
+                os.unlink(f)
+            self.rows_written += int(done.stdout.strip() or 0)
 
     def _loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.flush()
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.flush()
 
     def close(self) -> None:
         """Stop the timer and write what is left."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=WRITER_TIMEOUT)
         self.flush()
+        with self._lock:
+            os.close(self._fd)
 
 
 class AccessLog(DeltaLog):

@@ -65,6 +65,11 @@ def log_location(storage: Storage, settings: Settings, name: str) -> tuple[str, 
     return str(Path(settings.data_dir).resolve() / "logs" / name), None
 
 
+def spool_dir(settings: Settings, name: str) -> str:
+    """The local folder where rows of the log table ``name`` wait for the writer (kept across restarts)."""
+    return str(Path(settings.data_dir).resolve() / "logs" / ".spool" / name)
+
+
 def listen(host: str, port: int, what: str) -> socket.socket:
     """A listening TCP socket, or ListenError naming the address (a taken port is one line, not a traceback)."""
     # proto given explicitly: asyncio sets TCP_NODELAY on accepted connections only when the socket says
@@ -145,7 +150,8 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     if "indexer" in parts:
         logs: dict[str, DeltaLog] = {}
         if settings.log_tables:
-            logs = {name: DeltaLog(*log_location(b.storage, settings, name), schema=schema)
+            logs = {name: DeltaLog(*log_location(b.storage, settings, name), schema=schema,
+                                   interval=settings.log_interval, spool=spool_dir(settings, name))
                     for name, schema in (("dicom_object_meta", OBJECT_SCHEMA), ("dicom_image_meta", IMAGE_SCHEMA))}
         indexer = Indexer(b.queue, b.index, cache=b.cache, logs=logs, feeds=settings.feeds)
         thread = _thread(indexer.run, "indexer")
@@ -169,7 +175,8 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         from cubepacs.archive.web.session import SessionKeys, load_secret, load_users
         from cubepacs.archive.web.tokens import OidcVerifier
 
-        access = AccessLog(*log_location(b.storage, settings, "access"))
+        access = AccessLog(*log_location(b.storage, settings, "access"), interval=settings.log_interval,
+                           spool=spool_dir(settings, "access"))
         stoppers.append(access.close)
         data_dir = Path(settings.data_dir)
         app = create_app(extensions=extensions, services=Services(
