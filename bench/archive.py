@@ -5,7 +5,8 @@ Usage (root): .venv/bin/python bench/archive.py [--copies 10] [--studies 10000] 
 Orthanc 1.10 cannot bind 127.0.0.1 only, so the whole benchmark re-runs itself inside a private network
 namespace (``unshare -n``) holding only ``lo``; nothing it starts is reachable from outside. Both servers get
 ``TCP_NODELAY=1`` (Orthanc reads it from its environment, as DCMTK does) and no HTTP compression is asked of
-either. Ingest at 1/4/16/32 associations with CPU per instance is bench/ingest.py.
+either. HTTP requests are timed with the standard library's http.client on one keep-alive connection per
+measurement, for both servers (one frame also with httpx). Ingest at 1/4/16/32 associations with CPU per instance is bench/ingest.py.
 
 Measured:
   1. C-STORE ingest: DCMTK storescu, ``--streams`` concurrent associations, all series of ../shared/data
@@ -20,6 +21,7 @@ Measured:
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -90,15 +93,35 @@ def replicate_series(src: Path, n: int, out: Path) -> tuple[str, str]:
     return study_uid, series_uid
 
 
-def timings(url: str, headers: dict[str, str], n: int) -> tuple[float, float]:
-    times = []
+def timings(url: str, headers: dict[str, str], n: int, client: str = "stdlib") -> tuple[float, float]:
+    """Median and p95 seconds of ``n`` GETs of ``url`` over one keep-alive connection, the same for both servers.
+
+    The client is the standard library's ``http.client`` unless ``client="httpx"``: httpx spends ≈ 1.5 ms of
+    client CPU reading a 512 KB frame — as much as either server takes to send it — which hides the servers'
+    difference; the frame is timed with httpx too, for comparison with earlier runs."""
     headers = {"Accept-Encoding": "identity", **headers}  # no gzip on either side (Orthanc compresses when asked)
-    with httpx.Client(timeout=60) as client:
-        for _ in range(n):
-            t = time.perf_counter()
-            r = client.get(url, headers=headers)
-            r.raise_for_status()
-            times.append(time.perf_counter() - t)
+    times = []
+    if client == "httpx":
+        with httpx.Client(timeout=60) as hc:
+            for _ in range(n):
+                t = time.perf_counter()
+                hc.get(url, headers=headers).raise_for_status()
+                times.append(time.perf_counter() - t)
+    else:
+        parts = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            for _ in range(n):
+                t = time.perf_counter()
+                conn.request("GET", path, headers=headers)
+                r = conn.getresponse()
+                r.read()
+                times.append(time.perf_counter() - t)
+                if r.status >= 400:
+                    raise RuntimeError(f"GET {url}: HTTP {r.status}")
+        finally:
+            conn.close()
     times.sort()
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
@@ -148,6 +171,8 @@ def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> d
             timings(frame_url(base, f), {**headers, **FRAME_ACCEPT}, 1)
             out[f"{name}_frame_{kind}_median"], out[f"{name}_frame_{kind}_p95"] = timings(
                 frame_url(base, f), {**headers, **FRAME_ACCEPT}, repeat)
+        out[f"{name}_frame_httpx_median"], out[f"{name}_frame_httpx_p95"] = timings(
+            frame_url(base, files["plain"]), {**headers, **FRAME_ACCEPT}, repeat, client="httpx")
         timings(base + study_meta, headers, 1)
         out[f"{name}_study_meta_median"], out[f"{name}_study_meta_p95"] = timings(base + study_meta, headers,
                                                                                   max(5, repeat // 5))
@@ -165,16 +190,10 @@ def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> d
 
 def varying(headers: dict[str, str], n: int) -> tuple[float, float]:
     """QIDO with a different PatientID prefix each time: every answer misses the cache."""
-    times = []
-    with httpx.Client(timeout=60) as client:
-        for k in range(n):
-            t = time.perf_counter()
-            r = client.get("http://127.0.0.1:8042/dicom-web/studies", params={"PatientID": f"P{k:04d}*", "limit": 50},
-                           headers={**headers, "Accept-Encoding": "identity"})
-            r.raise_for_status()
-            times.append(time.perf_counter() - t)
-    times.sort()
-    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+    times = [timings("http://127.0.0.1:8042/dicom-web/studies?" +
+                     urllib.parse.urlencode({"PatientID": f"P{k:04d}*", "limit": 50}), headers, 1) for k in range(n)]
+    ordered = sorted(t[0] for t in times)
+    return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
 
 
 def fill_index(index_url: str, studies: int) -> None:
@@ -287,6 +306,10 @@ def run_inside(args: argparse.Namespace) -> None:
             (r[f"cubepacs_frame_{kind}_median"], r[f"cubepacs_frame_{kind}_p95"])
         print(f"  {label:32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / {c[1] * 1e3:6.1f} | "
               f"{o[0] / c[0]:.1f}×")
+    o, c = (r["orthanc_frame_httpx_median"], r["orthanc_frame_httpx_p95"]), \
+        (r["cubepacs_frame_httpx_median"], r["cubepacs_frame_httpx_p95"])
+    print(f"  {'uncompressed CT, file, httpx':32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / "
+          f"{c[1] * 1e3:6.1f} | {o[0] / c[0]:.1f}×")
     cube = r["cubepacs_frame_cube_median"]
     print(f"  {'uncompressed CT, from the cube':32} {'':15} | {cube * 1e3:6.1f} / "
           f"{r['cubepacs_frame_cube_p95'] * 1e3:6.1f} | {r['orthanc_frame_plain_median'] / cube:.1f}×")

@@ -313,11 +313,12 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     """The DICOMweb app (routes under ``/dicom-web``), the archive's API (``/api``), health, metrics and the web
     UI; ``extensions`` are functions ``(app, services)`` adding more routes (before the UI's catch-all)."""
-    from cubepacs.archive.web import api, stow, ui, wado
+    from cubepacs.archive.web import api, fastframes, stow, ui, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
     services.api_keys = normalize(services.api_keys)  # only hashes are kept in memory too
     app.state.services = services
+    app.add_middleware(fastframes.FrameFastPath, services=services)  # first added: innermost (inside CORS, access log)
     if services.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

@@ -22,14 +22,28 @@ class MultipartError(CubepacsError, ValueError):
 
 def encode(parts: list[bytes], part_type: str, extra: str = "") -> tuple[bytes, str]:
     """Body and Content-Type of a multipart/related message holding ``parts``."""
+    chunks, ctype = pieces(parts, part_type, extra)
+    return b"".join(chunks), ctype
+
+
+def pieces(parts: list[Any], part_type: str, extra: str = "") -> tuple[list[Any], str]:
+    """The body of :func:`encode` as the list of its pieces (``parts`` themselves among them, not copied: bytes or
+    memoryviews) and the Content-Type.
+
+    Example
+    -------
+    >>> chunks, ctype = pieces([b"abc"], "application/octet-stream")
+    >>> chunks[1], ctype.startswith('multipart/related; type="application/octet-stream"; boundary=')
+    (b'abc', True)
+    """
     boundary = secrets.token_hex(16)
-    chunks = []
+    chunks: list[Any] = []
     for p in parts:
         chunks.append(f"--{boundary}\r\nContent-Type: {part_type}{extra}\r\n\r\n".encode())
         chunks.append(p)
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f'multipart/related; type="{part_type}"; boundary={boundary}'
+    return chunks, f'multipart/related; type="{part_type}"; boundary={boundary}'
 
 
 def _param(content_type: str, name: str) -> str | None:

@@ -123,6 +123,15 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
     return out
 
 
+def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
+                 frames: str) -> tuple[list[Any], str]:
+    """The body of a WADO-RS frames response as its pieces (the frames' little-endian values uncopied where they
+    are stored that way) and its Content-Type; HTTPException as the route answers it."""
+    arrays = frame_arrays(services, tenant, _frame_row(services, tenant, study, series, sop), parse_frames(frames))
+    values = [np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).data.cast("B") for a in arrays]
+    return multipart.pieces(values, "application/octet-stream", '; transfer-syntax="1.2.840.10008.1.2.1"')
+
+
 def rendered_response(services: Services, tenant: str, row: dict[str, Any], frame: int,
                       request: Request) -> Response:
     """A frame of an instance as JPEG or PNG (``window`` query parameter honoured, 400 when malformed)."""
@@ -275,13 +284,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
     def get_frames(study: str, series: str, sop: str, frames: str, tenant: str = Depends(tenant_of)) -> Response:
-        numbers = parse_frames(frames)
-        row = _frame_row(services, tenant, study, series, sop)
-        arrays = frame_arrays(services, tenant, row, numbers)
-        body, ctype = multipart.encode([np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
-                                        for a in arrays], "application/octet-stream",
-                                       '; transfer-syntax="1.2.840.10008.1.2.1"')
-        return Response(body, media_type=ctype)
+        chunks, ctype = frame_pieces(services, tenant, study, series, sop, frames)
+        return Response(b"".join(chunks), media_type=ctype)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}")
     def get_bulkdata(study: str, series: str, sop: str, path: str, tenant: str = Depends(tenant_of)) -> Response:

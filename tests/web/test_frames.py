@@ -1,0 +1,87 @@
+"""WADO-RS frames through the fast path (web/fastframes.py), read by dicomweb-client, against pydicom's pixels of
+the same real multi-frame files; what the fast path leaves to the route still gets the route's errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom.pixels import pixel_array
+
+from cubepacs.archive.web import multipart
+from tests.archive.conftest import Server, start_server, stop_server, wait_until
+from tests.conftest import SINGLES
+
+FILES = [next(s for s in SINGLES if s.name == n) for n in
+         ("rtdose_32bit_15f.dcm", "enhanced_mr_philips_64f.dcm", "jpeg_baseline_ybr422_us_cine_30f.dcm")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("frames") / "data")
+    body, ctype = multipart.encode([p.read_bytes() for p in FILES], "application/dicom")
+    r = httpx.post(f"{srv.url}/studies", content=body, headers={**srv.headers(), "Content-Type": ctype}, timeout=60)
+    assert r.status_code == 200, r.text
+    for p in FILES:  # indexed (STOW answers when the instances are stored and queued)
+        url = "{}/studies/{}/series/{}/instances/{}".format(srv.url, *_ids(pydicom.dcmread(p, stop_before_pixels=True)))
+        wait_until(lambda url=url: httpx.get(url + "/metadata", headers=srv.headers()).status_code == 200)
+    yield srv
+    stop_server(srv)
+
+
+def _ids(ds: pydicom.Dataset) -> tuple[str, str, str]:
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def test_frames_in_the_asked_order_equal_pydicoms(server: Server) -> None:
+    client = DICOMwebClient(server.url, headers=server.headers())
+    for path, numbers in zip(FILES, ([15, 1, 7], [64, 2], [30, 1]), strict=True):
+        ds = pydicom.dcmread(path)
+        pixels = pixel_array(path, raw=True)  # stored values: YBR stays YBR, as the frames are served
+        got = client.retrieve_instance_frames(*_ids(ds), frame_numbers=numbers)
+        assert len(got) == len(numbers)
+        for n, value in zip(numbers, got, strict=True):
+            expected = pixels[n - 1]
+            arr = np.frombuffer(value, dtype=expected.dtype.newbyteorder("<")).reshape(expected.shape)
+            np.testing.assert_array_equal(arr, expected, err_msg=f"{path.name} frame {n}")
+
+
+def test_what_the_fast_path_cannot_answer_gets_the_routes_errors(server: Server) -> None:
+    ds = pydicom.dcmread(FILES[0], stop_before_pixels=True)
+    url = "{}/studies/{}/series/{}/instances/{}/frames/".format(server.url, *_ids(ds))
+    no_key = httpx.get(url + "1")
+    assert no_key.status_code == 401 and no_key.headers["www-authenticate"] == "Bearer"
+    assert "API key" in no_key.json()["detail"]
+    other_tenant = httpx.get(url + "1", headers=server.headers("beta"))
+    assert other_tenant.status_code == 404  # tenants isolated: another tenant's instance does not exist
+    assert httpx.get(url + "16", headers=server.headers()).status_code == 404
+    assert httpx.get(url + "0", headers=server.headers()).status_code == 400
+    bad_uid = httpx.get(f"{server.url}/studies/1.2/series/1.2.3/instances/1.2.x/frames/1", headers=server.headers())
+    assert bad_uid.status_code == 400 and "detail" in bad_uid.json()
+
+
+def test_fast_path_requests_are_in_the_access_log(server: Server) -> None:
+    ds = pydicom.dcmread(FILES[1], stop_before_pixels=True)
+    path = "/dicom-web/studies/{}/series/{}/instances/{}/frames/3".format(*_ids(ds))
+    r = httpx.get(server.url.removesuffix("/dicom-web") + path, headers=server.headers())
+    assert r.status_code == 200 and r.headers["x-request-id"]
+    assert int(r.headers["content-length"]) == len(r.content) > 64 * 64 * 2
+    spool = server.data_dir / "logs" / ".spool" / "access"
+    table = server.data_dir / "logs" / "access"
+
+    def logged() -> bool:
+        rows = [json.loads(line) for f in spool.glob("*.jsonl") for line in f.read_text().splitlines()]
+        if (table / "_delta_log").exists():
+            from deltalake import DeltaTable
+
+            rows += DeltaTable(str(table)).to_pyarrow_table().to_pylist()
+        return any(r["request_id"] == r_id and r["status"] == 200 and r["tenant"] == "alpha" and r["path"] == path
+                   for r in rows)
+
+    r_id = r.headers["x-request-id"]
+    wait_until(logged, timeout=30)
