@@ -84,3 +84,28 @@ def test_direct_pdata_equals_pynetdicom_encoding(context_id: int, value: bytes) 
     primitive = P_DATA()
     primitive.presentation_data_value_list.append([context_id, value])
     assert pdata_tf(context_id, value) == P_DATA_TF(primitive).encode()
+
+
+def test_buffered_socket_reads_ahead_and_serves_exact_pieces() -> None:
+    import queue
+    import socket
+    from types import SimpleNamespace
+
+    from cubepacs.archive.dimse.bufsocket import BufferedSocket
+
+    ours, peer = socket.socketpair()
+    owner = SimpleNamespace(dul=SimpleNamespace(event_queue=queue.Queue()))  # what AssociationSocket reads
+    sock = BufferedSocket(owner, client_socket=ours)  # type: ignore[arg-type]
+    assert owner.dul.event_queue.get_nowait() == "Evt5" and not sock.ready
+    pdus = [bytes([4, 0]) + len(body).to_bytes(4, "big") + body for body in (b"a" * 16384, b"b" * 10, b"c" * 70000)]
+    peer.sendall(b"".join(pdus))
+    got = []
+    for _ in pdus:
+        head = sock.recv(6)
+        got.append(bytes(head + sock.recv(int.from_bytes(head[2:], "big"))))
+        assert sock.ready == (len(got) < len(pdus))  # all was sent: readable until all is read, buffered or not
+    assert got == pdus and not sock.buffered()
+    peer.sendall(b"xyz")
+    peer.close()
+    assert bytes(sock.recv(10)) == b"xyz"  # the peer closed: what there is, as pynetdicom's recv
+    ours.close()

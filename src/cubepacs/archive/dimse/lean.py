@@ -13,7 +13,8 @@ C-STORE threads' samples), and the association reactor sleeps 1 ms between looks
 * ``LeanRequestHandler`` gives each association the server's context list itself;
 * ``LeanDIMSE`` reads a C-STORE-RQ's command from its bytes (``command``) and encodes the usual C-STORE-RSP (a
   status, nothing else) from bytes, instead of going through a pydicom Dataset each way;
-* ``LeanDUL`` also decodes a repeated A-ASSOCIATE-RQ, and encodes its answer, once (``handshake``).
+* ``LeanDUL`` also decodes a repeated A-ASSOCIATE-RQ, and encodes its answer, once (``handshake``);
+* ``LeanRequestHandler`` gives the association a socket that reads ahead (``bufsocket``).
 
 The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
 replaced; everything else — state machine, PDU coding, events — is pynetdicom's.
@@ -49,9 +50,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from cubepacs.archive.dimse import command, handshake
+from cubepacs.archive.dimse.bufsocket import BufferedSocket
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 _TICK = 0.05  # the longest a reactor sleeps without work: how often timers are looked at
@@ -165,7 +167,8 @@ class LeanDUL(DULServiceProvider):
         if sock is None or self.state_machine.current_state == "Sta13":
             threading.Event().wait(0.001)  # closing down: pynetdicom's own pace
             return
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if (isinstance(sock, ssl.SSLSocket) and sock.pending()) or (
+                isinstance(self.socket, BufferedSocket) and self.socket.buffered()):
             return
         try:
             ready, _, _ = select.select([sock, self._wake_r], [], [], _TICK)
@@ -364,7 +367,7 @@ class LeanRequestHandler(RequestHandler):
         assoc = LeanAssociation(self.ae, "acceptor")
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+        assoc.set_socket(BufferedSocket(assoc, client_socket=self.request))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
         assoc.acceptor.address_info = self.local
