@@ -6,7 +6,9 @@ Orthanc 1.10 cannot bind 127.0.0.1 only, so the whole benchmark re-runs itself i
 namespace (``unshare -n``) holding only ``lo``; nothing it starts is reachable from outside. Both servers get
 ``TCP_NODELAY=1`` (Orthanc reads it from its environment, as DCMTK does) and no HTTP compression is asked of
 either. HTTP requests are timed with the standard library's http.client on one keep-alive connection per
-measurement, for both servers (one frame also with httpx). Ingest at 1/4/16/32 associations with CPU per instance is bench/ingest.py.
+measurement, for both servers (one frame also with httpx); the retrieval requests of the two servers are timed in
+alternating blocks, so that both see the machine at the same speed. Ingest at 1/4/16/32 associations with CPU per
+instance is bench/ingest.py.
 
 Measured:
   1. C-STORE ingest: DCMTK storescu, ``--streams`` concurrent associations, all series of ../shared/data
@@ -93,8 +95,8 @@ def replicate_series(src: Path, n: int, out: Path) -> tuple[str, str]:
     return study_uid, series_uid
 
 
-def timings(url: str, headers: dict[str, str], n: int, client: str = "stdlib") -> tuple[float, float]:
-    """Median and p95 seconds of ``n`` GETs of ``url`` over one keep-alive connection, the same for both servers.
+def request_times(url: str, headers: dict[str, str], n: int, client: str = "stdlib") -> list[float]:
+    """Seconds of each of ``n`` GETs of ``url`` over one keep-alive connection, the same for both servers.
 
     The client is the standard library's ``http.client`` unless ``client="httpx"``: httpx spends ≈ 1.5 ms of
     client CPU reading a 512 KB frame — as much as either server takes to send it — which hides the servers'
@@ -107,23 +109,47 @@ def timings(url: str, headers: dict[str, str], n: int, client: str = "stdlib") -
                 t = time.perf_counter()
                 hc.get(url, headers=headers).raise_for_status()
                 times.append(time.perf_counter() - t)
-    else:
-        parts = urllib.parse.urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        try:
-            for _ in range(n):
-                t = time.perf_counter()
-                conn.request("GET", path, headers=headers)
-                r = conn.getresponse()
-                r.read()
-                times.append(time.perf_counter() - t)
-                if r.status >= 400:
-                    raise RuntimeError(f"GET {url}: HTTP {r.status}")
-        finally:
-            conn.close()
-    times.sort()
+        return times
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            times.append(time.perf_counter() - t)
+            if r.status >= 400:
+                raise RuntimeError(f"GET {url}: HTTP {r.status}")
+    finally:
+        conn.close()
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    """Median and p95."""
+    times = sorted(times)
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+def timings(url: str, headers: dict[str, str], n: int, client: str = "stdlib") -> tuple[float, float]:
+    """Median and p95 seconds of ``n`` GETs of ``url`` (see ``request_times``)."""
+    return summary(request_times(url, headers, n, client))
+
+
+def interleaved(requests: dict[str, tuple[str, dict[str, str]]], n: int, client: str = "stdlib",
+                rounds: int = 10) -> dict[str, tuple[float, float]]:
+    """Median and p95 of ``n`` GETs for each name's (url, headers), taken in ``rounds`` alternating blocks, so that
+    both servers see the same machine (its speed drifts by tens of percent over a minute here); one untimed
+    request each first."""
+    times: dict[str, list[float]] = {name: [] for name in requests}
+    for url, headers in requests.values():
+        request_times(url, headers, 1, client)
+    for _ in range(rounds):
+        for name, (url, headers) in requests.items():
+            times[name] += request_times(url, headers, max(1, n // rounds), client)
+    return {name: summary(t) for name, t in times.items()}
 
 
 FRAME_ACCEPT = {"Accept": 'multipart/related; type="application/octet-stream"'}
@@ -154,37 +180,42 @@ def frame_url(base: str, f: Path) -> str:
 
 def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> dict[str, float]:
     """Frames (before and after compaction; JPEG-lossless), first series /metadata before compaction and warm
-    study /metadata, Orthanc and cubepacs, same requests."""
+    study /metadata, Orthanc and cubepacs, same requests, timed alternately (``interleaved``)."""
     out: dict[str, float] = {}
     files = retrieval_files(tmp / "retrieval")
     ct = sorted((DATA / "ct_ge_lightspeedvct_chest_100sl").iterdir())
     ct_meta = pydicom.dcmread(ct[0], stop_before_pixels=True)
     study_meta = f"/dicom-web/studies/{ct_meta.StudyInstanceUID}/metadata"
     series_meta = f"/dicom-web/studies/{ct_meta.StudyInstanceUID}/series/{ct_meta.SeriesInstanceUID}/metadata"
-    for name, port, aet, base, headers in (("orthanc", 4242, "ORTHANC", "http://127.0.0.1:8043", {}),
-                                           ("cubepacs", 11112, "CUBEPACS", "http://127.0.0.1:8042", auth)):
+    servers = {"orthanc": ("http://127.0.0.1:8043", {}), "cubepacs": ("http://127.0.0.1:8042", auth)}
+    for name, port, aet in (("orthanc", 4242, "ORTHANC"), ("cubepacs", 11112, "CUBEPACS")):
         store(port, aet, [files["plain"]], 1)
         store(port, aet, [files["jpegll"]], 1, "-xs")  # proposed (and kept) as JPEG lossless
         # the CT series was stored by the ingest measurement; ours is not compacted yet (quiet_seconds = 30)
+        base, headers = servers[name]
         out[f"{name}_series_meta_first"] = timings(base + series_meta, headers, 1)[0]
-        for kind, f in files.items():
-            timings(frame_url(base, f), {**headers, **FRAME_ACCEPT}, 1)
-            out[f"{name}_frame_{kind}_median"], out[f"{name}_frame_{kind}_p95"] = timings(
-                frame_url(base, f), {**headers, **FRAME_ACCEPT}, repeat)
-        out[f"{name}_frame_httpx_median"], out[f"{name}_frame_httpx_p95"] = timings(
-            frame_url(base, files["plain"]), {**headers, **FRAME_ACCEPT}, repeat, client="httpx")
-        timings(base + study_meta, headers, 1)
-        out[f"{name}_study_meta_median"], out[f"{name}_study_meta_p95"] = timings(base + study_meta, headers,
-                                                                                  max(5, repeat // 5))
+    for kind, f in files.items():
+        got = interleaved({name: (frame_url(base, f), {**headers, **FRAME_ACCEPT})
+                           for name, (base, headers) in servers.items()}, repeat)
+        for name, (median, p95) in got.items():
+            out[f"{name}_frame_{kind}_median"], out[f"{name}_frame_{kind}_p95"] = median, p95
+    got = interleaved({name: (frame_url(base, files["plain"]), {**headers, **FRAME_ACCEPT})
+                       for name, (base, headers) in servers.items()}, repeat, client="httpx")
+    for name, (median, p95) in got.items():
+        out[f"{name}_frame_httpx_median"], out[f"{name}_frame_httpx_p95"] = median, p95
+    got = interleaved({name: (base + study_meta, headers) for name, (base, headers) in servers.items()},
+                      max(10, repeat // 5))
+    for name, (median, p95) in got.items():
+        out[f"{name}_study_meta_median"], out[f"{name}_study_meta_p95"] = median, p95
     plain = pydicom.dcmread(files["plain"], stop_before_pixels=True)
     deadline = time.monotonic() + 120  # our web worker compacts the plain slice's series into a cube
     while time.monotonic() < deadline and not list((data_dir / "storage" / "default" /
                                                     str(plain.StudyInstanceUID)).glob("*.dcbs")):
         time.sleep(0.5)
-    url = frame_url("http://127.0.0.1:8042", files["plain"])
-    timings(url, {**auth, **FRAME_ACCEPT}, 1)
-    out["cubepacs_frame_cube_median"], out["cubepacs_frame_cube_p95"] = timings(url, {**auth, **FRAME_ACCEPT},
-                                                                                repeat)
+    got = interleaved({name: (frame_url(base, files["plain"]), {**headers, **FRAME_ACCEPT})
+                       for name, (base, headers) in servers.items()}, repeat)
+    out["cubepacs_frame_cube_median"], out["cubepacs_frame_cube_p95"] = got["cubepacs"]
+    out["orthanc_frame_cube_median"], out["orthanc_frame_cube_p95"] = got["orthanc"]  # its file, same moment
     return out
 
 
@@ -310,9 +341,10 @@ def run_inside(args: argparse.Namespace) -> None:
         (r["cubepacs_frame_httpx_median"], r["cubepacs_frame_httpx_p95"])
     print(f"  {'uncompressed CT, file, httpx':32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / "
           f"{c[1] * 1e3:6.1f} | {o[0] / c[0]:.1f}×")
-    cube = r["cubepacs_frame_cube_median"]
-    print(f"  {'uncompressed CT, from the cube':32} {'':15} | {cube * 1e3:6.1f} / "
-          f"{r['cubepacs_frame_cube_p95'] * 1e3:6.1f} | {r['orthanc_frame_plain_median'] / cube:.1f}×")
+    o, c = (r["orthanc_frame_cube_median"], r["orthanc_frame_cube_p95"]), \
+        (r["cubepacs_frame_cube_median"], r["cubepacs_frame_cube_p95"])
+    print(f"  {'uncompressed CT, ours from the cube':32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / "
+          f"{c[1] * 1e3:6.1f} | {o[0] / c[0]:.1f}×")
     print(f"series /metadata, first request before compaction: Orthanc {r['orthanc_series_meta_first'] * 1e3:.1f} ms, "
           f"cubepacs {r['cubepacs_series_meta_first'] * 1e3:.1f} ms "
           f"({r['orthanc_series_meta_first'] / r['cubepacs_series_meta_first']:.1f}×)")
