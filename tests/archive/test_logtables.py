@@ -68,3 +68,19 @@ def test_the_server_process_never_loads_delta_rs(tmp_path: Path) -> None:
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('deltalake', 'pyarrow')))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_processes_sharing_a_spool_write_every_row_once(tmp_path: Path) -> None:
+    table = tmp_path / "logs" / "access"
+    script = (f"import sys, time\nfrom cubepacs.archive.accesslog import AccessLog\n"
+              f"log = AccessLog({str(table)!r}, interval=0.3)\n"
+              f"for n in range(150):\n"
+              f"    log.add(tenant=sys.argv[1], method='GET', path=f'/{{n}}', status=200, bytes=n, duration_ms=1.0)\n"
+              f"    time.sleep(0.005)\n"
+              f"log.close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, name]) for name in ("a", "b", "c")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    rows = DeltaTable(str(table)).to_pyarrow_table().to_pylist()
+    keys = [(r["tenant"], r["path"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 450  # each row once: the writer runs take turns (a lock file)
+    assert not [f for f in (tmp_path / "logs" / ".spool" / "access").iterdir() if f.name != ".lock"]

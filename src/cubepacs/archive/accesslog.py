@@ -17,6 +17,8 @@ Example
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import json
 import logging
 import os
@@ -68,6 +70,26 @@ def image_row(ev: dict[str, Any]) -> dict[str, Any]:
             "frames": num("NumberOfFrames") or 1}
 
 
+_SERIAL = itertools.count()
+
+
+def _adopt_orphans(spool: Path) -> None:
+    """The spool files of processes that died (a ``kill -9``) become segments for this writer run."""
+    for f in spool.glob("current-*.jsonl"):
+        try:
+            pid = int(f.name.split("-")[1])
+            if pid == os.getpid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            if f.stat().st_size:
+                os.replace(f, spool / f"{time.time_ns()}-{pid}.jsonl")
+            else:
+                f.unlink()
+        except (ValueError, IndexError, OSError):
+            continue
+
+
 class DeltaLog:
     """Spool rows; a writer process appends them to the Delta table every ``interval`` seconds, when ``batch``
     rows wait, and at close. ``spool``: the local folder for the waiting rows (default: ``.spool/<name>`` beside
@@ -88,7 +110,8 @@ class DeltaLog:
                      else tempfile.mkdtemp(prefix="cubepacs-log-"))
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
-        self._current = self.spool / "current.jsonl"
+        # one file per process and log (several indexers or webs may share a data_dir); closed into segments
+        self._current = self.spool / f"current-{os.getpid()}-{next(_SERIAL)}.jsonl"
         self._fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._pending = 0
         self._lock = threading.Lock()  # the spool file
@@ -113,13 +136,15 @@ class DeltaLog:
 
     def flush(self) -> None:
         """Append every spooled row to the Delta table (rows stay spooled for the next flush if that fails)."""
-        with self._writing:
+        with self._writing, open(self.spool / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one writer run at a time over all processes sharing the spool
             with self._lock:
                 if self._pending or self._current.stat().st_size:
                     os.close(self._fd)
-                    os.replace(self._current, self.spool / f"{time.time_ns()}.jsonl")
+                    os.replace(self._current, self.spool / f"{time.time_ns()}-{os.getpid()}.jsonl")
                     self._fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                     self._pending = 0
+            _adopt_orphans(self.spool)
             files = sorted(str(p) for p in self.spool.glob("[0-9]*.jsonl"))
             if not files:
                 return
@@ -156,6 +181,8 @@ class DeltaLog:
         self.flush()
         with self._lock:
             os.close(self._fd)
+            if not self._current.stat().st_size:
+                self._current.unlink()
 
 
 class AccessLog(DeltaLog):
