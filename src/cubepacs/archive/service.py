@@ -66,7 +66,14 @@ def log_location(storage: Storage, settings: Settings, name: str) -> tuple[str, 
 
 
 def spool_dir(settings: Settings, name: str) -> str:
-    """The local folder where rows of the log table ``name`` wait for the writer (kept across restarts)."""
+    """The local folder where rows of the log table ``name`` wait for the writer (kept across restarts).
+
+    Example
+    -------
+    >>> from cubepacs.archive.settings import load_settings
+    >>> spool_dir(load_settings(overrides={"data_dir": "/srv/pacs"}), "access")
+    '/srv/pacs/logs/.spool/access'
+    """
     return str(Path(settings.data_dir).resolve() / "logs" / ".spool" / name)
 
 
