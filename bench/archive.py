@@ -313,6 +313,11 @@ def run_inside(args: argparse.Namespace) -> None:
         results["qido_miss_median"], results["qido_miss_p95"] = varying(auth, 200)
         results["qido_daterange_median"], results["qido_daterange_p95"] = timings(
             "http://127.0.0.1:8042/dicom-web/studies?StudyDate=20150101-20151231&limit=100", auth, 200)
+        from ingest import memory_mb  # bench/ingest.py (it imports this module: not at the top)
+
+        for name, proc in (("orthanc", orthanc), ("cubepacs", ours)):
+            results[f"{name}_pss_mb"] = memory_mb(proc.pid)
+            results[f"{name}_anon_mb"] = memory_mb(proc.pid, "Pss_Anon")
     finally:
         for p in (ours, orthanc):
             p.terminate()
@@ -352,6 +357,9 @@ def run_inside(args: argparse.Namespace) -> None:
           f"{r['orthanc_study_meta_p95'] * 1e3:.1f} ms, cubepacs {r['cubepacs_study_meta_median'] * 1e3:.1f} / "
           f"{r['cubepacs_study_meta_p95'] * 1e3:.1f} ms "
           f"({r['orthanc_study_meta_median'] / r['cubepacs_study_meta_median']:.1f}×)")
+    print(f"memory after all of it (PSS of the process tree / anonymous part): Orthanc {r['orthanc_pss_mb']} / "
+          f"{r['orthanc_anon_mb']} MB, cubepacs {r['cubepacs_pss_mb']} / {r['cubepacs_anon_mb']} MB (cubepacs "
+          f"also holds the {args.studies} QIDO studies, its caches warm)")
     print("raw:", json.dumps(results))
 
 
