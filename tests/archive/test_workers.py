@@ -20,10 +20,11 @@ from tests.conftest import SERIES, dicom_files
 pytestmark = pytest.mark.dcmtk
 
 
-def _children(pid: int) -> list[int]:
-    """The DIMSE worker processes of a server (forked, or spawned by multiprocessing; not a resource tracker)."""
+def _children(pid: int, name: str = "cubepacs-dimse") -> list[int]:
+    """The DIMSE worker processes of a server (forked, or spawned by multiprocessing), by the name they give
+    themselves; ``name="cubepacs-build"``: its web worker."""
     pids = [int(c) for task in Path(f"/proc/{pid}/task").glob("*") for c in (task / "children").read_text().split()]
-    return [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [p for p in pids if Path(f"/proc/{p}/comm").read_text().startswith(name)]
 
 
 def _port_free(port: int) -> bool:
@@ -36,8 +37,8 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     config = write_config(tmp_path / "w.toml", data, dimse, http, quiet_seconds=3600.0, dimse_workers=2)
     server = start_server(data, config, dimse, http)
     try:
-        workers = _children(server.proc.pid)
-        assert len(workers) == 2
+        workers, builder = _children(server.proc.pid), _children(server.proc.pid, "cubepacs-build")
+        assert len(workers) == 2 and len(builder) == 1  # two DIMSE workers and the web worker
         files = dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))[:32]
         results: list[int] = []
         threads = [threading.Thread(target=lambda chunk: results.append(dcmtk(
@@ -65,7 +66,7 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
         wait_until(lambda: indexed() == len(files))
     finally:
         stop_server(server)
-    assert all(not Path(f"/proc/{w}").exists() for w in workers)  # stopped with serve
+    assert all(not Path(f"/proc/{w}").exists() for w in workers + builder)  # stopped with serve
 
 
 def test_a_busy_port_is_one_line_and_kill_9_takes_the_workers_along(tmp_path: Path) -> None:
@@ -79,8 +80,8 @@ def test_a_busy_port_is_one_line_and_kill_9_takes_the_workers_along(tmp_path: Pa
     assert res.returncode == 3, res.stderr
     assert f"cannot listen on 127.0.0.1:{dimse}" in res.stderr and "Traceback" not in res.stderr
     server = start_server(data, config, dimse, http)
-    workers = _children(server.proc.pid)
-    assert len(workers) == 2
+    workers = _children(server.proc.pid) + _children(server.proc.pid, "cubepacs-build")
+    assert len(workers) == 3
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     wait_until(lambda: all(not Path(f"/proc/{w}").exists() for w in workers), timeout=15)

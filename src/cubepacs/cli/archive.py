@@ -37,7 +37,8 @@ def _run(parts: set[str], config: Path | None, check: bool = False, **overrides:
     try:
         settings = load_settings(config, dict(os.environ), {names.get(k, k): v for k, v in overrides.items()})
         configure(settings.log_format, service)
-        if "storescp" in parts and worker_count(settings.dimse_workers) > 1:
+        if ("storescp" in parts and worker_count(settings.dimse_workers) > 1) or ("webworker" in parts
+                                                                                and len(parts) > 1):
             metrics_across_processes(settings.data_dir)  # before prometheus-client is imported (below)
         from cubepacs.archive.service import check as check_backends
         from cubepacs.archive.service import run
