@@ -37,8 +37,9 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     config = write_config(tmp_path / "w.toml", data, dimse, http, quiet_seconds=3600.0, dimse_workers=2)
     server = start_server(data, config, dimse, http)
     try:
-        workers, builder = _children(server.proc.pid), _children(server.proc.pid, "cubepacs-build")
-        assert len(workers) == 2 and len(builder) == 1  # two DIMSE workers and the web worker
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2
+        assert not _children(server.proc.pid, "cubepacs-build")  # builds run in a process only while series are due
         files = dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))[:32]
         results: list[int] = []
         threads = [threading.Thread(target=lambda chunk: results.append(dcmtk(
@@ -66,7 +67,7 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
         wait_until(lambda: indexed() == len(files))
     finally:
         stop_server(server)
-    assert all(not Path(f"/proc/{w}").exists() for w in workers + builder)  # stopped with serve
+    assert all(not Path(f"/proc/{w}").exists() for w in workers)  # stopped with serve
 
 
 def test_a_busy_port_is_one_line_and_kill_9_takes_the_workers_along(tmp_path: Path) -> None:
@@ -80,8 +81,8 @@ def test_a_busy_port_is_one_line_and_kill_9_takes_the_workers_along(tmp_path: Pa
     assert res.returncode == 3, res.stderr
     assert f"cannot listen on 127.0.0.1:{dimse}" in res.stderr and "Traceback" not in res.stderr
     server = start_server(data, config, dimse, http)
-    workers = _children(server.proc.pid) + _children(server.proc.pid, "cubepacs-build")
-    assert len(workers) == 3
+    workers = _children(server.proc.pid)
+    assert len(workers) == 2
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     wait_until(lambda: all(not Path(f"/proc/{w}").exists() for w in workers), timeout=15)

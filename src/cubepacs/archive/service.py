@@ -134,15 +134,6 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         from cubepacs.archive.workers import Workers
 
         stoppers.append(Workers(settings, workers).shutdown)
-    if "webworker" in parts and len(parts) > 1:  # beside other services: in a process of its own
-        from cubepacs.archive.workers import BuilderProcess
-
-        try:
-            stoppers.append(BuilderProcess(settings).shutdown)
-        except BaseException:
-            for s in stoppers:
-                s()
-            raise
     # An in-process cache is only safe where the indexer that invalidates it runs in the same process.
     cache_url = settings.cache_url or ("memory://" if {"indexer", "web"} <= parts else None)
     try:
@@ -178,7 +169,11 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
             thread.join(timeout=10)
 
         stoppers.append(stop_indexer)
-    if parts == {"webworker"}:
+    if "webworker" in parts and len(parts) > 1:  # beside other services: builds in short-lived processes
+        from cubepacs.archive.builder import BuildLauncher
+
+        stoppers.append(BuildLauncher(settings, b.index).shutdown)
+    elif "webworker" in parts:
         worker = WebWorker(b.index, b.storage, settings.quiet_seconds, settings.max_retries, settings.codec,
                            settings.compact)
         _thread(worker.run, "webworker")

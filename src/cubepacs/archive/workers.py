@@ -14,8 +14,6 @@ that received it after its file and event are durable, exactly as in one process
   parent shows the workers' C-STORE counters).
 * ``max_associations`` applies per worker.
 
-``serve`` also runs the web worker as a process of its own (:class:`BuilderProcess`).
-
 Example
 -------
 >>> worker_count(0) >= 1, worker_count(3)
@@ -124,57 +122,6 @@ class Workers:
                 multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
 
 
-class BuilderProcess:
-    """The web worker (series metadata and cubes) in a process of its own, for ``serve``: its builds — pure
-    Python metadata conversion and codec work on whole series — then never hold the web's or the indexer's GIL,
-    and use another core where there is one. :meth:`shutdown` stops it (after the build under way)."""
-
-    def __init__(self, settings: Settings, timeout: float = 60.0) -> None:
-        ctx: Any = multiprocessing.get_context(_start_method())
-        receive, send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_builder, args=(settings, send, os.getpid()), name="webworker", daemon=True)
-        self.proc.start()
-        send.close()
-        answer = receive.recv() if receive.poll(timeout) else f"web worker did not start in {timeout} s"
-        if answer != "ok":
-            self.shutdown()
-            raise BackendError(str(answer))
-
-    def shutdown(self) -> None:
-        """SIGTERM (the build under way finishes), SIGKILL after 60 s."""
-        if self.proc.is_alive():
-            self.proc.terminate()
-        self.proc.join(timeout=60)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(timeout=5)
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and self.proc.pid is not None:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(self.proc.pid)  # type: ignore[no-untyped-call]
-
-
-def _builder(settings: Settings, ready: Connection, parent: int) -> None:
-    """The web worker process: open storage and index, build quiet series until SIGTERM."""
-    from cubepacs._registry import open_backend
-    from cubepacs.archive.logs import configure
-    from cubepacs.archive.webworker import WebWorker
-
-    _die_with(parent, "cubepacs-build")
-    configure(settings.log_format, "webworker")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops this process
-    try:
-        storage, index = open_backend("storage", settings.storage_url), open_backend("index", settings.index_url)
-    except Exception as exc:  # a backend library's own error: one line for the parent to report
-        ready.send(f"web worker: {type(exc).__name__}: {exc}")
-        return
-    worker = WebWorker(index, storage, settings.quiet_seconds, settings.max_retries, settings.codec, settings.compact)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    ready.send("ok")
-    worker.run()
-    index.close()
-
-
 def _start_method() -> str:
     """``fork`` on Linux while this process has a single thread, else ``spawn``.
 
@@ -202,7 +149,7 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _die_with(parent: int, name: str) -> None:
+def die_with(parent: int, name: str) -> None:
     """End this process when ``parent`` goes away, however it ends; ``name`` it (``ps -o comm``, top: at most 15
     characters) so that an operator can tell the processes of ``serve`` apart."""
     try:
@@ -226,7 +173,7 @@ def _worker(settings: Settings, k: int, ready: Connection, parent: int) -> None:
     from cubepacs.archive.dimse.scp import start_from_settings  # not the service module: no web, lake tables
     from cubepacs.archive.logs import configure
 
-    _die_with(parent, f"cubepacs-dimse{k}")
+    die_with(parent, f"cubepacs-dimse{k}")
     configure(settings.log_format, f"storescp-{k}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
