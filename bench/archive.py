@@ -194,6 +194,12 @@ def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> d
         # the CT series was stored by the ingest measurement; ours is not compacted yet (quiet_seconds = 30)
         base, headers = servers[name]
         out[f"{name}_series_meta_first"] = timings(base + series_meta, headers, 1)[0]
+    for (base, headers), f in ((srv, f) for srv in servers.values() for f in files.values()):
+        deadline = time.monotonic() + 60  # stored is not yet indexed: wait until each server finds the instance
+        while httpx.get(frame_url(base, f), headers={**headers, **FRAME_ACCEPT}).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(frame_url(base, f))
+            time.sleep(0.1)
     for kind, f in files.items():
         got = interleaved({name: (frame_url(base, f), {**headers, **FRAME_ACCEPT})
                            for name, (base, headers) in servers.items()}, repeat)
