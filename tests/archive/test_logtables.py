@@ -15,15 +15,20 @@ from cubepacs.archive.accesslog import OBJECT_SCHEMA, AccessLog, DeltaLog
 from tests.archive.conftest import wait_until
 
 
+def _logging(table: Path, rows: int, interval: float | None, pause: float, end: str) -> str:
+    """A Python script logging ``rows`` access rows (tenant: its first argument) to ``table``, then ``end``."""
+    return (f"import sys, time\nfrom cubepacs.archive.accesslog import AccessLog\n"
+            f"log = AccessLog({str(table)!r}, interval={interval})\n"
+            f"for n in range({rows}):\n"
+            f"    log.add(tenant=sys.argv[1], method='GET', path=f'/{{n}}', status=200, bytes=n, duration_ms=1.0)\n"
+            f"    time.sleep({pause})\n"
+            f"{end}\n")
+
+
 def test_rows_of_a_killed_process_are_written_by_the_next(tmp_path: Path) -> None:
     table = tmp_path / "logs" / "access"
-    script = (f"from cubepacs.archive.accesslog import AccessLog\n"
-              f"log = AccessLog({str(table)!r}, interval=None)\n"
-              f"for n in range(5):\n"
-              f"    log.add(tenant='t', method='GET', path=f'/{{n}}', status=200, bytes=n, duration_ms=1.0)\n"
-              f"print('spooled', flush=True)\n"
-              f"import time; time.sleep(60)\n")
-    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
+    script = _logging(table, rows=5, interval=None, pause=0, end="print('spooled', flush=True); time.sleep(60)")
+    with subprocess.Popen([sys.executable, "-c", script, "t"], stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "spooled"
         os.kill(proc.pid, signal.SIGKILL)
     assert not (table / "_delta_log").exists()  # nothing was written: the rows are only in the spool
@@ -72,12 +77,7 @@ def test_the_server_process_never_loads_delta_rs(tmp_path: Path) -> None:
 
 def test_processes_sharing_a_spool_write_every_row_once(tmp_path: Path) -> None:
     table = tmp_path / "logs" / "access"
-    script = (f"import sys, time\nfrom cubepacs.archive.accesslog import AccessLog\n"
-              f"log = AccessLog({str(table)!r}, interval=0.3)\n"
-              f"for n in range(150):\n"
-              f"    log.add(tenant=sys.argv[1], method='GET', path=f'/{{n}}', status=200, bytes=n, duration_ms=1.0)\n"
-              f"    time.sleep(0.005)\n"
-              f"log.close()\n")
+    script = _logging(table, rows=150, interval=0.3, pause=0.005, end="log.close()")
     procs = [subprocess.Popen([sys.executable, "-c", script, name]) for name in ("a", "b", "c")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     rows = DeltaTable(str(table)).to_pyarrow_table().to_pylist()
