@@ -64,19 +64,21 @@ class BuildLauncher:
 
     def _loop(self) -> None:
         s = self.settings
-        while not self._stop.wait(self.interval):
+        failures = 0
+        while not self._stop.wait(self.interval * (1 + min(failures, 30))):  # up to 31 s apart while failing
             try:
                 due = bool(self.index.pending_series(s.quiet_seconds, s.max_retries, limit=1))
             except Exception as exc:  # the index is away for a moment: look again later
                 log.warning("looking for series to build failed: %s: %s", type(exc).__name__, str(exc)[:200])
+                failures += 1
                 continue
-            if due:
-                self._run()
+            failures = failures + 1 if due and not self._run() else 0
 
-    def _run(self) -> None:
+    def _run(self) -> bool:
+        """One builder process, to its end; False when it failed (it said why on stderr)."""
         with self._lock:
             if self._stop.is_set():
-                return
+                return True
             self._proc = subprocess.Popen([sys.executable, "-m", "cubepacs.archive.builder"], stdin=subprocess.PIPE,
                                           text=True)
         self.runs += 1
@@ -87,10 +89,12 @@ class BuildLauncher:
             proc.stdin.close()
         except OSError:  # it died at once: its own message is on stderr
             pass
-        if proc.wait() not in (0, -signal.SIGTERM):
+        ok = proc.wait() in (0, -signal.SIGTERM)
+        if not ok:
             log.warning("the builder process ended with status %s; due series are tried again", proc.returncode)
         with self._lock:
             self._proc = None
+        return ok
 
     def shutdown(self) -> None:
         """Stop looking; a build under way finishes (SIGTERM), SIGKILL after ``STOP_GRACE`` seconds."""
