@@ -79,8 +79,12 @@ class BuildLauncher:
         with self._lock:
             if self._stop.is_set():
                 return True
-            self._proc = subprocess.Popen([sys.executable, "-m", "cubepacs.archive.builder"], stdin=subprocess.PIPE,
-                                          text=True)
+            try:
+                self._proc = subprocess.Popen([sys.executable, "-m", "cubepacs.archive.builder"],
+                                              stdin=subprocess.PIPE, text=True)
+            except OSError as exc:  # no process can be started now (limits, memory): try again later
+                log.warning("the builder process cannot start: %s", exc)
+                return False
         self.runs += 1
         proc = self._proc
         assert proc.stdin is not None
