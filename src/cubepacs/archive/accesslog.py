@@ -112,16 +112,18 @@ class DeltaLog:
         self.spool.mkdir(parents=True, exist_ok=True)
         # one file per process and log (several indexers or webs may share a data_dir); closed into segments
         self._current = self.spool / f"current-{os.getpid()}-{next(_SERIAL)}.jsonl"
-        self._fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._pending = 0
+        self._fd = self._open_current()
+        self._pending = 0  # rows since the last flush (a full batch wakes the writer)
         self._lock = threading.Lock()  # the spool file
-        self._writing = threading.Lock()  # one writer run at a time
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         if interval:
             self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True, name="log-writer")
             self._thread.start()
+
+    def _open_current(self) -> int:
+        return os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def add(self, **row: Any) -> None:
         """Record one row: a line appended to the spool (it never waits on the Delta table)."""
@@ -136,14 +138,14 @@ class DeltaLog:
 
     def flush(self) -> None:
         """Append every spooled row to the Delta table (rows stay spooled for the next flush if that fails)."""
-        with self._writing, open(self.spool / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one writer run at a time over all processes sharing the spool
+        with open(self.spool / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one writer run at a time, over threads and processes alike
             with self._lock:
-                if self._pending or self._current.stat().st_size:
+                if os.fstat(self._fd).st_size:
                     os.close(self._fd)
                     os.replace(self._current, self.spool / f"{time.time_ns()}-{os.getpid()}.jsonl")
-                    self._fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                    self._pending = 0
+                    self._fd = self._open_current()
+                self._pending = 0
             _adopt_orphans(self.spool)
             files = sorted(str(p) for p in self.spool.glob("[0-9]*.jsonl"))
             if not files:
@@ -180,8 +182,9 @@ class DeltaLog:
             self._thread.join(timeout=WRITER_TIMEOUT)
         self.flush()
         with self._lock:
+            empty = not os.fstat(self._fd).st_size
             os.close(self._fd)
-            if not self._current.stat().st_size:
+            if empty:
                 self._current.unlink()
 
 

@@ -22,7 +22,8 @@ from types import FrameType
 from typing import Any
 
 from cubepacs._registry import mask_url, open_backend
-from cubepacs.archive.accesslog import IMAGE_SCHEMA, OBJECT_SCHEMA, AccessLog, DeltaLog
+from cubepacs.archive.accesslog import IMAGE_SCHEMA, OBJECT_SCHEMA, Columns, DeltaLog
+from cubepacs.archive.accesslog import SCHEMA as ACCESS_SCHEMA
 from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.indexer import Indexer
@@ -30,7 +31,7 @@ from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.webworker import WebWorker
-from cubepacs.archive.workers import settle_heap, worker_count
+from cubepacs.archive.workers import builds_in_children, settle_heap, worker_count
 from cubepacs.errors import ListenError
 
 log = logging.getLogger("cubepacs")
@@ -75,6 +76,12 @@ def spool_dir(settings: Settings, name: str) -> str:
     '/srv/pacs/logs/.spool/access'
     """
     return str(Path(settings.data_dir).resolve() / "logs" / ".spool" / name)
+
+
+def open_log(storage: Storage, settings: Settings, name: str, schema: Columns) -> DeltaLog:
+    """The log table ``name``: where :func:`log_location` puts it, spooled in :func:`spool_dir`."""
+    return DeltaLog(*log_location(storage, settings, name), schema=schema, interval=settings.log_interval,
+                    spool=spool_dir(settings, name))
 
 
 def listen(host: str, port: int, what: str) -> socket.socket:
@@ -157,9 +164,8 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     if "indexer" in parts:
         logs: dict[str, DeltaLog] = {}
         if settings.log_tables:
-            logs = {name: DeltaLog(*log_location(b.storage, settings, name), schema=schema,
-                                   interval=settings.log_interval, spool=spool_dir(settings, name))
-                    for name, schema in (("dicom_object_meta", OBJECT_SCHEMA), ("dicom_image_meta", IMAGE_SCHEMA))}
+            logs = {name: open_log(b.storage, settings, name, schema) for name, schema
+                    in (("dicom_object_meta", OBJECT_SCHEMA), ("dicom_image_meta", IMAGE_SCHEMA))}
         indexer = Indexer(b.queue, b.index, cache=b.cache, logs=logs, feeds=settings.feeds)
         thread = _thread(indexer.run, "indexer")
         stoppers.extend(log.close for log in logs.values())  # run last (stoppers run in reverse)
@@ -169,7 +175,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
             thread.join(timeout=10)
 
         stoppers.append(stop_indexer)
-    if "webworker" in parts and len(parts) > 1:  # beside other services: builds in short-lived processes
+    if builds_in_children(parts):
         from cubepacs.archive.builder import BuildLauncher
 
         stoppers.append(BuildLauncher(settings, b.index).shutdown)
@@ -186,8 +192,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         from cubepacs.archive.web.session import SessionKeys, load_secret, load_users
         from cubepacs.archive.web.tokens import OidcVerifier
 
-        access = AccessLog(*log_location(b.storage, settings, "access"), interval=settings.log_interval,
-                           spool=spool_dir(settings, "access"))
+        access = open_log(b.storage, settings, "access", ACCESS_SCHEMA)
         stoppers.append(access.close)
         data_dir = Path(settings.data_dir)
         app = create_app(extensions=extensions, services=Services(

@@ -101,16 +101,15 @@ class WebWorker:
         built = 0
         for row in self.index.pending_series(self.quiet_seconds, self.max_retries):
             try:
-                try:
-                    jkey, ckey, n = self.build(row)
-                finally:
-                    trim_heap()
+                jkey, ckey, n = self.build(row)
             except Exception as exc:
                 log.error("building series %s failed (attempt %d): %s: %s", row["series_uid"],
                           row["retry_times"] + 1, type(exc).__name__, str(exc)[:300])
                 metrics.BUILDS.labels(result="failed").inc()
                 self.index.finish_series(row, ok=False, max_retries=self.max_retries)
                 continue
+            finally:
+                trim_heap()
             metrics.BUILDS.labels(result="ok" if ckey else "metadata-only").inc()
             if self.index.finish_series(row, ok=True, max_retries=self.max_retries, json_key=jkey, cube_key=ckey,
                                         instances=n):

@@ -49,6 +49,18 @@ def worker_count(setting: int) -> int:
                                               else os.cpu_count() or 1)
 
 
+def builds_in_children(parts: set[str]) -> bool:
+    """Whether the web worker's builds run in builder processes (``archive/builder.py``): in ``serve``, beside
+    other services; ``cubepacs webworker`` alone builds in its own process.
+
+    Example
+    -------
+    >>> builds_in_children({"web", "webworker"}), builds_in_children({"webworker"})
+    (True, False)
+    """
+    return "webworker" in parts and len(parts) > 1
+
+
 def ensure_free(host: str, port: int, what: str) -> None:
     """ListenError unless ``host:port`` can be bound by us alone (nobody listens there, with or without
     SO_REUSEPORT)."""

@@ -29,7 +29,7 @@ EXIT_SETTING, EXIT_LISTEN, EXIT_BACKEND = 2, 3, 4  # documented in docs/operatio
 def _run(parts: set[str], config: Path | None, check: bool = False, **overrides: Any) -> None:
     from cubepacs.archive.logs import configure
     from cubepacs.archive.settings import ensure_api_key, load_settings
-    from cubepacs.archive.workers import metrics_across_processes, worker_count
+    from cubepacs.archive.workers import builds_in_children, metrics_across_processes, worker_count
     from cubepacs.errors import BackendError, ListenError
 
     names = {"storage": "storage_url", "queue": "queue_url", "index": "index_url", "cache": "cache_url"}
@@ -37,8 +37,7 @@ def _run(parts: set[str], config: Path | None, check: bool = False, **overrides:
     try:
         settings = load_settings(config, dict(os.environ), {names.get(k, k): v for k, v in overrides.items()})
         configure(settings.log_format, service)
-        if ("storescp" in parts and worker_count(settings.dimse_workers) > 1) or ("webworker" in parts
-                                                                                and len(parts) > 1):
+        if ("storescp" in parts and worker_count(settings.dimse_workers) > 1) or builds_in_children(parts):
             metrics_across_processes(settings.data_dir)  # before prometheus-client is imported (below)
         from cubepacs.archive.service import check as check_backends
         from cubepacs.archive.service import run

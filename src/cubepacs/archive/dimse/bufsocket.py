@@ -15,6 +15,8 @@ Example
 
 from __future__ import annotations
 
+from typing import Any
+
 from pynetdicom.transport import AssociationSocket
 
 READ_SIZE = 256 * 1024  # the most one recv() asks for
@@ -23,11 +25,13 @@ READ_SIZE = 256 * 1024  # the most one recv() asks for
 class BufferedSocket(AssociationSocket):
     """An ``AssociationSocket`` whose ``recv`` reads ahead (see the module's text)."""
 
-    _buffer: bytearray
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._buffer = bytearray()
+        super().__init__(*args, **kwargs)
 
     def buffered(self) -> bool:
         """Whether bytes already read wait in the buffer."""
-        return bool(getattr(self, "_buffer", None))
+        return bool(self._buffer)
 
     @property
     def ready(self) -> bool:
@@ -36,9 +40,7 @@ class BufferedSocket(AssociationSocket):
 
     def recv(self, nr_bytes: int) -> bytearray:
         """``nr_bytes`` bytes (fewer only when the peer closed the connection), as pynetdicom's ``recv``."""
-        buffer = getattr(self, "_buffer", None)
-        if buffer is None:
-            buffer = self._buffer = bytearray()
+        buffer = self._buffer
         sock = self.socket
         assert sock is not None
         while len(buffer) < nr_bytes:

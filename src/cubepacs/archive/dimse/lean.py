@@ -145,7 +145,6 @@ class LeanDUL(DULServiceProvider):
             self.socket.send(pdata_tf(context_id, value))
             return True
 
-
     def poke(self) -> None:
         """Wake the reactor (a primitive is to be sent, or it is to stop)."""
         try:
