@@ -441,6 +441,24 @@ def test_silent_connections_neither_lock_out_nor_stay(strict: Server) -> None:
             s.close()
 
 
+def test_hostile_pdus_end_their_connection_only(strict: Server) -> None:
+    """Crafted byte streams (built here: no real file is a broken PDU): a header claiming 4 GB then a close, an
+    unknown PDU type, an HTTP request on the DIMSE port. Each ends its own connection; DCMTK stores next."""
+    import socket
+
+    from tests.archive.conftest import dcmtk
+
+    for stream in (b"\x01\x00\xff\xff\xff\xf0" + b"x" * 100, b"\x09\x00\x00\x00\x00\x04abcd",
+                   b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", strict.dimse_port), timeout=10) as s:
+            s.sendall(stream)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):  # whatever the server answers (an A-ABORT), then its close
+                pass
+    res = dcmtk("storescu", "-aec", "CUBEPACS", "127.0.0.1", str(strict.dimse_port), str(crafted.CT))
+    assert res.returncode == 0, res.stderr
+
+
 def test_idle_association_is_dropped(strict: Server) -> None:
     import time
 

@@ -109,3 +109,40 @@ def test_buffered_socket_reads_ahead_and_serves_exact_pieces() -> None:
     peer.close()
     assert bytes(sock.recv(10)) == b"xyz"  # the peer closed: what there is, as pynetdicom's recv
     ours.close()
+
+
+def test_buffered_socket_never_asks_for_what_a_header_claims() -> None:
+    """A PDU header may claim 4 GB (crafted here): recv() allocates what it is asked for, so reads stay at
+    READ_SIZE whatever the DUL asks."""
+    import queue
+    import socket
+    from types import SimpleNamespace
+
+    from cubepacs.archive.dimse.bufsocket import READ_SIZE, BufferedSocket
+
+    class Asked:  # the real socket, with the sizes asked of it noted
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.sizes = sock, []
+
+        def recv(self, n: int) -> bytes:
+            self.sizes.append(n)
+            return self.sock.recv(n)
+
+    ours, peer = socket.socketpair()
+    sock = BufferedSocket(SimpleNamespace(dul=SimpleNamespace(event_queue=queue.Queue())),  # type: ignore[arg-type]
+                          client_socket=ours)
+    asked = Asked(ours)
+    sock.socket = asked  # type: ignore[assignment]
+    import threading
+
+    def send() -> None:  # more than the socket pair buffers: from another thread
+        peer.sendall(b"\x04\x00\xff\xff\xff\xf0" + b"x" * 300_000)
+        peer.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    head = sock.recv(6)
+    assert len(sock.recv(int.from_bytes(head[2:], "big"))) == 300_000  # short: the peer closed
+    assert max(asked.sizes) == READ_SIZE
+    sender.join()
+    ours.close()

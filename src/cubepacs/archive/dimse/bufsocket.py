@@ -19,7 +19,7 @@ from typing import Any
 
 from pynetdicom.transport import AssociationSocket
 
-READ_SIZE = 256 * 1024  # the most one recv() asks for
+READ_SIZE = 256 * 1024  # what one recv() asks for (socket.recv allocates that much before it reads)
 
 
 class BufferedSocket(AssociationSocket):
@@ -44,7 +44,7 @@ class BufferedSocket(AssociationSocket):
         sock = self.socket
         assert sock is not None
         while len(buffer) < nr_bytes:
-            chunk = sock.recv(max(READ_SIZE, nr_bytes - len(buffer)))
+            chunk = sock.recv(READ_SIZE)  # never what a PDU header claims: a peer may claim 4 GB and send 6 bytes
             if not chunk:
                 break
             buffer += chunk
