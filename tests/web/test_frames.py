@@ -88,3 +88,44 @@ def test_fast_path_requests_are_in_the_access_log(server: Server) -> None:
 
     r_id = r.headers["x-request-id"]
     wait_until(logged, timeout=30)
+
+
+def test_a_frame_kept_hot_is_the_same_and_a_deletion_is_seen_at_once(server: Server) -> None:
+    """The second request of a frame is answered from the index row and the decoded frame kept in memory
+    (``hot_frame_pieces``); deleting the instance through /api forgets the row, so the next request is a 404.
+    A copy of a real file with new UIDs (synthetic only in its UIDs) is stored for this test."""
+    ds = pydicom.dcmread(FILES[1])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    buffer = pydicom.filebase.DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    body, ctype = multipart.encode([buffer.getvalue()], "application/dicom")
+    assert httpx.post(f"{server.url}/studies", content=body,
+                      headers={**server.headers(), "Content-Type": ctype}, timeout=60).status_code == 200
+    url = "{}/studies/{}/series/{}/instances/{}".format(server.url, *_ids(ds))
+    wait_until(lambda: httpx.get(url + "/metadata", headers=server.headers()).status_code == 200)
+    client = DICOMwebClient(server.url, headers=server.headers())
+    first, again = (client.retrieve_instance_frames(*_ids(ds), frame_numbers=[5, 2]) for _ in range(2))
+    assert first == again and len(first[0]) == ds.Rows * ds.Columns * ds.BitsAllocated // 8
+    assert httpx.get(url + "/frames/5", headers=server.headers("beta")).status_code == 404  # not the row of alpha
+    study_api = server.url.removesuffix("/dicom-web") + f"/api/studies/{ds.StudyInstanceUID}"
+    assert httpx.delete(study_api, headers=server.headers()).json() == {"deleted": 1}
+    gone = httpx.get(url + "/frames/5", headers=server.headers())
+    assert gone.status_code == 404, gone.status_code
+
+
+def test_hot_rows_expire_and_are_forgotten_by_tenant() -> None:
+    import time
+
+    from cubepacs.archive.web.hot import HotRows
+
+    rows = HotRows(max_items=2, max_age=0.2)
+    rows.put(("a", "1"), {"k": 1})
+    rows.put(("b", "1"), {"k": 2})
+    rows.forget("a")
+    assert rows.get(("a", "1")) is None and rows.get(("b", "1")) == {"k": 2}
+    time.sleep(0.3)
+    assert rows.get(("b", "1")) is None  # older than max_age: asked of the index again
+    for n in range(3):
+        rows.put(("c", str(n)), {"k": n})
+    assert rows.get(("c", "0")) is None and rows.get(("c", "2")) == {"k": 2}  # bounded

@@ -8,8 +8,9 @@ and sends the frames' bytes without joining them into one body. Whatever it cann
 bad UID, no such instance, an undecodable frame — it leaves to the route, which checks again and answers the
 error as every other route does. It sits inside the access log and CORS middlewares, so both still see it.
 Measured with one keep-alive client (stdlib http.client): 1.35–1.6 ms of server CPU per frame through the route,
-0.6–0.77 ms here. The index lookup and any decoding still run in the thread pool (0.12 ms more than inline, but the
-event loop never waits on the index or a codec).
+0.6–0.77 ms here. A frame whose index row and decoded values are in memory already (``wado.hot_frame_pieces``: a
+viewer asking again, scrolling back) is answered in the event loop; anything that has to ask the index, read or
+decode runs in the thread pool, so the loop never waits on the index or a codec.
 
 Example
 -------
@@ -44,7 +45,9 @@ class FrameFastPath:
         if match is not None:
             try:
                 tenant = await tenant_of(Request(scope))
-                chunks, ctype = await run_in_threadpool(wado.frame_pieces, self.services, tenant, *match.groups())
+                hot = wado.hot_frame_pieces(self.services, tenant, *match.groups())
+                chunks, ctype = hot if hot is not None else \
+                    await run_in_threadpool(wado.frame_pieces, self.services, tenant, *match.groups())
             except HTTPException:
                 pass  # the route answers it
             else:

@@ -1,10 +1,14 @@
-"""What WADO-RS keeps hot between requests: parsed instances (where each frame lies) and decoded frames.
+"""What WADO-RS keeps hot between requests: index rows, parsed instances (where each frame lies), decoded frames.
 
 A viewer asks for the frames of a series one by one, often twice (scrolling back). Without this, every request
 read the whole file, parsed it and decoded its frame again (a JPEG-lossless CT frame: ≈ 30 ms). Both caches are
 LRU and bounded by bytes (cachetools); an entry is keyed by what identifies the stored bytes (the storage key
 and the file's size and modification time, or the cube's build time), so a replaced instance or rebuilt cube
-is never served stale.
+is never served stale. Index rows (``HotRows``) let a frame asked again skip the index for ``ROW_SECONDS``: a
+series compacted by the builder is served from its cube within that time (its files hold the same values), a
+deletion by this process forgets the tenant's rows at once (``forget``); after one by another process, a deleted
+file is not hot any more (its size and time key its frames) and a deleted series' cube, still mapped, is served
+for that time at most.
 
 Example
 -------
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +34,8 @@ from cachetools import LRUCache
 from cubepacs.cube.image import InstancePixels
 from cubepacs.cube.sources import read_instance
 
+ROW_SECONDS = 2.0  # how long an index row found for a frame request is trusted without asking the index again
+ROWS = 10_000  # index rows kept
 PARSED_BYTES = 64 * 1024 * 1024  # stored files kept parsed (their bytes and frame positions)
 DECODED_BYTES = 64 * 1024 * 1024  # decoded frames kept
 
@@ -40,11 +47,12 @@ class HotFrames:
         self._frames: LRUCache[tuple[Any, int], np.ndarray] = LRUCache(max_bytes, getsizeof=lambda a: a.nbytes)
         self._lock = threading.Lock()
 
-    def frame(self, source: Any, k: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
-        """Frame ``k`` of ``source`` (a hashable identity of the stored bytes), decoded once."""
+    def frame(self, source: Any, k: int, decode: Callable[[], np.ndarray] | None) -> np.ndarray | None:
+        """Frame ``k`` of ``source`` (a hashable identity of the stored bytes), decoded once; ``decode=None``:
+        only when hot (else None)."""
         with self._lock:
             hit = self._frames.get((source, k))
-        if hit is not None:
+        if hit is not None or decode is None:
             return hit
         arr = decode()
         if arr.nbytes <= self._frames.maxsize:
@@ -61,19 +69,53 @@ class HotInstances:
         self._parsed: LRUCache[Any, tuple[InstancePixels, int]] = LRUCache(max_bytes, getsizeof=lambda v: v[1])
         self._lock = threading.Lock()
 
-    def pixels(self, storage: Any, row: dict[str, Any]) -> tuple[Any, InstancePixels]:
-        """(identity, parsed pixels) of an index row's stored file."""
+    def pixels(self, storage: Any, row: dict[str, Any], read: bool = True) -> tuple[Any, InstancePixels | None]:
+        """(identity, parsed pixels) of an index row's stored file; ``read=False``: pixels only when hot."""
         identity = version(storage, row)
         with self._lock:
             hit = self._parsed.get(identity)
-        if hit is not None:
-            return identity, hit[0]
+        if hit is not None or not read:
+            return identity, hit[0] if hit is not None else None
         data = storage.get(row["storage_key"])
         pixels = InstancePixels([read_instance(data, f"{row['sop_uid']}.dcm")])
         if len(data) <= self._parsed.maxsize:
             with self._lock:
                 self._parsed[identity] = (pixels, len(data))
         return identity, pixels
+
+
+class HotRows:
+    """Index rows by request key, each trusted for ``max_age`` seconds; thread-safe.
+
+    Example
+    -------
+    >>> rows = HotRows(); rows.put(("t", "1"), {"sop_uid": "1"}); rows.get(("t", "1"))
+    {'sop_uid': '1'}
+    >>> rows.forget("t"); rows.get(("t", "1")) is None
+    True
+    """
+
+    def __init__(self, max_items: int = ROWS, max_age: float = ROW_SECONDS) -> None:
+        self._rows: LRUCache[tuple[str, ...], tuple[float, dict[str, Any]]] = LRUCache(max_items)
+        self._max_age = max_age
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, ...]) -> dict[str, Any] | None:
+        """The row, or None (never found, or older than ``max_age``)."""
+        with self._lock:
+            hit = self._rows.get(key)
+        return hit[1] if hit is not None and time.monotonic() - hit[0] <= self._max_age else None
+
+    def put(self, key: tuple[str, ...], row: dict[str, Any]) -> None:
+        """Keep ``row`` (the first element of ``key`` is its tenant)."""
+        with self._lock:
+            self._rows[key] = (time.monotonic(), row)
+
+    def forget(self, tenant: str) -> None:
+        """Drop every row of ``tenant``."""
+        with self._lock:
+            for key in [k for k in self._rows if k[0] == tenant]:
+                del self._rows[key]
 
 
 def version(storage: Any, row: dict[str, Any]) -> tuple[Any, ...]:

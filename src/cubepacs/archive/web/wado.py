@@ -25,7 +25,7 @@ from cubepacs.archive.metadata import bulk_value, safe_metadata
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
-from cubepacs.archive.web.hot import HotFrames, HotInstances
+from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows
 from cubepacs.archive.webworker import series_base
 from cubepacs.cube.reader import CubeReader
 from cubepacs.errors import CubepacsError
@@ -34,6 +34,7 @@ UNDECODABLE = 422  # the request is fine, the stored pixel data is not: named in
 _CUBES: dict[tuple[str, str, str], CubeReader] = {}
 _INSTANCES = HotInstances()
 _FRAMES = HotFrames()
+_ROWS = HotRows()
 _LOCK = threading.Lock()
 
 
@@ -87,17 +88,29 @@ def _cube_for(services: Services, state: dict[str, Any] | None) -> tuple[CubeRea
 
 
 def _frame_row(services: Services, tenant: str, study: str, series: str, sop: str) -> dict[str, Any]:
-    """The instance row with its series' build state (one query), or 404."""
+    """The instance row with its series' build state (one query; kept for ``hot_frame_pieces``), or 404."""
     _uids(study, series, sop)
     row = services.index.frame_source(tenant, study, series, sop)
     if row is None:
         raise HTTPException(404, "no such study, series or instance")
+    _ROWS.put((tenant, study, series, sop), row)
     return row
+
+
+def forget_rows(tenant: str) -> None:
+    """Forget the index rows kept for ``tenant``'s frame requests (called when this process deletes)."""
+    _ROWS.forget(tenant)
 
 
 def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: list[int]) -> list[np.ndarray]:
     """Stored values of the asked frames of one instance (from the cube when the series is compacted); parsed
     files and decoded frames are kept hot (``hot``). ``row``: from ``_frame_row`` (it carries the series' state)."""
+    return _arrays(services, row, frames, hot_only=False) or []
+
+
+def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only: bool) -> list[np.ndarray] | None:
+    """``frame_arrays``; with ``hot_only``, None unless every frame is decoded in memory already (then nothing is
+    read or decoded)."""
     cube, cube_id = _cube_for(services, row)
     name = f"{row['sop_uid']}.dcm"
     try:
@@ -107,7 +120,9 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
             source: Any = cube
             identity: Any = cube_id
         else:
-            identity, source = _INSTANCES.pixels(services.storage, row)
+            identity, source = _INSTANCES.pixels(services.storage, row, read=not hot_only)
+            if source is None:
+                return None
             start, count = 0, source.num_frames
     except CubepacsError as exc:
         raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}: pixel data cannot be read: {exc}") from None
@@ -116,10 +131,14 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
     out = []
     for f in frames:
         try:
-            out.append(_FRAMES.frame(identity, start + f - 1, functools.partial(source.frame, start + f - 1)))
+            arr = _FRAMES.frame(identity, start + f - 1,
+                                None if hot_only else functools.partial(source.frame, start + f - 1))
         except Exception as exc:  # a codec's own error types, numpy's, …: the stored data is at fault
             raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}, frame {f}: pixel data cannot be "
                                              f"decoded ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if arr is None:
+            return None
+        out.append(arr)
     return out
 
 
@@ -127,7 +146,21 @@ def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: 
                  frames: str) -> tuple[list[Any], str]:
     """The body of a WADO-RS frames response as its pieces (the frames' little-endian values uncopied where they
     are stored that way) and its Content-Type; HTTPException as the route answers it."""
-    arrays = frame_arrays(services, tenant, _frame_row(services, tenant, study, series, sop), parse_frames(frames))
+    return _pieces(frame_arrays(services, tenant, _frame_row(services, tenant, study, series, sop),
+                                parse_frames(frames)))
+
+
+def hot_frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
+                     frames: str) -> tuple[list[Any], str] | None:
+    """``frame_pieces`` when the index row (found at most ``hot.ROW_SECONDS`` ago) and the frames are in memory
+    already, else None: it neither waits on the index nor reads nor decodes, so an event loop may call it. A stored
+    file that changed or went since is not hot any more (its size and time are part of the frames' key)."""
+    row = _ROWS.get((tenant, study, series, sop))
+    arrays = _arrays(services, row, parse_frames(frames), hot_only=True) if row is not None else None
+    return _pieces(arrays) if arrays is not None else None
+
+
+def _pieces(arrays: list[np.ndarray]) -> tuple[list[Any], str]:
     values = [np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).data.cast("B") for a in arrays]
     return multipart.pieces(values, "application/octet-stream", '; transfer-syntax="1.2.840.10008.1.2.1"')
 
