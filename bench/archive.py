@@ -29,6 +29,7 @@ import http.client
 import io
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -213,15 +214,22 @@ def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> d
                        for name, (base, headers) in servers.items()}, repeat, client="httpx")
     for name, (median, p95) in got.items():
         out[f"{name}_frame_httpx_median"], out[f"{name}_frame_httpx_p95"] = median, p95
-    # a viewer opening a series: one frame of each instance, each asked once (nothing hot yet on our side; the
-    # CT series is a cube by now), in alternating halves
-    ct_files = [f for f in ct if f.suffix != ".txt" and f.name != "DIRFILE"]
-    first: dict[str, list[float]] = {name: [] for name in servers}
-    for half in (ct_files[: len(ct_files) // 2], ct_files[len(ct_files) // 2:]):
-        for name, (base, headers) in servers.items():
-            first[name] += get_times([frame_url(base, f) for f in half], {**headers, **FRAME_ACCEPT})
-    for name, times in first.items():
-        out[f"{name}_frame_first_median"], out[f"{name}_frame_first_p95"] = summary(times)
+    # a viewer opening a series: one frame of each instance, each asked once, in display order (instance number,
+    # as viewers sort) — then the 54 slices of the other CT series in a shuffled order, which no read-ahead helps;
+    # each in alternating halves; both series are cubes on our side by now, nothing of them hot
+    def instances(folder: str) -> list[Path]:
+        found = [f for f in (DATA / folder).iterdir() if f.suffix != ".txt" and f.name != "DIRFILE"]
+        return sorted(found, key=lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber))
+
+    philips = instances("ct_philips_ingenuity_tilt_54sl")
+    shuffled = random.Random(13).sample(philips, k=len(philips))
+    for kind, order in (("first", instances("ct_ge_lightspeedvct_chest_100sl")), ("random", shuffled)):
+        first: dict[str, list[float]] = {name: [] for name in servers}
+        for half in (order[: len(order) // 2], order[len(order) // 2:]):
+            for name, (base, headers) in servers.items():
+                first[name] += get_times([frame_url(base, f) for f in half], {**headers, **FRAME_ACCEPT})
+        for name, times in first.items():
+            out[f"{name}_frame_{kind}_median"], out[f"{name}_frame_{kind}_p95"] = summary(times)
     got = interleaved({name: (base + study_meta, headers) for name, (base, headers) in servers.items()},
                       max(10, repeat // 5))
     for name, (median, p95) in got.items():
@@ -396,10 +404,11 @@ def run_inside(args: argparse.Namespace) -> None:
         (r["cubepacs_frame_cube_median"], r["cubepacs_frame_cube_p95"])
     print(f"  {'uncompressed CT, ours from the cube':32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / "
           f"{c[1] * 1e3:6.1f} | {o[0] / c[0]:.1f}×")
-    o, c = (r["orthanc_frame_first_median"], r["orthanc_frame_first_p95"]), \
-        (r["cubepacs_frame_first_median"], r["cubepacs_frame_first_p95"])
-    print(f"  {'CT series, each instance once':32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / "
-          f"{c[1] * 1e3:6.1f} | {o[0] / c[0]:.1f}×")
+    for kind, label in (("first", "CT series, each instance once"), ("random", "54-slice CT, shuffled order")):
+        o, c = (r[f"orthanc_frame_{kind}_median"], r[f"orthanc_frame_{kind}_p95"]), \
+            (r[f"cubepacs_frame_{kind}_median"], r[f"cubepacs_frame_{kind}_p95"])
+        print(f"  {label:32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / {c[1] * 1e3:6.1f} | "
+              f"{o[0] / c[0]:.1f}×")
     print(f"series /metadata, first request before compaction: Orthanc {r['orthanc_series_meta_first'] * 1e3:.1f} ms, "
           f"cubepacs {r['cubepacs_series_meta_first'] * 1e3:.1f} ms "
           f"({r['orthanc_series_meta_first'] / r['cubepacs_series_meta_first']:.1f}×)")

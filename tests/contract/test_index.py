@@ -54,6 +54,16 @@ class IndexContract:
         assert len(index.search_studies("t", {}, limit=1, offset=1)) == 1
         assert index.search_studies("t", {"PatientID": "50%_off"}) == []  # SQL wildcards are literal
 
+    def test_frame_sources_are_a_series_in_instance_order(self, index: Index) -> None:
+        for n in (3, 1, 2):
+            index.add_instance(event(f"1.2.3.{n}"))
+        index.add_instance(event("1.2.3.9", tenant="other"))
+        rows = index.frame_sources("t", "1.2", "1.2.3")
+        assert [r["sop_uid"] for r in rows] == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+        one = index.frame_source("t", "1.2", "1.2.3", "1.2.3.2")
+        assert one is not None and rows[1] == one  # the same row as one instance's frame source
+        assert index.frame_sources("t", "1.2", "9.9") == []
+
     def test_tenants_never_mix(self, index: Index) -> None:
         index.add_instance(event("1.2.3.1", tenant="a"))
         index.add_instance(event("1.2.3.1", tenant="b"))  # the same UIDs in another tenant: another instance

@@ -372,6 +372,23 @@ class Index:
                              {"t": tenant, "st": study_uid, "se": series_uid, "sop": sop_uid}).first()
         return dict(r._mapping) if r else None
 
+    def frame_sources(self, tenant: str, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
+        """``frame_source`` of every instance of a series, in instance-number order (what a viewer scrolls).
+
+        Example
+        -------
+        >>> idx = Index.from_url("sqlite://")
+        >>> for n in (2, 1):
+        ...     _ = idx.add_instance({"tenant": "t", "study_uid": "1", "series_uid": "1.1", "sop_uid": f"1.1.{n}",
+        ...                           "key": f"k{n}", "attrs": {"InstanceNumber": n}})
+        >>> [r["sop_uid"] for r in idx.frame_sources("t", "1", "1.1")]
+        ['1.1.1', '1.1.2']
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(_statements(conn.dialect.name)["frame_sources"],
+                                {"t": tenant, "st": study_uid, "se": series_uid})
+            return [dict(r._mapping) for r in rows]
+
     def instances_of(self, tenant: str, study_uid: str, series_uid: str | None = None,
                      sop_uids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Instance rows of a study (or series), in instance-number order."""
@@ -438,6 +455,10 @@ def _statements(dialect: str) -> dict[str, Any]:
             j, and_(j.c.tenant_id == i.c.tenant_id, j.c.study_uid == i.c.study_uid, j.c.series_uid == i.c.series_uid),
             isouter=True).where(i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"),
                                 i.c.series_uid == bindparam("se"), i.c.sop_uid == bindparam("sop")),
+        "frame_sources": select(i, j.c.json_status, j.c.cube_key, j.c.updated_time.label("cube_time")).join(
+            j, and_(j.c.tenant_id == i.c.tenant_id, j.c.study_uid == i.c.study_uid, j.c.series_uid == i.c.series_uid),
+            isouter=True).where(i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"),
+                                i.c.series_uid == bindparam("se")).order_by(i.c.instance_number, i.c.sop_uid),
     }
 
 

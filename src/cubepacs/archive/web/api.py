@@ -46,7 +46,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
         level, uid = ("instance", sop) if sop else (("series", series) if series else ("study", study))
         n = manage.delete(services.storage, services.queue, services.index, services.cache, tenant, level,
                           str(uid))
-        wado.forget_rows(tenant)  # frame requests must not find the deleted rows kept hot
+        wado.forget_rows(services, tenant)  # frame requests must not find the deleted rows kept hot
         return JSONResponse({"deleted": n})
 
     @app.delete(API + "/studies/{study}")

@@ -79,6 +79,7 @@ class Services:
     oidc: Any = None  # a web.tokens.OidcVerifier: bearer JWTs accepted when set
     keys_file: str = ""  # data_dir/api-keys.json: re-read when it changes (a revoked key stops working at once)
     configured_keys: dict[str, str] = field(default_factory=dict)
+    read_ahead: Any = None  # a web.readahead.ReadAhead (create_app makes it): frames warmed for scrolling viewers
     _keys_mtime: float = 0.0
 
     def refresh_keys(self) -> None:
@@ -318,6 +319,7 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
     services.api_keys = normalize(services.api_keys)  # only hashes are kept in memory too
     app.state.services = services
+    services.read_ahead = wado.read_ahead(services)
     app.add_middleware(fastframes.FrameFastPath, services=services)  # first added: innermost (inside CORS, access log)
     if services.cors_origins:
         from starlette.middleware.cors import CORSMiddleware

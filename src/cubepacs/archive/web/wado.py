@@ -26,6 +26,7 @@ from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
 from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows
+from cubepacs.archive.web.readahead import ReadAhead
 from cubepacs.archive.webworker import series_base
 from cubepacs.cube.reader import CubeReader
 from cubepacs.errors import CubepacsError
@@ -97,9 +98,29 @@ def _frame_row(services: Services, tenant: str, study: str, series: str, sop: st
     return row
 
 
-def forget_rows(tenant: str) -> None:
+def forget_rows(services: Services, tenant: str) -> None:
     """Forget the index rows kept for ``tenant``'s frame requests (called when this process deletes)."""
     _ROWS.forget(tenant)
+    if services.read_ahead is not None:
+        services.read_ahead.forget(tenant)
+
+
+def read_ahead(services: Services) -> ReadAhead:
+    """The read-ahead of ``services``' frames (``readahead``): series rows from the index, frames into ``hot``."""
+
+    def rows(key: tuple[str, str, str]) -> list[dict[str, Any]]:
+        return services.index.frame_sources(*key)
+
+    def warm(row: dict[str, Any], frame: int) -> None:
+        _ROWS.put((row["tenant_id"], row["study_uid"], row["series_uid"], row["sop_uid"]), row)
+        frame_arrays(services, row["tenant_id"], row, [frame])
+
+    return ReadAhead(rows, warm)
+
+
+def _seen(services: Services, tenant: str, study: str, series: str, sop: str, frames: list[int]) -> None:
+    if services.read_ahead is not None and len(frames) == 1:
+        services.read_ahead.seen((tenant, study, series), sop, frames[0])
 
 
 def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: list[int]) -> list[np.ndarray]:
@@ -146,8 +167,10 @@ def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: 
                  frames: str) -> tuple[list[Any], str]:
     """The body of a WADO-RS frames response as its pieces (the frames' little-endian values uncopied where they
     are stored that way) and its Content-Type; HTTPException as the route answers it."""
-    return _pieces(frame_arrays(services, tenant, _frame_row(services, tenant, study, series, sop),
-                                parse_frames(frames)))
+    wanted = parse_frames(frames)
+    pieces = _pieces(frame_arrays(services, tenant, _frame_row(services, tenant, study, series, sop), wanted))
+    _seen(services, tenant, study, series, sop, wanted)
+    return pieces
 
 
 def hot_frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
@@ -156,8 +179,12 @@ def hot_frame_pieces(services: Services, tenant: str, study: str, series: str, s
     already, else None: it neither waits on the index nor reads nor decodes, so an event loop may call it. A stored
     file that changed or went since is not hot any more (its size and time are part of the frames' key)."""
     row = _ROWS.get((tenant, study, series, sop))
-    arrays = _arrays(services, row, parse_frames(frames), hot_only=True) if row is not None else None
-    return _pieces(arrays) if arrays is not None else None
+    wanted = parse_frames(frames)
+    arrays = _arrays(services, row, wanted, hot_only=True) if row is not None else None
+    if arrays is None:
+        return None
+    _seen(services, tenant, study, series, sop, wanted)
+    return _pieces(arrays)
 
 
 def _pieces(arrays: list[np.ndarray]) -> tuple[list[Any], str]:
