@@ -129,3 +129,32 @@ def test_hot_rows_expire_and_are_forgotten_by_tenant() -> None:
     for n in range(3):
         rows.put(("c", str(n)), {"k": n})
     assert rows.get(("c", "0")) is None and rows.get(("c", "2")) == {"k": 2}  # bounded
+
+
+def test_a_series_scrolled_in_order_is_served_right_by_the_read_ahead(server: Server) -> None:
+    """Twelve slices of a real CT series (new UIDs: synthetic only in them) asked one by one in instance order, as
+    a viewer scrolls: after the first two, the read-ahead serves warm frames — each equal to pydicom's pixels."""
+    from tests.conftest import SERIES
+
+    folder = next(s for s in SERIES if "ct_philips" in s.name)
+    files = sorted(f for f in folder.iterdir() if f.suffix != ".txt" and f.name != "DIRFILE")[:12]
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    parts, expected = [], {}
+    for n, f in enumerate(files, 1):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, n
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        buffer = pydicom.filebase.DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        parts.append(buffer.getvalue())
+        expected[ds.SOPInstanceUID] = pixel_array(pydicom.dcmread(pydicom.filebase.DicomBytesIO(parts[-1])), raw=True)
+    body, ctype = multipart.encode(parts, "application/dicom")
+    assert httpx.post(f"{server.url}/studies", content=body,
+                      headers={**server.headers(), "Content-Type": ctype}, timeout=60).status_code == 200
+    wait_until(lambda: len(httpx.get(f"{server.url}/studies/{study}/series/{series}/instances",
+                                     headers=server.headers()).json()) == len(files))
+    client = DICOMwebClient(server.url, headers=server.headers())
+    for sop, pixels in expected.items():  # in instance-number order
+        value = client.retrieve_instance_frames(study, series, sop, frame_numbers=[1])[0]
+        got = np.frombuffer(value, dtype=pixels.dtype.newbyteorder("<")).reshape(pixels.shape)
+        np.testing.assert_array_equal(got, pixels, err_msg=sop)
