@@ -95,3 +95,13 @@ def test_a_failing_warm_stops_nothing_else() -> None:
     settle(ahead, rec, DEPTH - 1)
     assert ("1.1.6", 1) not in rec.warmed and ("1.1.7", 1) in rec.warmed
     ahead.close()
+
+
+def test_parallel_requests_a_little_out_of_order_still_count_as_scrolling() -> None:
+    rec = Recorder()
+    ahead = ReadAhead(rec.rows, rec.warm)
+    ahead.seen(KEY, "1.1.2", 1)
+    ahead.seen(KEY, "1.1.4", 1)  # 1.1.3 is on another connection
+    settle(ahead, rec, DEPTH)
+    assert rec.warmed[:2] == [("1.1.5", 1), ("1.1.6", 1)] and len(rec.warmed) == DEPTH
+    ahead.close()

@@ -3,7 +3,8 @@
 A viewer opening a series asks for one frame of each instance, one after the other, in display order; each first
 request of an instance has to find its row in the index, read the file (or the cube's block) and decode the frame
 — for a cube's HTJ2K frame of a 512² CT, ≈ 1.6 ms of decoding alone. Like a kernel's file read-ahead, this
-notices two requests for neighbouring instances of one series (in instance-number order, either direction) and
+notices two requests for nearby instances of one series (at most ``STEP`` apart in instance-number order, either
+direction: a viewer's parallel requests arrive a little out of order) and
 then, on one background thread, keeps the next ``DEPTH`` instances' frame warm: their index rows and decoded
 values put where ``wado.hot_frame_pieces`` finds them, so that the event loop answers those requests at once.
 Requests in any other order get no read-ahead (and cost only a dictionary look-up here). Only single-frame requests
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DEPTH = 8  # instances kept warm ahead of a scrolling viewer
 SERIES = 64  # series whose instance order is kept
+STEP = 4  # the largest step between two requests still taken as scrolling (a viewer's parallel requests
+#            arrive a little out of order)
 MAX_PENDING = 8  # background tasks waiting at most (more viewers than that: the rest get no read-ahead)
 
 SeriesKey = tuple[str, str, str]  # tenant, study, series
@@ -63,6 +66,7 @@ class ReadAhead:
         self._last_sop: dict[SeriesKey, str] = {}
         self._lock = threading.Lock()
         self._pending = 0
+        self._loading: set[SeriesKey] = set()  # series whose order is being read
         self._pool: ThreadPoolExecutor | None = None
 
     def seen(self, key: SeriesKey, sop: str, frame: int) -> None:
@@ -74,8 +78,9 @@ class ReadAhead:
                 self._last_sop[key] = sop
                 if len(self._last_sop) > SERIES:
                     self._last_sop.pop(next(iter(self._last_sop)))
-                if before is not None and before != sop:  # a second instance of the series: learn its order
-                    self._submit(self._load, key, before, sop, frame)
+                if before is not None and before != sop and key not in self._loading:
+                    if self._submit(self._load, key, before, sop, frame):  # a second instance: learn the order
+                        self._loading.add(key)
                 return
             self._step(key, series, sop, frame)
 
@@ -83,10 +88,10 @@ class ReadAhead:
         """Called with the lock held: move the series' position, queue warming when the scroll is sequential."""
         p = series.position.get(sop)
         last, series.last = series.last, p
-        if p is None or last is None or abs(p - last) != 1:
+        if p is None or last is None or not 0 < abs(p - last) <= STEP:
             series.ahead = None
             return
-        d = p - last
+        d = 1 if p > last else -1
         ahead = series.ahead if series.ahead is not None and (series.ahead - p) * d > 0 else p
         if (ahead - p) * d > self._depth // 2:
             return  # still warm far enough ahead
@@ -116,7 +121,11 @@ class ReadAhead:
 
     def _load(self, key: SeriesKey, before: str, sop: str, frame: int) -> None:
         """Learn the series' order, then act on the two requests seen so far."""
-        series = _Series(self._rows(key))
+        try:
+            series = _Series(self._rows(key))
+        finally:
+            with self._lock:
+                self._loading.discard(key)
         with self._lock:
             self._series[key] = series
             series.last = series.position.get(before)
