@@ -128,3 +128,35 @@ def test_dicomdir_in_a_series_folder_is_skipped_but_round_trips_alone(tmp_path: 
     image, out = _roundtrip([dirfile], tmp_path)
     assert image.num_frames == 0
     assert (out / "DIRFILE").read_bytes() == dirfile.read_bytes()
+
+
+@pytest.mark.parametrize("path", SINGLES, ids=lambda p: p.name)
+def test_pixel_view_is_the_same_split_without_the_copy(path: Path) -> None:
+    """``split_file(…, pixel_view=True)`` (what WADO-RS keeps hot) gives the same chunks and the same pixel value,
+    as a view of the file's bytes; the instance read from it gives the same frames."""
+    from cubepacs.cube.image import InstancePixels
+    from cubepacs.cube.sources import read_instance
+    from cubepacs.dicom.rawfile import split_file
+    from cubepacs.errors import DicomReadError
+
+    data = path.read_bytes()
+    try:
+        copied = split_file(data, path.name)
+    except DicomReadError:
+        return  # not splittable either way (covered by the malformed-file tests)
+    viewed = split_file(data, path.name, pixel_view=True)
+    assert [c.data for c in viewed.chunks] == [c.data for c in copied.chunks]
+    assert bytes(viewed.pixel_value) == bytes(copied.pixel_value)
+    assert not viewed.pixel_value or isinstance(viewed.pixel_value, memoryview)
+    a, b = (InstancePixels([read_instance(data, path.name, pixel_view=v)]) for v in (False, True))
+
+    def frame(pixels: InstancePixels, k: int) -> np.ndarray | str:
+        try:
+            return pixels.frame(k)
+        except Exception as exc:  # an undecodable instance must fail the same way either way
+            return type(exc).__name__
+
+    for k in range(min(a.num_frames, 3)):
+        fa, fb = frame(a, k), frame(b, k)
+        assert type(fa) is type(fb)
+        np.testing.assert_array_equal(fa, fb)

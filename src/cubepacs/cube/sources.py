@@ -119,15 +119,16 @@ def _attrs_of(raw: RawFile) -> dict[str, Any]:
     return out
 
 
-def read_instance(data: bytes, name: str) -> Instance:
-    """Split one encoded DICOM file and plan its pixel storage.
+def read_instance(data: bytes, name: str, pixel_view: bool = False) -> Instance:
+    """Split one encoded DICOM file and plan its pixel storage (``pixel_view``: the pixel value a view of
+    ``data``, not a copy — see ``split_file``).
 
     Raises
     ------
     DicomReadError
         When the bytes are not DICOM or are truncated; the message names ``name``.
     """
-    raw = split_file(data, name)
+    raw = split_file(data, name, pixel_view)
     try:
         attrs = _attrs_of(raw)
     except Exception as exc:

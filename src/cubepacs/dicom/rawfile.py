@@ -68,7 +68,7 @@ class RawFile:
     chunks: list[Chunk] = field(default_factory=list)
     pixel_tag: int | None = None
     pixel_vr: str | None = None
-    pixel_value: bytes = b""
+    pixel_value: bytes | memoryview = b""
     encapsulated: bool = False
     deflated_body: bytes | None = None  # inflated dataset, for deflated transfer syntaxes
 
@@ -289,8 +289,9 @@ def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
     return scan
 
 
-def split_file(buf: bytes, source: str = "<bytes>") -> RawFile:
-    """Split an encoded DICOM file into chunks (see :class:`RawFile`).
+def split_file(buf: bytes, source: str = "<bytes>", pixel_view: bool = False) -> RawFile:
+    """Split an encoded DICOM file into chunks (see :class:`RawFile`); ``pixel_view``: the pixel value a view of
+    ``buf``, not a copy (a memory-mapped file served as it is stored).
 
     Raises
     ------
@@ -315,7 +316,7 @@ def split_file(buf: bytes, source: str = "<bytes>") -> RawFile:
             raw.encapsulated = _Cursor(buf, scan.little_endian, source).header(pos, scan.implicit)[2] == UNDEFINED
             chunks.append(Chunk(tag, buf[pos : pos + hsize]))
             chunks.append(Chunk(KEY_PIXEL_VALUE, b""))
-            raw.pixel_value = buf[pos + hsize : end]
+            raw.pixel_value = memoryview(buf)[pos + hsize : end] if pixel_view else buf[pos + hsize : end]
             continue
         chunks.append(Chunk(tag, buf[pos:end]))
     raw.deflated_body = scan.deflated_body
