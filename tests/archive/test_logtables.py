@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from deltalake import DeltaTable
 
 from cubepacs.archive.accesslog import OBJECT_SCHEMA, AccessLog, DeltaLog
@@ -84,3 +86,35 @@ def test_processes_sharing_a_spool_write_every_row_once(tmp_path: Path) -> None:
     keys = [(r["tenant"], r["path"]) for r in rows]
     assert len(keys) == len(set(keys)) == 450  # each row once: the writer runs take turns (a lock file)
     assert not [f for f in (tmp_path / "logs" / ".spool" / "access").iterdir() if f.name != ".lock"]
+
+
+def test_the_tables_of_a_process_are_written_by_one_writer_run(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flush_logs`` starts one writer process for several tables (pyarrow and delta-rs loaded once); a table
+    whose write fails keeps its rows, the others are written."""
+    from cubepacs.archive import accesslog
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a table's folder should be")
+    logs = [DeltaLog(str(tmp_path / "objects"), schema=OBJECT_SCHEMA, interval=None),
+            AccessLog(str(tmp_path / "access"), interval=None),
+            DeltaLog(str(blocker / "t"), schema=OBJECT_SCHEMA, interval=None, spool=str(tmp_path / "spool"))]
+    logs[0].add(tenant_id="t", sop_uid="1.2.3", study_uid="1.2", series_uid="1.2.3.4", size=7)
+    logs[1].add(tenant="t", method="GET", path="/x", status=200, bytes=0, duration_ms=0.1)
+    logs[2].add(tenant_id="t", sop_uid="9.9", study_uid="9", series_uid="9.9.9", size=1)
+    runs: list[list[str]] = []
+    real_run = accesslog.subprocess.run
+
+    def counting_run(args: list[str], **kw: Any) -> Any:
+        runs.append(args)
+        return real_run(args, **kw)
+
+    monkeypatch.setattr(accesslog.subprocess, "run", counting_run)
+    accesslog.flush_logs(logs)
+    monkeypatch.undo()
+    assert len(runs) == 1 and runs[0][-1] == "cubepacs.archive.logwriter"
+    assert [lg.rows_written for lg in logs] == [1, 1, 0]
+    assert DeltaTable(str(tmp_path / "objects")).to_pyarrow_table().column("size").to_pylist() == [7]
+    assert len(list((tmp_path / "spool").glob("[0-9]*.jsonl"))) == 1  # the failed table's row stays spooled
+    for lg in logs[:2]:
+        lg.close()

@@ -1,9 +1,9 @@
 """The log-table writer: spooled JSON-line rows appended to a Delta table, in a process of its own.
 
-:class:`cubepacs.archive.accesslog.DeltaLog` runs ``python -m cubepacs.archive.logwriter`` with a JSON job on
-stdin — ``{"uri", "options", "columns", "files"}`` — and reads the number of rows written from stdout; a failure
-is one line on stderr and a non-zero exit. pyarrow and delta-rs are loaded here only, so the long-running server
-never maps them.
+:class:`cubepacs.archive.accesslog.DeltaLog` runs ``python -m cubepacs.archive.logwriter`` with its jobs on stdin
+— ``{"jobs": [{"uri", "options", "columns", "files"}, …]}``, every table of the process in one run — and reads
+one result per job from stdout (rows written, or the one-line reason that table's write failed). pyarrow and
+delta-rs are loaded here only, so the long-running server never maps them.
 
 Example
 -------
@@ -54,13 +54,20 @@ def write_rows(uri: str, options: dict[str, str] | None, columns: Sequence[Seque
 
 
 def main() -> int:
-    """Run one job from stdin (see the module's text)."""
+    """Run the jobs from stdin (see the module's text): one result per job on stdout, a JSON list of
+    ``{"written": n}`` or ``{"error": "…"}`` — one table failing does not stop the others."""
     try:
-        job = json.loads(sys.stdin.read())
-        print(write_rows(job["uri"], job.get("options"), job["columns"], job["files"]))
-    except Exception as exc:  # one line for the server's log, whatever delta-rs or pyarrow raised
-        print(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        jobs = json.loads(sys.stdin.read())["jobs"]
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    results: list[dict[str, Any]] = []
+    for job in jobs:
+        try:
+            results.append({"written": write_rows(job["uri"], job.get("options"), job["columns"], job["files"])})
+        except Exception as exc:  # one line for the server's log, whatever delta-rs or pyarrow raised
+            results.append({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+    print(json.dumps(results))
     return 0
 
 
