@@ -154,7 +154,15 @@ def test_a_series_scrolled_in_order_is_served_right_by_the_read_ahead(server: Se
     wait_until(lambda: len(httpx.get(f"{server.url}/studies/{study}/series/{series}/instances",
                                      headers=server.headers()).json()) == len(files))
     client = DICOMwebClient(server.url, headers=server.headers())
+    metrics = server.url.removesuffix("/dicom-web") + "/metrics"
+
+    def read_ahead() -> float:
+        lines = [x for x in httpx.get(metrics).text.splitlines() if x.startswith("cubepacs_frames_read_ahead_total")]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = read_ahead()
     for sop, pixels in expected.items():  # in instance-number order
         value = client.retrieve_instance_frames(study, series, sop, frame_numbers=[1])[0]
         got = np.frombuffer(value, dtype=pixels.dtype.newbyteorder("<")).reshape(pixels.shape)
         np.testing.assert_array_equal(got, pixels, err_msg=sop)
+    assert read_ahead() - before >= len(files) - 3  # all but the first two (and the last) were read ahead

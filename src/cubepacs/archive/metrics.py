@@ -42,6 +42,7 @@ HTTP = Counter("cubepacs_http_requests", "HTTP requests", ["route", "method", "s
 HTTP_SECONDS = Histogram("cubepacs_http_seconds", "HTTP request time", ["route"],
                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 CACHE = Counter("cubepacs_cache_lookups", "cache lookups", ["result"])
+READ_AHEAD = Counter("cubepacs_frames_read_ahead", "frames decoded ahead of a viewer scrolling a series")
 
 
 def registry() -> CollectorRegistry:

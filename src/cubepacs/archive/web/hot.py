@@ -37,7 +37,9 @@ from cubepacs.cube.sources import read_instance
 ROW_SECONDS = 2.0  # how long an index row found for a frame request is trusted without asking the index again
 ROWS = 10_000  # index rows kept
 PARSED_BYTES = 64 * 1024 * 1024  # stored files kept parsed (their bytes and frame positions)
-DECODED_BYTES = 64 * 1024 * 1024  # decoded frames kept
+# decoded frames kept: 64 512² CT frames — the read-ahead needs 8 a scrolling viewer, a scroll back finds the
+# last few dozen; 64 MiB made the server larger than Orthanc after bench/archive.py's frame phases (R13)
+DECODED_BYTES = 32 * 1024 * 1024
 
 
 class HotFrames:

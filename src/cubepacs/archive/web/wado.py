@@ -20,6 +20,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
+from cubepacs.archive import metrics
 from cubepacs.archive.keys import check_uid
 from cubepacs.archive.metadata import bulk_value, safe_metadata
 from cubepacs.archive.storage.base import StorageFile
@@ -68,14 +69,18 @@ def _instances(services: Services, tenant: str, study: str, series: str | None =
     return rows
 
 
-def _cube_for(services: Services, state: dict[str, Any] | None) -> tuple[CubeReader | None, Any]:
+def _cube_for(services: Services, state: dict[str, Any] | None,
+              open_new: bool = True) -> tuple[CubeReader | None, Any]:
     """The reader of a compacted series' cube (kept open) and what identifies that build; (None, None).
-    ``state``: the series' row (``json_status``, ``cube_key`` and ``cube_time`` or ``updated_time``)."""
+    ``state``: the series' row (``json_status``, ``cube_key`` and ``cube_time`` or ``updated_time``).
+    ``open_new=False``: (None, key) when that cube is not open yet (opening may read from object storage)."""
     if not state or state.get("json_status") != 1 or not state.get("cube_key"):
         return None, None
     key = ("cube", state["cube_key"], str(state.get("cube_time", state.get("updated_time"))))
     with _LOCK:
         reader = _CUBES.get(key)
+        if reader is None and not open_new:
+            return None, key
         if reader is None:
             storage = services.storage
             local = getattr(storage, "local_path", None)
@@ -114,6 +119,7 @@ def read_ahead(services: Services) -> ReadAhead:
     def warm(row: dict[str, Any], frame: int) -> None:
         _ROWS.put((row["tenant_id"], row["study_uid"], row["series_uid"], row["sop_uid"]), row)
         frame_arrays(services, row["tenant_id"], row, [frame])
+        metrics.READ_AHEAD.inc()
 
     return ReadAhead(rows, warm)
 
@@ -132,7 +138,9 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
 def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only: bool) -> list[np.ndarray] | None:
     """``frame_arrays``; with ``hot_only``, None unless every frame is decoded in memory already (then nothing is
     read or decoded)."""
-    cube, cube_id = _cube_for(services, row)
+    cube, cube_id = _cube_for(services, row, open_new=not hot_only)
+    if cube is None and cube_id is not None:
+        return None  # compacted, its cube not open yet: not hot
     name = f"{row['sop_uid']}.dcm"
     try:
         if cube is not None and name in cube.meta.names:
