@@ -4,12 +4,13 @@ A viewer opening a series asks for one frame of each instance, one after the oth
 request of an instance has to find its row in the index, read the file (or the cube's block) and decode the frame
 — for a cube's HTJ2K frame of a 512² CT, ≈ 1.6 ms of decoding alone. Like a kernel's file read-ahead, this
 notices two requests for nearby instances of one series (at most ``STEP`` apart in instance-number order, either
-direction: a viewer's parallel requests arrive a little out of order) and
-then, on one background thread, keeps the next ``DEPTH`` instances' frame warm: their index rows and decoded
-values put where ``wado.hot_frame_pieces`` finds them, so that the event loop answers those requests at once.
-Requests in any other order get no read-ahead (and cost only a dictionary look-up here). Only single-frame requests
-are followed (frame *f* of one instance, then frame *f* of its neighbour). Whatever the read-ahead cannot do — a
-row gone, an undecodable frame — it leaves alone: the request itself will meet it and answer it.
+direction: a viewer's parallel requests arrive a little out of order) and then, on background threads
+(``THREADS``: one per core but one, at most 4), keeps the next ``DEPTH`` instances' frame warm: their index rows
+and decoded values put where ``wado.hot_frame_pieces`` finds them, so that the event loop answers those requests
+at once. Requests in any other order get no read-ahead (and cost only a dictionary look-up here). Only
+single-frame requests are followed (frame *f* of one instance, then frame *f* of its neighbour). Whatever the
+read-ahead cannot do — a row gone, an undecodable frame — it leaves alone: the request itself will meet it and
+answer it.
 
 Example
 -------
@@ -21,6 +22,7 @@ Example
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +39,8 @@ DEPTH = 8  # instances kept warm ahead of a scrolling viewer
 SERIES = 64  # series whose instance order is kept
 STEP = 4  # the largest step between two requests still taken as scrolling (a viewer's parallel requests
 #            arrive a little out of order)
-MAX_PENDING = 8  # background tasks waiting at most (more viewers than that: the rest get no read-ahead)
+MAX_PENDING = 16  # background tasks waiting at most (more viewers than that: the rest get no read-ahead)
+THREADS = max(1, min(4, (os.cpu_count() or 1) - 1))  # a core left for the requests themselves (1 here, 2 vCPUs)
 
 SeriesKey = tuple[str, str, str]  # tenant, study, series
 
@@ -60,8 +63,8 @@ class ReadAhead:
     ``warm(row, frame)``: put that instance's row and decoded frame in memory."""
 
     def __init__(self, rows: Callable[[SeriesKey], list[dict[str, Any]]],
-                 warm: Callable[[dict[str, Any], int], None], depth: int = DEPTH) -> None:
-        self._rows, self._warm, self._depth = rows, warm, depth
+                 warm: Callable[[dict[str, Any], int], None], depth: int = DEPTH, threads: int = THREADS) -> None:
+        self._rows, self._warm, self._depth, self._threads = rows, warm, depth, max(1, threads)
         self._series: LRUCache[SeriesKey, _Series] = LRUCache(SERIES)
         self._last_sop: dict[SeriesKey, str] = {}
         self._lock = threading.Lock()
@@ -97,7 +100,9 @@ class ReadAhead:
             return  # still warm far enough ahead
         stop = max(-1, min(len(series.rows), p + d * (self._depth + 1)))
         targets = [series.rows[k] for k in range(ahead + d, stop, d)]
-        if targets and self._submit(self._warm_all, targets, frame):
+        shares = [targets[t::self._threads] for t in range(self._threads) if targets[t::self._threads]]
+        # decoders release the GIL: one share per thread; when one cannot be queued, the next request tries again
+        if all([self._submit(self._warm_all, share, frame) for share in shares]):
             series.ahead = ahead + d * len(targets)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> bool:
@@ -105,7 +110,7 @@ class ReadAhead:
         if self._pending >= MAX_PENDING:
             return False
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="cubepacs-readahead")
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="cubepacs-readahead")
         self._pending += 1
         self._pool.submit(self._run, fn, *args)
         return True
