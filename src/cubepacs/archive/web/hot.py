@@ -4,11 +4,10 @@ A viewer asks for the frames of a series one by one, often twice (scrolling back
 read the whole file, parsed it and decoded its frame again (a JPEG-lossless CT frame: ≈ 30 ms). Both caches are
 LRU and bounded by bytes (cachetools); an entry is keyed by what identifies the stored bytes (the storage key
 and the file's size and modification time, or the cube's build time), so a replaced instance or rebuilt cube
-is never served stale. Index rows (``HotRows``) let a frame asked again skip the index for ``ROW_SECONDS``: a
-series compacted by the builder is served from its cube within that time (its files hold the same values), a
-deletion by this process forgets the tenant's rows at once (``forget``); after one by another process, a deleted
-file is not hot any more (its size and time key its frames) and a deleted series' cube, still mapped, is served
-for that time at most.
+is never served stale. Index rows (``HotRows``) let a frame asked again skip the index for ``ROW_SECONDS``, and
+only while a mark of the instance's file and its series' cube taken before the row was read (``file_mark``) is
+unchanged: a re-sent, replaced or deleted instance and a rebuilt or deleted cube are seen at the next request,
+whichever process changed them; on object storage (no cheap mark) every request asks the index.
 
 Example
 -------
@@ -89,37 +88,62 @@ class HotInstances:
 
 
 class HotRows:
-    """Index rows by request key, each trusted for ``max_age`` seconds; thread-safe.
+    """Index rows by request key, each with a ``mark`` of the stored files taken before the row was read (see
+    ``file_mark``), trusted for ``max_age`` seconds at most; thread-safe.
 
     Example
     -------
-    >>> rows = HotRows(); rows.put(("t", "1"), {"sop_uid": "1"}); rows.get(("t", "1"))
-    {'sop_uid': '1'}
+    >>> rows = HotRows(); rows.put(("t", "1"), {"sop_uid": "1"}, ("m",)); rows.get(("t", "1"))
+    ({'sop_uid': '1'}, ('m',))
     >>> rows.forget("t"); rows.get(("t", "1")) is None
     True
     """
 
     def __init__(self, max_items: int = ROWS, max_age: float = ROW_SECONDS) -> None:
-        self._rows: LRUCache[tuple[str, ...], tuple[float, dict[str, Any]]] = LRUCache(max_items)
+        self._rows: LRUCache[tuple[str, ...], tuple[float, dict[str, Any], Any]] = LRUCache(max_items)
         self._max_age = max_age
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, ...]) -> dict[str, Any] | None:
-        """The row, or None (never found, or older than ``max_age``)."""
+    def get(self, key: tuple[str, ...]) -> tuple[dict[str, Any], Any] | None:
+        """(row, mark), or None (never found, or older than ``max_age``)."""
         with self._lock:
             hit = self._rows.get(key)
-        return hit[1] if hit is not None and time.monotonic() - hit[0] <= self._max_age else None
+        return (hit[1], hit[2]) if hit is not None and time.monotonic() - hit[0] <= self._max_age else None
 
-    def put(self, key: tuple[str, ...], row: dict[str, Any]) -> None:
-        """Keep ``row`` (the first element of ``key`` is its tenant)."""
+    def put(self, key: tuple[str, ...], row: dict[str, Any], mark: Any) -> None:
+        """Keep ``row`` with ``mark`` (the first element of ``key`` is its tenant)."""
         with self._lock:
-            self._rows[key] = (time.monotonic(), row)
+            self._rows[key] = (time.monotonic(), row, mark)
 
     def forget(self, tenant: str) -> None:
         """Drop every row of ``tenant``."""
         with self._lock:
             for key in [k for k in self._rows if k[0] == tenant]:
                 del self._rows[key]
+
+
+def file_mark(storage: Any, keys: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """What identifies the stored files ``keys`` right now — inode, size and modification time of each (None for
+    a missing one) — or None when the storage is not local (nothing cheap to compare). Taken before an index row
+    is read, an equal mark later means neither file was written, replaced or deleted since, so the row still
+    describes them.
+
+    Example
+    -------
+    >>> file_mark(object(), ("a",)) is None
+    True
+    """
+    local = getattr(storage, "local_path", None)
+    if local is None:
+        return None
+    out: list[Any] = []
+    for key in keys:
+        try:
+            st = os.stat(local(key))
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def version(storage: Any, row: dict[str, Any]) -> tuple[Any, ...]:

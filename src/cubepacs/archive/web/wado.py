@@ -21,12 +21,12 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
 from cubepacs.archive import metrics
-from cubepacs.archive.keys import check_uid
+from cubepacs.archive.keys import check_uid, cube_key, instance_key
 from cubepacs.archive.metadata import bulk_value, safe_metadata
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
-from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows
+from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows, file_mark
 from cubepacs.archive.web.readahead import ReadAhead
 from cubepacs.archive.webworker import series_base
 from cubepacs.cube.reader import CubeReader
@@ -96,11 +96,21 @@ def _cube_for(services: Services, state: dict[str, Any] | None,
 def _frame_row(services: Services, tenant: str, study: str, series: str, sop: str) -> dict[str, Any]:
     """The instance row with its series' build state (one query; kept for ``hot_frame_pieces``), or 404."""
     _uids(study, series, sop)
+    mark = _mark(services, tenant, study, series, sop)  # before the row: a change in between shows in the mark
     row = services.index.frame_source(tenant, study, series, sop)
     if row is None:
         raise HTTPException(404, "no such study, series or instance")
-    _ROWS.put((tenant, study, series, sop), row)
+    _ROWS.put((tenant, study, series, sop), row, mark)
     return row
+
+
+def _mark(services: Services, tenant: str, study: str, series: str, sop: str) -> Any:
+    """``hot.file_mark`` of an instance's stored file and its series' cube."""
+    try:
+        keys = (instance_key(tenant, study, series, sop), cube_key(tenant, study, series))
+    except ValueError:
+        return None
+    return file_mark(services.storage, keys)
 
 
 def forget_rows(services: Services, tenant: str) -> None:
@@ -117,8 +127,9 @@ def read_ahead(services: Services) -> ReadAhead:
         return services.index.frame_sources(*key)
 
     def warm(row: dict[str, Any], frame: int) -> None:
-        _ROWS.put((row["tenant_id"], row["study_uid"], row["series_uid"], row["sop_uid"]), row)
-        frame_arrays(services, row["tenant_id"], row, [frame])
+        # the series' rows give the order; the row kept is read again after its mark (see _frame_row)
+        fresh = _frame_row(services, row["tenant_id"], row["study_uid"], row["series_uid"], row["sop_uid"])
+        frame_arrays(services, row["tenant_id"], fresh, [frame])
         metrics.READ_AHEAD.inc()
 
     return ReadAhead(rows, warm)
@@ -183,12 +194,14 @@ def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: 
 
 def hot_frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
                      frames: str) -> tuple[list[Any], str] | None:
-    """``frame_pieces`` when the index row (found at most ``hot.ROW_SECONDS`` ago) and the frames are in memory
-    already, else None: it neither waits on the index nor reads nor decodes, so an event loop may call it. A stored
-    file that changed or went since is not hot any more (its size and time are part of the frames' key)."""
-    row = _ROWS.get((tenant, study, series, sop))
+    """``frame_pieces`` when the index row (found at most ``hot.ROW_SECONDS`` ago, its files unchanged since:
+    ``hot.file_mark``) and the frames are in memory already, else None: it neither waits on the index nor reads nor
+    decodes, so an event loop may call it."""
+    kept = _ROWS.get((tenant, study, series, sop))
+    if kept is None or kept[1] is None or _mark(services, tenant, study, series, sop) != kept[1]:
+        return None  # not found lately, or a file written, replaced or deleted since the row was read
     wanted = parse_frames(frames)
-    arrays = _arrays(services, row, wanted, hot_only=True) if row is not None else None
+    arrays = _arrays(services, kept[0], wanted, hot_only=True)
     if arrays is None:
         return None
     _seen(services, tenant, study, series, sop, wanted)
