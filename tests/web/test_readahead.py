@@ -32,6 +32,18 @@ class Recorder:
             self.threads.add(threading.current_thread().name)
 
 
+def scrolled(sops: list[str], count: int, frame: int = 1, threads: int = 1) -> Recorder:
+    """What a read-ahead warms for requests of frame ``frame`` of ``sops`` in that order (``count``: how many
+    warmed to wait for)."""
+    rec = Recorder()
+    ahead = ReadAhead(rec.rows, rec.warm, threads=threads)
+    for sop in sops:
+        ahead.seen(KEY, sop, frame)
+    settle(ahead, rec, count)
+    ahead.close()
+    return rec
+
+
 def settle(ahead: ReadAhead, rec: Recorder, count: int) -> None:
     deadline = time.monotonic() + 5
     while len(rec.warmed) < count and time.monotonic() < deadline:
@@ -57,28 +69,13 @@ def test_a_sequential_scroll_warms_the_next_instances_once() -> None:
 
 
 def test_scrolling_back_warms_the_previous_ones_and_stops_at_the_first() -> None:
-    rec = Recorder()
-    ahead = ReadAhead(rec.rows, rec.warm, threads=1)
-    ahead.seen(KEY, "1.1.4", 2)
-    ahead.seen(KEY, "1.1.3", 2)
-    settle(ahead, rec, 3)
+    rec = scrolled(["1.1.4", "1.1.3"], 3, frame=2)
     assert rec.warmed == [("1.1.2", 2), ("1.1.1", 2), ("1.1.0", 2)]
-    ahead.close()
 
 
-def test_jumps_warm_nothing_and_a_forgotten_series_is_learnt_again() -> None:
-    rec = Recorder()
-    ahead = ReadAhead(rec.rows, rec.warm, threads=1)
-    for sop in ("1.1.3", "1.1.9", "1.1.20", "1.1.2"):
-        ahead.seen(KEY, sop, 1)
-    settle(ahead, rec, 1)
+def test_jumps_warm_nothing() -> None:
+    rec = scrolled(["1.1.3", "1.1.9", "1.1.20", "1.1.2"], 1)
     assert rec.warmed == [] and rec.loads == 1  # the order was learnt once, no sequence found
-    ahead.forget("t")
-    ahead.seen(KEY, "1.1.5", 1)
-    ahead.seen(KEY, "1.1.6", 1)
-    settle(ahead, rec, 1)
-    assert rec.loads == 2 and rec.warmed[0] == ("1.1.7", 1)  # forgotten: learnt again
-    ahead.close()
 
 
 def test_a_failing_warm_stops_nothing_else() -> None:
@@ -98,21 +95,11 @@ def test_a_failing_warm_stops_nothing_else() -> None:
 
 
 def test_parallel_requests_a_little_out_of_order_still_count_as_scrolling() -> None:
-    rec = Recorder()
-    ahead = ReadAhead(rec.rows, rec.warm, threads=1)
-    ahead.seen(KEY, "1.1.2", 1)
-    ahead.seen(KEY, "1.1.4", 1)  # 1.1.3 is on another connection
-    settle(ahead, rec, DEPTH)
+    rec = scrolled(["1.1.2", "1.1.4"], DEPTH)  # 1.1.3 is on another connection
     assert rec.warmed[:2] == [("1.1.5", 1), ("1.1.6", 1)] and len(rec.warmed) == DEPTH
-    ahead.close()
 
 
 def test_on_several_threads_the_window_is_shared_between_them() -> None:
-    rec = Recorder()
-    ahead = ReadAhead(rec.rows, rec.warm, threads=2)
-    ahead.seen(KEY, "1.1.0", 1)
-    ahead.seen(KEY, "1.1.1", 1)
-    settle(ahead, rec, DEPTH)
+    rec = scrolled(["1.1.0", "1.1.1"], DEPTH, threads=2)
     assert sorted(rec.warmed) == sorted((f"1.1.{k}", 1) for k in range(2, 2 + DEPTH))
     assert rec.threads <= {"cubepacs-readahead_0", "cubepacs-readahead_1"}
-    ahead.close()

@@ -23,7 +23,6 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from cubepacs.archive import manage
-from cubepacs.archive.web import wado
 from cubepacs.archive.web.app import Services, tenant_of
 from cubepacs.archive.web.wado import _uids
 from cubepacs.errors import ConfigError, CubepacsError
@@ -46,7 +45,6 @@ def add_routes(app: FastAPI, services: Services) -> None:
         level, uid = ("instance", sop) if sop else (("series", series) if series else ("study", study))
         n = manage.delete(services.storage, services.queue, services.index, services.cache, tenant, level,
                           str(uid))
-        wado.forget_rows(services, tenant)  # frame requests must not find the deleted rows kept hot
         return JSONResponse({"deleted": n})
 
     @app.delete(API + "/studies/{study}")

@@ -95,8 +95,6 @@ class HotRows:
     -------
     >>> rows = HotRows(); rows.put(("t", "1"), {"sop_uid": "1"}, ("m",)); rows.get(("t", "1"))
     ({'sop_uid': '1'}, ('m',))
-    >>> rows.forget("t"); rows.get(("t", "1")) is None
-    True
     """
 
     def __init__(self, max_items: int = ROWS, max_age: float = ROW_SECONDS) -> None:
@@ -111,15 +109,9 @@ class HotRows:
         return (hit[1], hit[2]) if hit is not None and time.monotonic() - hit[0] <= self._max_age else None
 
     def put(self, key: tuple[str, ...], row: dict[str, Any], mark: Any) -> None:
-        """Keep ``row`` with ``mark`` (the first element of ``key`` is its tenant)."""
+        """Keep ``row`` with ``mark``."""
         with self._lock:
             self._rows[key] = (time.monotonic(), row, mark)
-
-    def forget(self, tenant: str) -> None:
-        """Drop every row of ``tenant``."""
-        with self._lock:
-            for key in [k for k in self._rows if k[0] == tenant]:
-                del self._rows[key]
 
 
 def file_mark(storage: Any, keys: tuple[str, ...]) -> tuple[Any, ...] | None:

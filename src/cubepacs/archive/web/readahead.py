@@ -143,14 +143,6 @@ class ReadAhead:
             except Exception:  # this instance only; the next ones may still be fine
                 log.debug("read-ahead of %s failed", row.get("sop_uid"), exc_info=True)
 
-    def forget(self, tenant: str) -> None:
-        """Forget what is known of ``tenant``'s series (after a deletion)."""
-        with self._lock:
-            for key in [k for k in self._series if k[0] == tenant]:
-                del self._series[key]
-            for key in [k for k in self._last_sop if k[0] == tenant]:
-                del self._last_sop[key]
-
     def close(self) -> None:
         """Stop the background thread (queued work is dropped)."""
         if self._pool is not None:

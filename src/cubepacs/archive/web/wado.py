@@ -113,13 +113,6 @@ def _mark(services: Services, tenant: str, study: str, series: str, sop: str) ->
     return file_mark(services.storage, keys)
 
 
-def forget_rows(services: Services, tenant: str) -> None:
-    """Forget the index rows kept for ``tenant``'s frame requests (called when this process deletes)."""
-    _ROWS.forget(tenant)
-    if services.read_ahead is not None:
-        services.read_ahead.forget(tenant)
-
-
 def read_ahead(services: Services) -> ReadAhead:
     """The read-ahead of ``services``' frames (``readahead``): series rows from the index, frames into ``hot``."""
 
