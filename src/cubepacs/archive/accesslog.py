@@ -181,12 +181,10 @@ def flush_logs(logs: Sequence[DeltaLog]) -> None:
                                   input=json.dumps({"jobs": payload}), capture_output=True, text=True,
                                   timeout=WRITER_TIMEOUT, check=False)
             results = json.loads(done.stdout) if done.returncode == 0 else None
+            reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
         except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
-            done, results = None, None
-            reason = str(exc)
+            results, reason = None, str(exc)
         if not isinstance(results, list) or len(results) != len(jobs):
-            if done is not None:
-                reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
             results = [{"error": reason}] * len(jobs)
         for (lg, files), result in zip(jobs, results, strict=True):
             if not isinstance(result, dict) or "written" not in result:
