@@ -63,3 +63,12 @@ def test_qc_and_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "b.dcbs").exists()
     result = runner.invoke(app, ["convert", str(SERIES[0]), "-o", str(tmp_path / "c.dcbs"), "--codec", "zip"])
     assert result.exit_code == 2 and "unknown codec" in result.output
+
+
+def test_viewer_install_with_the_default_relative_data_dir(tmp_path: Path) -> None:
+    """README's first command runs `cubepacs viewer install` with the default ``./cubepacs-data``: a relative
+    folder, while npm runs in a folder of its own (it once got a relative --pack-destination and failed)."""
+    run = subprocess.run([sys.executable, "-m", "cubepacs", "viewer", "install"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (tmp_path / "cubepacs-data" / "viewer" / "index.html").is_file()

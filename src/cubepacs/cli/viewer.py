@@ -40,6 +40,7 @@ DataDir = Annotated[Path, typer.Option(help="the archive's data folder")]
 def install(data_dir: DataDir = Path("./cubepacs-data"),
             version: Annotated[str, typer.Option(help="@ohif/app version")] = OHIF_VERSION) -> None:
     """Download OHIF's prebuilt viewer (npm pack @ohif/app) into DATA_DIR/viewer; nothing else of npm is kept."""
+    data_dir = data_dir.resolve()  # npm runs in a folder of its own: a relative --pack-destination would miss
     target = data_dir / "viewer"
     stamp = target / ".cubepacs-ohif-version"
     if stamp.is_file() and stamp.read_text().strip() == version:
