@@ -38,8 +38,7 @@ class BufferedSocket(AssociationSocket):
         """True when a read will not block: bytes in the buffer, or pynetdicom's check of the socket."""
         return self.buffered() or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
-    def recv(self, nr_bytes: int) -> bytearray:
-        """``nr_bytes`` bytes (fewer only when the peer closed the connection), as pynetdicom's ``recv``."""
+    def _fill(self, nr_bytes: int) -> bytearray:
         buffer = self._buffer
         sock = self.socket
         assert sock is not None
@@ -48,6 +47,15 @@ class BufferedSocket(AssociationSocket):
             if not chunk:
                 break
             buffer += chunk
+        return buffer
+
+    def peek(self, nr_bytes: int) -> bytes:
+        """The next ``nr_bytes`` bytes (fewer only when the peer closed the connection), left to be received."""
+        return bytes(self._fill(nr_bytes)[:nr_bytes])
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """``nr_bytes`` bytes (fewer only when the peer closed the connection), as pynetdicom's ``recv``."""
+        buffer = self._fill(nr_bytes)
         out = buffer[:nr_bytes]
         del buffer[:nr_bytes]  # CPython moves the start of a bytearray rather than its contents
         return out

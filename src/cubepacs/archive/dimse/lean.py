@@ -13,7 +13,8 @@ C-STORE threads' samples), and the association reactor sleeps 1 ms between looks
 * ``LeanRequestHandler`` gives each association the server's context list itself;
 * ``LeanDIMSE`` reads a C-STORE-RQ's command from its bytes (``command``) and encodes the usual C-STORE-RSP (a
   status, nothing else) from bytes, instead of going through a pydicom Dataset each way;
-* ``LeanDUL`` also decodes a repeated A-ASSOCIATE-RQ, and encodes its answer, once (``handshake``);
+* ``LeanDUL`` also decodes a repeated A-ASSOCIATE-RQ, and encodes its answer, once (``handshake``), and hands a
+  P-DATA-TF received while established straight to DIMSE (``pdata``);
 * ``LeanRequestHandler`` gives the association a socket that reads ahead (``bufsocket``).
 
 The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
@@ -52,7 +53,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from cubepacs.archive.dimse import command, handshake
+from cubepacs.archive.dimse import command, handshake, pdata
 from cubepacs.archive.dimse.bufsocket import BufferedSocket
 
 LOGGER = logging.getLogger("pynetdicom.dul")
@@ -115,6 +116,11 @@ class LeanDUL(DULServiceProvider):
                 return pdu, event
         self._request = cached
         return cached, "Evt6"
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's, but a P-DATA-TF on an established association goes to DIMSE at once (``pdata``)."""
+        if not pdata.receive(self):
+            super()._read_pdu_data()
 
     def _send(self, pdu: Any) -> None:
         """pynetdicom's, but the A-ASSOCIATE-AC answering a cached request is encoded once (``handshake``)."""
