@@ -43,15 +43,16 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024, source
     A value that cannot be converted (IS ``1A``) is served as its original string and logged, never an error;
     an element pydicom cannot convert at all (on its general path) is left out and logged.
     """
-    raw = split_file(data, source or base)
+    raw = split_file(data, source or base, pixel_view=True)  # the pixel value is not needed: not copied
     pixel_vr = raw.pixel_vr or "OW"
     invalid: list[str] = []
+    bulk: list[str] | None = None  # the bulk paths left out, when known (then only they are pointed at base)
     try:
         if raw.deflated_body is not None:
             raise ValueError("deflated")
         body = b"".join(c.data for c in raw.chunks if c.key >= 0 and c.key >> 16 != 2)
-        doc, _, _, _ = dataset_to_json(body, raw.implicit, raw.little_endian, bulk_threshold, stop_at_pixels=True,
-                                       invalid=invalid)
+        doc, bulk, _, _ = dataset_to_json(body, raw.implicit, raw.little_endian, bulk_threshold, stop_at_pixels=True,
+                                          invalid=invalid)
     except DicomReadError:
         raise
     except Exception:  # unusual character sets, deflated data: pydicom's general path
@@ -69,10 +70,27 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024, source
                  ", ".join(invalid[:20]))
     # the top-level Pixel Data tag, as the split found it (inside a deflated dataset: assumed Pixel Data)
     pixel = raw.pixel_tag if raw.deflated_body is None else 0x7FE00010
+    if bulk is None:
+        _fix_uris(doc, base)
+    else:
+        _point_bulk(doc, bulk, base)
     if pixel is not None:
         doc[f"{pixel:08X}"] = {"vr": pixel_vr, "BulkDataURI": f"{base}/frames/1"}
-    _fix_uris(doc, base)
     return doc
+
+
+def _point_bulk(doc: dict[str, Any], paths: list[str], base: str) -> None:
+    """Point the bulk values at ``paths`` (``TAG`` or ``TAG/ITEM/…/TAG``) at ``{base}/bulkdata/…``: only those,
+    rather than walking the whole document for them (a fifth of the conversion's time on a CT instance)."""
+    try:
+        for path in paths:
+            parts = path.split("/")
+            node: Any = doc
+            for k in range(0, len(parts) - 1, 2):
+                node = node[parts[k]]["Value"][int(parts[k + 1])]
+            node[parts[-1]]["BulkDataURI"] = f"{base}/bulkdata/{path}"
+    except (KeyError, IndexError, TypeError, ValueError):  # a path the document does not hold as expected
+        _fix_uris(doc, base)
 
 
 def bulk_value(data: bytes, path: str) -> bytes:
