@@ -146,3 +146,25 @@ def test_buffered_socket_never_asks_for_what_a_header_claims() -> None:
     assert max(asked.sizes) == READ_SIZE
     sender.join()
     ours.close()
+
+
+def test_an_association_sleeps_until_its_idle_timeout_is_due() -> None:
+    """The reactor's sleep (``_tick``): short while associating, else until the idle timeout, within bounds."""
+    from types import SimpleNamespace
+
+    from pynetdicom.timer import Timer
+
+    from cubepacs.archive.dimse.lean import _LONG_TICK, _TICK, _tick
+
+    def assoc(established: bool, timeout: float | None, started: bool = True) -> object:
+        timer = Timer(timeout)
+        if started:
+            timer.start()
+        return SimpleNamespace(is_established=established, dul=SimpleNamespace(_idle_timer=timer))
+
+    assert _tick(assoc(False, 60)) == _TICK  # associating or releasing: ARTIM and the like are looked at often
+    assert _tick(assoc(True, 60)) == _LONG_TICK
+    assert _tick(assoc(True, None)) == _LONG_TICK  # no idle timeout at all
+    assert _TICK <= _tick(assoc(True, 0.3)) <= 0.3  # due soon: woken when it is
+    assert _tick(assoc(True, 0.001)) == _TICK  # due (or past): never a busy loop
+    assert _tick(assoc(True, 5, started=False)) == _LONG_TICK
