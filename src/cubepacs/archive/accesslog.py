@@ -156,14 +156,27 @@ class DeltaLog:
 
     def close(self) -> None:
         """Stop the timer and write what is left."""
+        close_logs([self])
+
+    def _detach(self) -> None:
         if self._group is not None:
             self._group.remove(self)
-        self.flush()
+
+    def _release(self) -> None:
         with self._lock:
             empty = not os.fstat(self._fd).st_size
             os.close(self._fd)
             if empty:
                 self._current.unlink()
+
+
+def close_logs(logs: Sequence[DeltaLog]) -> None:
+    """Close ``logs``, what is left of all of them written by one writer run (as their timer does)."""
+    for lg in logs:
+        lg._detach()
+    flush_logs(logs)
+    for lg in logs:
+        lg._release()
 
 
 def flush_logs(logs: Sequence[DeltaLog]) -> None:

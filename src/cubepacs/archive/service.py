@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from cubepacs._registry import mask_url, open_backend
-from cubepacs.archive.accesslog import IMAGE_SCHEMA, OBJECT_SCHEMA, Columns, DeltaLog
+from cubepacs.archive.accesslog import IMAGE_SCHEMA, OBJECT_SCHEMA, Columns, DeltaLog, close_logs
 from cubepacs.archive.accesslog import SCHEMA as ACCESS_SCHEMA
 from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
@@ -136,6 +136,8 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     endpoint this way, so that the archive itself never imports the lake).
     """
     stoppers: list[Any] = []
+    open_logs: list[DeltaLog] = []  # closed last, together: what is left of them written by one writer run
+    stoppers.append(lambda: close_logs(open_logs))
     workers = worker_count(settings.dimse_workers) if "storescp" in parts else 0
     if workers > 1:  # first, while this process has no thread and no connection: they can be forked
         from cubepacs.archive.workers import Workers
@@ -166,9 +168,9 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         if settings.log_tables:
             logs = {name: open_log(b.storage, settings, name, schema) for name, schema
                     in (("dicom_object_meta", OBJECT_SCHEMA), ("dicom_image_meta", IMAGE_SCHEMA))}
+        open_logs.extend(logs.values())
         indexer = Indexer(b.queue, b.index, cache=b.cache, logs=logs, feeds=settings.feeds)
         thread = _thread(indexer.run, "indexer")
-        stoppers.extend(log.close for log in logs.values())  # run last (stoppers run in reverse)
 
         def stop_indexer() -> None:
             indexer.stop()
@@ -193,7 +195,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         from cubepacs.archive.web.tokens import OidcVerifier
 
         access = open_log(b.storage, settings, "access", ACCESS_SCHEMA)
-        stoppers.append(access.close)
+        open_logs.append(access)
         data_dir = Path(settings.data_dir)
         app = create_app(extensions=extensions, services=Services(
             b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,

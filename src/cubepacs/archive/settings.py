@@ -72,7 +72,7 @@ class Settings:
     codec: str = "htj2k"
     compact: bool = True
     log_tables: bool = True  # dicom_object_meta / dicom_image_meta Delta tables under data_dir/logs
-    log_interval: float = 30.0  # seconds between appends of spooled log rows to the Delta tables
+    log_interval: float = 300.0  # seconds between appends of spooled log rows to the Delta tables
     feeds: bool = False  # also publish state/image/log rows to their topics (for a Doris ROUTINE LOAD)
 
     def resolved(self) -> Settings:
