@@ -62,3 +62,15 @@ def test_a_bulk_value_inside_a_sequence_points_at_its_bytes() -> None:
     assert metadata.bulk_value(data, inner[len("/base/bulkdata/"):]) == bytes(range(250)) * 8
     assert metadata.bulk_value(data, top[len("/base/bulkdata/"):]) == b"\x01" * 3000
     assert doc["00081140"]["Value"][0]["00080100"]["Value"] == ["A"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_the_direct_walk_gives_the_split_files_document(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image instance walked from its bytes up to its Pixel Data (``_direct``) gives what the walk of the
+    split file gives; a file the split refuses is refused by the direct walk too (it falls back to the split)."""
+    data = path.read_bytes()
+    direct = _converted(data)
+    with monkeypatch.context() as m:
+        m.setattr(metadata, "_direct", lambda *args: None)
+        split = _converted(data)
+    assert direct == split

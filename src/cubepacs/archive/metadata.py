@@ -18,7 +18,7 @@ from typing import Any
 import pydicom
 
 from cubepacs.dicom.dicomjson import dataset_to_json
-from cubepacs.dicom.rawfile import split_file
+from cubepacs.dicom.rawfile import DEFLATED, _Cursor, read_meta, split_file
 from cubepacs.errors import DicomReadError
 
 log = logging.getLogger("cubepacs.metadata")
@@ -43,6 +43,15 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024, source
     A value that cannot be converted (IS ``1A``) is served as its original string and logged, never an error;
     an element pydicom cannot convert at all (on its general path) is left out and logged.
     """
+    direct = _direct(data, source or base, bulk_threshold)
+    if direct is not None:
+        walked, paths, tag, vr, kept = direct
+        if kept:
+            log.info("%s: values kept as received (not convertible to their VR): %s", source or base,
+                     ", ".join(kept[:20]))
+        _point_bulk(walked, paths, base)
+        walked[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{base}/frames/1"}
+        return walked
     raw = split_file(data, source or base, pixel_view=True)  # the pixel value is not needed: not copied
     pixel_vr = raw.pixel_vr or "OW"
     invalid: list[str] = []
@@ -77,6 +86,36 @@ def instance_metadata(data: bytes, base: str, bulk_threshold: int = 1024, source
     if pixel is not None:
         doc[f"{pixel:08X}"] = {"vr": pixel_vr, "BulkDataURI": f"{base}/frames/1"}
     return doc
+
+
+def _direct(data: bytes, source: str, bulk_threshold: int
+            ) -> tuple[dict[str, Any], list[str], int, str, list[str]] | None:
+    """An image instance's metadata walked straight from its bytes, from the end of the file meta up to its
+    Pixel Data: (document, bulk paths, pixel tag, pixel VR, values kept as received). None when that does not
+    apply — no Pixel Data, a deflated dataset, anything the walk cannot take — and the split file is walked
+    instead (what the direct walk saves: finding every element of the file first, ≈ a fifth of the time)."""
+    try:
+        meta, start = read_meta(data, source)
+        if meta.transfer_syntax in DEFLATED:
+            return None
+        invalid: list[str] = []
+        doc, bulk, end, pixel = dataset_to_json(data, meta.implicit, meta.little_endian, bulk_threshold,
+                                                stop_at_pixels=True, invalid=invalid, start=start)
+        if pixel is None:
+            return None
+        cur = _Cursor(data, meta.little_endian, source)
+        vr = cur.header(end, meta.implicit)[1]
+        pos, size = end, len(data)
+        while pos < size:  # the Pixel Data and what follows must fit in the file, as the split checks
+            if size - pos < 8 and data[pos:].strip(b"\0") == b"":
+                break
+            tag, evr, length, hsize = cur.header(pos, meta.implicit)
+            pos = cur.end_of(pos, meta.implicit, tag, evr, length, hsize)
+    except Exception:  # the split path walks it again, and says what is wrong
+        return None
+    for key in [k for k in doc if k.startswith("0002")]:  # file meta elements misplaced in the dataset
+        del doc[key]
+    return doc, bulk, pixel, vr.decode("ascii") if vr else "OW", invalid
 
 
 def _point_bulk(doc: dict[str, Any], paths: list[str], base: str) -> None:

@@ -230,10 +230,10 @@ class _Walker:
 
 
 def dataset_to_json(body: bytes, implicit: bool, little_endian: bool, bulk_threshold: int = 1024,
-                    stop_at_pixels: bool = False,
-                    invalid: list[str] | None = None) -> tuple[dict[str, Any], list[str], int, int | None]:
-    """DICOM JSON of an encoded dataset (no file meta): (JSON, tags of bulk values left out, bytes walked,
-    the Pixel Data tag the walk stopped at with ``stop_at_pixels``, else None).
+                    stop_at_pixels: bool = False, invalid: list[str] | None = None,
+                    start: int = 0) -> tuple[dict[str, Any], list[str], int, int | None]:
+    """DICOM JSON of an encoded dataset (no file meta) from ``start`` in ``body``: (JSON, tags of bulk values
+    left out, where the walk ended, the Pixel Data tag the walk stopped at with ``stop_at_pixels``, else None).
 
     Raises :class:`Unsupported` for character sets other than the default, ISO_IR 100 and ISO_IR 192,
     :class:`InvalidValue` for values their VR forbids (unless ``invalid`` is a list: then an IS/DS value that
@@ -242,5 +242,5 @@ def dataset_to_json(body: bytes, implicit: bool, little_endian: bool, bulk_thres
     deeper than :data:`MAX_DEPTH`.
     """
     walker = _Walker(body, implicit, little_endian, bulk_threshold, stop_at_pixels, invalid)
-    doc, end = walker.dataset(0, len(body), implicit, "")
+    doc, end = walker.dataset(start, len(body), implicit, "")
     return doc, walker.bulk, end, walker.pixel

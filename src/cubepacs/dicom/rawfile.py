@@ -216,16 +216,14 @@ class Scan:
     deflated_body: bytes | None = None
 
 
-def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
-    """Find the element boundaries of an encoded DICOM file (every element checked, nothing copied).
+def read_meta(buf: bytes, source: str = "<bytes>") -> tuple[Scan, int]:
+    """The preamble and file meta of an encoded file (a :class:`Scan` holding only their spans) and where the
+    dataset starts; what :func:`scan_file` reads first.
 
-    Example
-    -------
     >>> from pathlib import Path
-    >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
-    >>> scan = scan_file(data)
-    >>> scan.transfer_syntax, [hex(t) for t, *_ in scan.spans[-2:]], scan.spans[-1][4] == len(data)
-    ('1.2.840.10008.1.2.1', ['0x7fe00010', '0xfffcfffc'], True)
+    >>> scan, start = read_meta(Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes())
+    >>> scan.transfer_syntax, start > 132
+    ('1.2.840.10008.1.2.1', True)
     """
     pos = 0
     has_preamble = len(buf) >= 132 and buf[128:132] == b"DICM"
@@ -250,7 +248,22 @@ def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
         ts = IMPLICIT_LE if implicit else (EXPLICIT_LE if little else EXPLICIT_BE)
     else:
         implicit, little = _encoding_of(ts)
-    scan = Scan(ts, implicit, little, has_preamble, has_ts, spans, len(buf))
+    return Scan(ts, implicit, little, has_preamble, has_ts, spans, len(buf)), pos
+
+
+def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
+    """Find the element boundaries of an encoded DICOM file (every element checked, nothing copied).
+
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
+    >>> scan = scan_file(data)
+    >>> scan.transfer_syntax, [hex(t) for t, *_ in scan.spans[-2:]], scan.spans[-1][4] == len(data)
+    ('1.2.840.10008.1.2.1', ['0x7fe00010', '0xfffcfffc'], True)
+    """
+    scan, pos = read_meta(buf, source)
+    ts, implicit, little, spans = scan.transfer_syntax, scan.implicit, scan.little_endian, scan.spans
     if ts in DEFLATED:
         try:
             scan.deflated_body = zlib.decompress(buf[pos:], -15)
