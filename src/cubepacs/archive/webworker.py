@@ -81,7 +81,7 @@ class WebWorker:
         docs = [safe_metadata(d, series_base(self.url_root, study, series, r["sop_uid"]), r)
                 for d, r in zip(datas, rows, strict=True)]
         jkey = json_key(tenant, study, series)
-        self.storage.put(jkey, json.dumps(docs, separators=(",", ":")).encode())
+        self.storage.put(jkey, json.dumps(docs, separators=(",", ":"), check_circular=False).encode())
         ckey = None
         if self.compact:
             try:
