@@ -55,7 +55,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from cubepacs.archive.dimse import command, handshake, pdata
+from cubepacs.archive.dimse import command, handshake, pdata, store
 from cubepacs.archive.dimse.bufsocket import BufferedSocket
 
 LOGGER = logging.getLogger("pynetdicom.dul")
@@ -300,19 +300,27 @@ class LeanDIMSE(DIMSEServiceProvider):
         if (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
                 and primitive.Status is not None and primitive.AffectedSOPClassUID
                 and primitive.AffectedSOPInstanceUID and primitive.ErrorComment is None
-                and primitive.OffendingElement is None and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
-            encoded = store_response(primitive.MessageIDBeingRespondedTo, str(primitive.AffectedSOPClassUID),
-                                     str(primitive.AffectedSOPInstanceUID), primitive.Status)
-            if not self.maximum_pdu_size or len(encoded) + 6 <= self.maximum_pdu_size:
-                dul = self.dul
-                if isinstance(dul, LeanDUL) and handshake.usable(self.assoc) and dul.send_now(context_id,
-                                                                                             b"\x03" + encoded):
-                    return
-                pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
-                dul.send_pdu(pdata)
-                return
+                and primitive.OffendingElement is None and self.send_status(
+                    context_id, primitive.MessageIDBeingRespondedTo, str(primitive.AffectedSOPClassUID),
+                    str(primitive.AffectedSOPInstanceUID), primitive.Status)):
+            return
         super().send_msg(primitive, context_id)
+
+    def send_status(self, context_id: int, message_id: int, sop_class: str, sop_instance: str, status: int) -> bool:
+        """Send a C-STORE-RSP holding only a status, encoded from bytes; False when it must go pynetdicom's way
+        (a DIMSE-sent handler bound, or a peer whose PDUs are too small for it)."""
+        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            return False
+        encoded = store_response(message_id, sop_class, sop_instance, status)
+        if self.maximum_pdu_size and len(encoded) + 6 > self.maximum_pdu_size:
+            return False
+        dul = self.dul
+        if isinstance(dul, LeanDUL) and handshake.usable(self.assoc) and dul.send_now(context_id, b"\x03" + encoded):
+            return True
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+        dul.send_pdu(pdata)
+        return True
 
 
 class LeanAssociation(Association):
@@ -334,6 +342,11 @@ class LeanAssociation(Association):
     def kill(self) -> None:
         self._wake.set()
         super().kill()
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """pynetdicom's, but a plain C-STORE-RQ is handed to its handler directly (``store``)."""
+        if not store.serve(self, msg, context_id):
+            super()._serve_request(msg, context_id)
 
     def _run_reactor(self) -> None:
         """pynetdicom's ``Association._run_reactor`` with its 1 ms sleep replaced by waiting to be woken."""
