@@ -50,14 +50,24 @@ def _associate(port: int, **kw: Any) -> tuple[list[tuple[str, str]], int]:
     return accepted, rejected
 
 
-def test_same_request_same_answer_from_the_cache(server: tuple[Any, int, list[str]]) -> None:
+def test_same_request_same_answer_from_the_cache(server: tuple[Any, int, list[str]],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     _, port, _ = server
+    sent: list[bool] = []
+    send = lean.LeanDUL.send_cached_accept
+
+    def counted(dul: lean.LeanDUL) -> bool:
+        sent.append(send(dul))
+        return sent[-1]
+
+    monkeypatch.setattr(lean.LeanDUL, "send_cached_accept", counted)
     before = len(handshake._REQUESTS)
     first = _associate(port)
     assert len(handshake._REQUESTS) == before + 1  # decoded once and kept
     again = [_associate(port) for _ in range(3)]
     assert len(handshake._REQUESTS) == before + 1  # served from the cache
     assert all(a == first for a in again)
+    assert sent == [False, True, True, True]  # AE-7: encoded the first time, then sent as kept
     # the acceptor's preference (Implicit VR first); JPEG lossless is not offered by pynetdicom's defaults
     assert first == ([("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2")], 2)
 

@@ -8,7 +8,11 @@ kept, keyed by those bytes:
 
 * the decoded request (its primitive), in a small LRU shared by the process; pynetdicom only reads it;
 * the negotiated contexts, per request and acceptor AE (a pure function of the two: read, never written);
-* the encoded A-ASSOCIATE-AC, per request and acceptor AE.
+* the encoded A-ASSOCIATE-AC, per request and acceptor AE — sent as it is, without the PDU object pynetdicom's
+  state machine would build from the accept primitive first (AE-7, ``install``).
+
+UID validation results are kept too (``cache_uid_validation``): pydicom and pynetdicom check the same few hundred
+UIDs thousands of times per association.
 
 Requests carrying a User Identity item are never cached (its answer is the server's to give each time), nor
 anything while pynetdicom logs at DEBUG or a PDU-level event handler is bound (they expect real PDU objects).
@@ -21,11 +25,15 @@ True
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 from typing import Any
 
 from cachetools import LRUCache
-from pynetdicom import _config, acse, evt
+from pydicom import valuerep
+from pydicom.uid import RE_VALID_UID, UID
+from pynetdicom import _config, acse, evt, fsm
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.presentation import negotiate_as_acceptor as _negotiate_as_acceptor
 
@@ -109,5 +117,55 @@ def negotiate_as_acceptor(rq_contexts: list[PresentationContext], ac_contexts: l
 
 
 def install() -> None:
-    """Route pynetdicom's acceptor negotiation through the cache (idempotent; uncached requests are unchanged)."""
+    """Route pynetdicom's acceptor negotiation through the cache, and its state machine's AE-7 (send the
+    A-ASSOCIATE-AC) to the DUL's ``send_cached_accept`` first (idempotent; uncached requests are unchanged).
+
+    AE-7 builds an A-ASSOCIATE-AC PDU object from the accept primitive — 128 presentation context items for
+    storescu, a tenth of an association's CPU — which the lean DUL then discards for the bytes it sent before."""
     acse.negotiate_as_acceptor = negotiate_as_acceptor  # type: ignore[attr-defined]
+    description, original, state = fsm.ACTIONS["AE-7"]
+    if getattr(original, "cached", False):
+        return
+
+    def ae_7(dul: Any) -> str:
+        send = getattr(dul, "send_cached_accept", None)
+        if send is not None and send():
+            return "Sta6"
+        return str(original(dul))
+
+    ae_7.cached = True  # type: ignore[attr-defined]
+    fsm.ACTIONS["AE-7"] = (description, ae_7, state)
+
+
+def cache_uid_validation() -> None:
+    """Remember UI values already validated (pydicom's and pynetdicom's validators, through their documented
+    ``VALIDATORS`` tables).
+
+    Why: DCMTK's storescu proposes 128 presentation contexts; pydicom checks each UID string it wraps with a
+    regular expression and pynetdicom checks again, thousands of times per association for the same few hundred
+    SOP class and transfer syntax UIDs — a quarter of the CPU of setting up an association. The answers are
+    pure functions of the string, so an LRU cache (bounded) gives the same results.
+    """
+    from pynetdicom import _config as net_config
+
+    if getattr(valuerep.VALIDATORS["UI"], "cached", False):
+        return
+    for table, key in ((valuerep.VALIDATORS, "UI"), (net_config.VALIDATORS, "UI")):
+        table[key] = _cached(table[key])
+    # pynetdicom also asks ``UID.is_valid`` (a regular expression) of every UID it sets: the same answer, cached
+    valid = functools.lru_cache(maxsize=8192)(
+        lambda text: len(text) <= 64 and re.match(RE_VALID_UID, text) is not None)
+    UID.is_valid = property(lambda self: valid(str(self)))  # type: ignore[method-assign,assignment]
+
+
+def _cached(validator: Any) -> Any:
+    remembered = functools.lru_cache(maxsize=8192)(validator)
+
+    def validate(*args: Any) -> Any:
+        try:
+            return remembered(*args)
+        except TypeError:  # an unhashable value (a list of UIDs): validated as before
+            return validator(*args)
+
+    validate.cached = True  # type: ignore[attr-defined]
+    return validate

@@ -32,10 +32,8 @@ Example
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
-import re
 import select
 import socket
 import ssl
@@ -44,8 +42,6 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from pydicom import valuerep
-from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -141,6 +137,23 @@ class LeanDUL(DULServiceProvider):
                 self.socket.send(data)
             finally:
                 self._sendq.in_flight = False
+
+    def send_cached_accept(self) -> bool:
+        """AE-7 for a request answered before: the A-ASSOCIATE-AC sent as it was encoded then, without building
+        the PDU object first (``handshake.install``); False: not answered before (pynetdicom's AE-7 runs)."""
+        request = self._request
+        if request is None or self.socket is None or not handshake.usable(self.assoc):
+            return False
+        data = request.accept_for(self.assoc.ae)
+        if data is None:
+            return False
+        self._sendq.get(False)  # the accept primitive this answers (taken as AE-7 takes it)
+        with self._send_lock:
+            try:
+                self.socket.send(data)
+            finally:
+                self._sendq.in_flight = False
+        return True
 
     def send_now(self, context_id: int, value: bytes) -> bool:
         """Send one P-DATA-TF holding one PDV (``value``: control header and fragment) from the calling thread,
@@ -418,40 +431,6 @@ class LeanRequestHandler(RequestHandler):
                 for handler in handlers:
                     assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
         return assoc
-
-
-def cache_uid_validation() -> None:
-    """Remember UI values already validated (pydicom's and pynetdicom's validators, through their documented
-    ``VALIDATORS`` tables).
-
-    Why: DCMTK's storescu proposes 128 presentation contexts; pydicom checks each UID string it wraps with a
-    regular expression and pynetdicom checks again, thousands of times per association for the same few hundred
-    SOP class and transfer syntax UIDs — a quarter of the CPU of setting up an association. The answers are
-    pure functions of the string, so an LRU cache (bounded) gives the same results.
-    """
-    from pynetdicom import _config as net_config
-
-    if getattr(valuerep.VALIDATORS["UI"], "cached", False):
-        return
-    for table, key in ((valuerep.VALIDATORS, "UI"), (net_config.VALIDATORS, "UI")):
-        table[key] = _cached(table[key])
-    # pynetdicom also asks ``UID.is_valid`` (a regular expression) of every UID it sets: the same answer, cached
-    valid = functools.lru_cache(maxsize=8192)(
-        lambda text: len(text) <= 64 and re.match(RE_VALID_UID, text) is not None)
-    UID.is_valid = property(lambda self: valid(str(self)))  # type: ignore[method-assign,assignment]
-
-
-def _cached(validator: Any) -> Any:
-    remembered = functools.lru_cache(maxsize=8192)(validator)
-
-    def validate(*args: Any) -> Any:
-        try:
-            return remembered(*args)
-        except TypeError:  # an unhashable value (a list of UIDs): validated as before
-            return validator(*args)
-
-    validate.cached = True  # type: ignore[attr-defined]
-    return validate
 
 
 def start_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None,

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from cubepacs.archive.dimse import handlers as h
-from cubepacs.archive.dimse import lean, retrieve
+from cubepacs.archive.dimse import handshake, lean, retrieve
 from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
@@ -103,7 +103,7 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
         # pynetdicom binds debug-logging handlers to every PDU and DIMSE message sent and received; they cost
         # ~10 % of a C-STORE even when nothing is logged (its documented switch: pynetdicom._config)
         _config.LOG_HANDLER_LEVEL = "none"
-    lean.cache_uid_validation()
+    handshake.cache_uid_validation()
     ae = build_ae(ae_title, limits)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, functools.partial(h.handle_requested, tenants=tenants, allowed=allowed or {},
