@@ -101,7 +101,7 @@ class DeltaLog:
     schema: Columns = SCHEMA
 
     def __init__(self, table_uri: str, storage_options: dict[str, str] | None = None, batch: int = 10_000,
-                 interval: float | None = 30.0, schema: Columns | None = None, spool: str | None = None) -> None:
+                 interval: float | None = 300.0, schema: Columns | None = None, spool: str | None = None) -> None:
         self.table_uri = table_uri
         self.schema = schema or self.schema
         self.storage_options = storage_options
