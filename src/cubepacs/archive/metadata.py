@@ -18,7 +18,7 @@ from typing import Any
 import pydicom
 
 from cubepacs.dicom.dicomjson import dataset_to_json
-from cubepacs.dicom.rawfile import DEFLATED, _Cursor, read_meta, split_file
+from cubepacs.dicom.rawfile import DEFLATED, read_meta, scan_spans, split_file
 from cubepacs.errors import DicomReadError
 
 log = logging.getLogger("cubepacs.metadata")
@@ -103,14 +103,9 @@ def _direct(data: bytes, source: str, bulk_threshold: int
                                                 stop_at_pixels=True, invalid=invalid, start=start)
         if pixel is None:
             return None
-        cur = _Cursor(data, meta.little_endian, source)
-        vr = cur.header(end, meta.implicit)[1]
-        pos, size = end, len(data)
-        while pos < size:  # the Pixel Data and what follows must fit in the file, as the split checks
-            if size - pos < 8 and data[pos:].strip(b"\0") == b"":
-                break
-            tag, evr, length, hsize = cur.header(pos, meta.implicit)
-            pos = cur.end_of(pos, meta.implicit, tag, evr, length, hsize)
+        rest: list[tuple[int, bytes | None, int, int, int]] = []  # the Pixel Data and what follows, checked
+        scan_spans(data, end, meta.implicit, meta.little_endian, source, rest)  # to fit as the split checks them
+        vr = rest[0][1]
     except Exception:  # the split path walks it again, and says what is wrong
         return None
     for key in [k for k in doc if k.startswith("0002")]:  # file meta elements misplaced in the dataset

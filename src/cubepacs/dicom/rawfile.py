@@ -251,6 +251,47 @@ def read_meta(buf: bytes, source: str = "<bytes>") -> tuple[Scan, int]:
     return Scan(ts, implicit, little, has_preamble, has_ts, spans, len(buf)), pos
 
 
+def scan_spans(buf: bytes, pos: int, implicit: bool, little: bool, source: str,
+               spans: list[tuple[int, bytes | None, int, int, int]]) -> int:
+    """Append to ``spans`` the (tag, VR, start, header size, end) of the dataset's elements from ``pos`` to the end
+    of ``buf`` (every element checked, DicomReadError when one runs past the end); return where trailing zero
+    padding starts (``len(buf)`` when there is none).
+
+    >>> spans = []; scan_spans(bytes.fromhex("0800 6000 4353 0200 4354") + bytes(4), 0, False, True, "x", spans)
+    10
+    >>> [(hex(tag), vr, end) for tag, vr, _, _, end in spans]
+    [('0x80060', b'CS', 10)]
+    """
+    cur = _Cursor(buf, little, source)
+    header, end_of, size = cur.header, cur.end_of, len(buf)
+    # the common cases read in one unpack: tag, VR, 16-bit length (explicit) or tag, 32-bit length (implicit)
+    short, plain = (_SHORT_LE, _PLAIN_LE) if little else (_SHORT_BE, _PLAIN_BE)
+    while pos < size:
+        if size - pos < 8:
+            if buf[pos:].strip(b"\0") == b"":
+                return pos  # trailing zero padding after the last element
+        elif not implicit:
+            group, elem, vr, length = short(buf, pos)
+            if vr in _SHORT_VRS and group != 0xFFFE:
+                end = pos + 8 + length
+                if end <= size:
+                    spans.append(((group << 16) | elem, vr, pos, 8, end))
+                    pos = end
+                    continue
+        else:
+            group, elem, length = plain(buf, pos)
+            end = pos + 8 + length
+            if length != UNDEFINED and group != 0xFFFE and end <= size:
+                spans.append(((group << 16) | elem, None, pos, 8, end))
+                pos = end
+                continue
+        tag, vr2, length, hsize = header(pos, implicit)
+        end = end_of(pos, implicit, tag, vr2, length, hsize)
+        spans.append((tag, vr2, pos, hsize, end))
+        pos = end
+    return size
+
+
 def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
     """Find the element boundaries of an encoded DICOM file (every element checked, nothing copied).
 
@@ -271,34 +312,7 @@ def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
             raise DicomReadError(source, f"deflated dataset cannot be inflated: {exc}", pos) from exc
         scan.tail = pos
         return scan
-    cur = _Cursor(buf, little, source)
-    header, end_of, size = cur.header, cur.end_of, len(buf)
-    # the common cases read in one unpack: tag, VR, 16-bit length (explicit) or tag, 32-bit length (implicit)
-    short, plain = (_SHORT_LE, _PLAIN_LE) if little else (_SHORT_BE, _PLAIN_BE)
-    while pos < size:
-        if size - pos < 8:
-            if buf[pos:].strip(b"\0") == b"":
-                scan.tail = pos  # trailing zero padding after the last element
-                break
-        elif not implicit:
-            group, elem, vr, length = short(buf, pos)
-            if vr in _SHORT_VRS and group != 0xFFFE:
-                end = pos + 8 + length
-                if end <= size:
-                    spans.append(((group << 16) | elem, vr, pos, 8, end))
-                    pos = end
-                    continue
-        else:
-            group, elem, length = plain(buf, pos)
-            end = pos + 8 + length
-            if length != UNDEFINED and group != 0xFFFE and end <= size:
-                spans.append(((group << 16) | elem, None, pos, 8, end))
-                pos = end
-                continue
-        tag, vr2, length, hsize = header(pos, implicit)
-        end = end_of(pos, implicit, tag, vr2, length, hsize)
-        spans.append((tag, vr2, pos, hsize, end))
-        pos = end
+    scan.tail = scan_spans(buf, pos, implicit, little, source, spans)
     return scan
 
 

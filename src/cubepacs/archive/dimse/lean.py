@@ -122,18 +122,16 @@ class LeanDUL(DULServiceProvider):
             super()._read_pdu_data()
 
     def _send(self, pdu: Any) -> None:
-        """pynetdicom's, but the A-ASSOCIATE-AC answering a cached request is encoded once (``handshake``)."""
+        """pynetdicom's, but the A-ASSOCIATE-AC answering a cached request is kept for the next association
+        sending the same request (``send_cached_accept`` sends it from AE-7 without this PDU object)."""
         with self._send_lock:
             try:
                 request = self._request
                 if request is None or not isinstance(pdu, A_ASSOCIATE_AC) or self.socket is None:
                     super()._send(pdu)
                     return
-                ae = self.assoc.ae
-                data = request.accept_for(ae)
-                if data is None:
-                    data = pdu.encode()
-                    request.keep_accept(ae, data)
+                data = pdu.encode()
+                request.keep_accept(self.assoc.ae, data)
                 self.socket.send(data)
             finally:
                 self._sendq.in_flight = False

@@ -46,7 +46,7 @@ def _plain(assoc: Any, msg: Any, context_id: int) -> tuple[Any, Any, Any] | None
         return None
     context = assoc._accepted_cx.get(context_id)
     handler, args = assoc.get_handlers(evt.EVT_C_STORE)
-    if context is None or handler is None or not hasattr(assoc.dimse, "send_status"):
+    if context is None or handler is None:
         return None
     return handler, args, context
 
