@@ -328,7 +328,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
             return services.storage.get(state["json_key"])
         docs = [safe_metadata(services.storage.get(r["storage_key"]),
                               series_base(ROOT, r["study_uid"], r["series_uid"], r["sop_uid"]), r) for r in rows]
-        # no check for cycles: built here, a tree (that check was half of the encoding, 10 of 19 ms for 100 CT)
+        # no check for cycles: built here, a tree (≈ 15 → 11 ms of encoding for 100 CT instances without it)
         return json.dumps(docs, separators=(",", ":"), check_circular=False).encode()
 
     def metadata(tenant: str, study: str, series: str | None, sop: str | None) -> Response:
