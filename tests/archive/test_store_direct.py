@@ -3,6 +3,7 @@ same statuses — success, a warning, the handler's exception as 0xC211, a statu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,3 +80,36 @@ def test_other_requests_go_pynetdicoms_way(server: tuple[int, list[str], list[bo
     assert int(assoc.send_c_echo().Status) == 0x0000
     assoc.release()
     assert outcomes == [False]
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_reader_safe_handler_runs_on_the_reader_thread(monkeypatch: pytest.MonkeyPatch, marked: bool) -> None:
+    """A handler marked reader_safe is run by the thread that completed the request (the DUL's) — no wake-up of the
+    association's thread; an unmarked one by the association's thread, as pynetdicom does. Both answer alike."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    threads: list[str] = []
+
+    def on_store(event: Any) -> int:
+        threads.append("reader" if threading.current_thread() is event.assoc.dul else "association")
+        return 0x0000
+
+    handler = store.reader_safe(on_store) if marked else on_store
+    ae = AE(ae_title="DIRECT")
+    ae.supported_contexts = [*AllStoragePresentationContexts, *VerificationPresentationContexts]
+    srv = lean.start_server(ae, ("127.0.0.1", 0), [(evt.EVT_C_STORE, handler)], None)
+    try:
+        ds = pydicom.dcmread(CT)
+        client = AE(ae_title="SENDER")
+        client.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        client.add_requested_context("1.2.840.10008.1.1")
+        assoc = client.associate("127.0.0.1", srv.server_address[1], ae_title="DIRECT")
+        assert assoc.is_established
+        statuses = [int(assoc.send_c_store(ds).Status) for _ in range(3)]
+        statuses.append(int(assoc.send_c_echo().Status))  # C-ECHO still goes to the association's thread
+        statuses.append(int(assoc.send_c_store(ds).Status))
+        assoc.release()
+    finally:
+        store._READER_SAFE.discard(on_store)
+        srv.shutdown()
+    assert statuses == [0x0000] * 5
+    assert threads == ["reader" if marked else "association"] * 4

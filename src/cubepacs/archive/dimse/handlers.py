@@ -17,6 +17,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from cubepacs.archive import metrics
+from cubepacs.archive.dimse import store
 from cubepacs.archive.dimse.filemeta import encode_file_meta
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.ingest import RejectedInstance, ingest
@@ -157,6 +158,7 @@ def handle_echo(event: Any) -> int:
     return STATUS_SUCCESS
 
 
+@store.reader_safe  # it never waits for the association: the reader thread may run it
 def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Queue,
                  overwrite: bool = False) -> int | Dataset:
     """C-STORE: archive the dataset as received; success only once file and event are durable."""

@@ -71,6 +71,19 @@ class _WakingQueue(queue.Queue[Any]):
         self._wake()
 
 
+class _ServingQueue(_WakingQueue):
+    """DIMSE's queue of received messages: a plain C-STORE-RQ is served at once by the thread completing it when
+    the association's thread is idle (``store.serve_on_reader``); anything else is queued and that thread woken."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__(assoc.poke)
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if not store.serve_on_reader(self._assoc, item):
+            super().put(item, block, timeout)
+
+
 class _SendQueue(_WakingQueue):
     """The DUL's send queue: an item taken off it is "in flight" until the DUL has sent it (``LeanDUL._send``),
     so that a direct send (``LeanDUL.send_now``) never overtakes it."""
@@ -340,11 +353,12 @@ class LeanAssociation(Association):
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
         self._wake = threading.Event()
+        self.serving = threading.Lock()  # held by whichever thread serves a message (``store.serve_on_reader``)
         self.dul = LeanDUL(self)
         self.acse_timeout, self.network_timeout = self.acse_timeout, self.network_timeout  # onto the new DUL's timers
         self.dul.to_user_queue = _WakingQueue(self.poke)
         self.dimse = LeanDIMSE(self)
-        self.dimse.msg_queue = _WakingQueue(self.poke)
+        self.dimse.msg_queue = _ServingQueue(self)
 
     def poke(self) -> None:
         """Wake the association reactor."""
@@ -368,11 +382,12 @@ class LeanAssociation(Association):
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, int(context_id or 0))
-                if not self.dimse.msg_queue.empty():
-                    self._wake.set()
+            with self.serving:
+                context_id, msg = self.dimse.get_msg(block=False)
+                if msg:
+                    self._serve_request(msg, int(context_id or 0))
+            if not self.dimse.msg_queue.empty():
+                self._wake.set()
             if self._closed_by_peer():
                 return
 
