@@ -3,6 +3,7 @@ mock cluster, which speaks the Kafka protocol on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,30 @@ class QueueContract:
         assert sorted(m.payload["n"] for m in got) == list(range(5))
         q.ack("g1", got)
         assert q.poll(topic, "g1", timeout=0.5) == []
+
+    def test_concurrent_publishers_each_arrive_once(self, make: Any) -> None:
+        """Eight threads publishing at once (as storing associations do; backends may batch them): every message
+        arrives, exactly once (no order is promised: Kafka spreads a topic over partitions)."""
+        q = make()
+        topic = f"c{uuid.uuid4().hex[:8]}"
+
+        def publisher(t: int) -> None:
+            for n in range(25):
+                q.publish(topic, {"t": t, "n": n})
+
+        threads = [threading.Thread(target=publisher, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        got: list[Any] = []
+        for _ in range(40):
+            batch = q.poll(topic, "g1", max_messages=100, timeout=0.5)
+            q.ack("g1", batch)
+            got += batch
+            if len(got) >= 200:
+                break
+        assert sorted((m.payload["t"], m.payload["n"]) for m in got) == [(t, n) for t in range(8) for n in range(25)]
 
     def test_lag_counts_what_is_not_acknowledged(self, make: Any) -> None:
         import uuid

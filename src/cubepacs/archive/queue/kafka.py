@@ -10,7 +10,9 @@ Options
 ``topic_prefix`` (default ``""``), ``session_timeout_ms`` (default 10000). The producer uses ``acks=all`` and
 idempotence; ``publish`` returns once the broker acknowledged the message. Consumers commit offsets only in
 ``ack`` (after the index write), so delivery is at-least-once and the idempotent indexer makes it effectively
-once. Pointing it at Redpanda needs nothing else: Redpanda speaks the Kafka protocol.
+once. Pointing it at Redpanda needs nothing else: Redpanda speaks the Kafka protocol. Messages published by
+several threads at once (storing associations) are produced together and share one flush (group commit,
+``cubepacs/_group.py``).
 
 Example
 -------
@@ -26,6 +28,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from cubepacs._group import GroupCommit
 from cubepacs._registry import mask_url
 from cubepacs.archive.queue.base import Message, Queue
 from cubepacs.errors import BackendError
@@ -46,6 +49,7 @@ class KafkaQueue(Queue):
                                   "linger.ms": 2})
         self._consumers: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._publish: GroupCommit[tuple[str, bytes, bytes | None]] = GroupCommit(self._produce)
 
     @staticmethod
     def bootstrap_of(url: str) -> str:
@@ -64,16 +68,20 @@ class KafkaQueue(Queue):
         return self.prefix + topic
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        key = str(payload.get("series_uid") or payload.get("sop_uid") or "").encode() or None
+        self._publish.run((self._topic(topic), json.dumps(payload, separators=(",", ":")).encode(), key))
+
+    def _produce(self, batch: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Produce every message published meanwhile, then one flush: all acknowledged, or all raise."""
         errors: list[Any] = []
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(err)
 
-        key = str(payload.get("series_uid") or payload.get("sop_uid") or "").encode() or None
         with self._lock:
-            self.producer.produce(self._topic(topic), json.dumps(payload, separators=(",", ":")).encode(), key=key,
-                                  on_delivery=delivered)
+            for topic, value, key in batch:
+                self.producer.produce(topic, value, key=key, on_delivery=delivered)
             remaining = self.producer.flush(30)
         if remaining or errors:
             raise BackendError(f"queue {mask_url('kafka://' + self.bootstrap)}: message not acknowledged "
