@@ -118,18 +118,10 @@ def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, lis
 
 
 def handle_established(event: Any) -> None:
-    """Count the association as open, and space out its DUL's polling when many are open.
-
-    pynetdicom's DUL thread polls its socket, sleeping ``_run_loop_delay`` (1 ms) when idle: with 32 associations
-    that is tens of thousands of wake-ups a second, CPU the C-STOREs need. Each association polls every
-    (open associations / 4) ms, at most 8 ms — a single sender keeps the 1 ms.
-    """
+    """Count the association as open. (Its DUL no longer polls — ``lean.LeanDUL`` sleeps in ``select()`` — so
+    nothing is tuned here any more: the count of open associations walked every thread of the process.)"""
     event.assoc._cp_open = True
     metrics.ASSOCIATIONS_OPEN.inc()
-    dul = getattr(event.assoc, "dul", None)
-    if dul is not None and hasattr(dul, "_run_loop_delay"):
-        opened = len(event.assoc.ae.active_associations)
-        dul._run_loop_delay = min(0.001 * max(1, opened // 4), 0.008)
 
 
 def handle_closed(event: Any) -> None:
