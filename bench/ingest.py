@@ -9,7 +9,8 @@ sent to each server with new Study/Series/SOP Instance UIDs (a fresh copy per le
 so nothing is a re-send).
 Reported per server: instances/s and MB/s, refused or failed associations, server CPU per instance (user + system
 time of the server process, indexing included: measured until the instances are visible in a query), and for
-cubepacs the indexing lag (last acknowledgement → all instances visible in QIDO).
+cubepacs the indexing lag (last acknowledgement → all instances visible in QIDO); and the storescu clients' own CPU per
+instance (the same work for both servers, sharing the 2 vCPUs with them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -75,13 +77,23 @@ def copies(out: Path, long: int = 0) -> list[Path]:
 
 def store(port: int, aet: str, files: list[Path], streams: int) -> tuple[float, int]:
     """(seconds, failed storescu processes) for ``streams`` concurrent storescu over ``files``."""
+    seconds, failed, _ = store_timed(port, aet, files, streams)
+    return seconds, failed
+
+
+def store_timed(port: int, aet: str, files: list[Path], streams: int) -> tuple[float, int, float]:
+    """(seconds, failed storescu processes, the storescu processes' CPU seconds) for ``streams`` concurrent
+    storescu over ``files``."""
     chunks = [files[i::streams] for i in range(streams)]
     env = {**os.environ, "TCP_NODELAY": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     procs = [subprocess.Popen(["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, c)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in chunks if c]
     failed = sum(p.wait() != 0 for p in procs)
-    return time.perf_counter() - start, failed
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, failed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def memory_mb(pid: int, field: str = "Pss") -> int:
@@ -168,7 +180,7 @@ def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
                                                                                     ours.pid)):
                 cpu0 = cpu_seconds(pid)
                 extra0 = (cpu_seconds(redis.pid) + postgres_cpu()) if redis is not None else 0.0
-                seconds, failed = store(port, aet, files, level)
+                seconds, failed, client = store_timed(port, aet, files, level)
                 lag = 0.0
                 if name == "cubepacs":
                     total_c += len(files)
@@ -189,7 +201,8 @@ def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
                 rows.append({"server": name, "associations": level, "instances": len(files),
                              "inst_s": len(files) / seconds, "mb_s": size / seconds / 1e6, "failed": failed,
                              "cpu_ms_per_instance": 1000 * cpu / len(files), "lag_s": lag,
-                             "backend_cpu_ms_per_instance": 1000 * extra / len(files)})
+                             "backend_cpu_ms_per_instance": 1000 * extra / len(files),
+                             "client_cpu_ms_per_instance": 1000 * client / len(files)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
         rss = {name: memory_mb(pid) for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
         anon = {name: memory_mb(pid, "Pss_Anon") for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
@@ -202,16 +215,19 @@ def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
                            check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'assoc':>5} {'Orthanc inst/s':>14} {'cubepacs inst/s':>15} {'ratio':>6} {'MB/s O/c':>13} "
-          f"{'CPU ms/inst O/c':>16} {'failed O/c':>10} {'lag s':>6}")
+          f"{'CPU ms/inst O/c':>16} {'failed O/c':>10} {'lag s':>6} {'clients ms/inst O/c':>20}")
     for level in levels:
         o = next(r for r in rows if r["server"] == "Orthanc" and r["associations"] == level)
         c = next(r for r in rows if r["server"] == "cubepacs" and r["associations"] == level)
         print(f"{level:5d} {o['inst_s']:14.1f} {c['inst_s']:15.1f} {c['inst_s'] / o['inst_s']:5.2f}x "
               f"{o['mb_s']:6.1f}/{c['mb_s']:<6.1f} {o['cpu_ms_per_instance']:7.1f}/{c['cpu_ms_per_instance']:<8.1f} "
-              f"{o['failed']:4d}/{c['failed']:<5d} {c['lag_s']:6.2f}")
+              f"{o['failed']:4d}/{c['failed']:<5d} {c['lag_s']:6.2f} "
+              f"{o['client_cpu_ms_per_instance']:9.1f}/{c['client_cpu_ms_per_instance']:<8.1f}")
     print(f"memory (PSS of the process tree) after the runs: Orthanc {rss['Orthanc']} MB, "
           f"cubepacs {rss['cubepacs']} MB; of it anonymous (heaps, not library pages): Orthanc {anon['Orthanc']} MB, "
           f"cubepacs {anon['cubepacs']} MB")
+    print("clients: the storescu processes' own CPU (user + system) per instance, the same work for both servers; "
+          "on these 2 vCPUs it is shared with the server, so it bounds the throughput ratio")
     if layout == "services":
         print("cubepacs over PostgreSQL (index) + Redis (queue, appendfsync always); their CPU per instance, not "
               "counted above: " + ", ".join(f"{r['associations']}: {r['backend_cpu_ms_per_instance']:.1f} ms"
