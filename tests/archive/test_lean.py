@@ -7,7 +7,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from cubepacs.archive.dimse.lean import store_response
+from cubepacs.archive.dimse.command import store_response
 
 
 @pytest.mark.parametrize(("sop_class", "sop_instance", "status", "message_id"), [
@@ -79,7 +79,7 @@ def test_direct_pdata_equals_pynetdicom_encoding(context_id: int, value: bytes) 
     from pynetdicom.pdu import P_DATA_TF
     from pynetdicom.pdu_primitives import P_DATA
 
-    from cubepacs.archive.dimse.lean import pdata_tf
+    from cubepacs.archive.dimse.command import pdata_tf
 
     primitive = P_DATA()
     primitive.presentation_data_value_list.append([context_id, value])

@@ -130,6 +130,23 @@ def test_dicom_tls_with_dcmtk_and_client_certificates(secure: Server, pki: dict[
     wait_until(lambda: httpx.get(f"{secure.url}/instances", headers=secure.headers()).status_code == 200)
 
 
+def test_silent_connections_do_not_block_the_tls_listener(secure: Server, pki: dict[str, str]) -> None:
+    """Connections that never start their TLS handshake (a port scanner, a stuck peer) must not hold up the
+    others: the handshake runs in the association's own thread, bounded by the ACSE timeout, not in the accept
+    loop."""
+    tls_port = secure.tls_port  # type: ignore[attr-defined]
+    silent = [socket.create_connection(("127.0.0.1", tls_port)) for _ in range(6)]
+    try:
+        started = time.monotonic()
+        ok = dcmtk("echoscu", "+tls", pki["client_key"], pki["client_cert"], "+cf", pki["ca"], "-to", "10",
+                   "-aec", "CUBEPACS", "127.0.0.1", str(tls_port))
+        assert ok.returncode == 0, ok.stderr
+        assert time.monotonic() - started < 8
+    finally:
+        for s in silent:
+            s.close()
+
+
 def test_https_beside_http(secure: Server, pki: dict[str, str]) -> None:
     url = f"https://127.0.0.1:{secure.https_port}/dicom-web/studies"  # type: ignore[attr-defined]
     import ssl

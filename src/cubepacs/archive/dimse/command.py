@@ -6,7 +6,8 @@ lookups, value conversion) — about a tenth of the archive's CPU per stored ins
 implicit-VR little-endian elements; for the C-STORE-RQ, the one message an archive receives thousands of times,
 they are read here straight from the bytes into the same ``C_STORE`` primitive pynetdicom would build (its
 setters still validate every value). Any other message, or a command set this reader does not take, goes
-pynetdicom's way unchanged.
+pynetdicom's way unchanged. The other way, the usual C-STORE-RSP (a status, nothing else) and the P-DATA-TF
+carrying it are encoded from bytes (:func:`store_response`, :func:`pdata_tf`).
 
 Example
 -------
@@ -146,3 +147,39 @@ def usable(assoc: Any) -> bool:
     not logging at DEBUG, datasets not received chunked to files."""
     return (_config.LOG_HANDLER_LEVEL == "none" and not _config.STORE_RECV_CHUNKED_DATASET
             and not assoc.get_handlers(evt.EVT_DIMSE_RECV))
+
+
+def _element(group_element: int, value: bytes) -> bytes:
+    """One Implicit VR Little Endian command element (the command set's encoding, PS3.7 6.3.1)."""
+    return struct.pack("<HHI", group_element >> 16, group_element & 0xFFFF, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" * (len(raw) % 2)
+
+
+def store_response(message_id: int, sop_class: str, sop_instance: str, status: int) -> bytes:
+    """The encoded command set of a C-STORE-RSP that carries only a status (the common answer), built from
+    bytes rather than through a pydicom Dataset.
+
+    Example
+    -------
+    >>> rsp = store_response(7, "1.2", "1.2.3", 0)
+    >>> len(rsp), rsp[:12].hex()  # (0000,0000) Command Group Length: 66 bytes follow
+    (78, '000000000400000042000000')
+    """
+    body = b"".join((_element(0x00000002, _uid(sop_class)), _element(0x00000100, b"\x01\x80"),
+                     _element(0x00000120, struct.pack("<H", message_id)), _element(0x00000800, b"\x01\x01"),
+                     _element(0x00000900, struct.pack("<H", status)), _element(0x00001000, _uid(sop_instance))))
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def pdata_tf(context_id: int, value: bytes) -> bytes:
+    """A P-DATA-TF PDU holding one presentation data value item (``value``: control header and fragment).
+
+    >>> pdata_tf(1, b"\\x03ab").hex()  # type 04, length 8; item length 4, context 1, header 03, "ab"
+    '0400000000080000000401036162'
+    """
+    item = struct.pack(">IB", len(value) + 1, context_id) + value
+    return b"\x04\x00" + struct.pack(">I", len(item)) + item
