@@ -4,6 +4,7 @@ same statuses — success, a warning, the handler's exception as 0xC211, a statu
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,3 +114,32 @@ def test_a_reader_safe_handler_runs_on_the_reader_thread(monkeypatch: pytest.Mon
         srv.shutdown()
     assert statuses == [0x0000] * 5
     assert threads == ["reader" if marked else "association"] * 4
+
+
+def test_a_slow_handler_on_the_reader_is_not_cut_off_by_the_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the reader thread serves a request the association's thread must not take the quiet socket for an
+    idle association (it waits for the reader's ``serving`` lock, and the idle timer is restarted before that
+    lock is released): network_timeout 1 s, a handler taking 2.5 s — answered, not aborted."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+
+    def slow(event: Any) -> int:
+        time.sleep(2.5)
+        return 0x0000
+
+    handler = store.reader_safe(slow)
+    ae = AE(ae_title="DIRECT")
+    ae.network_timeout = 1
+    ae.supported_contexts = [*AllStoragePresentationContexts]
+    srv = lean.start_server(ae, ("127.0.0.1", 0), [(evt.EVT_C_STORE, handler)], None)
+    try:
+        ds = pydicom.dcmread(CT)
+        client = AE(ae_title="SENDER")
+        client.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = client.associate("127.0.0.1", srv.server_address[1], ae_title="DIRECT")
+        assert assoc.is_established
+        rsp = assoc.send_c_store(ds)
+        assert int(rsp.Status) == 0x0000
+        assoc.release()
+    finally:
+        store._READER_SAFE.discard(slow)
+        srv.shutdown()

@@ -126,6 +126,9 @@ def serve_on_reader(assoc: Any, item: tuple[int, Any]) -> bool:
         handler, _ = assoc.get_handlers(evt.EVT_C_STORE)
         if getattr(handler, "func", handler) not in _READER_SAFE:
             return False
-        return serve(assoc, msg, context_id)
+        served = serve(assoc, msg, context_id)
+        if served:  # just answered: not idle (restarted before the association's thread can look at it)
+            assoc.dul._idle_timer.restart()
+        return served
     finally:
         lock.release()
