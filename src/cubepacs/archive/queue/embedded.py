@@ -8,7 +8,8 @@ Options
 -------
 None. Each group keeps its own acknowledged position per topic; unacknowledged messages are delivered again after
 a restart. SQLite runs in WAL mode with ``synchronous=FULL``: ``publish`` returns after the commit is on disk;
-messages published by several threads at once share one commit (group commit).
+messages published by several threads at once share one commit (group commit), made on one connection kept for
+publishing (a thread-local one cost every storing association a new connection and its PRAGMAs).
 Several processes may share the file (SQLite locking); one consumer per group is the embedded use.
 
 Example
@@ -53,6 +54,7 @@ class EmbeddedQueue(Queue):
         self._local = threading.local()
         self._cond = threading.Condition()
         self._group: GroupCommit[tuple[str, str, float]] = GroupCommit(self._insert)
+        self._publisher: sqlite3.Connection | None = None  # used by one flush at a time (the group commit's)
         self._conn().executescript(_SCHEMA)
 
     @classmethod
@@ -60,13 +62,16 @@ class EmbeddedQueue(Queue):
         parts = urlsplit(url)
         return cls(parts.netloc + parts.path)
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
+            conn = self._local.conn = self._connect()
         return conn
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
@@ -76,7 +81,9 @@ class EmbeddedQueue(Queue):
 
     def _insert(self, rows: list[tuple[str, str, float]]) -> None:
         """One transaction, one fsync of the WAL, for every message published meanwhile (group commit)."""
-        conn = self._conn()
+        if self._publisher is None:
+            self._publisher = self._connect()
+        conn = self._publisher
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("INSERT INTO messages (topic, payload, created) VALUES (?, ?, ?)", rows)
@@ -130,3 +137,6 @@ class EmbeddedQueue(Queue):
         if conn is not None:
             conn.close()
             self._local.conn = None
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
