@@ -16,7 +16,8 @@ C-STORE threads' samples), and the association reactor sleeps 1 ms between looks
 * ``LeanDIMSE`` reads a C-STORE-RQ's command from its bytes (``command``) and encodes the usual C-STORE-RSP (a
   status, nothing else) from bytes, instead of going through a pydicom Dataset each way;
 * ``LeanDUL`` also decodes a repeated A-ASSOCIATE-RQ, and encodes its answer, once (``handshake``), and hands a
-  P-DATA-TF received while established straight to DIMSE (``pdata``);
+  P-DATA-TF received while established straight to DIMSE (``pdata``), whose completed C-STORE-RQ the DUL thread
+  then serves itself when the association's thread is idle (``store.serve_on_reader``);
 * ``LeanRequestHandler`` gives the association a socket that reads ahead (``bufsocket``).
 
 The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
