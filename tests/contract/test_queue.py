@@ -121,6 +121,35 @@ class TestEmbedded(QueueContract):
     def _url(self, tmp_path: Path) -> None:
         self.url = f"embedded://{tmp_path}/q.db"
 
+    def test_processes_publishing_at_once_lose_nothing(self, make: Any) -> None:
+        """Three processes (as DIMSE workers are) publish at once while this one acknowledges (SQLite's locking
+        orders the writers): every message arrives once."""
+        import multiprocessing
+
+        q = make()
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_publish_many, args=(self.url, w, 60)) for w in range(3)]
+        for proc in procs:
+            proc.start()
+        got: list[Any] = []
+        for _ in range(80):
+            batch = q.poll("storage_queue", "g1", max_messages=50, timeout=0.2)
+            q.ack("g1", batch)
+            got += batch
+            if len(got) >= 180:
+                break
+        for proc in procs:
+            proc.join(30)
+            assert proc.exitcode == 0
+        assert sorted((m.payload["w"], m.payload["n"]) for m in got) == [(w, n) for w in range(3) for n in range(60)]
+
+
+def _publish_many(url: str, worker: int, count: int) -> None:
+    q = open_backend("queue", url)
+    for n in range(count):
+        q.publish("storage_queue", {"w": worker, "n": n})
+    q.close()
+
 
 @pytest.mark.redis
 class TestRedis(QueueContract):
