@@ -71,15 +71,25 @@ def _plain(assoc: Any, msg: Any, context_id: int) -> tuple[Any, Any, Any] | None
     return handler, args, context
 
 
+def _look(assoc: Any, msg: Any, context_id: int) -> tuple[Any, Any, Any] | None:
+    try:
+        return _plain(assoc, msg, context_id)
+    except Exception:  # anything unexpected in the look: pynetdicom decides
+        return None
+
+
 def serve(assoc: Any, msg: Any, context_id: int) -> bool:
     """Serve ``msg`` if it is a plain C-STORE-RQ (as pynetdicom's ``StorageServiceClass.SCP`` would); False when
     it is to go pynetdicom's way (nothing has been done then)."""
-    try:
-        found = _plain(assoc, msg, context_id)
-    except Exception:  # anything unexpected in the look: pynetdicom decides
-        return False
+    found = _look(assoc, msg, context_id)
     if found is None:
         return False
+    _answer(assoc, msg, context_id, found)
+    return True
+
+
+def _answer(assoc: Any, msg: Any, context_id: int, found: tuple[Any, Any, Any]) -> None:
+    """Run the handler ``found`` by ``_plain`` and send its status."""
     handler, args, context = found
     assoc.dimse.cancel_req = {}
     assoc._is_paused = True
@@ -96,11 +106,11 @@ def serve(assoc: Any, msg: Any, context_id: int) -> bool:
         assoc._is_paused = False
         assoc.dimse.cancel_req = {}
     if not assoc.is_established:  # the handler released or aborted
-        return True
+        return
     if isinstance(status, int) and not isinstance(status, bool) and 0 <= status <= 0xFFFF and \
             assoc.dimse.send_status(context_id, msg.MessageID, str(msg.AffectedSOPClassUID),
                                     str(msg.AffectedSOPInstanceUID), status):
-        return True
+        return
     rsp = C_STORE()  # a status Dataset (an error comment) and the like: built and checked as pynetdicom does
     rsp.MessageID = msg.MessageID
     rsp.MessageIDBeingRespondedTo = msg.MessageID
@@ -108,8 +118,6 @@ def serve(assoc: Any, msg: Any, context_id: int) -> bool:
     rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
     rsp = StorageServiceClass(assoc).validate_status(status, rsp)
     assoc.dimse.send_msg(rsp, context_id)
-    return True
-
 
 
 def serve_on_reader(assoc: Any, item: tuple[int, Any]) -> bool:
@@ -117,18 +125,16 @@ def serve_on_reader(assoc: Any, item: tuple[int, Any]) -> bool:
     :func:`reader_safe` handler and the association's thread is idle (holds no ``assoc.serving`` lock, nothing
     queued before it, not paused by a handler of its own); False when it is to be queued as usual."""
     context_id, msg = item
-    lock = getattr(assoc, "serving", None)
-    if type(msg) is not C_STORE or lock is None or not lock.acquire(blocking=False):
+    if type(msg) is not C_STORE or not assoc.serving.acquire(blocking=False):
         return False
     try:
         if not assoc.dimse.msg_queue.empty() or not assoc._reactor_checkpoint.is_set() or not assoc.is_established:
             return False
-        handler, _ = assoc.get_handlers(evt.EVT_C_STORE)
-        if getattr(handler, "func", handler) not in _READER_SAFE:
+        found = _look(assoc, msg, context_id)
+        if found is None or getattr(found[0], "func", found[0]) not in _READER_SAFE:
             return False
-        served = serve(assoc, msg, context_id)
-        if served:  # just answered: not idle (restarted before the association's thread can look at it)
-            assoc.dul._idle_timer.restart()
-        return served
+        _answer(assoc, msg, context_id, found)
+        assoc.dul._idle_timer.restart()  # just answered: not idle (before the association's thread can look)
+        return True
     finally:
-        lock.release()
+        assoc.serving.release()

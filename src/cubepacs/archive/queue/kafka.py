@@ -48,7 +48,6 @@ class KafkaQueue(Queue):
         self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
                                   "linger.ms": 2})
         self._consumers: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
         self._publish: GroupCommit[tuple[str, bytes, bytes | None]] = GroupCommit(self._produce)
 
     @staticmethod
@@ -79,10 +78,9 @@ class KafkaQueue(Queue):
             if err is not None:
                 errors.append(err)
 
-        with self._lock:
-            for topic, value, key in batch:
-                self.producer.produce(topic, value, key=key, on_delivery=delivered)
-            remaining = self.producer.flush(30)
+        for topic, value, key in batch:  # one flush at a time: the group commit runs one batch at once
+            self.producer.produce(topic, value, key=key, on_delivery=delivered)
+        remaining = self.producer.flush(30)
         if remaining or errors:
             raise BackendError(f"queue {mask_url('kafka://' + self.bootstrap)}: message not acknowledged "
                                f"({errors[0] if errors else 'timeout'})")

@@ -11,8 +11,9 @@ Options
 ``appendonly yes`` and ``appendfsync always`` for acknowledgements that survive a Redis crash.
 
 Messages published by several threads at once (storing associations) go to Redis as one pipeline (group commit,
-``cubepacs/_group.py``): one round trip and one pass of redis-py's command machinery for all of them — that
-machinery, not Redis, was a fifth of a DIMSE worker's Python time at four associations (py-spy).
+``cubepacs/_group.py``): one round trip for all of them. redis-py's command machinery was a fifth of a DIMSE
+worker's Python time at four associations (py-spy); with hiredis parsing the replies one XADD costs 95 µs of CPU
+instead of 150, and a pipeline of four 28 µs each.
 
 Example
 -------
@@ -73,11 +74,8 @@ class RedisQueue(Queue):
         self._publish.run((self._key(topic), json.dumps(payload, separators=(",", ":"))))
 
     def _xadd(self, entries: list[tuple[str, str]]) -> None:
-        """Append every entry published meanwhile: one XADD, or one pipeline of them (not a transaction: each
-        entry stands alone, and a failure fails the whole batch, whose publishers then raise)."""
-        if len(entries) == 1:
-            self.redis.xadd(entries[0][0], {"p": entries[0][1]})
-            return
+        """Append every entry published meanwhile in one pipeline (not a transaction: each entry stands alone,
+        and a failure fails the whole batch, whose publishers then raise; one entry costs what a lone XADD does)."""
         pipe = self.redis.pipeline(transaction=False)
         for key, payload in entries:
             pipe.xadd(key, {"p": payload})
