@@ -309,7 +309,8 @@ def run_inside(args: argparse.Namespace) -> None:
     fill_index(f"sqlite:///{data_dir}/index.db", args.studies)
     key = "bench-key-0123456789"
     (tmp / "cubepacs.toml").write_text(
-        f'[cubepacs]\ndata_dir = "{data_dir}"\nquiet_seconds = 30.0\napi_keys = {{ "{key}" = "default" }}\n')
+        f'[cubepacs]\ndata_dir = "{data_dir}"\nquiet_seconds = 30.0\napi_keys = {{ "{key}" = "default" }}\n'
+        + "".join(f"{s}\n" for s in args.set))
     ours = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "cubepacs.toml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     auth = {"Authorization": f"Bearer {key}"}
@@ -428,6 +429,8 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1000, help="instances in the /metadata series")
     ap.add_argument("--studies", type=int, default=10_000, help="studies in the index for QIDO")
     ap.add_argument("--repeat", type=int, default=50, help="requests per /metadata measurement")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a cubepacs setting for this run, TOML (e.g. metadata_at_ingest=true); repeatable")
     args = ap.parse_args()
     if inside_namespace():
         run_inside(args)

@@ -147,7 +147,7 @@ def services_layout(tmp: Path) -> tuple[str, subprocess.Popen[bytes], str]:
     return lines, redis, db
 
 
-def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
+def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str] | None = None) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     tmp = Path(tempfile.mkdtemp(prefix="cubepacs-ingest-"))
     backends, redis, db = services_layout(tmp) if layout == "services" else ("", None, "")
@@ -161,7 +161,8 @@ def run_inside(levels: list[int], layout: str, long: int = 0) -> None:
                                stderr=subprocess.DEVNULL)
     key = "bench-key-0123456789"
     (tmp / "c.toml").write_text(f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\n'
-                                f'api_keys = {{ "{key}" = "default" }}\n{backends}')
+                                f'api_keys = {{ "{key}" = "default" }}\n{backends}'
+                                + "".join(f"{s}\n" for s in settings or []))
     ours = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "c.toml")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     auth = {"Authorization": f"Bearer {key}", "Accept-Encoding": "identity"}
@@ -241,10 +242,12 @@ def main() -> None:
                     help="cubepacs' backends: embedded (SQLite, embedded queue) or PostgreSQL + Redis")
     ap.add_argument("--long", type=int, default=0,
                     help="send one series of this many instances instead of the shared series (e.g. 1000)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a cubepacs setting for this run, TOML (e.g. metadata_at_ingest=true); repeatable")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     if os.environ.get("CUBEPACS_BENCH_NETNS") == "1":
-        run_inside(levels, args.layout, args.long)
+        run_inside(levels, args.layout, args.long, args.set)
         return
     if shutil.which("Orthanc") is None:
         sys.exit("Orthanc is not installed: apt-get install orthanc")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,6 +91,24 @@ class IndexContract:
         assert state["json_status"] == 1 and state["built_instances"] == 3
         assert isinstance(state["flag_time"], dt.datetime)
 
+    def test_instance_documents_follow_their_instances(self, index: Index) -> None:
+        def doc(text: str) -> str:
+            return base64.b64encode(zlib.compress(text.encode())).decode()
+
+        index.add_instances([{**event("1.2.3.1"), "meta": doc('{"a":1}')}, {**event("1.2.3.2"), "meta": doc('{"b":2}')},
+                             event("1.2.3.3")])  # kept by the ingest path for two of the three
+        index.add_instance({**event("1.2.3.1", tenant="other"), "meta": doc('{"x":0}')})
+        kept = index.instance_docs("t", "1.2", "1.2.3")
+        assert {k: zlib.decompress(v) for k, v in kept.items()} == {"1.2.3.1": b'{"a":1}', "1.2.3.2": b'{"b":2}'}
+        assert not index.add_instance({**event("1.2.3.1"), "meta": doc('{"c":3}')})  # a duplicate keeps its document
+        index.add_instance({**event("1.2.3.1"), "meta": doc('{"d":4}'), "replace": True})  # re-sent, overwritten
+        index.add_instance({**event("1.2.3.2"), "replace": True})  # replaced by bytes without one: the old goes
+        kept = index.instance_docs("t", "1.2", "1.2.3")
+        assert {k: zlib.decompress(v) for k, v in kept.items()} == {"1.2.3.1": b'{"d":4}'}
+        index.delete("t", "1.2", "1.2.3", ["1.2.3.1"])
+        assert index.instance_docs("t", "1.2", "1.2.3") == {}
+        assert list(index.instance_docs("other", "1.2", "1.2.3")) == ["1.2.3.1"]  # another tenant's stays
+
 
 class TestSqlite(IndexContract):
     @pytest.fixture
@@ -113,3 +133,24 @@ class TestPostgres(IndexContract):
         idx.close()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_a_version_1_index_gains_the_documents_table(tmp_path: Any) -> None:
+    """An index made before the instance documents existed (schema version 1, built here as that version made
+    it) is brought up to date when opened: its rows stay, the new table is there."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    idx = Index.from_url(f"sqlite:///{path}")
+    idx.add_instance(event("1.2.3.1"))
+    idx.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE dicom_instance_json")
+        conn.execute("DELETE FROM cubepacs_schema WHERE version > 1")
+    idx = Index.from_url(f"sqlite:///{path}")
+    try:
+        idx.add_instance({**event("1.2.3.2"), "meta": base64.b64encode(zlib.compress(b"{}")).decode()})
+        assert list(idx.instance_docs("t", "1.2", "1.2.3")) == ["1.2.3.2"]
+        assert len(idx.search_instances("t", {})) == 2
+    finally:
+        idx.close()

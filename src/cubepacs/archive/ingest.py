@@ -17,15 +17,20 @@ Example
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
+import logging
 import warnings
+import zlib
 from io import BytesIO
 from typing import Any
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
 
-from cubepacs.archive.keys import check_tenant, check_uid, instance_key
+from cubepacs.archive.keys import WEB_ROOT, check_tenant, check_uid, instance_key, series_base
+from cubepacs.archive.metadata import instance_metadata
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 from cubepacs.archive.storage.base import Storage
 from cubepacs.dicom.dicomjson import _dictionary_vr, dataset_to_json
@@ -168,18 +173,47 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+log = logging.getLogger("cubepacs.ingest")
+
+
+def stored_metadata(data: bytes, ev: dict[str, Any]) -> str | None:
+    """The instance's DICOM JSON as a storage event carries it to the index (``metadata_at_ingest``): compact
+    JSON, zlib-compressed, base64 — what the series' ``/metadata`` joins before the web worker has built it.
+    None when the instance cannot be converted: its metadata is then built from the file when asked, as without
+    the setting.
+
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
+    >>> ev = describe(data)
+    >>> doc = json.loads(zlib.decompress(base64.b64decode(stored_metadata(data, ev))))
+    >>> doc["7FE00010"]["BulkDataURI"].endswith(ev["sop_uid"] + "/frames/1")
+    True
+    """
+    try:
+        doc = instance_metadata(data, series_base(WEB_ROOT, ev["study_uid"], ev["series_uid"], ev["sop_uid"]),
+                                source=ev.get("key", ""))
+        text = json.dumps(doc, separators=(",", ":"), check_circular=False).encode()
+    except Exception as exc:  # served from the file when asked (which logs what is wrong with it then)
+        log.info("%s: metadata not kept at ingest (%s)", ev.get("key", ""), type(exc).__name__)
+        return None
+    return base64.b64encode(zlib.compress(text, 1)).decode("ascii")
+
+
 class StudyMismatch(RejectedInstance):
     """A STOW-RS part whose Study Instance UID is not the one of the request URL (never stored)."""
 
 
 def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str = "<received>",
-           overwrite: bool = False, study: str | None = None) -> dict[str, Any]:
+           overwrite: bool = False, study: str | None = None, metadata: bool = False) -> dict[str, Any]:
     """Archive one instance for ``tenant``; returns its storage event once file and event are durable.
 
     A SOP Instance UID already stored is kept as it is (``ev["duplicate"]`` is True, its event is queued again so
     that a crash between file and event heals), unless ``overwrite``: then the new bytes replace it and the event
     says ``replace`` so that the indexer re-indexes it and the web worker rebuilds its series. With ``study``, an
-    instance of another study is refused (StudyMismatch) before anything is written.
+    instance of another study is refused (StudyMismatch) before anything is written. With ``metadata``, the event
+    carries the instance's DICOM JSON for the index (:func:`stored_metadata`).
     """
     ev = describe(data, source)
     if study is not None and ev["study_uid"] != study:
@@ -188,11 +222,16 @@ def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str
     ev["key"] = instance_key(tenant, ev["study_uid"], ev["series_uid"], ev["sop_uid"])
     if storage.exists(ev["key"]):
         if not overwrite:
-            kept = describe(storage.get(ev["key"]), ev["key"])
+            old = storage.get(ev["key"])
+            kept = describe(old, ev["key"])
             kept.update(tenant=ev["tenant"], key=ev["key"])
+            if metadata:
+                kept["meta"] = stored_metadata(old, kept)
             queue.publish(STORAGE_TOPIC, kept)
             return {**kept, "duplicate": True}
         ev["replace"] = True
+    if metadata:
+        ev["meta"] = stored_metadata(data, ev)
     storage.put(ev["key"], data)
     queue.publish(STORAGE_TOPIC, ev)
     return ev

@@ -44,3 +44,17 @@ def cube_key(tenant: str, study: str, series: str) -> str:
     """Where a series cube is stored: ``tenant/study/series.dcbs``."""
     series = check_uid(series, "SeriesInstanceUID")
     return f"{check_tenant(tenant)}/{check_uid(study, 'StudyInstanceUID')}/{series}.dcbs"
+
+
+WEB_ROOT = "/dicom-web"  # where the DICOMweb routes live; stored metadata's BulkDataURIs are relative to the host
+
+
+def series_base(root: str, study: str, series: str, sop: str) -> str:
+    """The WADO-RS URL of an instance, for BulkDataURIs.
+
+    Example
+    -------
+    >>> series_base(WEB_ROOT, "1.2", "1.2.3", "1.2.3.4")
+    '/dicom-web/studies/1.2/series/1.2.3/instances/1.2.3.4'
+    """
+    return f"{root}/studies/{study}/series/{series}/instances/{sop}"

@@ -199,6 +199,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         data_dir = Path(settings.data_dir)
         app = create_app(extensions=extensions, services=Services(
             b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,
+            metadata_at_ingest=settings.metadata_at_ingest,
             max_request_bytes=settings.max_request_bytes, remote_aes=settings.remote_aes, ae_title=settings.ae_title,
             sessions=SessionKeys(load_secret(settings.session_secret, settings.data_dir)),
             users={**load_users(data_dir), **settings.users}, session_hours=settings.session_hours,

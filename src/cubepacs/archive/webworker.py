@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import io
-import json
 import logging
 import threading
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from cubepacs.archive import metrics
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import cube_key
-from cubepacs.archive.metadata import safe_metadata
+from cubepacs.archive.metadata import series_json
 from cubepacs.archive.storage.base import Storage
 from cubepacs.cube.sources import read_instance
 from cubepacs.cube.writer import write_cube
@@ -32,11 +31,6 @@ log = logging.getLogger("cubepacs.webworker")
 def json_key(tenant: str, study: str, series: str) -> str:
     """Where a series' pre-built metadata is stored."""
     return cube_key(tenant, study, series)[: -len(".dcbs")] + ".metadata.json"
-
-
-def series_base(root: str, study: str, series: str, sop: str) -> str:
-    """The WADO-RS URL of an instance, for BulkDataURIs."""
-    return f"{root}/studies/{study}/series/{series}/instances/{sop}"
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
@@ -78,10 +72,10 @@ class WebWorker:
         tenant, study, series = row["tenant_id"], row["study_uid"], row["series_uid"]
         rows = self.index.instances_of(tenant, study, series)
         datas = [self.storage.get(r["storage_key"]) for r in rows]
-        docs = [safe_metadata(d, series_base(self.url_root, study, series, r["sop_uid"]), r)
-                for d, r in zip(datas, rows, strict=True)]
+        data_of = {r["sop_uid"]: d for r, d in zip(rows, datas, strict=True)}
+        kept = self.index.instance_docs(tenant, study, series)  # JSON kept at ingest (metadata_at_ingest)
         jkey = json_key(tenant, study, series)
-        self.storage.put(jkey, json.dumps(docs, separators=(",", ":"), check_circular=False).encode())
+        self.storage.put(jkey, series_json(rows, kept, lambda r: data_of[r["sop_uid"]], self.url_root))
         ckey = None
         if self.compact:
             try:

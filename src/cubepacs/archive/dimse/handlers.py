@@ -152,8 +152,9 @@ def handle_echo(event: Any) -> int:
 
 @store.reader_safe  # it never waits for the association: the reader thread may run it
 def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Queue,
-                 overwrite: bool = False) -> int | Dataset:
-    """C-STORE: archive the dataset as received; success only once file and event are durable."""
+                 overwrite: bool = False, metadata: bool = False) -> int | Dataset:
+    """C-STORE: archive the dataset as received; success only once file and event are durable (with
+    ``metadata``, the event carries the instance's DICOM JSON for the index)."""
     tenant = tenants.get(called_ae(event))
     if tenant is None:
         return STATUS_REFUSED_NOT_AUTHORIZED
@@ -165,7 +166,7 @@ def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Q
         meta = encode_file_meta(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
                                 str(event.context.transfer_syntax), str(event.assoc.requestor.ae_title))
         data = meta + event.encoded_dataset(include_meta=False)
-        ingest(data, tenant, storage, queue, source="C-STORE", overwrite=overwrite)
+        ingest(data, tenant, storage, queue, source="C-STORE", overwrite=overwrite, metadata=metadata)
         metrics.STORE_BYTES.labels(tenant=tenant).inc(len(data))
     except RejectedInstance as exc:
         log.warning("C-STORE from %r refused: %s", calling_ae(event), exc)

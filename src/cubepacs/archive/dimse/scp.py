@@ -89,7 +89,7 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
               index: Index, remote_aes: dict[str, str] | None = None, limits: Limits | None = None,
               allowed: dict[str, list[str]] | None = None, overwrite: bool = False,
               tls: tuple[int, ssl.SSLContext] | None = None, cert_tenants: dict[str, str] | None = None,
-              reuse_port: bool = False) -> Any:
+              reuse_port: bool = False, metadata: bool = False) -> Any:
     """Start the SCP in background threads; returns a server (call ``shutdown()`` to stop; it stops the TLS
     listener too).
 
@@ -97,7 +97,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
     ``overwrite``: a re-sent SOP Instance UID replaces the stored one (default: the first is kept);
     ``tls``: (port, context) of a DICOM TLS listener beside the plain one; ``cert_tenants``: client certificate
     common name → the only tenant an association with that certificate may call; ``reuse_port``: bind with
-    SO_REUSEPORT (several worker processes on one port).
+    SO_REUSEPORT (several worker processes on one port); ``metadata``: each stored instance's DICOM JSON kept
+    in the index (``metadata_at_ingest``).
     """
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         # pynetdicom binds debug-logging handlers to every PDU and DIMSE message sent and received; they cost
@@ -115,7 +116,7 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
         (evt.EVT_REJECTED, h.handle_rejected),
         (evt.EVT_C_ECHO, h.handle_echo),
         (evt.EVT_C_STORE, functools.partial(h.handle_store, tenants=tenants, storage=storage, queue=queue,
-                                            overwrite=overwrite)),
+                                            overwrite=overwrite, metadata=metadata)),
         (evt.EVT_C_FIND, functools.partial(h.handle_find, tenants=tenants, index=index)),
         (evt.EVT_C_GET, functools.partial(retrieve.handle_get, tenants=tenants, index=index, storage=storage)),
         (evt.EVT_C_MOVE, functools.partial(retrieve.handle_move, tenants=tenants, index=index, storage=storage,
@@ -154,4 +155,5 @@ def start_from_settings(settings: Settings, storage: Storage, queue: Queue, inde
         if settings.dimse_tls_port else None
     return start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, storage, queue, index,
                      settings.remote_aes, limits, settings.calling_aes, settings.overwrite, tls,
-                     settings.tls_client_tenants, reuse_port=reuse_port)
+                     settings.tls_client_tenants, reuse_port=reuse_port,
+                     metadata=settings.metadata_at_ingest)

@@ -17,13 +17,14 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 metadata = MetaData()
 
 schema_version = Table(
@@ -92,5 +93,14 @@ dicom_json_meta = Table(
     Index("ix_json_pending", "json_status", "flag_time"),
 )
 
-# version -> SQL statements bringing version-1 to version (none yet: version 1 is the first)
-MIGRATIONS: dict[int, list[str]] = {}
+# an instance's DICOM JSON as stored by the ingest path (``metadata_at_ingest``): a series' metadata is then
+# joined from these rows instead of converting every file when it is first asked for
+dicom_instance_json = Table(
+    "dicom_instance_json", metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("sop_uid", String(64), primary_key=True),
+    Column("doc", LargeBinary, nullable=False),  # zlib-compressed DICOM JSON, BulkDataURIs relative to the host
+)
+
+# version -> SQL statements bringing version-1 to version; version 2 only added a table (create_all makes it)
+MIGRATIONS: dict[int, list[str]] = {2: []}

@@ -22,14 +22,14 @@ Example
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, create_engine, event, func, select, update
+from sqlalchemy import ColumnElement, and_, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -40,11 +40,13 @@ from cubepacs.archive.index.models import (
     MIGRATIONS,
     SCHEMA_VERSION,
     dicom_instance,
+    dicom_instance_json,
     dicom_json_meta,
     dicom_state_meta,
     metadata,
     schema_version,
 )
+from cubepacs.archive.index.statements import fit, instance_row, int_or_none, statements
 from cubepacs.errors import BackendError
 
 STUDY_FIELDS = {
@@ -174,7 +176,7 @@ class Index:
         if not ev.get("replace"):
             return self.add_instances([ev])[0]
         tenant, study, series = ev["tenant"], ev["study_uid"], ev["series_uid"]
-        now, row, i = _now(), _instance_row(ev), dicom_instance
+        now, row, i = _now(), instance_row(ev), dicom_instance
         with self.engine.begin() as conn:
             moved_from: tuple[str, str] | None = None
             old = conn.execute(select(i.c.study_uid, i.c.series_uid).where(
@@ -183,6 +185,7 @@ class Index:
                 moved_from = (old[0], old[1])
             ins = self._insert(conn, i).values(tenant_id=tenant, sop_uid=ev["sop_uid"], created_time=now, **row)
             conn.execute(ins.on_conflict_do_update(index_elements=["tenant_id", "sop_uid"], set_=row))
+            self._keep_docs(conn, [ev], replace=True)
             self._series_changed(conn, tenant, study, series, ev.get("attrs", {}), now)
             if moved_from is not None:
                 self._recount(conn, tenant, *moved_from, now)
@@ -212,45 +215,76 @@ class Index:
         if not first:
             return out
         now = _now()
-        params = [{"tenant_id": t, "sop_uid": sop, "created_time": now, **_instance_row(events[n])}
+        params = [{"tenant_id": t, "sop_uid": sop, "created_time": now, **instance_row(events[n])}
                   for (t, sop), n in first.items()]
         with self.engine.begin() as conn:
-            inserted = {(r[0], r[1]) for r in conn.execute(_statements(conn.dialect.name)["instances"], params)}
+            inserted = {(r[0], r[1]) for r in conn.execute(statements(conn.dialect.name)["instances"], params)}
             touched: dict[tuple[str, str, str], dict[str, Any]] = {}
             for key, n in first.items():
                 if key in inserted:
                     out[n] = True
                     ev = events[n]
                     touched[(ev["tenant"], ev["study_uid"], ev["series_uid"])] = ev.get("attrs", {})
+            self._keep_docs(conn, [events[n] for key, n in first.items() if key in inserted])
             for (tenant, study, series), attrs in touched.items():
                 self._series_changed(conn, tenant, study, series, attrs, now)
         return out
 
+    def _keep_docs(self, conn: Connection, events: Sequence[dict[str, Any]], replace: bool = False) -> None:
+        """Keep the DICOM JSON that storage events carry (``meta``: zlib-compressed, base64); a replaced instance
+        without one loses its old document (it would describe the bytes replaced)."""
+        docs = [{"tenant_id": ev["tenant"], "sop_uid": ev["sop_uid"], "doc": base64.b64decode(ev["meta"])}
+                for ev in events if ev.get("meta")]
+        if docs:
+            conn.execute(statements(conn.dialect.name)["doc"], docs)
+        elif replace:
+            ij = dicom_instance_json
+            for ev in events:
+                conn.execute(ij.delete().where(ij.c.tenant_id == ev["tenant"], ij.c.sop_uid == ev["sop_uid"]))
+
+    def instance_docs(self, tenant: str, study_uid: str, series_uid: str) -> dict[str, bytes]:
+        """The DICOM JSON kept at ingest for the instances of a series: SOP Instance UID → zlib-compressed JSON.
+
+        Example
+        -------
+        >>> import base64, zlib
+        >>> idx = Index.from_url("sqlite://")
+        >>> doc = base64.b64encode(zlib.compress(b'{"00080060":{"vr":"CS","Value":["CT"]}}')).decode()
+        >>> idx.add_instances([{"tenant": "t", "study_uid": "1", "series_uid": "1.1", "sop_uid": "1.1.1",
+        ...                     "key": "k", "attrs": {}, "meta": doc}])
+        [True]
+        >>> zlib.decompress(idx.instance_docs("t", "1", "1.1")["1.1.1"])
+        b'{"00080060":{"vr":"CS","Value":["CT"]}}'
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(statements(conn.dialect.name)["docs"], {"t": tenant, "st": study_uid, "se": series_uid})
+            return {r[0]: bytes(r[1]) for r in rows}
+
     def _series_changed(self, conn: Connection, tenant: str, study: str, series: str, a: dict[str, Any],
                         now: dt.datetime) -> None:
         """Upsert a series' state row (attributes of its newest instance, instance count) and flag it."""
-        values = _fit(dicom_state_meta, {
+        values = fit(dicom_state_meta, {
             "patient_id": a.get("PatientID"), "patient_name": a.get("PatientName"),
             "patient_sex": a.get("PatientSex"), "patient_birth_date": a.get("PatientBirthDate"),
             "study_date": a.get("StudyDate"), "study_time": a.get("StudyTime"),
             "accession_number": a.get("AccessionNumber"), "study_id": a.get("StudyID"),
             "study_description": a.get("StudyDescription"), "referring_physician": a.get("ReferringPhysicianName"),
-            "modality": a.get("Modality"), "series_number": _int(a.get("SeriesNumber")),
+            "modality": a.get("Modality"), "series_number": int_or_none(a.get("SeriesNumber")),
             "series_description": a.get("SeriesDescription"), "series_date": a.get("SeriesDate"),
             "series_related_instances": self._count(conn, tenant, study, series), "updated_time": now,
         })
-        conn.execute(_statements(conn.dialect.name)["state"], {
+        conn.execute(statements(conn.dialect.name)["state"], {
             "tenant_id": tenant, "study_uid": study, "series_uid": series, "study_uid_hash": _hash(study),
             "series_uid_hash": _hash(series), "created_time": now, **values})
         self._flag(conn, tenant, study, series, now)
 
     def _count(self, conn: Connection, tenant: str, study: str, series: str) -> int:
-        return int(conn.execute(_statements(conn.dialect.name)["count"],
+        return int(conn.execute(statements(conn.dialect.name)["count"],
                                 {"t": tenant, "st": study, "se": series}).scalar_one())
 
     def _flag(self, conn: Connection, tenant: str, study: str, series: str, now: dt.datetime) -> None:
         """Make a series pending for the web worker (its metadata and cube are rebuilt)."""
-        conn.execute(_statements(conn.dialect.name)["flag"], {
+        conn.execute(statements(conn.dialect.name)["flag"], {
             "tenant_id": tenant, "study_uid": study, "series_uid": series, "flag_time": now, "json_status": 0,
             "retry_times": 0, "updated_time": now})
 
@@ -368,7 +402,7 @@ class Index:
         ('k', 0)
         """
         with self.engine.connect() as conn:
-            r = conn.execute(_statements(conn.dialect.name)["frame_source"],
+            r = conn.execute(statements(conn.dialect.name)["frame_source"],
                              {"t": tenant, "st": study_uid, "se": series_uid, "sop": sop_uid}).first()
         return dict(r._mapping) if r else None
 
@@ -385,7 +419,7 @@ class Index:
         ['1.1.1', '1.1.2']
         """
         with self.engine.connect() as conn:
-            rows = conn.execute(_statements(conn.dialect.name)["frame_sources"],
+            rows = conn.execute(statements(conn.dialect.name)["frame_sources"],
                                 {"t": tenant, "st": study_uid, "se": series_uid})
             return [dict(r._mapping) for r in rows]
 
@@ -420,6 +454,9 @@ class Index:
                     keys.extend(k for k in built if k)
             if remove is not None:
                 remove(keys)
+            ij = dicom_instance_json
+            conn.execute(ij.delete().where(ij.c.tenant_id == tenant,
+                                           ij.c.sop_uid.in_(select(i.c.sop_uid).where(*cond).scalar_subquery())))
             conn.execute(i.delete().where(*cond))
             for uid in {r.series_uid for r in rows}:
                 self._recount(conn, tenant, study, uid, now)
@@ -428,64 +465,3 @@ class Index:
     def close(self) -> None:
         """Release the connection pool."""
         self.engine.dispose()
-
-
-@functools.cache
-def _statements(dialect: str) -> dict[str, Any]:
-    """The indexer's statements, built once per dialect: SQLAlchemy then reuses their compiled SQL without
-    building (and cache-keying) a new statement object per instance."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    i, s, j = dicom_instance, dicom_state_meta, dicom_json_meta
-    state = insert(s)
-    state = state.on_conflict_do_update(
-        index_elements=["tenant_id", "study_uid", "series_uid"],
-        set_={c.name: state.excluded[c.name] for c in s.columns
-              if c.name not in ("tenant_id", "study_uid", "series_uid", "study_uid_hash", "series_uid_hash",
-                                "created_time")})
-    flag = insert(j)
-    flag = flag.on_conflict_do_update(
-        index_elements=["tenant_id", "study_uid", "series_uid"],
-        set_={c: flag.excluded[c] for c in ("flag_time", "json_status", "retry_times", "updated_time")})
-    return {
-        "instances": insert(i).on_conflict_do_nothing().returning(i.c.tenant_id, i.c.sop_uid),
-        "count": select(func.count()).select_from(i).where(
-            i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"), i.c.series_uid == bindparam("se")),
-        "state": state, "flag": flag,
-        "frame_source": select(i, j.c.json_status, j.c.cube_key, j.c.updated_time.label("cube_time")).join(
-            j, and_(j.c.tenant_id == i.c.tenant_id, j.c.study_uid == i.c.study_uid, j.c.series_uid == i.c.series_uid),
-            isouter=True).where(i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"),
-                                i.c.series_uid == bindparam("se"), i.c.sop_uid == bindparam("sop")),
-        "frame_sources": select(i, j.c.json_status, j.c.cube_key, j.c.updated_time.label("cube_time")).join(
-            j, and_(j.c.tenant_id == i.c.tenant_id, j.c.study_uid == i.c.study_uid, j.c.series_uid == i.c.series_uid),
-            isouter=True).where(i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"),
-                                i.c.series_uid == bindparam("se")).order_by(i.c.instance_number, i.c.sop_uid),
-    }
-
-
-def _instance_row(ev: dict[str, Any]) -> dict[str, Any]:
-    """The dicom_instance columns of a storage event (beside tenant, SOP Instance UID and created time)."""
-    a = ev.get("attrs", {})
-    return _fit(dicom_instance, {
-        "study_uid": ev["study_uid"], "series_uid": ev["series_uid"], "sop_class_uid": ev.get("sop_class_uid"),
-        "instance_number": _int(a.get("InstanceNumber")), "transfer_syntax": ev.get("transfer_syntax"),
-        "storage_key": ev["key"], "size": ev.get("size"), "rows": _int(a.get("Rows")),
-        "columns": _int(a.get("Columns")), "frames": _int(a.get("NumberOfFrames")) or 1})
-
-
-def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Values cut to their column's length (an over-long value in a non-conformant file must not make the index
-    refuse the instance, and the indexer retry it for ever)."""
-    out = {}
-    for k, v in values.items():
-        length = getattr(table.c[k].type, "length", None)
-        out[k] = v[:length] if isinstance(v, str) and length else v
-    return out
-
-
-def _int(v: Any) -> int | None:
-    """An integer column value; None for what is not one or does not fit 32 bits."""
-    try:
-        n = int(v) if v not in (None, "") else None
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return n if n is None or -(2**31) <= n < 2**31 else None

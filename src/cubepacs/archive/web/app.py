@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from cubepacs.archive import metrics
 from cubepacs.archive.apikeys import normalize, tenant_of_key
 from cubepacs.archive.index.store import Index
+from cubepacs.archive.keys import WEB_ROOT
 from cubepacs.archive.logs import REQUEST_ID
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
@@ -42,7 +43,7 @@ from cubepacs.archive.web.tokens import looks_like_jwt
 
 DICOM_JSON = "application/dicom+json"
 MAX_CACHED = 32 * 1024 * 1024  # larger answers are not cached (a 1,000-instance MR series' metadata is ~14 MB)
-ROOT = "/dicom-web"
+ROOT = WEB_ROOT
 
 _STUDY = {"StudyDate": "study_date", "StudyTime": "study_time", "AccessionNumber": "accession_number",
           "ReferringPhysicianName": "referring_physician", "PatientName": "patient_name", "PatientID": "patient_id",
@@ -66,6 +67,7 @@ class Services:
     access_log: Any = None
     cache: Any = None  # a cubepacs.archive.cache Cache, or None
     overwrite: bool = False  # a re-sent SOP Instance UID replaces the stored one
+    metadata_at_ingest: bool = False  # each instance's DICOM JSON kept in the index when it is stored
     max_request_bytes: int = 4 * 1024**3
     remote_aes: dict[str, str] = field(default_factory=dict)  # peers for /api/send
     ae_title: str = "CUBEPACS"  # our calling AE title when sending

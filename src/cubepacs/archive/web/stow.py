@@ -90,7 +90,8 @@ def store_parts(services: Services, tenant: str, study: str | None, body: IO[byt
             source = f"part {n + 1}"
             try:
                 ev = ingest(data, tenant, services.storage, services.queue, source=source,
-                            overwrite=services.overwrite, study=study)
+                            overwrite=services.overwrite, study=study,
+                            metadata=services.metadata_at_ingest)
             except StudyMismatch as exc:
                 failed.append({"00081197": {"vr": "US", "Value": [FAILURE_STUDY_MISMATCH]}})
                 reasons.append(str(exc))
