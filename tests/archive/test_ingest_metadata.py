@@ -78,6 +78,21 @@ def test_the_web_worker_builds_from_kept_documents(tmp_path: Path, monkeypatch: 
     assert n == 100 and storage.get(jkey) == expected
 
 
+def test_a_document_too_large_for_a_queue_message_is_not_kept(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap lowered below a CT instance's document (1.6 KB compressed) stands for a header of megabytes: the
+    instance is stored and indexed without one, and its series' metadata is converted from the file."""
+    from cubepacs.archive import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "MAX_KEPT_METADATA", 1000)
+    storage, index, events = _archive(tmp_path, dicom_files(CT)[:3])
+    assert [ev.get("meta") for ev in events] == [None] * 3
+    (study, series), = _series(index, events)
+    assert index.instance_docs("t", study, series) == {}
+    rows = index.instances_of("t", study, series)
+    assert len(rows) == 3 and metadata.series_json(rows, {}, lambda r: storage.get(r["storage_key"]), WEB_ROOT)
+
+
 @pytest.mark.dcmtk
 def test_a_served_series_is_joined_from_kept_documents(tmp_path: Path) -> None:
     """DCMTK storescu and dicomweb-client's STOW-RS store; the series' /metadata before any build is the

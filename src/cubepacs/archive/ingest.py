@@ -174,13 +174,17 @@ def _plain(value: Any) -> Any:
 
 
 log = logging.getLogger("cubepacs.ingest")
+# a larger document is not kept (its series' metadata converts that file when asked): a storage event must stay
+# well under what a queue takes in one message (Kafka's default is 1 MB), and a header that large is rare (an
+# enhanced multi-frame instance's per-frame groups); the shared series' documents are 1.6–3.7 KB
+MAX_KEPT_METADATA = 256 * 1024
 
 
 def stored_metadata(data: bytes, ev: dict[str, Any]) -> str | None:
     """The instance's DICOM JSON as a storage event carries it to the index (``metadata_at_ingest``): compact
     JSON, zlib-compressed, base64 — what the series' ``/metadata`` joins before the web worker has built it.
-    None when the instance cannot be converted: its metadata is then built from the file when asked, as without
-    the setting.
+    None when the instance cannot be converted or its document would exceed :data:`MAX_KEPT_METADATA` compressed:
+    its metadata is then built from the file when asked, as without the setting.
 
     Example
     -------
@@ -198,7 +202,11 @@ def stored_metadata(data: bytes, ev: dict[str, Any]) -> str | None:
     except Exception as exc:  # served from the file when asked (which logs what is wrong with it then)
         log.info("%s: metadata not kept at ingest (%s)", ev.get("key", ""), type(exc).__name__)
         return None
-    return base64.b64encode(zlib.compress(text, 1)).decode("ascii")
+    packed = zlib.compress(text, 1)
+    if len(packed) > MAX_KEPT_METADATA:
+        log.info("%s: metadata not kept at ingest (%d bytes compressed)", ev.get("key", ""), len(packed))
+        return None
+    return base64.b64encode(packed).decode("ascii")
 
 
 class StudyMismatch(RejectedInstance):
