@@ -18,8 +18,9 @@ Measured:
   3. QIDO study search over ``--studies`` studies (index rows made from real headers with new UIDs) → p95.
   4. Retrieval: one frame of a CT slice asked repeatedly (stored file; cube after compaction; JPEG-lossless made
      by DCMTK's dcmcjpeg), one frame of each instance of a CT series asked once (what a viewer opening the series
-     does: nothing of it is hot in our server), the first series /metadata before compaction, warm study
-     /metadata — p50/p95 for both.
+     does: nothing of it is hot in our server; and the 3D T1 series the same way with OHIF's Accept header,
+     ``transfer-syntax=*``, which lets each server send a frame as it keeps it), the first series /metadata
+     before compaction, warm study /metadata — p50/p95 for both.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def interleaved(requests: dict[str, tuple[str, dict[str, str]]], n: int, client:
 
 
 FRAME_ACCEPT = {"Accept": 'multipart/related; type="application/octet-stream"'}
+# what OHIF 3.13 asks for: any transfer syntax (each server then sends a frame as it keeps it, if it can)
+VIEWER_ACCEPT = {"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
 
 
 def retrieval_files(out: Path) -> dict[str, Path]:
@@ -223,11 +226,13 @@ def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> d
 
     philips = instances("ct_philips_ingenuity_tilt_54sl")
     shuffled = random.Random(13).sample(philips, k=len(philips))
-    for kind, order in (("first", instances("ct_ge_lightspeedvct_chest_100sl")), ("random", shuffled)):
+    for kind, order, accept in (("first", instances("ct_ge_lightspeedvct_chest_100sl"), FRAME_ACCEPT),
+                                ("random", shuffled, FRAME_ACCEPT),
+                                ("viewer", instances("mr_ge_signa_3dt1_100sl"), VIEWER_ACCEPT)):
         first: dict[str, list[float]] = {name: [] for name in servers}
         for half in (order[: len(order) // 2], order[len(order) // 2:]):
             for name, (base, headers) in servers.items():
-                first[name] += get_times([frame_url(base, f) for f in half], {**headers, **FRAME_ACCEPT})
+                first[name] += get_times([frame_url(base, f) for f in half], {**headers, **accept})
         for name, times in first.items():
             out[f"{name}_frame_{kind}_median"], out[f"{name}_frame_{kind}_p95"] = summary(times)
     got = interleaved({name: (base + study_meta, headers) for name, (base, headers) in servers.items()},
@@ -405,7 +410,8 @@ def run_inside(args: argparse.Namespace) -> None:
         (r["cubepacs_frame_cube_median"], r["cubepacs_frame_cube_p95"])
     print(f"  {'uncompressed CT, ours from the cube':32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / "
           f"{c[1] * 1e3:6.1f} | {o[0] / c[0]:.1f}×")
-    for kind, label in (("first", "CT series, each instance once"), ("random", "54-slice CT, shuffled order")):
+    for kind, label in (("first", "CT series, each instance once"), ("random", "54-slice CT, shuffled order"),
+                        ("viewer", "3D T1, each once, OHIF's Accept")):
         o, c = (r[f"orthanc_frame_{kind}_median"], r[f"orthanc_frame_{kind}_p95"]), \
             (r[f"cubepacs_frame_{kind}_median"], r[f"cubepacs_frame_{kind}_p95"])
         print(f"  {label:32} {o[0] * 1e3:6.1f} / {o[1] * 1e3:6.1f} | {c[0] * 1e3:6.1f} / {c[1] * 1e3:6.1f} | "

@@ -164,6 +164,47 @@ def test_every_series_opens_and_scrolls(browser: Any, site: Server) -> None:
     context.close()
 
 
+def _frames_seen(page: Any) -> list[str]:
+    """The Content-Type of every frames response the page gets."""
+    seen: list[str] = []
+    page.on("response", lambda r: seen.append(r.headers.get("content-type", "")) if "/frames/" in r.url else None)
+    return seen
+
+
+def test_frames_sent_as_stored_look_as_decoded_ones(browser: Any, site: Server) -> None:
+    """OHIF asks for frames with ``transfer-syntax=*``: a compacted series' frames then go as the cube's HTJ2K
+    codestreams, which the viewer decodes itself. The same series with the Accept header rewritten to plain
+    octet-stream (frames decoded on the server) must look the same on screen."""
+    ct = next(s for s in SERIES if s.name.startswith("ct_ge"))
+    ds = pydicom.dcmread(dicom_files(ct)[0], stop_before_pixels=True)
+    cube = site.data_dir / "storage" / "alpha" / str(ds.StudyInstanceUID) / f"{ds.SeriesInstanceUID}.dcbs"
+    wait_until(cube.exists, timeout=120)
+    shots = []
+    for rewrite in (False, True):
+        context, page, watch = sign_in(browser, site)
+        if rewrite:
+            page.route("**/frames/**", lambda route: route.continue_(headers={
+                **route.request.headers, "accept": 'multipart/related; type="application/octet-stream"'}))
+        seen = _frames_seen(page)
+        page.goto(f"http://127.0.0.1:{site.http_port}/viewer?StudyInstanceUIDs={ds.StudyInstanceUID}")
+        canvas = page.wait_for_selector("canvas", timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(3000)
+        shot = canvas.screenshot()
+        (ARTIFACTS / f"as-stored-{'decoded' if rewrite else 'htj2k'}.png").write_bytes(shot)
+        shots.append(np.asarray(__import__("imagecodecs").png_decode(shot)).astype(np.int16))
+        assert seen, "no frame was asked for"
+        if rewrite:  # (each part names its transfer syntax: tests/archive/test_asstored.py)
+            assert all('type="application/octet-stream"' in t for t in seen), seen[:3]
+        else:
+            assert any('type="image/jphc"' in t for t in seen), seen[:3]
+        assert watch.failed == [] and watch.errors == [], (watch.failed[:3], watch.errors[:3])
+        context.close()
+    assert not_blank(ARTIFACTS.joinpath("as-stored-htj2k.png").read_bytes()) > 3
+    assert shots[0].shape == shots[1].shape
+    assert float(np.abs(shots[0] - shots[1]).mean()) < 0.5  # the same picture (a glyph of the overlay may move)
+
+
 def test_mpr_of_the_3d_t1(browser: Any, site: Server) -> None:
     context, page, watch = sign_in(browser, site)
     ds = pydicom.dcmread(dicom_files(T1)[0], stop_before_pixels=True)

@@ -219,6 +219,37 @@ class CubeReader:
         except Exception as exc:
             raise InvalidCubeError(self.source, f"frame {k}", f"{type(exc).__name__}: {exc}") from None
 
+    def encoded(self, k: int) -> tuple[str, memoryview] | None:
+        """Series frame ``k`` as the cube stores it — (codec name, its bytes, checksum and codestream header
+        checked) — for a native frame; None for one kept inside its instance's whole pixel value (encapsulated or
+        opaque input). An HTJ2K frame is a complete codestream that any HTJ2K decoder reads.
+
+        Example
+        -------
+        >>> import io
+        >>> from pathlib import Path
+        >>> from cubepacs.cube.sources import read_instance
+        >>> from cubepacs.cube.writer import write_cube
+        >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
+        >>> buf = io.BytesIO(); _ = write_cube([read_instance(data, "ct.dcm")], buf, codec="htj2k")
+        >>> codec, blob = CubeReader(buf.getvalue()).encoded(0); codec, blob[:2].hex()  # SOC: a J2K codestream
+        ('htj2k', 'ff4f')
+        """
+        i, f = self.locate(k)
+        d = self.desc(i)
+        if d is None or d.mode != "native":
+            return None
+        row = self._row(i, f)
+        rec = self.index[row]
+        if int(rec["instance"]) != i or int(rec["frame"]) != f:
+            raise InvalidCubeError(self.source, "index", f"no record for frame {f} of instance {i}")
+        codec, blob = int(rec["codec"]), self._blob(row)
+        try:
+            guard.check(codec, blob, d.frame_shape, d.native_dtype.itemsize * 8)
+        except CodecError as exc:
+            raise CodecError(f"{self.source}: frame {row}: {exc}") from None
+        return get_codec(codec).name, blob
+
     def _container(self, i: int, f: int, d: PixelDesc, out: np.ndarray | None = None) -> np.ndarray:
         """Frame ``f`` of instance ``i`` as the container values in the file (all bits kept)."""
         row = self._row(i, f)

@@ -44,10 +44,13 @@ class FrameFastPath:
             else None
         if match is not None:
             try:
-                tenant = await tenant_of(Request(scope))
-                hot = wado.hot_frame_pieces(self.services, tenant, *match.groups())
-                chunks, ctype = hot if hot is not None else \
-                    await run_in_threadpool(wado.frame_pieces, self.services, tenant, *match.groups())
+                request = Request(scope)
+                tenant = await tenant_of(request)
+                accept = request.headers.get("accept", "")
+                study, series, sop, frames = match.groups()
+                hot = wado.hot_frame_pieces(self.services, tenant, study, series, sop, frames, accept)
+                chunks, ctype = hot if hot is not None else await run_in_threadpool(
+                    wado.frame_pieces, self.services, tenant, study, series, sop, frames, accept)
             except HTTPException:
                 pass  # the route answers it
             else:

@@ -23,7 +23,7 @@ from cubepacs.archive import metrics
 from cubepacs.archive.keys import check_uid, cube_key, instance_key
 from cubepacs.archive.metadata import bulk_value, series_json
 from cubepacs.archive.storage.base import StorageFile
-from cubepacs.archive.web import multipart
+from cubepacs.archive.web import asstored, multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
 from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows, file_mark
 from cubepacs.archive.web.readahead import ReadAhead
@@ -174,23 +174,54 @@ def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only
 
 
 def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
-                 frames: str) -> tuple[list[Any], str]:
+                 frames: str, accept: str = "") -> tuple[list[Any], str]:
     """The body of a WADO-RS frames response as its pieces (the frames' little-endian values uncopied where they
-    are stored that way) and its Content-Type; HTTPException as the route answers it."""
+    are stored that way, or their codestreams as stored when ``accept`` allows it: ``asstored``) and its
+    Content-Type; HTTPException as the route answers it."""
     wanted = parse_frames(frames)
-    pieces = _pieces(frame_arrays(services, tenant, _frame_row(services, tenant, study, series, sop), wanted))
+    row = _frame_row(services, tenant, study, series, sop)
+    ok = asstored.accepted(accept)
+    if ok:
+        stored = _as_stored(services, row, wanted, ok)
+        if stored is not None:
+            return stored  # nothing decoded here: nothing for the read-ahead to decode either
+    pieces = _pieces(frame_arrays(services, tenant, row, wanted))
     _seen(services, tenant, study, series, sop, wanted)
     return pieces
 
 
+def _as_stored(services: Services, row: dict[str, Any], wanted: list[int],
+               ok: frozenset[str]) -> tuple[list[Any], str] | None:
+    """The frames of ``row`` as stored (a cube's HTJ2K, a file's codestreams) when ``ok`` allows their syntax;
+    None when they are to be decoded (including every failure: the decoding path says what is wrong)."""
+    name = f"{row['sop_uid']}.dcm"
+    try:
+        cube, _ = _cube_for(services, row)
+        if cube is not None and name in cube.meta.names:
+            return asstored.cube_frames(cube, cube.meta.names.index(name), wanted, ok)
+        if not asstored.allows(ok, str(row.get("transfer_syntax") or "")):
+            return None  # a file stored uncompressed: decoded (read as it is) below
+        _, source = _INSTANCES.pixels(services.storage, row)
+        inst = source.instances[0] if source is not None else None
+        if inst is None or inst.desc is None or inst.desc.mode != "encapsulated":
+            return None
+        return asstored.encapsulated_frames(inst.raw.pixel_value, inst.raw.transfer_syntax, inst.desc.frames,
+                                            wanted, ok)
+    except Exception:
+        return None
+
+
 def hot_frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
-                     frames: str) -> tuple[list[Any], str] | None:
+                     frames: str, accept: str = "") -> tuple[list[Any], str] | None:
     """``frame_pieces`` when the index row (found at most ``hot.ROW_SECONDS`` ago, its files unchanged since:
     ``hot.file_mark``) and the frames are in memory already, else None: it neither waits on the index nor reads nor
-    decodes, so an event loop may call it."""
+    decodes, so an event loop may call it. Frames that may go as stored (``accept``) are never hot."""
     kept = _ROWS.get((tenant, study, series, sop))
     if kept is None or kept[1] is None or _mark(services, tenant, study, series, sop) != kept[1]:
         return None  # not found lately, or a file written, replaced or deleted since the row was read
+    ok = asstored.accepted(accept)
+    if ok and (kept[0].get("json_status") == 1 or asstored.allows(ok, str(kept[0].get("transfer_syntax") or ""))):
+        return None  # compacted, or stored compressed: the thread pool's frame_pieces sends them as stored
     wanted = parse_frames(frames)
     arrays = _arrays(services, kept[0], wanted, hot_only=True)
     if arrays is None:
@@ -354,8 +385,9 @@ def add_routes(app: FastAPI, services: Services) -> None:
         return absolute(metadata(tenant, study, series, sop), request)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
-    def get_frames(study: str, series: str, sop: str, frames: str, tenant: str = Depends(tenant_of)) -> Response:
-        chunks, ctype = frame_pieces(services, tenant, study, series, sop, frames)
+    def get_frames(request: Request, study: str, series: str, sop: str, frames: str,
+                   tenant: str = Depends(tenant_of)) -> Response:
+        chunks, ctype = frame_pieces(services, tenant, study, series, sop, frames, request.headers.get("accept", ""))
         return Response(b"".join(chunks), media_type=ctype)
 
     @app.get(ROOT + "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}")
