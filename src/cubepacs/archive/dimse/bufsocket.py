@@ -27,6 +27,7 @@ class BufferedSocket(AssociationSocket):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._buffer = bytearray()
+        self.readable = False  # set by a caller whose select() just saw the socket readable: ready() needs no other
         super().__init__(*args, **kwargs)
 
     def buffered(self) -> bool:
@@ -35,8 +36,21 @@ class BufferedSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
-        """True when a read will not block: bytes in the buffer, or pynetdicom's check of the socket."""
-        return self.buffered() or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        """True when a read will not block: bytes in the buffer, the socket just seen readable (``readable``,
+        used once), or pynetdicom's check of the socket (a select() of its own).
+
+        Example
+        -------
+        >>> s = BufferedSocket.__new__(BufferedSocket); s._buffer = bytearray(); s.readable = True
+        >>> s.ready, s.readable
+        (True, False)
+        """
+        if self._buffer:
+            return True
+        if self.readable:
+            self.readable = False
+            return True
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
     def _fill(self, nr_bytes: int) -> bytearray:
         buffer = self._buffer

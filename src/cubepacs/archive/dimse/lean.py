@@ -210,6 +210,8 @@ class LeanDUL(DULServiceProvider):
             ready, _, _ = select.select([sock, self._wake_r], [], [], tick)
         except (OSError, ValueError):  # the socket was closed under us: the next check raises Evt17
             return
+        if sock in ready and isinstance(self.socket, BufferedSocket):
+            self.socket.readable = True  # the DUL's next ready() need not select() again (one syscall per wake-up)
         if self._wake_r in ready:
             try:
                 self._wake_r.recv(4096)
