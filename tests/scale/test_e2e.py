@@ -39,7 +39,9 @@ def pg_url() -> Iterator[str]:
 def test_services_across_processes_survive_a_killed_indexer(tmp_path: Path, pg_url: str, kafka_url: str,
                                                           seaweedfs: str) -> None:
     dimse, http = free_port(), free_port()
-    config = write_config(tmp_path / "cfg.toml", tmp_path / "data", dimse, http, quiet_seconds=2.0)
+    # metadata_at_ingest: each event carries its instance's DICOM JSON through Kafka into PostgreSQL
+    config = write_config(tmp_path / "cfg.toml", tmp_path / "data", dimse, http, quiet_seconds=2.0,
+                          metadata_at_ingest=True)
     prefix = uuid.uuid4().hex[:8]
     storage = seaweedfs.split("?", maxsplit=1)[0].rstrip("/") + f"/{prefix}?" + seaweedfs.split("?")[1]
     urls = {"--storage": storage, "--queue": kafka_url, "--index": pg_url, "--cache": f"redis://127.0.0.1:6379/13?prefix={prefix}:"}
@@ -86,7 +88,9 @@ def test_services_across_processes_survive_a_killed_indexer(tmp_path: Path, pg_u
 
         with psycopg.connect(pg_url) as conn:  # and the index itself agrees
             rows = conn.execute("select count(*), count(distinct sop_uid) from dicom_instance").fetchone()
+            docs = conn.execute("select count(*) from dicom_instance_json").fetchone()
         assert rows == (len(files), len(files))
+        assert docs == (len(files),)  # every instance's document kept, once
         ds = pydicom.dcmread(files[7])
         r = httpx.get(f"http://127.0.0.1:{http}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
                       f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1", headers=headers)
@@ -94,5 +98,9 @@ def test_services_across_processes_survive_a_killed_indexer(tmp_path: Path, pg_u
                             headers=headers)
         assert r.status_code == 200, (r.text, listing.status_code)
         assert len(r.content) > ds.Rows * ds.Columns * 2
+        meta = httpx.get(f"http://127.0.0.1:{http}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+                         f"{ds.SeriesInstanceUID}/metadata", headers=headers)
+        assert meta.status_code == 200 and len(meta.json()) == len(files)
+        assert {d["00080018"]["Value"][0] for d in meta.json()} == set(got)
     finally:
         stop_all(list(procs.values()), logs)
