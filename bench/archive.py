@@ -240,15 +240,27 @@ def retrieval(auth: dict[str, str], tmp: Path, data_dir: Path, repeat: int) -> d
     for name, (median, p95) in got.items():
         out[f"{name}_study_meta_median"], out[f"{name}_study_meta_p95"] = median, p95
     plain = pydicom.dcmread(files["plain"], stop_before_pixels=True)
-    deadline = time.monotonic() + 120  # our web worker compacts the plain slice's series into a cube
+    deadline = time.monotonic() + 180  # our web worker compacts the plain slice's series into a cube
     while time.monotonic() < deadline and not list((data_dir / "storage" / "default" /
                                                     str(plain.StudyInstanceUID)).glob("*.dcbs")):
+        time.sleep(0.5)
+    # "after compaction": every series built, so that neither server is timed while the other's (or its own)
+    # background work runs — Orthanc has none by then
+    while time.monotonic() < deadline and pending_series(data_dir) > 0:
         time.sleep(0.5)
     got = interleaved({name: (frame_url(base, files["plain"]), {**headers, **FRAME_ACCEPT})
                        for name, (base, headers) in servers.items()}, repeat)
     out["cubepacs_frame_cube_median"], out["cubepacs_frame_cube_p95"] = got["cubepacs"]
     out["orthanc_frame_cube_median"], out["orthanc_frame_cube_p95"] = got["orthanc"]  # its file, same moment
     return out
+
+
+def pending_series(data_dir: Path) -> int:
+    """Series our web worker has not built yet (read from the embedded index, read-only)."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{data_dir / 'index.db'}?mode=ro", uri=True, timeout=5) as conn:
+        return int(conn.execute("SELECT count(*) FROM dicom_json_meta WHERE json_status = 0").fetchone()[0])
 
 
 def varying(headers: dict[str, str], n: int) -> tuple[float, float]:

@@ -92,9 +92,14 @@ def _cube_for(services: Services, state: dict[str, Any] | None,
 
 
 def _frame_row(services: Services, tenant: str, study: str, series: str, sop: str) -> dict[str, Any]:
-    """The instance row with its series' build state (one query; kept for ``hot_frame_pieces``), or 404."""
+    """The instance row with its series' build state (one query; kept for ``hot_frame_pieces``), or 404. A row
+    kept less than ``hot.ROW_SECONDS`` ago whose files are unchanged since (the same mark) is used again without
+    a query, as ``hot_frame_pieces`` does."""
     _uids(study, series, sop)
     mark = _mark(services, tenant, study, series, sop)  # before the row: a change in between shows in the mark
+    kept = _ROWS.get((tenant, study, series, sop))
+    if kept is not None and mark is not None and kept[1] == mark:
+        return kept[0]
     row = services.index.frame_source(tenant, study, series, sop)
     if row is None:
         raise HTTPException(404, "no such study, series or instance")
