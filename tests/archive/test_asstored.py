@@ -25,7 +25,8 @@ from tests.conftest import SERIES, SINGLES, dicom_files
 pytestmark = pytest.mark.dcmtk
 
 CT = next(s for s in SERIES if s.name.startswith("ct_ge"))  # 16 bits stored of 16, signed: its cube frames go
-PHILIPS = next(s for s in SERIES if s.name.startswith("ct_philips"))  # 12 of 16 bits: decoded, masked
+PHILIPS = next(s for s in SERIES if s.name.startswith("ct_philips"))  # 12 of 16 bits, nothing above: they go too
+MR12 = next(s for s in SINGLES if s.name == "mr_12bit_unsigned_siemens.dcm")  # 12 bits, values up to 4379: decoded
 JLL = next(s for s in SINGLES if s.name == "ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm")
 CINE = next(s for s in SINGLES if s.name == "jpeg_baseline_ybr422_us_cine_30f.dcm")
 ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
@@ -50,7 +51,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     dimse, http = free_port(), free_port()
     config = write_config(root / "c.toml", data, dimse, http, quiet_seconds=600.0)  # compacted when the test says
     server = start_server(data, config, dimse, http)
-    for files, option in ((dicom_files(CT), "-xe"), (dicom_files(PHILIPS), "-xe"), ([JLL], "-xs"), ([CINE], "-xy")):
+    for files, option in ((dicom_files(CT), "-xe"), (dicom_files(PHILIPS), "-xe"), ([JLL], "-xs"), ([CINE], "-xy"),
+                          ([MR12], "-xe")):
         res = dcmtk("storescu", "-aec", "CUBEPACS", "-R", option, "127.0.0.1", str(dimse), *map(str, files))
         assert res.returncode == 0, res.stderr
     yield server
@@ -87,7 +89,7 @@ def _compact(server: Server) -> None:
     try:
         with index.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE dicom_json_meta SET flag_time = '2000-01-01 00:00:00.000000'")
-        wait_until(lambda: len(list((server.data_dir / "storage").rglob("*.dcbs"))) == 4, timeout=120)
+        wait_until(lambda: len(list((server.data_dir / "storage").rglob("*.dcbs"))) == 5, timeout=120)
     finally:
         index.close()
 
@@ -119,11 +121,15 @@ def test_stored_files_as_stored_then_cubes(archive: Server) -> None:
     assert (_values(plain[0], ds.pixel_array) == decoded).all()
     named = 'multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.201'
     assert _get(archive, ct, named)[1] == parts
-    philips = dicom_files(PHILIPS)[3]  # 12 bits stored in 16: decoded and masked, never the cube's codestream
+    philips = dicom_files(PHILIPS)[3]  # 12 bits stored in 16, nothing above them: the codestream is the values
     types, parts = _get(archive, philips, ANY)
-    assert types == ["application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"]
+    assert types == ["image/jphc; transfer-syntax=1.2.840.10008.1.2.4.201"]
     p = pydicom.dcmread(philips)
-    assert (_values(parts[0], p.pixel_array) == p.pixel_array).all()
+    assert (imagecodecs.htj2k_decode(parts[0]) == p.pixel_array).all()
+    mr = pydicom.dcmread(MR12)  # values above Bits Stored in the file: decoded and masked, as pydicom reads it
+    types, parts = _get(archive, MR12, ANY)
+    assert types == ["application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"]
+    assert (_values(parts[0], mr.pixel_array) == mr.pixel_array).all() and mr.pixel_array.max() < 4096
     types, parts = _get(archive, JLL, ANY)  # compacted, its codestream kept in the cube: still as stored
     assert types == ["image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.70"]
     assert parts[0] == get_frame(original.PixelData, 0, number_of_frames=1)

@@ -153,6 +153,9 @@ class CubeReader:
         self._index: np.ndarray | None = None
         self.frame_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._last: tuple[int, bytes] | None = None
+        exact = self.doc.get("stored_exact", [])  # optional (format.md); anything but a list of ints: none
+        self._stored_exact = frozenset(x for x in exact if isinstance(x, int)) if isinstance(exact, list) \
+            else frozenset()
 
     @property
     def source(self) -> str:
@@ -218,6 +221,26 @@ class CubeReader:
             raise
         except Exception as exc:
             raise InvalidCubeError(self.source, f"frame {k}", f"{type(exc).__name__}: {exc}") from None
+
+    def values_exact(self, i: int) -> bool:
+        """Whether instance ``i``'s native frames, decoded, are its stored values as they are: Bits Stored equals
+        Bits Allocated, or the writer found nothing above Bits Stored in any frame (``stored_exact``).
+
+        Example
+        -------
+        >>> import io
+        >>> from pathlib import Path
+        >>> from cubepacs.cube.sources import read_instance
+        >>> from cubepacs.cube.writer import write_cube
+        >>> single = Path("../shared/data/single")
+        >>> files = [(single / n).read_bytes() for n in ("ts_explicit_le_siemens_mr.dcm",  # values below 4096
+        ...                                              "mr_12bit_unsigned_siemens.dcm")]  # up to 4379
+        >>> buf = io.BytesIO(); _ = write_cube([read_instance(d, f"{n}.dcm") for n, d in enumerate(files)], buf)
+        >>> r = CubeReader(buf.getvalue()); [(r.desc(i).stored, r.values_exact(i)) for i in (0, 1)]
+        [(12, True), (12, False)]
+        """
+        d = self.desc(i)
+        return d is not None and d.mode == "native" and (not d.stored or i in self._stored_exact)
 
     def encoded(self, k: int) -> tuple[str, memoryview] | None:
         """Series frame ``k`` as the cube stores it — (codec name, its bytes, checksum and codestream header

@@ -89,6 +89,16 @@ def _frame_tasks(instances: Sequence[Instance], codec: str) -> list[tuple[int, i
     return tasks
 
 
+def _exact(frame: np.ndarray, stored: int) -> bool:
+    """Whether a frame's container values are its stored values: nothing above Bits Stored (unsigned), or the
+    bits above it only the sign (signed) — what a viewer decoding the frame's codestream must get."""
+    if frame.dtype.kind == "u":
+        return not np.any(frame >> frame.dtype.type(stored))
+    if frame.dtype.kind == "i":
+        return bool(frame.min(initial=0) >= -(1 << (stored - 1)) and frame.max(initial=0) < (1 << (stored - 1)))
+    return False
+
+
 def _encode(task: tuple[int, int, Any, int], instances: Sequence[Instance], verify: bool) -> tuple[bytes, int]:
     i, k, payload, cid = task
     codec = get_codec(cid)
@@ -160,6 +170,13 @@ def build_cube(instances: Sequence[Instance], codec: str = DEFAULT_CODEC, thread
             encoded.append(item)
             if progress is not None:
                 progress(n + 1)
+    # instances whose Bits Stored is below Bits Allocated and whose every frame holds nothing above it: their
+    # frames' codestreams decode to the stored values (a server may send them as they are; format.md)
+    stored_exact = [i for i, inst in enumerate(instances)
+                    if inst.desc is not None and inst.desc.mode == "native" and inst.desc.stored
+                    and all(_exact(t[2], inst.desc.stored) for t in tasks if t[0] == i)]
+    if stored_exact:
+        doc["stored_exact"] = stored_exact
     index = np.zeros(len(tasks), FRAME_DTYPE)
     offset = 0
     for r, (task, (data, raw_sum)) in enumerate(zip(tasks, encoded, strict=True)):

@@ -9,9 +9,10 @@ own decoder (OHIF decodes all of these in web workers). Each part says what it h
 Accept header, frames are decoded and sent uncompressed as before (PS3.18: Explicit VR Little Endian is the
 default of ``application/octet-stream``).
 
-A cube's HTJ2K frame is sent only where it encodes exactly the values a viewer must see: one sample per pixel
-and Bits Stored equal to Bits Allocated (the cube keeps all bits of each value; a 12-bit image whose upper bits
-carry something else is decoded and masked as before).
+A cube's HTJ2K frame is sent only where it encodes exactly the values a viewer must see: one sample per pixel,
+and Bits Stored equal to Bits Allocated or nothing above Bits Stored in any frame of the instance (the cube keeps
+all bits of each value and its writer records which instances are clean: ``CubeReader.values_exact``; a 12-bit
+image whose upper bits carry something else is decoded and masked as before).
 
 Example
 -------
@@ -82,7 +83,7 @@ def cube_frames(cube: Any, i: int, wanted: list[int], ok: frozenset[str]) -> tup
         return None
     if d.mode == "encapsulated":  # the original codestreams, inside the instance's whole pixel value
         return encapsulated_frames(cube.pixel_value(i), cube.meta.syntaxes[i], d.frames, wanted, ok)
-    if d.mode != "native" or d.stored or d.spp != 1 or not allows(ok, HTJ2K_LOSSLESS):
+    if d.mode != "native" or d.spp != 1 or not cube.values_exact(i) or not allows(ok, HTJ2K_LOSSLESS):
         return None
     start = int(cube.frame_starts[i])
     blobs = []
