@@ -102,5 +102,22 @@ def test_services_across_processes_survive_a_killed_indexer(tmp_path: Path, pg_u
                          f"{ds.SeriesInstanceUID}/metadata", headers=headers)
         assert meta.status_code == 200 and len(meta.json()) == len(files)
         assert {d["00080018"]["Value"][0] for d in meta.json()} == set(got)
+
+        def built() -> bool:
+            with psycopg.connect(pg_url) as conn:
+                return conn.execute("select json_status from dicom_json_meta").fetchone() == (1,)
+
+        wait_until(built, timeout=120)  # compacted into a cube on S3: a frame as stored is ranged reads of it
+        url = (f"http://127.0.0.1:{http}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/"
+               f"instances/{ds.SOPInstanceUID}/frames/1")
+        stored = httpx.get(url, headers={**headers, "Accept": "multipart/related; type=application/octet-stream; "
+                                                              "transfer-syntax=*"})
+        assert stored.status_code == 200 and 'type="image/jphc"' in stored.headers["content-type"]
+        import imagecodecs
+
+        from cubepacs.archive.web import multipart
+
+        (part,) = multipart.parse(stored.content, stored.headers["content-type"])
+        assert (imagecodecs.htj2k_decode(part) == ds.pixel_array).all()
     finally:
         stop_all(list(procs.values()), logs)
