@@ -262,27 +262,29 @@ class CubeReader:
         d = self.desc(i)
         if d is None or d.mode != "native":
             return None
-        row = self._row(i, f)
-        rec = self.index[row]
-        if int(rec["instance"]) != i or int(rec["frame"]) != f:
-            raise InvalidCubeError(self.source, "index", f"no record for frame {f} of instance {i}")
-        codec, blob = int(rec["codec"]), self._blob(row)
-        try:
-            guard.check(codec, blob, d.frame_shape, d.native_dtype.itemsize * 8)
-        except CodecError as exc:
-            raise CodecError(f"{self.source}: frame {row}: {exc}") from None
+        _, codec, blob = self._checked_blob(i, f, d)
         return get_codec(codec).name, blob
 
-    def _container(self, i: int, f: int, d: PixelDesc, out: np.ndarray | None = None) -> np.ndarray:
-        """Frame ``f`` of instance ``i`` as the container values in the file (all bits kept)."""
+    def _checked_blob(self, i: int, f: int, d: PixelDesc) -> tuple[int, int, memoryview]:
+        """(index row, codec id, bytes) of native frame ``f`` of instance ``i``: its record found, its checksum
+        and codestream header checked against the frame — before any decoder, or a client, sees the bytes."""
         row = self._row(i, f)
         if not 0 <= row < len(self.index) or int(self.index[row]["instance"]) != i or (
                 int(self.index[row]["frame"]) != f):
             raise InvalidCubeError(self.source, "index", f"no record for frame {f} of instance {i}")
-        rec = self.index[row]
-        codec, blob = int(rec["codec"]), self._blob(row)
-        try:  # the header must agree with the frame before a native decoder sees the bytes
+        codec, blob = int(self.index[row]["codec"]), self._blob(row)
+        try:
             guard.check(codec, blob, d.frame_shape, d.native_dtype.itemsize * 8)
+        except CodecError as exc:
+            raise CodecError(f"{self.source}: frame {row}: {exc}") from None
+        except Exception as exc:
+            raise CodecError(f"{self.source}: frame {row}: {type(exc).__name__}: {exc}") from None
+        return row, codec, blob
+
+    def _container(self, i: int, f: int, d: PixelDesc, out: np.ndarray | None = None) -> np.ndarray:
+        """Frame ``f`` of instance ``i`` as the container values in the file (all bits kept)."""
+        row, codec, blob = self._checked_blob(i, f, d)
+        try:
             if out is None:
                 out = np.empty(d.frame_shape, d.native_dtype)
             get_codec(codec).decode(blob, out)

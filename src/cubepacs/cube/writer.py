@@ -172,9 +172,13 @@ def build_cube(instances: Sequence[Instance], codec: str = DEFAULT_CODEC, thread
                 progress(n + 1)
     # instances whose Bits Stored is below Bits Allocated and whose every frame holds nothing above it: their
     # frames' codestreams decode to the stored values (a server may send them as they are; format.md)
-    stored_exact = [i for i, inst in enumerate(instances)
-                    if inst.desc is not None and inst.desc.mode == "native" and inst.desc.stored
-                    and all(_exact(t[2], inst.desc.stored) for t in tasks if t[0] == i)]
+    dirty = set()
+    for i, k, payload, _ in tasks:  # one pass over the frames (not one per instance)
+        stored = getattr(instances[i].desc, "stored", 0)
+        if stored and k != WHOLE_VALUE and i not in dirty and not _exact(payload, stored):
+            dirty.add(i)
+    stored_exact = [i for i, inst in enumerate(instances) if inst.desc is not None and inst.desc.mode == "native"
+                    and inst.desc.stored and i not in dirty]
     if stored_exact:
         doc["stored_exact"] = stored_exact
     index = np.zeros(len(tasks), FRAME_DTYPE)

@@ -185,7 +185,11 @@ class Index:
                 moved_from = (old[0], old[1])
             ins = self._insert(conn, i).values(tenant_id=tenant, sop_uid=ev["sop_uid"], created_time=now, **row)
             conn.execute(ins.on_conflict_do_update(index_elements=["tenant_id", "sop_uid"], set_=row))
-            self._keep_docs(conn, [ev], replace=True)
+            if ev.get("meta"):
+                self._keep_docs(conn, [ev])
+            else:  # replaced by bytes without a kept document: the old one describes what is gone
+                ij = dicom_instance_json
+                conn.execute(ij.delete().where(ij.c.tenant_id == tenant, ij.c.sop_uid == ev["sop_uid"]))
             self._series_changed(conn, tenant, study, series, ev.get("attrs", {}), now)
             if moved_from is not None:
                 self._recount(conn, tenant, *moved_from, now)
@@ -220,27 +224,23 @@ class Index:
         with self.engine.begin() as conn:
             inserted = {(r[0], r[1]) for r in conn.execute(statements(conn.dialect.name)["instances"], params)}
             touched: dict[tuple[str, str, str], dict[str, Any]] = {}
+            new = []
             for key, n in first.items():
                 if key in inserted:
                     out[n] = True
-                    ev = events[n]
+                    new.append(ev := events[n])
                     touched[(ev["tenant"], ev["study_uid"], ev["series_uid"])] = ev.get("attrs", {})
-            self._keep_docs(conn, [events[n] for key, n in first.items() if key in inserted])
+            self._keep_docs(conn, new)
             for (tenant, study, series), attrs in touched.items():
                 self._series_changed(conn, tenant, study, series, attrs, now)
         return out
 
-    def _keep_docs(self, conn: Connection, events: Sequence[dict[str, Any]], replace: bool = False) -> None:
-        """Keep the DICOM JSON that storage events carry (``meta``: zlib-compressed, base64); a replaced instance
-        without one loses its old document (it would describe the bytes replaced)."""
+    def _keep_docs(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+        """Keep (insert or replace) the DICOM JSON that storage events carry (``meta``: zlib-compressed, base64)."""
         docs = [{"tenant_id": ev["tenant"], "sop_uid": ev["sop_uid"], "doc": base64.b64decode(ev["meta"])}
                 for ev in events if ev.get("meta")]
         if docs:
             conn.execute(statements(conn.dialect.name)["doc"], docs)
-        elif replace:
-            ij = dicom_instance_json
-            for ev in events:
-                conn.execute(ij.delete().where(ij.c.tenant_id == ev["tenant"], ij.c.sop_uid == ev["sop_uid"]))
 
     def instance_docs(self, tenant: str, study_uid: str, series_uid: str) -> dict[str, bytes]:
         """The DICOM JSON kept at ingest for the instances of a series: SOP Instance UID → zlib-compressed JSON.

@@ -20,7 +20,7 @@ Example
 ['*']
 >>> accepted('multipart/related; type="application/octet-stream"')
 frozenset()
->>> pieces([b"x"], "1.2.840.10008.1.2.4.70", frozenset({"*"}))[1].split(";")[:2]
+>>> pieces([b"x"], "1.2.840.10008.1.2.4.70")[1].split(";")[:2]
 ['multipart/related', ' type="image/jpeg"']
 """
 
@@ -68,18 +68,15 @@ def allows(ok: frozenset[str], syntax: str) -> bool:
     return syntax in MEDIA and ("*" in ok or syntax in ok)
 
 
-def pieces(frames: list[Any], syntax: str, ok: frozenset[str]) -> tuple[list[Any], str] | None:
-    """The multipart body (pieces, Content-Type) of ``frames`` sent in ``syntax``; None when ``ok`` does not
-    allow it."""
-    if not allows(ok, syntax):
-        return None
+def pieces(frames: list[Any], syntax: str) -> tuple[list[Any], str]:
+    """The multipart body (pieces, Content-Type) of ``frames`` sent in ``syntax`` (one of :data:`MEDIA`)."""
     return multipart.pieces(frames, MEDIA[syntax], f"; transfer-syntax={syntax}")
 
 
 def cube_frames(cube: Any, i: int, wanted: list[int], ok: frozenset[str]) -> tuple[list[Any], str] | None:
     """Frames ``wanted`` (from 1) of instance ``i`` of a cube as stored, or None where they must be decoded."""
     d = cube.desc(i)
-    if d is None or max(wanted) > d.frames or not ok:
+    if d is None or max(wanted) > d.frames:
         return None
     if d.mode == "encapsulated":  # the original codestreams, inside the instance's whole pixel value
         return encapsulated_frames(cube.pixel_value(i), cube.meta.syntaxes[i], d.frames, wanted, ok)
@@ -92,7 +89,7 @@ def cube_frames(cube: Any, i: int, wanted: list[int], ok: frozenset[str]) -> tup
         if got is None or got[0] != "htj2k":  # a frame the codec could not take went to Zstandard
             return None
         blobs.append(got[1])
-    return pieces(blobs, HTJ2K_LOSSLESS, ok)
+    return pieces(blobs, HTJ2K_LOSSLESS)
 
 
 def encapsulated_frames(value: bytes | memoryview, syntax: str, count: int, wanted: list[int],
@@ -106,4 +103,4 @@ def encapsulated_frames(value: bytes | memoryview, syntax: str, count: int, want
         frames = [get_frame(data, f - 1, number_of_frames=count) for f in wanted]
     except Exception:  # no offset table and several fragments per frame, a damaged item: the decoder decides
         return None
-    return pieces(frames, syntax, ok)
+    return pieces(frames, syntax)
