@@ -42,6 +42,10 @@ def test_accept_headers() -> None:
     assert accepted(PLAIN) == accepted("*/*") == accepted("") == frozenset()
     assert accepted(PLAIN + "; transfer-syntax=1.2.840.10008.1.2.1") == frozenset()  # uncompressed: decoded
     assert accepted("application/dicom; transfer-syntax=*") == frozenset()  # not a frames media type
+    # odd headers: nothing accepted, nothing raised
+    assert accepted(";;,,=;") == accepted("multipart/related; transfer-syntax") == frozenset()
+    assert accepted("multipart/related; transfer-syntax=1.2.3.4") == frozenset()  # not a syntax we send
+    assert accepted("multipart/related;" + "x=y;" * 10_000) == frozenset()
 
 
 @pytest.fixture(scope="module")
