@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import http.server
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -47,11 +48,16 @@ def viewer_dir() -> Path:
 def site(tmp_path_factory: pytest.TempPathFactory, viewer_dir: Path) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("browser")
     dimse, http_port = free_port(), free_port()
-    other = free_port()  # a second origin serving OHIF, for CORS
+    # a second origin serving OHIF, for CORS: its port held from now on (a port only looked up free here could be
+    # taken by an outgoing connection of the tests in between — it happened in CI)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(16)
+    other = held.getsockname()[1]
     cfg = write_config(root / "b.toml", root / "data", dimse, http_port, viewer_dir=str(viewer_dir),
                        cors_origins=[f"http://127.0.0.1:{other}"])
     srv = start_server(root / "data", cfg, dimse, http_port)
-    srv.other_port = other  # type: ignore[attr-defined]
+    srv.other_port, srv.other_socket = other, held  # type: ignore[attr-defined]
     for series in SERIES:
         res = dcmtk("storescu", "-aec", "CUBEPACS", "127.0.0.1", str(dimse), *map(str, dicom_files(series)))
         assert res.returncode == 0, res.stderr
@@ -61,6 +67,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, viewer_dir: Path) -> Iterator
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield srv
     stop_server(srv)
+    held.close()
 
 
 class Watch:
@@ -278,7 +285,10 @@ def test_ohif_from_another_origin_through_cors(browser: Any, site: Server, tmp_p
         " XMLHttpRequest.prototype.send = function () { if (this._api) this.setRequestHeader('Authorization',"
         f" 'Bearer {KEYS['alpha']}'); return send.apply(this, arguments); }};}})();\n")
     handler = functools.partial(_Spa, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = site.other_socket  # type: ignore[attr-defined]  # bound and listening since the fixture
+    server.server_name, server.server_port = "127.0.0.1", port
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         pre = httpx.options(f"{api}/studies", headers={"Origin": f"http://127.0.0.1:{port}",
