@@ -2,11 +2,14 @@
 ``TCP_NODELAY=1`` in their environment (Orthanc, like every DCMTK-based server, reads it), in one private network
 namespace.
 
-Usage (root): .venv/bin/python bench/ingest.py [--levels 1,4,16,32] [--layout embedded|services] [--long 1000]
+Usage (root): .venv/bin/python bench/ingest.py [--levels 1,4,16,32] [--rounds 3] [--layout embedded|services]
+       [--long 1000] [--set KEY=VALUE]
 
 For each number of concurrent DCMTK storescu associations, the 404 files of the four series of ../shared/data are
-sent to each server with new Study/Series/SOP Instance UIDs (a fresh copy per level, the same files to both servers,
-so nothing is a re-send).
+sent to each server with new Study/Series/SOP Instance UIDs (a fresh copy per level and round, the same files to both
+servers, so nothing is a re-send), ``--rounds`` times (3 by default), the servers taking turns going first; the
+table gives each level's medians over the rounds and every round's ratio (one level is about a second of work per
+server, and this machine's speed drifts by tens of percent from one second to the next).
 Reported per server: instances/s and MB/s, refused or failed associations, server CPU per instance (user + system
 time of the server process, indexing included: measured until the instances are visible in a query), and for
 cubepacs the indexing lag (last acknowledgement → all instances visible in QIDO); and the storescu clients' own CPU per
@@ -26,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
+from typing import Any
 
 import httpx
 import pydicom
@@ -147,7 +152,8 @@ def services_layout(tmp: Path) -> tuple[str, subprocess.Popen[bytes], str]:
     return lines, redis, db
 
 
-def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str] | None = None) -> None:
+def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str] | None = None,
+               rounds: int = 1) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     tmp = Path(tempfile.mkdtemp(prefix="cubepacs-ingest-"))
     backends, redis, db = services_layout(tmp) if layout == "services" else ("", None, "")
@@ -166,47 +172,28 @@ def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str
     ours = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "c.toml")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     auth = {"Authorization": f"Bearer {key}", "Accept-Encoding": "identity"}
-    rows = []
+    rows: list[dict[str, Any]] = []
+    stored = {"Orthanc": 0, "cubepacs": 0}
+    servers = [("Orthanc", 4242, "ORTHANC", orthanc.pid), ("cubepacs", 11112, "CUBEPACS", ours.pid)]
     try:
         wait_http("http://127.0.0.1:8043/system")
         wait_http("http://127.0.0.1:8042/healthz")
-        total_o = total_c = 0
         for level in levels:
-            # one set of copies per level, sent to both servers and deleted only at the end: this disk's ext4 has
-            # no journal, and then every file created skips the inodes deleted in the last minutes one by one
-            # (perf: 14 % of the server's CPU when the copies of the run before were just deleted)
-            files = copies(tmp / f"copies-{level}", long)
-            size = sum(f.stat().st_size for f in files)
-            for name, port, aet, pid in (("Orthanc", 4242, "ORTHANC", orthanc.pid), ("cubepacs", 11112, "CUBEPACS",
-                                                                                    ours.pid)):
-                cpu0 = cpu_seconds(pid)
-                extra0 = (cpu_seconds(redis.pid) + postgres_cpu()) if redis is not None else 0.0
-                seconds, failed, client = store_timed(port, aet, files, level)
-                lag = 0.0
-                if name == "cubepacs":
-                    total_c += len(files)
-                    t0 = time.perf_counter()
-                    while time.perf_counter() - t0 < 120:  # never forever: a lost instance shows as a 120 s lag
-                        # the last of them visible? (one row asked for: the polling itself costs the server little)
-                        r = httpx.get("http://127.0.0.1:8042/dicom-web/instances", headers=auth,
-                                      params={"limit": 1, "offset": total_c - 1})
-                        if r.status_code == 200 and len(r.json()) == 1:
-                            break
-                        time.sleep(0.05)
-                    lag = time.perf_counter() - t0
-                else:
-                    total_o += len(files)
-                cpu = cpu_seconds(pid) - cpu0
-                extra = ((cpu_seconds(redis.pid) + postgres_cpu()) - extra0) \
-                    if redis is not None and name == "cubepacs" else 0.0
-                rows.append({"server": name, "associations": level, "instances": len(files),
-                             "inst_s": len(files) / seconds, "mb_s": size / seconds / 1e6, "failed": failed,
-                             "cpu_ms_per_instance": 1000 * cpu / len(files), "lag_s": lag,
-                             "backend_cpu_ms_per_instance": 1000 * extra / len(files),
-                             "client_cpu_ms_per_instance": 1000 * client / len(files)})
-                print(json.dumps(rows[-1]), file=sys.stderr)
-        rss = {name: memory_mb(pid) for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
-        anon = {name: memory_mb(pid, "Pss_Anon") for name, pid in (("Orthanc", orthanc.pid), ("cubepacs", ours.pid))}
+            for rnd in range(rounds):
+                # one set of copies per level and round, sent to both servers and deleted only at the end: this
+                # disk's ext4 has no journal, and then every file created skips the inodes deleted in the last
+                # minutes one by one (perf: 14 % of the server's CPU when the copies of the run before were just
+                # deleted)
+                files = copies(tmp / f"copies-{level}-{rnd}", long)
+                # the servers take turns going first, round by round: neither always meets the other's wake
+                for name, port, aet, pid in servers if rnd % 2 == 0 else servers[::-1]:
+                    stored[name] += len(files)
+                    row = measure(name, port, aet, pid, files, level, stored[name], auth,
+                                  redis.pid if redis is not None and name == "cubepacs" else None)
+                    rows.append({**row, "associations": level, "round": rnd})
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+        rss = {name: memory_mb(pid) for name, _, _, pid in servers}
+        anon = {name: memory_mb(pid, "Pss_Anon") for name, _, _, pid in servers}
     finally:
         for p in (ours, orthanc, *((redis,) if redis is not None else ())):
             p.terminate()
@@ -215,15 +202,7 @@ def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str
             subprocess.run(["psql", "-h", "/var/run/postgresql", "-U", "postgres", "-qc", f"DROP DATABASE {db}"],
                            check=False)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{'assoc':>5} {'Orthanc inst/s':>14} {'cubepacs inst/s':>15} {'ratio':>6} {'MB/s O/c':>13} "
-          f"{'CPU ms/inst O/c':>16} {'failed O/c':>10} {'lag s':>6} {'clients ms/inst O/c':>20}")
-    for level in levels:
-        o = next(r for r in rows if r["server"] == "Orthanc" and r["associations"] == level)
-        c = next(r for r in rows if r["server"] == "cubepacs" and r["associations"] == level)
-        print(f"{level:5d} {o['inst_s']:14.1f} {c['inst_s']:15.1f} {c['inst_s'] / o['inst_s']:5.2f}x "
-              f"{o['mb_s']:6.1f}/{c['mb_s']:<6.1f} {o['cpu_ms_per_instance']:7.1f}/{c['cpu_ms_per_instance']:<8.1f} "
-              f"{o['failed']:4d}/{c['failed']:<5d} {c['lag_s']:6.2f} "
-              f"{o['client_cpu_ms_per_instance']:9.1f}/{c['client_cpu_ms_per_instance']:<8.1f}")
+    report(rows, levels, rounds)
     print(f"memory (PSS of the process tree) after the runs: Orthanc {rss['Orthanc']} MB, "
           f"cubepacs {rss['cubepacs']} MB; of it anonymous (heaps, not library pages): Orthanc {anon['Orthanc']} MB, "
           f"cubepacs {anon['cubepacs']} MB")
@@ -235,6 +214,55 @@ def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str
                                             for r in rows if r["server"] == "cubepacs"))
 
 
+def measure(name: str, port: int, aet: str, pid: int, files: list[Path], level: int, total: int,
+            auth: dict[str, str], redis_pid: int | None) -> dict[str, Any]:
+    """One server's round: ``files`` by ``level`` concurrent storescu; for cubepacs, until the ``total``-th
+    instance it holds is visible in QIDO (its indexing lag); CPU of the server's process tree over both."""
+    size = sum(f.stat().st_size for f in files)
+    cpu0 = cpu_seconds(pid)
+    extra0 = (cpu_seconds(redis_pid) + postgres_cpu()) if redis_pid is not None else 0.0
+    seconds, failed, client = store_timed(port, aet, files, level)
+    lag = 0.0
+    if name == "cubepacs":
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 120:  # never forever: a lost instance shows as a 120 s lag
+            # the last of them visible? (one row asked for: the polling itself costs the server little)
+            r = httpx.get("http://127.0.0.1:8042/dicom-web/instances", headers=auth,
+                          params={"limit": 1, "offset": total - 1})
+            if r.status_code == 200 and len(r.json()) == 1:
+                break
+            time.sleep(0.05)
+        lag = time.perf_counter() - t0
+    cpu = cpu_seconds(pid) - cpu0
+    extra = ((cpu_seconds(redis_pid) + postgres_cpu()) - extra0) if redis_pid is not None else 0.0
+    return {"server": name, "instances": len(files), "inst_s": len(files) / seconds, "mb_s": size / seconds / 1e6,
+            "failed": failed, "cpu_ms_per_instance": 1000 * cpu / len(files), "lag_s": lag,
+            "backend_cpu_ms_per_instance": 1000 * extra / len(files),
+            "client_cpu_ms_per_instance": 1000 * client / len(files)}
+
+
+def report(rows: list[dict[str, Any]], levels: list[int], rounds: int) -> None:
+    """The table: per level, the median over rounds of each server's instances/s and of the rounds' ratios (each
+    round's two servers measured back to back), every round's ratio, and CPU per instance over all rounds."""
+    print(f"{'assoc':>5} {'Orthanc inst/s':>14} {'cubepacs inst/s':>15} {'ratio':>6} {'MB/s O/c':>13} "
+          f"{'CPU ms/inst O/c':>16} {'failed O/c':>10} {'lag s':>6} {'clients ms/inst O/c':>20}"
+          + ("  ratio per round" if rounds > 1 else ""))
+    for level in levels:
+        o = [r for r in rows if r["server"] == "Orthanc" and r["associations"] == level]
+        c = [r for r in rows if r["server"] == "cubepacs" and r["associations"] == level]
+        ratios = [b["inst_s"] / a["inst_s"] for a, b in zip(o, c, strict=True)]
+
+        def per_inst(side: list[dict[str, Any]], field: str) -> float:
+            return float(sum(r[field] * r["instances"] for r in side) / sum(r["instances"] for r in side))
+
+        print(f"{level:5d} {median([r['inst_s'] for r in o]):14.1f} {median([r['inst_s'] for r in c]):15.1f} "
+              f"{median(ratios):5.2f}x {median([r['mb_s'] for r in o]):6.1f}/{median([r['mb_s'] for r in c]):<6.1f} "
+              f"{per_inst(o, 'cpu_ms_per_instance'):7.1f}/{per_inst(c, 'cpu_ms_per_instance'):<8.1f} "
+              f"{sum(r['failed'] for r in o):4d}/{sum(r['failed'] for r in c):<5d} {max(r['lag_s'] for r in c):6.2f} "
+              f"{per_inst(o, 'client_cpu_ms_per_instance'):9.1f}/{per_inst(c, 'client_cpu_ms_per_instance'):<8.1f}"
+              + (("  " + " ".join(f"{x:.2f}" for x in ratios)) if rounds > 1 else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,4,16,32", help="concurrent storescu associations, comma-separated")
@@ -242,12 +270,15 @@ def main() -> None:
                     help="cubepacs' backends: embedded (SQLite, embedded queue) or PostgreSQL + Redis")
     ap.add_argument("--long", type=int, default=0,
                     help="send one series of this many instances instead of the shared series (e.g. 1000)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per level, each with new copies, the servers taking turns going first; the table "
+                         "gives medians over rounds (1: one measurement per level, as before)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a cubepacs setting for this run, TOML (e.g. metadata_at_ingest=true); repeatable")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     if os.environ.get("CUBEPACS_BENCH_NETNS") == "1":
-        run_inside(levels, args.layout, args.long, args.set)
+        run_inside(levels, args.layout, args.long, args.set, max(1, args.rounds))
         return
     if shutil.which("Orthanc") is None:
         sys.exit("Orthanc is not installed: apt-get install orthanc")
