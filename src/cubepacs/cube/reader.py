@@ -153,6 +153,7 @@ class CubeReader:
         self._index: np.ndarray | None = None
         self.frame_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._last: tuple[int, bytes] | None = None
+        self._positions: dict[str, int] | None = None  # instance name → index (``position``)
         exact = self.doc.get("stored_exact", [])  # optional (format.md); anything but a list of ints: none
         self._stored_exact = frozenset(x for x in exact if isinstance(x, int)) if isinstance(exact, list) \
             else frozenset()
@@ -199,6 +200,28 @@ class CubeReader:
         if checksum(data) != int(rec["checksum"]):
             raise InvalidCubeError(self.source, f"frame {row}", "checksum mismatch (frame data corrupted)")
         return data
+
+    def position(self, name: str) -> int | None:
+        """The index of the instance stored as ``name`` (its file name in the series), None when there is none;
+        looked up in a table built on first use (a frame request asks this every time).
+
+        Example
+        -------
+        >>> import io
+        >>> from pathlib import Path
+        >>> from cubepacs.cube.sources import read_instance
+        >>> from cubepacs.cube.writer import write_cube
+        >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
+        >>> buf = io.BytesIO(); _ = write_cube([read_instance(data, "ct.dcm")], buf)
+        >>> r = CubeReader(buf.getvalue()); r.position("ct.dcm"), r.position("other.dcm")
+        (0, None)
+        """
+        if self._positions is None:
+            positions: dict[str, int] = {}
+            for i, n in enumerate(self.meta.names):
+                positions.setdefault(n, i)  # the first of a repeated name, as list.index finds it
+            self._positions = positions
+        return self._positions.get(name)
 
     def locate(self, k: int) -> tuple[int, int]:
         """(instance, frame within instance) of series frame ``k``."""

@@ -148,10 +148,9 @@ def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only
     cube, cube_id = _cube_for(services, row, open_new=not hot_only)
     if cube is None and cube_id is not None:
         return None  # compacted, its cube not open yet: not hot
-    name = f"{row['sop_uid']}.dcm"
     try:
-        if cube is not None and name in cube.meta.names:
-            i = cube.meta.names.index(name)
+        i = cube.position(f"{row['sop_uid']}.dcm") if cube is not None else None
+        if cube is not None and i is not None:
             start, count = int(cube.frame_starts[i]), int(cube.frame_starts[i + 1] - cube.frame_starts[i])
             source: Any = cube
             identity: Any = cube_id
@@ -199,11 +198,11 @@ def _as_stored(services: Services, row: dict[str, Any], wanted: list[int],
                ok: frozenset[str]) -> tuple[list[Any], str] | None:
     """The frames of ``row`` as stored (a cube's HTJ2K, a file's codestreams) when ``ok`` allows their syntax;
     None when they are to be decoded (including every failure: the decoding path says what is wrong)."""
-    name = f"{row['sop_uid']}.dcm"
     try:
         cube, _ = _cube_for(services, row)
-        if cube is not None and name in cube.meta.names:
-            return asstored.cube_frames(cube, cube.meta.names.index(name), wanted, ok)
+        i = cube.position(f"{row['sop_uid']}.dcm") if cube is not None else None
+        if cube is not None and i is not None:
+            return asstored.cube_frames(cube, i, wanted, ok)
         if not asstored.allows(ok, str(row.get("transfer_syntax") or "")):
             return None  # a file stored uncompressed: decoded (read as it is) below
         _, source = _INSTANCES.pixels(services.storage, row)
