@@ -209,9 +209,10 @@ def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str
     print("clients: the storescu processes' own CPU (user + system) per instance, the same work for both servers; "
           "on these 2 vCPUs it is shared with the server, so it bounds the throughput ratio")
     if layout == "services":
+        backend = {level: per_inst([r for r in rows if r["server"] == "cubepacs" and r["associations"] == level],
+                                   "backend_cpu_ms_per_instance") for level in levels}
         print("cubepacs over PostgreSQL (index) + Redis (queue, appendfsync always); their CPU per instance, not "
-              "counted above: " + ", ".join(f"{r['associations']}: {r['backend_cpu_ms_per_instance']:.1f} ms"
-                                            for r in rows if r["server"] == "cubepacs"))
+              "counted above: " + ", ".join(f"{level}: {ms:.1f} ms" for level, ms in backend.items()))
 
 
 def measure(name: str, port: int, aet: str, pid: int, files: list[Path], level: int, total: int,
@@ -241,6 +242,11 @@ def measure(name: str, port: int, aet: str, pid: int, files: list[Path], level: 
             "client_cpu_ms_per_instance": 1000 * client / len(files)}
 
 
+def per_inst(rows: list[dict[str, Any]], field: str) -> float:
+    """A per-instance field over several rounds, weighted by their instances."""
+    return float(sum(r[field] * r["instances"] for r in rows) / sum(r["instances"] for r in rows))
+
+
 def report(rows: list[dict[str, Any]], levels: list[int], rounds: int) -> None:
     """The table: per level, the median over rounds of each server's instances/s and of the rounds' ratios (each
     round's two servers measured back to back), every round's ratio, and CPU per instance over all rounds."""
@@ -251,10 +257,6 @@ def report(rows: list[dict[str, Any]], levels: list[int], rounds: int) -> None:
         o = [r for r in rows if r["server"] == "Orthanc" and r["associations"] == level]
         c = [r for r in rows if r["server"] == "cubepacs" and r["associations"] == level]
         ratios = [b["inst_s"] / a["inst_s"] for a, b in zip(o, c, strict=True)]
-
-        def per_inst(side: list[dict[str, Any]], field: str) -> float:
-            return float(sum(r[field] * r["instances"] for r in side) / sum(r["instances"] for r in side))
-
         print(f"{level:5d} {median([r['inst_s'] for r in o]):14.1f} {median([r['inst_s'] for r in c]):15.1f} "
               f"{median(ratios):5.2f}x {median([r['mb_s'] for r in o]):6.1f}/{median([r['mb_s'] for r in c]):<6.1f} "
               f"{per_inst(o, 'cpu_ms_per_instance'):7.1f}/{per_inst(c, 'cpu_ms_per_instance'):<8.1f} "
