@@ -23,11 +23,15 @@ from pathlib import Path
 
 _COUNTER = itertools.count()
 _MADE: set[str] = set()  # folders made or found already (one removed since is made again on the next write)
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)  # not on macOS: pages are kept there
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> None:
-    """Write ``parts`` to ``path`` atomically and durably (creating the folder)."""
+def atomic_write(path: Path, parts: Iterable[bytes | memoryview], keep_cached: bool = True) -> None:
+    """Write ``parts`` to ``path`` atomically and durably (creating the folder). ``keep_cached=False``: once
+    fsynced, the file's pages are dropped from the OS page cache (``POSIX_FADV_DONTNEED``) — for data written
+    now and read much later, whose pages the next write can then reuse (``docs/archive.md``, "Received files
+    and the page cache")."""
     folder = os.path.dirname(path)
     if folder not in _MADE:
         os.makedirs(folder, exist_ok=True)
@@ -51,6 +55,8 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> None:
                 while view:
                     view = view[os.write(fd, view):]
             os.fsync(fd)
+            if not keep_cached and _DONTNEED is not None:
+                os.posix_fadvise(fd, 0, 0, _DONTNEED)  # clean pages after the fsync: they are dropped now
         finally:
             os.close(fd)
         os.replace(tmp, path)

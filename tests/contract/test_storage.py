@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import cubepacs
 from cubepacs._registry import open_backend
 from cubepacs.archive.storage.base import Storage, StorageFile
 from cubepacs.cube.reader import CubeReader
+from cubepacs.errors import ConfigError
 from tests.conftest import SERIES
 
 
@@ -32,6 +36,11 @@ class StorageContract:
         assert not storage.exists("t/1.2/3.dcm")
         with pytest.raises(KeyError):
             storage.get("t/1.2/3.dcm")
+
+    def test_received_instance_is_stored_like_any_object(self, storage: Storage) -> None:
+        storage.put_received("t/1.2/5.dcm", b"0123456789" * 1000)
+        assert storage.get("t/1.2/5.dcm") == b"0123456789" * 1000
+        assert storage.get_range("t/1.2/5.dcm", 9990, 20) == b"0123456789"
 
     def test_keys_cannot_escape(self, storage: Storage) -> None:
         with pytest.raises(ValueError, match="leaves"):
@@ -55,6 +64,35 @@ class TestFile(StorageContract):
     @pytest.fixture
     def storage(self, tmp_path: Path) -> Storage:
         return open_backend("storage", f"file://{tmp_path}/objects")  # type: ignore[no-any-return]
+
+
+def _resident_pages(path: Path) -> int:
+    """Pages of ``path`` in the OS page cache, as util-linux's ``fincore`` counts them."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "PAGES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None or not hasattr(os, "posix_fadvise"),
+                    reason="needs util-linux fincore and posix_fadvise")
+def test_received_files_leave_the_page_cache_unless_kept(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4096  # 1 MB: 256 pages
+    dropped = open_backend("storage", f"file://{tmp_path}/a")
+    dropped.put_received("t/1/2.dcm", data)
+    dropped.put("t/1/cube.dcbs", data)  # anything else the archive writes (cubes, series JSON) stays cached
+    assert _resident_pages(tmp_path / "a" / "t" / "1" / "2.dcm") == 0
+    assert _resident_pages(tmp_path / "a" / "t" / "1" / "cube.dcbs") == 256
+    assert dropped.get("t/1/2.dcm") == data  # read back from the disk
+    kept = open_backend("storage", f"file://{tmp_path}/b?received=keep")
+    kept.put_received("t/1/2.dcm", data)
+    assert _resident_pages(tmp_path / "b" / "t" / "1" / "2.dcm") == 256
+
+
+def test_file_storage_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"received=drop\|keep"):
+        open_backend("storage", f"file://{tmp_path}/a?received=maybe")
+    with pytest.raises(ConfigError, match="the only option"):
+        open_backend("storage", f"file://{tmp_path}/a?fsync=off")
 
 
 @pytest.mark.s3

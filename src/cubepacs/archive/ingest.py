@@ -240,6 +240,6 @@ def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str
         ev["replace"] = True
     if metadata:
         ev["meta"] = stored_metadata(data, ev)
-    storage.put(ev["key"], data)
+    storage.put_received(ev["key"], data)
     queue.publish(STORAGE_TOPIC, ev)
     return ev

@@ -23,6 +23,11 @@ class Storage(ABC):
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` durably (atomic: readers see the old object or the new one)."""
 
+    def put_received(self, key: str, data: bytes) -> None:
+        """Store an instance just received (C-STORE, STOW-RS) as ``put`` does; a backend may choose not to keep
+        it in memory, as it is read much later if at all (``FileStorage`` drops its pages from the OS cache)."""
+        self.put(key, data)
+
     @abstractmethod
     def get(self, key: str) -> bytes:
         """The object's bytes; KeyError when absent."""
