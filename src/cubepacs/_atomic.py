@@ -27,11 +27,11 @@ _DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)  # not on macOS: pages are 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def atomic_write(path: Path, parts: Iterable[bytes | memoryview], keep_cached: bool = True) -> None:
-    """Write ``parts`` to ``path`` atomically and durably (creating the folder). ``keep_cached=False``: once
-    fsynced, the file's pages are dropped from the OS page cache (``POSIX_FADV_DONTNEED``) — for data written
-    now and read much later, whose pages the next write can then reuse (``docs/archive.md``, "Received files
-    and the page cache")."""
+def atomic_write(path: Path, parts: Iterable[bytes | memoryview], drop_from: int | None = None) -> None:
+    """Write ``parts`` to ``path`` atomically and durably (creating the folder). With ``drop_from``, once fsynced,
+    the file's pages from that offset on (whole pages) are dropped from the OS page cache (``POSIX_FADV_DONTNEED``)
+    — for data written now and read much later, whose pages the next write can then reuse (``docs/archive.md``,
+    "Received files and the page cache")."""
     folder = os.path.dirname(path)
     if folder not in _MADE:
         os.makedirs(folder, exist_ok=True)
@@ -48,15 +48,10 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview], keep_cached: b
         fd = os.open(tmp, _FLAGS, 0o600)
     try:
         try:
-            for p in parts:
-                view = memoryview(p)
-                if view.itemsize != 1 or view.ndim != 1:
-                    view = view.cast("B")  # os.write counts bytes; slice in bytes too
-                while view:
-                    view = view[os.write(fd, view):]
+            _write(fd, parts, drop_from)
             os.fsync(fd)
-            if not keep_cached and _DONTNEED is not None:
-                os.posix_fadvise(fd, 0, 0, _DONTNEED)  # clean pages after the fsync: they are dropped now
+            if drop_from is not None and _DONTNEED is not None:
+                os.posix_fadvise(fd, drop_from, 0, _DONTNEED)  # clean pages after the fsync: dropped now
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -68,3 +63,23 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview], keep_cached: b
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write(fd: int, parts: Iterable[bytes | memoryview], cut: int | None) -> None:
+    """Write ``parts`` in order; a part crossing offset ``cut`` is written in two ``write()`` calls split there.
+
+    Why: the page cache keeps a large write in large folios (several pages each), and ``POSIX_FADV_DONTNEED``
+    leaves a folio alone unless all of it is in the range — a 527 KB file written at once kept every page when
+    asked to drop all but its first one. Split, the pages after ``cut`` are in folios of their own."""
+    pos = 0
+    for p in parts:
+        view = memoryview(p)
+        if view.itemsize != 1 or view.ndim != 1:
+            view = view.cast("B")  # os.write counts bytes; slice in bytes too
+        size = len(view)
+        pieces = (view[: cut - pos], view[cut - pos :]) if cut is not None and pos < cut < pos + size else (view,)
+        for piece in pieces:
+            rest = piece
+            while rest:
+                rest = rest[os.write(fd, rest):]
+        pos += size

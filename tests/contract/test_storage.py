@@ -42,6 +42,15 @@ class StorageContract:
         assert storage.get("t/1.2/5.dcm") == b"0123456789" * 1000
         assert storage.get_range("t/1.2/5.dcm", 9990, 20) == b"0123456789"
 
+    def test_view_reads_like_get(self, storage: Storage) -> None:
+        storage.put("t/1.2/6.dcm", b"abcdef" * 5000)
+        storage.put("t/1.2/7.dcm", b"")
+        view = storage.view("t/1.2/6.dcm")
+        assert view[:] == b"abcdef" * 5000 and view[6:9] == b"abc" and view.find(b"fa") == 5
+        assert storage.view("t/1.2/7.dcm")[:] == b""
+        with pytest.raises(KeyError):
+            storage.view("t/1.2/8.dcm")
+
     def test_keys_cannot_escape(self, storage: Storage) -> None:
         with pytest.raises(ValueError, match="leaves"):
             storage.put("../../etc/x", b"x")
@@ -75,17 +84,41 @@ def _resident_pages(path: Path) -> int:
 
 @pytest.mark.skipif(shutil.which("fincore") is None or not hasattr(os, "posix_fadvise"),
                     reason="needs util-linux fincore and posix_fadvise")
-def test_received_files_leave_the_page_cache_unless_kept(tmp_path: Path) -> None:
-    data = bytes(range(256)) * 4096  # 1 MB: 256 pages
+def test_received_files_leave_the_page_cache_but_their_header_unless_kept(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4096  # 1 MB: 256 pages, the first 10,000 bytes its "header" (3 pages hold it)
     dropped = open_backend("storage", f"file://{tmp_path}/a")
-    dropped.put_received("t/1/2.dcm", data)
+    dropped.put_received("t/1/2.dcm", data, header_size=10_000)
+    dropped.put_received("t/1/3.dcm", data)  # no header size given: all of it is header, kept
     dropped.put("t/1/cube.dcbs", data)  # anything else the archive writes (cubes, series JSON) stays cached
-    assert _resident_pages(tmp_path / "a" / "t" / "1" / "2.dcm") == 0
+    assert _resident_pages(tmp_path / "a" / "t" / "1" / "2.dcm") == 3
+    assert _resident_pages(tmp_path / "a" / "t" / "1" / "3.dcm") == 256
     assert _resident_pages(tmp_path / "a" / "t" / "1" / "cube.dcbs") == 256
     assert dropped.get("t/1/2.dcm") == data  # read back from the disk
     kept = open_backend("storage", f"file://{tmp_path}/b?received=keep")
-    kept.put_received("t/1/2.dcm", data)
+    kept.put_received("t/1/2.dcm", data, header_size=10_000)
     assert _resident_pages(tmp_path / "b" / "t" / "1" / "2.dcm") == 256
+
+
+def test_a_received_instance_keeps_its_header_cached(tmp_path: Path) -> None:
+    """Through the ingest path, with a real CT file: pages before its Pixel Data stay, the rest is dropped."""
+    from cubepacs.archive.ingest import ingest
+    from cubepacs.archive.metadata import instance_metadata
+    from cubepacs.archive.queue.embedded import EmbeddedQueue
+
+    if shutil.which("fincore") is None:
+        pytest.skip("needs util-linux fincore")
+    data = next(f for f in SERIES if f.name.startswith("ct_ge")).glob("*.dcm")
+    raw = next(iter(sorted(data))).read_bytes()
+    storage = open_backend("storage", f"file://{tmp_path}/s")
+    ev = ingest(raw, "acme", storage, EmbeddedQueue(str(tmp_path / "q.db")))
+    pixel = raw.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010), little endian: where the header ends
+    path = storage.local_path(ev["key"])
+    assert _resident_pages(path) == pixel // 4096 + 1 < len(raw) // 4096
+    # its metadata, from the file mapped (as a series' first /metadata reads it): no pixel page read back but
+    # the last (the reader looks for trailing padding)
+    doc = instance_metadata(storage.view(ev["key"]), "/r")
+    assert doc == instance_metadata(raw, "/r") and doc["00080060"]["Value"] == ["CT"]
+    assert _resident_pages(path) <= pixel // 4096 + 2
 
 
 def test_file_storage_options_are_checked(tmp_path: Path) -> None:

@@ -51,6 +51,19 @@ class RejectedInstance(DicomReadError):
 def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
     """Check an encoded instance and return its UIDs and index attributes; RejectedInstance when it cannot be
     archived (the message says why)."""
+    return _describe(data, source)[0]
+
+
+def _header_size(data: bytes, scan: Scan) -> int:
+    """Where the top-level Pixel Data element starts (what a reader of the header needs: everything before it);
+    the whole file when it has none or is deflated."""
+    for tag, _, start, _, _ in reversed(scan.spans):
+        if tag == 0x7FE00010:
+            return start
+    return len(data)
+
+
+def _describe(data: bytes, source: str) -> tuple[dict[str, Any], Scan]:
     try:
         scan = scan_file(data, source)  # the whole file must be well formed: it is what we keep
     except DicomReadError as exc:
@@ -76,7 +89,7 @@ def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
             raise RejectedInstance(source, str(exc)) from exc
     return {"study_uid": uids["StudyInstanceUID"], "series_uid": uids["SeriesInstanceUID"],
             "sop_uid": uids["SOPInstanceUID"], "sop_class_uid": uids["SOPClassUID"] or None,
-            "transfer_syntax": scan.transfer_syntax, "size": len(data), "attrs": attrs}
+            "transfer_syntax": scan.transfer_syntax, "size": len(data), "attrs": attrs}, scan
 
 
 _UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
@@ -223,7 +236,7 @@ def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str
     instance of another study is refused (StudyMismatch) before anything is written. With ``metadata``, the event
     carries the instance's DICOM JSON for the index (:func:`stored_metadata`).
     """
-    ev = describe(data, source)
+    ev, scan = _describe(data, source)
     if study is not None and ev["study_uid"] != study:
         raise StudyMismatch(source, f"Study Instance UID {ev['study_uid']} is not the study of the request ({study})")
     ev["tenant"] = check_tenant(tenant)
@@ -240,6 +253,6 @@ def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str
         ev["replace"] = True
     if metadata:
         ev["meta"] = stored_metadata(data, ev)
-    storage.put_received(ev["key"], data)
+    storage.put_received(ev["key"], data, _header_size(data, scan))
     queue.publish(STORAGE_TOPIC, ev)
     return ev

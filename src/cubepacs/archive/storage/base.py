@@ -23,14 +23,21 @@ class Storage(ABC):
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` durably (atomic: readers see the old object or the new one)."""
 
-    def put_received(self, key: str, data: bytes) -> None:
-        """Store an instance just received (C-STORE, STOW-RS) as ``put`` does; a backend may choose not to keep
-        it in memory, as it is read much later if at all (``FileStorage`` drops its pages from the OS cache)."""
+    def put_received(self, key: str, data: bytes, header_size: int | None = None) -> None:
+        """Store an instance just received (C-STORE, STOW-RS) as ``put`` does. A backend may choose not to keep
+        it in memory, as most of it is read much later if at all — but for its first ``header_size`` bytes (the
+        DICOM header before the pixel data; None: all), which a series' first ``/metadata`` reads (``FileStorage``
+        drops the rest from the OS page cache)."""
         self.put(key, data)
 
     @abstractmethod
     def get(self, key: str) -> bytes:
         """The object's bytes; KeyError when absent."""
+
+    def view(self, key: str) -> bytes:
+        """The object's bytes for a reader that looks at a part of them (a header); KeyError when absent.
+        ``get`` by default; ``FileStorage`` maps the file, so that only the pages read come from the disk."""
+        return self.get(key)
 
     @abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes:

@@ -7,7 +7,8 @@ Connection string
 Options
 -------
 ``received=drop`` (the default) or ``received=keep``: whether a received instance's file (``put_received``)
-stays in the OS page cache once it is durable. Dropped, the next instance's write reuses its pages instead of
+stays in the OS page cache once it is durable. Dropped (all but its header: what a series' first ``/metadata``
+reads before compaction), the next instance's write reuses its pages instead of
 growing the cache into memory not touched before — on this project's VM the copy into new pages was a quarter
 of the DIMSE workers' CPU (``docs/archive.md``, "Received files and the page cache"); kept, a frame asked right
 after the C-STORE is read from memory rather than the disk. Writes go to a temporary file beside the target, are
@@ -26,8 +27,10 @@ True
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from pathlib import Path
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from cubepacs._atomic import atomic_write
@@ -70,14 +73,30 @@ class FileStorage(Storage):
     def put(self, key: str, data: bytes) -> None:
         atomic_write(self._path(key), [data])
 
-    def put_received(self, key: str, data: bytes) -> None:
-        atomic_write(self._path(key), [data], keep_cached=self.keep_received)
+    def put_received(self, key: str, data: bytes, header_size: int | None = None) -> None:
+        drop = None if self.keep_received or header_size is None else header_size
+        atomic_write(self._path(key), [data], drop_from=drop)
 
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise KeyError(key) from None
+
+    def view(self, key: str) -> bytes:
+        """The file mapped read-only, read ahead of nothing (``MADV_RANDOM``): a reader of its header reads just
+        those pages — cached, as a received file keeps them — not the pixel data the OS would read around them.
+        Safe to map: a stored file is replaced by a rename, never rewritten or truncated in place."""
+        try:
+            with open(self._path(key), "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    return b""
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        if hasattr(mmap, "MADV_RANDOM"):
+            mapped.madvise(mmap.MADV_RANDOM)
+        return cast(bytes, mapped)  # bytes-like: slicing, find, struct, memoryview — what the DICOM readers use
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         try:

@@ -360,7 +360,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
         if state and state["json_status"] == 1 and state["built_instances"] == len(rows) and state["json_key"]:
             return services.storage.get(state["json_key"])
         kept = services.index.instance_docs(tenant, study, series)  # JSON kept at ingest (metadata_at_ingest)
-        return series_json(rows, kept, lambda r: services.storage.get(r["storage_key"]), ROOT)
+        # mapped, not read: the metadata needs each file's header, not its pixel data (not cached after ingest)
+        return series_json(rows, kept, lambda r: services.storage.view(r["storage_key"]), ROOT)
 
     def metadata(tenant: str, study: str, series: str | None, sop: str | None) -> Response:
         """An instance's, series' or study's metadata: the JSON arrays of its series joined."""
