@@ -20,6 +20,9 @@ Example
 >>> s = FileStorage.from_url("file://" + tempfile.mkdtemp())
 >>> s.put("t/1.2/3.dcm", b"abc"); s.get("t/1.2/3.dcm"), s.get_range("t/1.2/3.dcm", 1, 2)
 (b'abc', b'bc')
+>>> s.put_received("t/1.2/4.dcm", b"header" + b"pixels", header_size=6)  # durable; "pixels" left uncached
+>>> s.view("t/1.2/4.dcm")[:6]  # mapped, not read: only the pages looked at come from the disk
+b'header'
 >>> FileStorage.from_url("file://" + tempfile.mkdtemp() + "?received=keep").keep_received
 True
 """
