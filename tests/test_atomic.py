@@ -6,6 +6,8 @@ import shutil
 import threading
 from pathlib import Path
 
+import pytest
+
 from cubepacs._atomic import atomic_write
 
 
@@ -30,3 +32,18 @@ def test_concurrent_writers_leave_no_temporary_file(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "f").iterdir())
     assert len(names) == 160 and not [n for n in names if n.endswith(".tmp")]
     assert (tmp_path / "f" / "3-7.bin").read_bytes() == b"\x03" * 1000 + b"end"
+
+
+def test_a_refused_page_cache_drop_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``drop_from`` is advice: a file system refusing ``posix_fadvise`` (EINVAL here, as a FUSE or network file
+    system may) still gets the file, durably, under its name."""
+    import errno
+    import os
+
+    def refuse(*_: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse, raising=False)
+    atomic_write(tmp_path / "s" / "x.dcm", [b"header", memoryview(b"pixels" * 1000)], drop_from=6)
+    assert (tmp_path / "s" / "x.dcm").read_bytes() == b"header" + b"pixels" * 1000
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["x.dcm"]

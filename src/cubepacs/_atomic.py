@@ -51,7 +51,10 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview], drop_from: int
             _write(fd, parts, drop_from)
             os.fsync(fd)
             if drop_from is not None and _DONTNEED is not None:
-                os.posix_fadvise(fd, drop_from, 0, _DONTNEED)  # clean pages after the fsync: dropped now
+                try:
+                    os.posix_fadvise(fd, drop_from, 0, _DONTNEED)  # clean pages after the fsync: dropped now
+                except OSError:  # only advice: a file system that refuses it keeps the pages, nothing else changes
+                    pass
         finally:
             os.close(fd)
         os.replace(tmp, path)
