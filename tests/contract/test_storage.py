@@ -82,8 +82,11 @@ def _resident_pages(path: Path) -> int:
     return int(out.split()[0])
 
 
-@pytest.mark.skipif(shutil.which("fincore") is None or not hasattr(os, "posix_fadvise"),
-                    reason="needs util-linux fincore and posix_fadvise")
+needs_fincore = pytest.mark.skipif(shutil.which("fincore") is None or not hasattr(os, "posix_fadvise"),
+                                   reason="needs util-linux fincore and posix_fadvise")
+
+
+@needs_fincore
 def test_received_files_leave_the_page_cache_but_their_header_unless_kept(tmp_path: Path) -> None:
     data = bytes(range(256)) * 4096  # 1 MB: 256 pages, the first 10,000 bytes its "header" (3 pages hold it)
     dropped = open_backend("storage", f"file://{tmp_path}/a")
@@ -99,16 +102,15 @@ def test_received_files_leave_the_page_cache_but_their_header_unless_kept(tmp_pa
     assert _resident_pages(tmp_path / "b" / "t" / "1" / "2.dcm") == 256
 
 
+@needs_fincore
 def test_a_received_instance_keeps_its_header_cached(tmp_path: Path) -> None:
     """Through the ingest path, with a real CT file: pages before its Pixel Data stay, the rest is dropped."""
     from cubepacs.archive.ingest import ingest
     from cubepacs.archive.metadata import instance_metadata
     from cubepacs.archive.queue.embedded import EmbeddedQueue
 
-    if shutil.which("fincore") is None:
-        pytest.skip("needs util-linux fincore")
-    data = next(f for f in SERIES if f.name.startswith("ct_ge")).glob("*.dcm")
-    raw = next(iter(sorted(data))).read_bytes()
+    series = next(f for f in SERIES if f.name.startswith("ct_ge"))
+    raw = sorted(series.glob("*.dcm"))[0].read_bytes()
     storage = open_backend("storage", f"file://{tmp_path}/s")
     ev = ingest(raw, "acme", storage, EmbeddedQueue(str(tmp_path / "q.db")))
     pixel = raw.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010), little endian: where the header ends

@@ -34,7 +34,7 @@ from cubepacs.archive.metadata import instance_metadata
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 from cubepacs.archive.storage.base import Storage
 from cubepacs.dicom.dicomjson import _dictionary_vr, dataset_to_json
-from cubepacs.dicom.rawfile import MAX_DEPTH, UNDEFINED, Scan, _Cursor, scan_file
+from cubepacs.dicom.rawfile import MAX_DEPTH, PIXEL_TAGS, UNDEFINED, Scan, _Cursor, scan_file
 from cubepacs.errors import DicomReadError
 
 INDEX_KEYWORDS = (
@@ -55,10 +55,10 @@ def describe(data: bytes, source: str = "<received>") -> dict[str, Any]:
 
 
 def _header_size(data: bytes, scan: Scan) -> int:
-    """Where the top-level Pixel Data element starts (what a reader of the header needs: everything before it);
-    the whole file when it has none or is deflated."""
+    """Where the top-level pixel element (``PIXEL_TAGS``) starts (what a reader of the header needs: everything
+    before it); the whole file when it has none or is deflated."""
     for tag, _, start, _, _ in reversed(scan.spans):
-        if tag == 0x7FE00010:
+        if tag in PIXEL_TAGS:
             return start
     return len(data)
 
