@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import pydicom
+from _settle import cleanup, settle  # bench/_settle.py (this folder is on sys.path when run as a script)
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -394,7 +395,7 @@ def run_inside(args: argparse.Namespace) -> None:
         for p in (ours, orthanc):
             p.terminate()
             p.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp)
     r = results
     print(f"\n{len(series_files())} files by {args.streams} concurrent storescu associations:")
     print(f"  C-STORE Orthanc   {r['orthanc_store_ips']:8.1f} instances/s")
@@ -449,12 +450,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=50, help="requests per /metadata measurement")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a cubepacs setting for this run, TOML (e.g. metadata_at_ingest=true); repeatable")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="start at once, even within 6 minutes of the last benchmark's deletions (bench/_settle.py)")
     args = ap.parse_args()
     if inside_namespace():
         run_inside(args)
         return
     if shutil.which("Orthanc") is None:
         sys.exit("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb")
+    if not args.no_settle:
+        settle(tempfile.gettempdir())
     env = {**os.environ, "CUBEPACS_BENCH_NETNS": "1"}
     sys.exit(subprocess.call(["unshare", "-n", sys.executable, *sys.argv], env=env))
 

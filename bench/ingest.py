@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import pydicom
+from _settle import cleanup, settle
 from archive import wait_http  # bench/archive.py (this folder is on sys.path when run as a script)
 from pydicom.uid import generate_uid
 
@@ -201,7 +202,7 @@ def run_inside(levels: list[int], layout: str, long: int = 0, settings: list[str
         if db:
             subprocess.run(["psql", "-h", "/var/run/postgresql", "-U", "postgres", "-qc", f"DROP DATABASE {db}"],
                            check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp)
     report(rows, levels, rounds)
     print(f"memory (PSS of the process tree) after the runs: Orthanc {rss['Orthanc']} MB, "
           f"cubepacs {rss['cubepacs']} MB; of it anonymous (heaps, not library pages): Orthanc {anon['Orthanc']} MB, "
@@ -277,6 +278,8 @@ def main() -> None:
                          "gives medians over rounds (1: one measurement per level, as before)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a cubepacs setting for this run, TOML (e.g. metadata_at_ingest=true); repeatable")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="start at once, even within 6 minutes of the last benchmark's deletions (bench/_settle.py)")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     if os.environ.get("CUBEPACS_BENCH_NETNS") == "1":
@@ -284,6 +287,8 @@ def main() -> None:
         return
     if shutil.which("Orthanc") is None:
         sys.exit("Orthanc is not installed: apt-get install orthanc")
+    if not args.no_settle:
+        settle(tempfile.gettempdir())
     sys.exit(subprocess.call(["unshare", "-n", sys.executable, *sys.argv],
                              env={**os.environ, "CUBEPACS_BENCH_NETNS": "1"}))
 
