@@ -1,5 +1,5 @@
-"""The DIMSE listener as several worker processes on one port (SO_REUSEPORT): connections are spread over them,
-their metrics are merged, a busy port is one line, and a kill -9 of ``cubepacs serve`` takes them along."""
+"""The DIMSE listener as several worker processes sharing one listening socket: associations go to the least
+loaded, their metrics are merged, a busy port is one line, and a kill -9 of ``cubepacs serve`` takes them along."""
 
 from __future__ import annotations
 
@@ -70,10 +70,57 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     assert all(not Path(f"/proc/{w}").exists() for w in workers)  # stopped with serve
 
 
+def _owners(port: int) -> dict[int, int]:
+    """The established connections to ``port``: client port → the pid of the process holding it (``ss``)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], check=True,
+                         capture_output=True, text=True).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]): int(line.split("pid=")[1].split(",")[0])
+            for line in out.splitlines() if "pid=" in line}
+
+
+def test_associations_go_to_the_least_loaded_worker(tmp_path: Path) -> None:
+    """Six connections, one after another, to two workers: three each (the kernel's SO_REUSEPORT hash split them
+    evenly in a third of trials). Once one worker's three close, it has none open and takes the next two."""
+    data, dimse, http = tmp_path / "data", free_port(), free_port()
+    config = write_config(tmp_path / "w.toml", data, dimse, http, quiet_seconds=3600.0, dimse_workers=2)
+    server = start_server(data, config, dimse, http)
+    held: list[socket.socket] = []
+
+    def connect() -> None:  # an association waiting for its A-ASSOCIATE-RQ counts as open
+        held.append(socket.create_connection(("127.0.0.1", dimse)))
+        wait_until(lambda: held[-1].getsockname()[1] in _owners(dimse), timeout=10)
+        time.sleep(0.05)
+
+    try:
+        workers = _children(server.proc.pid)
+        for _ in range(6):
+            connect()
+        owner = _owners(dimse)
+        assert sorted(list(owner.values()).count(w) for w in workers) == [3, 3]
+        first = [s for s in held if owner[s.getsockname()[1]] == workers[0]]
+        for sock in first:  # closed before associating: counted out at once, not after the 30 s ACSE timeout
+            sock.close()
+            held.remove(sock)
+        wait_until(lambda: workers[0] not in _owners(dimse).values(), timeout=10)
+        time.sleep(0.2)
+        connect()
+        connect()
+        owner = _owners(dimse)
+        assert [owner[s.getsockname()[1]] for s in held[-2:]] == [workers[0]] * 2
+        for sock in held:
+            sock.close()
+        held.clear()
+        assert dcmtk("echoscu", "-aec", "CUBEPACS", "127.0.0.1", str(dimse)).returncode == 0  # still serving
+    finally:
+        for sock in held:
+            sock.close()
+        stop_server(server)
+
+
 def test_a_busy_port_is_one_line_and_kill_9_takes_the_workers_along(tmp_path: Path) -> None:
     data, dimse, http = tmp_path / "data", free_port(), free_port()
     config = write_config(tmp_path / "w.toml", data, dimse, http, dimse_workers=2)
-    with socket.socket() as taken:  # another program holds the DIMSE port (without SO_REUSEPORT)
+    with socket.socket() as taken:  # another program holds the DIMSE port
         taken.bind(("127.0.0.1", dimse))
         taken.listen()
         res = subprocess.run([sys.executable, "-m", "cubepacs", "serve", "--config", str(config)],

@@ -1,13 +1,13 @@
 """The DIMSE listener as N worker processes on one port, so that ingest scales with cores, not with one GIL.
 
 Each worker is a process (forked before the service starts any thread, else spawned) with its own pynetdicom AE
-and its own connections to the shared backends (storage, queue, index — the same URLs the other services use),
-listening on the DIMSE port with
-``SO_REUSEPORT``: the kernel spreads new connections over the workers. A C-STORE is acknowledged by the worker
+and its own connections to the shared backends (storage, queue, index — the same URLs the other services use).
+The parent binds the DIMSE port (and the DICOM TLS port) and the workers share that listening socket: a new
+association goes to the worker with the fewest open (``dimse/balance.py``; with ``SO_REUSEPORT`` the kernel's hash
+left one of two workers with three of four associations half the time). A C-STORE is acknowledged by the worker
 that received it after its file and event are durable, exactly as in one process.
 
-* Before the workers start, the port is bound once *without* ``SO_REUSEPORT``: a port another program holds is a
-  one-line ListenError, never two servers sharing it.
+* A port another program holds is a one-line ListenError before any worker starts.
 * A worker dies with the process that started it (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread), so a
   ``kill -9`` of ``cubepacs serve`` leaves no listener behind.
 * Prometheus metrics of all processes are merged (prometheus-client's multiprocess mode; ``/metrics`` of the
@@ -61,17 +61,14 @@ def builds_in_children(parts: set[str]) -> bool:
     return "webworker" in parts and len(parts) > 1
 
 
-def ensure_free(host: str, port: int, what: str) -> None:
-    """ListenError unless ``host:port`` can be bound by us alone (nobody listens there, with or without
-    SO_REUSEPORT)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, for the workers to share; ListenError (one line) when the
+    port is taken or the address not ours."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=128)  # a burst of 32 senders: see dimse/lean.py's _Server
     except OSError as exc:
         raise ListenError(f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    finally:
-        sock.close()
 
 
 def metrics_across_processes(data_dir: str) -> None:
@@ -92,16 +89,21 @@ class Workers:
     """``n`` DIMSE worker processes; :meth:`shutdown` stops them."""
 
     def __init__(self, settings: Settings, n: int, timeout: float = 60.0) -> None:
-        ensure_free(settings.host, settings.dimse_port, "DIMSE")
+        self.sockets = {settings.dimse_port: listen(settings.host, settings.dimse_port, "DIMSE")}
         if settings.dimse_tls_port:
-            ensure_free(settings.host, settings.dimse_tls_port, "DICOM TLS")
+            try:
+                self.sockets[settings.dimse_tls_port] = listen(settings.host, settings.dimse_tls_port, "DICOM TLS")
+            except ListenError:
+                self.sockets[settings.dimse_port].close()
+                raise
         ctx: Any = multiprocessing.get_context(_start_method())
+        counts = ctx.RawArray("i", n)  # open associations per worker (dimse/balance.py)
         self.procs: list[Any] = []
         pipes = []
         for k in range(n):
             receive, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker, args=(settings, k, send, os.getpid()), name=f"dimse-{k}",
-                               daemon=True)
+            proc = ctx.Process(target=_worker, args=(settings, k, send, os.getpid(), self.sockets, counts),
+                               name=f"dimse-{k}", daemon=True)
             proc.start()
             send.close()
             self.procs.append(proc)
@@ -132,6 +134,8 @@ class Workers:
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+        for sock in self.sockets.values():
+            sock.close()
 
 
 def _start_method() -> str:
@@ -179,9 +183,12 @@ def die_with(parent: int, name: str) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _worker(settings: Settings, k: int, ready: Connection, parent: int) -> None:
-    """One DIMSE worker process: open the backends, listen (SO_REUSEPORT), serve until SIGTERM."""
+def _worker(settings: Settings, k: int, ready: Connection, parent: int, sockets: dict[int, socket.socket],
+            counts: Any) -> None:
+    """One DIMSE worker process (the ``k``-th): open the backends, take associations from the shared listening
+    ``sockets`` as the open-association ``counts`` say, serve until SIGTERM."""
     from cubepacs._registry import open_backend
+    from cubepacs.archive.dimse.balance import Balance, Shared
     from cubepacs.archive.dimse.scp import start_from_settings  # not the service module: no web, lake tables
     from cubepacs.archive.logs import configure
 
@@ -193,7 +200,7 @@ def _worker(settings: Settings, k: int, ready: Connection, parent: int) -> None:
     try:
         storage, queue, index = (open_backend("storage", settings.storage_url),
                                  open_backend("queue", settings.queue_url), open_backend("index", settings.index_url))
-        server = start_from_settings(settings, storage, queue, index, reuse_port=True)
+        server = start_from_settings(settings, storage, queue, index, shared=Shared(sockets, Balance(counts, k)))
     except CubepacsError as exc:
         ready.send(f"{type(exc).__name__}:{exc}")
         return

@@ -263,8 +263,11 @@ class LeanDUL(DULServiceProvider):
             except queue.Empty:
                 idle = True
                 continue
+            before = self.state_machine.current_state
             self.state_machine.do_action(event)
             idle = False
+            if event == "Evt17" and before == "Sta2":  # closed before any A-ASSOCIATE-RQ: the association, which
+                self.to_user_queue.put(None)  # waits up to the ACSE timeout (30 s) for one, gives up now
 
 
 def _tick(assoc: Any) -> float:
@@ -331,6 +334,12 @@ class LeanAssociation(Association):
         """Wake the association reactor."""
         self._wake.set()
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            _ended(getattr(self, "_server", None))
+
     def kill(self) -> None:
         self._wake.set()
         super().kill()
@@ -395,18 +404,25 @@ class LeanRequestHandler(RequestHandler):
     (``_Server.get_request`` no longer does it in the accept loop)."""
 
     def handle(self) -> None:
-        sock = self.request
-        if isinstance(sock, ssl.SSLSocket):
-            try:
-                sock.settimeout(self.ae.acse_timeout or 30)
-                sock.do_handshake()
-                sock.settimeout(None)
-            except (OSError, ValueError) as exc:  # ssl.SSLError and socket.timeout are OSErrors
-                logging.getLogger("cubepacs.dimse").warning(
-                    "TLS handshake with %s failed: %s", self.client_address[0], str(exc)[:200] or type(exc).__name__)
-                sock.close()
-                return
-        super().handle()
+        started = False
+        try:
+            sock = self.request
+            if isinstance(sock, ssl.SSLSocket):
+                try:
+                    sock.settimeout(self.ae.acse_timeout or 30)
+                    sock.do_handshake()
+                    sock.settimeout(None)
+                except (OSError, ValueError) as exc:  # ssl.SSLError and socket.timeout are OSErrors
+                    logging.getLogger("cubepacs.dimse").warning(
+                        "TLS handshake with %s failed: %s", self.client_address[0],
+                        str(exc)[:200] or type(exc).__name__)
+                    sock.close()
+                    return
+            super().handle()  # its last step starts the association's thread
+            started = True
+        finally:
+            if not started:
+                _ended(self.server)
 
     def _create_association(self) -> Association:
         assoc = LeanAssociation(self.ae, "acceptor")
@@ -429,14 +445,20 @@ class LeanRequestHandler(RequestHandler):
         return assoc
 
 
+def _ended(server: Any) -> None:
+    """An association of ``server`` is over, or never started: counted out where workers balance (``balance``)."""
+    balance = getattr(server, "balance", None)
+    if balance is not None:
+        balance.leave()
+
+
 def start_server(ae: Any, address: tuple[str, int], handlers: list[Any], ssl_context: ssl.SSLContext | None,
-                 reuse_port: bool = False) -> Any:
-    """``ae.start_server(address, block=False, …)`` with lean associations; ``reuse_port``: bind with
-    SO_REUSEPORT, so that several processes can listen on the same port (the kernel spreads connections)."""
+                 server_class: type[_Server] | None = None) -> Any:
+    """``ae.start_server(address, block=False, …)`` with lean associations; ``server_class``: a subclass of
+    ``_Server`` (a worker process's, listening on a socket the workers share: ``balance.Shared``)."""
     handshake.install()
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=handlers,
-                            server_class=_ReusePortServer if reuse_port else _Server,
-                            request_handler=LeanRequestHandler)
+                            server_class=server_class or _Server, request_handler=LeanRequestHandler)
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True)
     thread.start()
     ae._servers.append(server)
@@ -462,12 +484,3 @@ class _Server(ThreadedAssociationServer):
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
-
-
-class _ReusePortServer(_Server):
-    """A threaded association server whose socket is bound with SO_REUSEPORT."""
-
-    def server_bind(self) -> None:
-        if self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from cubepacs.archive.dimse import handlers as h
 from cubepacs.archive.dimse import handshake, lean, retrieve
+from cubepacs.archive.dimse.balance import Shared
 from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
@@ -89,16 +90,16 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
               index: Index, remote_aes: dict[str, str] | None = None, limits: Limits | None = None,
               allowed: dict[str, list[str]] | None = None, overwrite: bool = False,
               tls: tuple[int, ssl.SSLContext] | None = None, cert_tenants: dict[str, str] | None = None,
-              reuse_port: bool = False, metadata: bool = False) -> Any:
+              shared: Shared | None = None, metadata: bool = False) -> Any:
     """Start the SCP in background threads; returns a server (call ``shutdown()`` to stop; it stops the TLS
     listener too).
 
     ``allowed``: tenant → calling AE titles (``AE`` or ``AE@address``) it accepts (none listed: any);
     ``overwrite``: a re-sent SOP Instance UID replaces the stored one (default: the first is kept);
     ``tls``: (port, context) of a DICOM TLS listener beside the plain one; ``cert_tenants``: client certificate
-    common name → the only tenant an association with that certificate may call; ``reuse_port``: bind with
-    SO_REUSEPORT (several worker processes on one port); ``metadata``: each stored instance's DICOM JSON kept
-    in the index (``metadata_at_ingest``).
+    common name → the only tenant an association with that certificate may call; ``shared``: listen on
+    sockets several worker processes share, balancing associations between them (``balance``); ``metadata``:
+    each stored instance's DICOM JSON kept in the index (``metadata_at_ingest``).
     """
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         # pynetdicom binds debug-logging handlers to every PDU and DIMSE message sent and received; they cost
@@ -127,7 +128,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
     servers = Listeners()
     for p, ctx in ((port, None), *((tls,) if tls is not None else ())):
         try:
-            servers.items.append(lean.start_server(ae, (host, p), handlers, ctx, reuse_port=reuse_port))
+            servers.items.append(lean.start_server(ae, (host, p), handlers, ctx,
+                                                   shared.server_class(p) if shared is not None else None))
         except OSError as exc:
             servers.shutdown()
             raise ListenError(f"DIMSE cannot listen on {host}:{p}: {exc.strerror or exc}") from None
@@ -147,7 +149,7 @@ class Listeners:
 
 
 def start_from_settings(settings: Settings, storage: Storage, queue: Queue, index: Index,
-                        reuse_port: bool = False) -> Any:
+                        shared: Shared | None = None) -> Any:
     """The DIMSE SCP (and DICOM TLS listener) of ``settings`` over these backends, in background threads."""
     limits = Limits(settings.max_associations, settings.acse_timeout, settings.dimse_timeout,
                     settings.network_timeout)
@@ -155,5 +157,5 @@ def start_from_settings(settings: Settings, storage: Storage, queue: Queue, inde
         if settings.dimse_tls_port else None
     return start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, storage, queue, index,
                      settings.remote_aes, limits, settings.calling_aes, settings.overwrite, tls,
-                     settings.tls_client_tenants, reuse_port=reuse_port,
+                     settings.tls_client_tenants, shared=shared,
                      metadata=settings.metadata_at_ingest)
