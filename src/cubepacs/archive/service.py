@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.webworker import WebWorker
-from cubepacs.archive.workers import builds_in_children, settle_heap, worker_count
+from cubepacs.archive.workers import builds_in_children, listen, settle_heap, worker_count
 from cubepacs.errors import ListenError
 
 log = logging.getLogger("cubepacs")
@@ -82,22 +81,6 @@ def open_log(storage: Storage, settings: Settings, name: str, schema: Columns) -
     """The log table ``name``: where :func:`log_location` puts it, spooled in :func:`spool_dir`."""
     return DeltaLog(*log_location(storage, settings, name), schema=schema, interval=settings.log_interval,
                     spool=spool_dir(settings, name))
-
-
-def listen(host: str, port: int, what: str) -> socket.socket:
-    """A listening TCP socket, or ListenError naming the address (a taken port is one line, not a traceback)."""
-    # proto given explicitly: asyncio sets TCP_NODELAY on accepted connections only when the socket says
-    # IPPROTO_TCP (proto 0 did not), and without it every kept-alive HTTP response waited 40 ms on a delayed ACK
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 def check(settings: Settings) -> dict[str, str]:

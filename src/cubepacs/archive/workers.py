@@ -61,14 +61,24 @@ def builds_in_children(parts: set[str]) -> bool:
     return "webworker" in parts and len(parts) > 1
 
 
-def listen(host: str, port: int, what: str) -> socket.socket:
-    """A socket bound to ``host:port`` and listening, for the workers to share; ListenError (one line) when the
-    port is taken or the address not ours."""
+def listen(host: str, port: int, what: str, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket, or ListenError naming the address (a taken port is one line, not a traceback).
+
+    Used for HTTP(S) and, in the parent, for the DIMSE port(s) its workers share (``backlog`` 128 there, as
+    ``dimse/lean.py``'s ``_Server``: a burst of 32 senders needs more than socketserver's 5).
+    """
+    # proto given explicitly: asyncio sets TCP_NODELAY on accepted connections only when the socket says
+    # IPPROTO_TCP (proto 0 did not), and without it every kept-alive HTTP response waited 40 ms on a delayed ACK
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                    backlog=128)  # a burst of 32 senders: see dimse/lean.py's _Server
+        sock.bind((host, port))
+        sock.listen(backlog)
     except OSError as exc:
+        sock.close()
         raise ListenError(f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def metrics_across_processes(data_dir: str) -> None:
@@ -89,10 +99,10 @@ class Workers:
     """``n`` DIMSE worker processes; :meth:`shutdown` stops them."""
 
     def __init__(self, settings: Settings, n: int, timeout: float = 60.0) -> None:
-        self.sockets = {settings.dimse_port: listen(settings.host, settings.dimse_port, "DIMSE")}
+        self.sockets = {settings.dimse_port: listen(settings.host, settings.dimse_port, "DIMSE", 128)}
         if settings.dimse_tls_port:
             try:
-                self.sockets[settings.dimse_tls_port] = listen(settings.host, settings.dimse_tls_port, "DICOM TLS")
+                self.sockets[settings.dimse_tls_port] = listen(settings.host, settings.dimse_tls_port, "DICOM TLS", 128)
             except ListenError:
                 self.sockets[settings.dimse_port].close()
                 raise
