@@ -6,7 +6,8 @@ is spread at random. Four associations on two workers were split 2 + 2 in only 1
 Instead the workers share one listening socket, bound by the parent before they start (a busy port is one error,
 never two servers sharing it), and each keeps a count of its open associations in memory the workers share
 (:class:`Balance`). A worker whose count is above the smallest leaves a pending connection to the least loaded one
-for up to ``GRACE`` seconds (one busy with something else still gets it taken then); among equals, whichever
+for up to ``GRACE`` seconds (one busy with something else, or dead, still gets it taken then — a worker is not
+restarted, so a dead one with the smallest count costs each connection those 20 ms); among equals, whichever
 accepts first has it (the others' ``accept`` finds nothing: non-blocking).
 
 Example
