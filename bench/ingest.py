@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 import pydicom
-from _settle import cleanup, settle
+from _settle import cleanup, settle  # bench/_settle.py
 from archive import wait_http  # bench/archive.py (this folder is on sys.path when run as a script)
 from pydicom.uid import generate_uid
 

@@ -64,8 +64,8 @@ def builds_in_children(parts: set[str]) -> bool:
 def listen(host: str, port: int, what: str, backlog: int = 2048) -> socket.socket:
     """A listening TCP socket, or ListenError naming the address (a taken port is one line, not a traceback).
 
-    Used for HTTP(S) and, in the parent, for the DIMSE port(s) its workers share (``backlog`` 128 there, as
-    ``dimse/lean.py``'s ``_Server``: a burst of 32 senders needs more than socketserver's 5).
+    Used for HTTP(S) and, in the parent, for the DIMSE port(s) its workers share (``backlog``: ``dimse.lean.BACKLOG``
+    there, as in one process).
     """
     # proto given explicitly: asyncio sets TCP_NODELAY on accepted connections only when the socket says
     # IPPROTO_TCP (proto 0 did not), and without it every kept-alive HTTP response waited 40 ms on a delayed ACK
@@ -99,10 +99,13 @@ class Workers:
     """``n`` DIMSE worker processes; :meth:`shutdown` stops them."""
 
     def __init__(self, settings: Settings, n: int, timeout: float = 60.0) -> None:
-        self.sockets = {settings.dimse_port: listen(settings.host, settings.dimse_port, "DIMSE", 128)}
+        from cubepacs.archive.dimse.lean import BACKLOG
+
+        self.sockets = {settings.dimse_port: listen(settings.host, settings.dimse_port, "DIMSE", BACKLOG)}
         if settings.dimse_tls_port:
             try:
-                self.sockets[settings.dimse_tls_port] = listen(settings.host, settings.dimse_tls_port, "DICOM TLS", 128)
+                self.sockets[settings.dimse_tls_port] = listen(settings.host, settings.dimse_tls_port, "DICOM TLS",
+                                                               BACKLOG)
             except ListenError:
                 self.sockets[settings.dimse_port].close()
                 raise

@@ -57,6 +57,7 @@ from cubepacs.archive.dimse.command import pdata_tf, store_response
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 _TICK = 0.05  # the longest a reactor sleeps without work while a timer may be due (ARTIM, the idle timeout)
+BACKLOG = 128  # pending connections a DIMSE listener holds (see _Server)
 _LONG_TICK = 1.0  # established, nothing due sooner: 32 idle associations woke 1,280 times a second at _TICK
 
 
@@ -473,7 +474,7 @@ class _Server(ThreadedAssociationServer):
     slower than a 16-association one with the CPU half idle. TLS handshakes run in each connection's thread.
     """
 
-    request_queue_size = 128
+    request_queue_size = BACKLOG
 
     def get_request(self) -> tuple[Any, Any]:
         """pynetdicom's, but a TLS connection's handshake is left to its request handler's thread: done here, in
