@@ -117,6 +117,29 @@ def test_associations_go_to_the_least_loaded_worker(tmp_path: Path) -> None:
         stop_server(server)
 
 
+def test_crafted_pdus_are_refused_in_one_log_line(tmp_path: Path) -> None:
+    """Bytes that are no PDU, an A-ASSOCIATE-RQ whose AE titles cannot be decoded, a PDU header announcing 4 GB:
+    each connection gets an A-ABORT or is closed, the log says why in one line (pynetdicom logged a traceback),
+    and the workers go on serving (crafted here: no real file is a broken PDU)."""
+    data, dimse, http = tmp_path / "data", free_port(), free_port()
+    config = write_config(tmp_path / "w.toml", data, dimse, http, quiet_seconds=3600.0, dimse_workers=2)
+    server = start_server(data, config, dimse, http)
+    try:
+        for payload in (bytes(range(256)) * 4, b"\x01\x00\x00\x00\x00\x10" + b"A" * 16,
+                        b"\x01\x00\xff\xff\xff\xf0" + bytes(10)):
+            with socket.create_connection(("127.0.0.1", dimse), timeout=10) as sock:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)  # the truncated one: nothing more is coming
+                answer = sock.recv(10)
+            assert answer[:1] in (b"\x07", b""), answer  # A-ABORT-RQ, or closed
+        assert dcmtk("echoscu", "-aec", "CUBEPACS", "127.0.0.1", str(dimse)).returncode == 0
+    finally:
+        stop_server(server)
+    log = (data.parent / f"{data.name}.log").read_text(errors="replace")
+    assert "Unable to decode the received PDU data" in log and "Invalid 'Calling AE Title'" in log
+    assert "Traceback" not in log
+
+
 def test_a_busy_port_is_one_line_and_kill_9_takes_the_workers_along(tmp_path: Path) -> None:
     data, dimse, http = tmp_path / "data", free_port(), free_port()
     config = write_config(tmp_path / "w.toml", data, dimse, http, dimse_workers=2)

@@ -52,6 +52,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
+class OneLineErrors(logging.Filter):
+    """pynetdicom logs what it cannot decode from a peer — a crafted or truncated PDU: bad input, not a bug here —
+    as ``LOGGER.exception(exc)``, a traceback in the service log. Such a record (its message is the exception
+    itself) becomes one line, the exception's type and text; with pynetdicom's logger at DEBUG it is left alone.
+
+    >>> exc = ValueError("bad AE")
+    >>> r = logging.LogRecord("pynetdicom.dul", logging.ERROR, "", 0, exc, (), (ValueError, exc, None))
+    >>> OneLineErrors().filter(r), r.getMessage(), r.exc_info
+    (True, 'ValueError: bad AE', None)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.msg, BaseException) and record.name.startswith("pynetdicom") \
+                and not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            record.msg, record.args = f"{type(record.msg).__name__}: {record.msg}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure(log_format: str, service: str, level: int = logging.INFO, stream: IO[str] | None = None) -> None:
     """Set up the root logger for a service (``text`` or ``json``); quiet pynetdicom and pydicom."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -59,6 +78,7 @@ def configure(log_format: str, service: str, level: int = logging.INFO, stream: 
         handler.setFormatter(JsonFormatter(service))
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(OneLineErrors())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -74,8 +74,7 @@ def receive(dul: Any) -> bool:
         try:
             decoded, event = dul._decode_pdu(pdu)
         except Exception as exc:
-            LOGGER.error("Unable to decode the received PDU data")
-            LOGGER.exception(exc)
+            LOGGER.error("Unable to decode the received PDU data: %s: %s", type(exc).__name__, exc)
             dul.event_queue.put("Evt19")
             return True
         dul.event_queue.put(event)
