@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import pydicom
+from _common import memory_mb, wait_http  # bench/_common.py
 from _settle import cleanup, settle  # bench/_settle.py (this folder is on sys.path when run as a script)
 from pydicom.uid import generate_uid
 
@@ -52,18 +53,6 @@ sys.path.insert(0, str(ROOT))
 
 def inside_namespace() -> bool:
     return os.environ.get("CUBEPACS_BENCH_NETNS") == "1"
-
-
-def wait_http(url: str, headers: dict[str, str] | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, headers=headers, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def series_files() -> list[Path]:
@@ -386,7 +375,6 @@ def run_inside(args: argparse.Namespace) -> None:
         results["qido_miss_median"], results["qido_miss_p95"] = varying(auth, 200)
         results["qido_daterange_median"], results["qido_daterange_p95"] = timings(
             "http://127.0.0.1:8042/dicom-web/studies?StudyDate=20150101-20151231&limit=100", auth, 200)
-        from ingest import memory_mb  # bench/ingest.py (it imports this module: not at the top)
 
         for name, proc in (("orthanc", orthanc), ("cubepacs", ours)):
             results[f"{name}_pss_mb"] = memory_mb(proc.pid)

@@ -34,8 +34,8 @@ from typing import Any
 
 import httpx
 import pydicom
+from _common import memory_mb, wait_http  # bench/_common.py (this folder is on sys.path when run as a script)
 from _settle import cleanup, settle  # bench/_settle.py
-from archive import wait_http  # bench/archive.py (this folder is on sys.path when run as a script)
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,24 +100,6 @@ def store_timed(port: int, aet: str, files: list[Path], streams: int) -> tuple[f
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return seconds, failed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-
-
-def memory_mb(pid: int, field: str = "Pss") -> int:
-    """Proportional set size (MB) of a server's whole process tree (cubepacs' DIMSE workers included; pages
-    the processes share are counted once, split between them). ``field="Pss_Anon"``: only its anonymous memory
-    (heaps; not the code and data pages of mapped libraries, which the kernel can drop and read back)."""
-    total = 0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
-        try:
-            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
-            total += int(rollup.split(f"\n{field}:")[1].split()[0])
-            pids += [int(c) for task in Path(f"/proc/{p}/task").glob("*")
-                     for c in (task / "children").read_text().split()]
-        except (OSError, IndexError):
-            continue
-    return total // 1024
 
 
 def postgres_cpu() -> float:

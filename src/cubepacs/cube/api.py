@@ -30,8 +30,9 @@ import numpy as np
 
 from cubepacs._atomic import atomic_write
 from cubepacs.cube.codecs import DEFAULT_CODEC
-from cubepacs.cube.image import DicomCubeImage, InstancePixels, meta_from_instances
+from cubepacs.cube.image import DicomCubeImage, InstancePixels
 from cubepacs.cube.meta import DicomMeta
+from cubepacs.cube.pool import meta_from_instances
 from cubepacs.cube.reader import CubeReader, CubeSource, load_meta_only
 from cubepacs.cube.sources import Instance, Sources, read_instances
 from cubepacs.cube.writer import write_cube

@@ -19,13 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cubepacs.cube.columns import COLUMNS, column_values
 from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import PixelDesc, split_frames, to_stored_values
-from cubepacs.cube.qc import run_qc
 from cubepacs.cube.reader import CubeReader, _decode_with_pydicom
 from cubepacs.cube.sources import Instance
-from cubepacs.cube.writer import _pool_and_refs
 from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
 from cubepacs.errors import CubepacsError
 
@@ -88,19 +85,6 @@ class InstancePixels:
     def instance_bytes(self, i: int) -> bytes:
         raw = self.instances[i].raw
         return b"".join(raw.pixel_value if c.key == KEY_PIXEL_VALUE else c.data for c in raw.chunks)
-
-
-def meta_from_instances(instances: Sequence[Instance]) -> DicomMeta:
-    """Build series metadata from instances in memory (the same structure a cube stores)."""
-    keys, datas, refs, starts = _pool_and_refs(instances)
-    offsets = np.zeros(len(datas) + 1, np.uint64)
-    np.cumsum([len(d) for d in datas], out=offsets[1:])
-    return DicomMeta(
-        names=[i.name for i in instances], syntaxes=[i.raw.transfer_syntax for i in instances],
-        pool_keys=np.array(keys, np.int64), pool_offsets=offsets, pool_data=b"".join(datas),
-        refs=np.array(refs, np.uint32), starts=np.array(starts, np.uint64),
-        columns={name: column_values(instances, name) for name in COLUMNS}, qc=run_qc(instances),
-    )
 
 
 class DicomCubeImage:

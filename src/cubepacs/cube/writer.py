@@ -34,40 +34,11 @@ from cubepacs.cube.format import (
 )
 from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import split_frames
+from cubepacs.cube.pool import meta_from_instances
 from cubepacs.cube.sources import Instance
-from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
 from cubepacs.errors import CodecError
 
-KEY_PIXEL_TAIL = -4  # bytes of a native pixel value after its last frame (padding)
-
 Progress = Callable[[int], None]
-
-
-def _pool_and_refs(instances: Sequence[Instance]) -> tuple[list[int], list[bytes], list[int], list[int]]:
-    """Deduplicate every chunk of every instance: pool keys, pool data, flat refs, per-instance starts."""
-    index: dict[tuple[int, bytes], int] = {}
-    keys: list[int] = []
-    datas: list[bytes] = []
-    refs: list[int] = []
-    starts = [0]
-
-    def ref(key: int, data: bytes) -> None:
-        i = index.get((key, data))
-        if i is None:
-            i = index[(key, data)] = len(keys)
-            keys.append(key)
-            datas.append(data)
-        refs.append(i)
-
-    for inst in instances:
-        for c in inst.raw.chunks:
-            ref(c.key, c.data)
-            if c.key == KEY_PIXEL_VALUE and inst.desc is not None and inst.desc.mode == "native":
-                tail = bytes(memoryview(inst.raw.pixel_value)[inst.desc.frames * inst.desc.frame_bytes :])
-                if tail:
-                    ref(KEY_PIXEL_TAIL, tail)
-        starts.append(len(refs))
-    return keys, datas, refs, starts
 
 
 def _frame_tasks(instances: Sequence[Instance], codec: str) -> list[tuple[int, int, Any, int]]:
@@ -131,8 +102,6 @@ def build_cube(instances: Sequence[Instance], codec: str = DEFAULT_CODEC, thread
     ``meta``, the metadata already built from the same instances, saves building the element pool again.
     """
     if meta is None:
-        from cubepacs.cube.image import meta_from_instances
-
         meta = meta_from_instances(instances)
     keys, pool_offsets, pool_data, refs, starts = meta.pool_arrays()
     blobs = BlobWriter()

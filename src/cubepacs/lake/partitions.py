@@ -68,9 +68,21 @@ def _walk(paths: list[str], recursive: bool) -> list[Path]:
     return found
 
 
-def _zip_items(path: Path, pattern: str | None) -> list[WorkItem]:
-    from cubepacs.lake.reader import zip_entries
+def zip_entries(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """Entries worth reading: files, not ``__MACOSX`` resource forks or hidden files."""
+    out = []
+    for info in zf.infolist():
+        name = info.filename
+        base = name.rsplit("/", 1)[-1]
+        if not name:  # a nameless entry (crafted): nothing to call it by
+            continue
+        if info.is_dir() or name.startswith("__MACOSX/") or "/__MACOSX/" in name or base.startswith("."):
+            continue
+        out.append(info)
+    return out
 
+
+def _zip_items(path: Path, pattern: str | None) -> list[WorkItem]:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zip_entries(zf)

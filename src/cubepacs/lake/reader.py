@@ -6,7 +6,7 @@ raises out of :func:`read_item`.
 
 Example
 -------
->>> from cubepacs.lake.partitions import WorkItem
+>>> from cubepacs.lake.partitions import WorkItem, zip_entries
 >>> rows = list(read_item(WorkItem("file", "../shared/data/single/ct_ge_small_signed.dcm")))
 >>> rows[0]["modality"], rows[0]["rows"], rows[0]["error"]
 ('CT', 128, None)
@@ -32,7 +32,7 @@ from pydicom.dataelem import DataElement
 from cubepacs.dicom.dicomjson import InvalidValue, Unsupported, dataset_to_json
 from cubepacs.dicom.rawfile import DEFLATED, PIXEL_TAGS, _Cursor, _encoding_of, _guess_encoding, _plausible_start
 from cubepacs.errors import DicomReadError
-from cubepacs.lake.partitions import WorkItem
+from cubepacs.lake.partitions import WorkItem, zip_entries
 
 DEFAULT_BULK_THRESHOLD = 1024
 DEFAULT_MAX_HEADER = 32 * 1024 * 1024  # bytes of one entry read at most to find its header (settable)
@@ -363,20 +363,6 @@ def _not_dicom(row: Row) -> Iterator[Row]:
     if str(row["entry"]).lower().endswith((".dcm", ".dicom")):
         row.update(error="not a DICOM file (no DICM prefix and no DICOM element at the start)", error_stage="magic")
         yield row
-
-
-def zip_entries(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    """Entries worth reading: files, not ``__MACOSX`` resource forks or hidden files."""
-    out = []
-    for info in zf.infolist():
-        name = info.filename
-        base = name.rsplit("/", 1)[-1]
-        if not name:  # a nameless entry (crafted): nothing to call it by
-            continue
-        if info.is_dir() or name.startswith("__MACOSX/") or "/__MACOSX/" in name or base.startswith("."):
-            continue
-        out.append(info)
-    return out
 
 
 def fingerprint(path: str) -> str:
