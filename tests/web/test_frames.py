@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,7 +15,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.pixels import pixel_array
 
 from cubepacs.archive.web import multipart
-from tests.archive.conftest import Server, start_server, stop_server, wait_until
+from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SINGLES
 
 FILES = [next(s for s in SINGLES if s.name == n) for n in
@@ -24,7 +25,10 @@ FILES = [next(s for s in SINGLES if s.name == n) for n in
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("frames") / "data")
+    root = tmp_path_factory.mktemp("frames")
+    dimse, http = free_port(), free_port()
+    config = write_config(root / "c.toml", root / "data", dimse, http, quiet_seconds=600.0)  # compacted on demand
+    srv = start_server(root / "data", config, dimse, http)
     body, ctype = multipart.encode([p.read_bytes() for p in FILES], "application/dicom")
     r = httpx.post(f"{srv.url}/studies", content=body, headers={**srv.headers(), "Content-Type": ctype}, timeout=60)
     assert r.status_code == 200, r.text
@@ -128,3 +132,74 @@ def test_hot_rows_expire_and_are_bounded() -> None:
     for n in range(3):
         rows.put(("c", str(n)), {"k": n}, None)
     assert rows.get(("c", "0")) is None and rows.get(("c", "2")) == ({"k": 2}, None)  # bounded
+
+
+# --- Frames follow their metadata: Planar Configuration (PS3.3 C.7.6.3.1.3, PS3.5 8.2, PS3.18 8.7.3) ----------
+PLANAR_REAL = next(s for s in SINGLES if s.name == "rgb_us_big_endian.dcm")  # a real file with Planar Config. 1
+RGB_LE = next(s for s in SINGLES if s.name == "rgb_us_ge_uncompressed.dcm")
+RLE = next(s for s in SINGLES if s.name == "rle_rgb_sc.dcm")
+COLOUR = [PLANAR_REAL, RGB_LE, RLE] + [next(s for s in SINGLES if s.name == n) for n in
+                                       ("ybr_full_uncompressed_sc.dcm", "jpeg_baseline_rgb_dcmtk_sc.dcm")]
+PLAIN = 'multipart/related; type="application/octet-stream"'
+
+
+def _recoded(path: Path, planar_values: bool) -> bytes:
+    """A copy of a real file with new UIDs and Planar Configuration 1 (crafted here: the only real planar file
+    of the data set is 8-bit big endian). ``planar_values``: the native values are rewritten colour-by-plane;
+    otherwise (RLE) only the attribute changes — an RLE codestream is colour-by-plane whatever it says (PS3.5
+    G.2), and DCMTK's RLE encoder writes 1."""
+    ds = pydicom.dcmread(path)
+    if planar_values:
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array.transpose(2, 0, 1)).tobytes()
+    ds.PlanarConfiguration = 1
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    out = pydicom.filebase.DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return bytes(out.getvalue())
+
+
+def _compact(server: Server, series: int) -> None:
+    """Make every series due now and wait for the web worker's cubes (its pass runs each second)."""
+    from cubepacs.archive.index.store import Index
+
+    index = Index.from_url(f"sqlite:///{server.data_dir}/index.db")
+    try:
+        with index.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE dicom_json_meta SET flag_time = '2000-01-01 00:00:00.000000'")
+        wait_until(lambda: len(list((server.data_dir / "storage").rglob("*.dcbs"))) >= series, timeout=120)
+    finally:
+        index.close()
+
+
+def test_frames_are_served_in_the_planar_configuration_their_metadata_says(server: Server) -> None:
+    """Every RGB/YBR instance: ``/metadata``'s Planar Configuration describes the bytes ``/frames`` sends
+    (uncompressed, PS3.18's default), from the stored file and again from the series' cube. Oracle: pydicom's
+    stored values laid out as that Planar Configuration says, and for native data the file's own Pixel Data bytes
+    (PS3.5 8.2: the frame exactly as the instance encodes it)."""
+    datas = [p.read_bytes() for p in COLOUR] + [_recoded(RGB_LE, True), _recoded(RLE, False)]
+    body, ctype = multipart.encode(datas, "application/dicom")
+    assert httpx.post(f"{server.url}/studies", content=body, headers={**server.headers(), "Content-Type": ctype},
+                      timeout=60).status_code == 200
+    dss = [pydicom.dcmread(pydicom.filebase.DicomBytesIO(d)) for d in datas]
+    assert [int(ds.PlanarConfiguration) for ds in dss] == [1, 0, 0, 0, 0, 1, 1]
+
+    def check(where: str) -> None:
+        for ds, data in zip(dss, datas, strict=True):
+            url = "{}/studies/{}/series/{}/instances/{}".format(server.url, *_ids(ds))
+            wait_until(lambda url=url: httpx.get(url + "/metadata", headers=server.headers()).status_code == 200)
+            meta = httpx.get(url + "/metadata", headers=server.headers()).json()[0]
+            planar = meta["00280006"]["Value"][0]
+            r = httpx.get(url + "/frames/1", headers={**server.headers(), "Accept": PLAIN})
+            assert r.status_code == 200, r.text
+            (got,) = multipart.parse(r.content, r.headers["content-type"])
+            values = pixel_array(pydicom.filebase.DicomBytesIO(data), raw=True)  # rows × cols × 3, stored values
+            want = values.transpose(2, 0, 1) if planar == 1 else values
+            name = f"{where}: {ds.file_meta.TransferSyntaxUID.name} planar {planar} {ds.SOPInstanceUID}"
+            assert got == np.ascontiguousarray(want).tobytes(), name
+            if not ds.file_meta.TransferSyntaxUID.is_compressed:  # 8-bit native: the file's bytes as they are
+                assert got == ds.PixelData[: ds.Rows * ds.Columns * 3], name
+
+    check("file")
+    _compact(server, series=len({_ids(ds)[1] for ds in dss} | {_ids(pydicom.dcmread(p))[1] for p in FILES}))
+    check("cube")

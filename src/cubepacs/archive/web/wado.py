@@ -27,6 +27,7 @@ from cubepacs.archive.web import asstored, multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
 from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows, file_mark
 from cubepacs.archive.web.readahead import ReadAhead
+from cubepacs.cube.pixels import PixelDesc
 from cubepacs.cube.reader import CubeReader
 from cubepacs.errors import CubepacsError
 
@@ -142,9 +143,10 @@ def frame_arrays(services: Services, tenant: str, row: dict[str, Any], frames: l
     return _arrays(services, row, frames, hot_only=False) or []
 
 
-def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only: bool) -> list[np.ndarray] | None:
+def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only: bool,
+            served: bool = False) -> list[np.ndarray] | None:
     """``frame_arrays``; with ``hot_only``, None unless every frame is decoded in memory already (then nothing is
-    read or decoded)."""
+    read or decoded); with ``served``, in the layout ``/frames`` sends them (``served_layout``)."""
     cube, cube_id = _cube_for(services, row, open_new=not hot_only)
     if cube is None and cube_id is not None:
         return None  # compacted, its cube not open yet: not hot
@@ -159,6 +161,7 @@ def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only
             if source is None:
                 return None
             start, count = 0, source.num_frames
+        desc = source.desc(i if cube is not None and i is not None else 0)
     except CubepacsError as exc:
         raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}: pixel data cannot be read: {exc}") from None
     if max(frames) > count:
@@ -173,8 +176,25 @@ def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only
                                              f"decoded ({type(exc).__name__}: {str(exc)[:200]})") from None
         if arr is None:
             return None
-        out.append(arr)
+        out.append(served_layout(arr, desc) if served else arr)
     return out
+
+
+def served_layout(arr: np.ndarray, desc: PixelDesc | None) -> np.ndarray:
+    """A frame's stored values (rows × cols [× samples]) in the layout ``/frames`` sends and ``/metadata``
+    describes: colour-by-plane (all of the first sample, then the second …) where the instance's Planar
+    Configuration is 1 — whether stored natively, decoded from a codestream (RLE is colour-by-plane inside,
+    PS3.5 G.2; JPEG and JPEG 2000 say 0) or read from a cube — colour-by-pixel otherwise (PS3.3 C.7.6.3.1.3).
+
+    Example
+    -------
+    >>> d = PixelDesc("native", 1, 2, 3, 8, False, 1, 1, "<u1", "RGB")
+    >>> served_layout(np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8), d).ravel().tolist()
+    [1, 4, 2, 5, 3, 6]
+    """
+    if desc is None or desc.planar != 1 or arr.ndim != 3:
+        return arr
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
@@ -189,7 +209,7 @@ def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: 
         stored = _as_stored(services, row, wanted, ok)
         if stored is not None:
             return stored  # nothing decoded here: nothing for the read-ahead to decode either
-    pieces = _pieces(frame_arrays(services, tenant, row, wanted))
+    pieces = _pieces(_arrays(services, row, wanted, hot_only=False, served=True) or [])
     _seen(services, tenant, study, series, sop, wanted)
     return pieces
 
@@ -227,7 +247,7 @@ def hot_frame_pieces(services: Services, tenant: str, study: str, series: str, s
     if ok and (kept[0].get("json_status") == 1 or asstored.allows(ok, str(kept[0].get("transfer_syntax") or ""))):
         return None  # compacted, or stored compressed: the thread pool's frame_pieces sends them as stored
     wanted = parse_frames(frames)
-    arrays = _arrays(services, kept[0], wanted, hot_only=True)
+    arrays = _arrays(services, kept[0], wanted, hot_only=True, served=True)
     if arrays is None:
         return None
     _seen(services, tenant, study, series, sop, wanted)
