@@ -33,7 +33,7 @@ from cubepacs.archive.keys import WEB_ROOT, check_tenant, check_uid, instance_ke
 from cubepacs.archive.metadata import instance_metadata
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 from cubepacs.archive.storage.base import Storage
-from cubepacs.dicom.dicomjson import _dictionary_vr, dataset_to_json
+from cubepacs.dicom.dicomjson import _dictionary_vr, dataset_to_json, pn_string
 from cubepacs.dicom.rawfile import MAX_DEPTH, PIXEL_TAGS, UNDEFINED, Scan, _Cursor, scan_file
 from cubepacs.errors import DicomReadError
 
@@ -108,7 +108,8 @@ def _fast_attrs(data: bytes, scan: Scan) -> tuple[dict[str, str], dict[str, Any]
         v = doc.get(tag, {}).get("Value")
         if v:
             first = v[0]
-            values[kw] = first.get("Alphabetic", "") if isinstance(first, dict) else first
+            # a Person Name keeps its three component groups (index/matching.py matches them one by one)
+            values[kw] = pn_string(first) if isinstance(first, dict) else first
     values.pop("SpecificCharacterSet", None)
     uids = {k: str(values.pop(k, "") or "") for k in _UID_KEYWORDS}
     return uids, {k: v for k, v in values.items() if v not in (None, "")}

@@ -51,7 +51,7 @@ def open_backends(settings: Settings, cache_url: str | None = None) -> Backends:
     log.info("storage %s, queue %s, index %s", mask_url(settings.storage_url), mask_url(settings.queue_url),
              mask_url(settings.index_url))
     return Backends(open_backend("storage", settings.storage_url), open_backend("queue", settings.queue_url),
-                    open_backend("index", settings.index_url),
+                    open_backend("index", settings.index_url, pn_case_sensitive=settings.pn_case_sensitive),
                     open_backend("cache", cache_url) if cache_url else None)
 
 

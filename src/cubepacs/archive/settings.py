@@ -45,6 +45,7 @@ class Settings:
     network_timeout: float = 60.0  # seconds of silence before an association is aborted
     overwrite: bool = False  # a re-sent SOP Instance UID replaces the stored one (default: the first is kept)
     metadata_at_ingest: bool = False  # keep each instance's DICOM JSON in the index as it is stored (docs/archive.md)
+    pn_case_sensitive: bool = False  # C-FIND/QIDO Person Name matching case-sensitive (PS3.4 C.2.2.2.1)
     max_request_bytes: int = 4 * 1024**3  # largest STOW-RS body
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call the API ([]: none)
     public_url: str = ""  # e.g. https://pacs.example.org (BulkDataURIs); "" → from the request

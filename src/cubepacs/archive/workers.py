@@ -212,7 +212,8 @@ def _worker(settings: Settings, k: int, ready: Connection, parent: int, sockets:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     try:
         storage, queue, index = (open_backend("storage", settings.storage_url),
-                                 open_backend("queue", settings.queue_url), open_backend("index", settings.index_url))
+                                 open_backend("queue", settings.queue_url), open_backend("index", settings.index_url,
+                                                                                         pn_case_sensitive=settings.pn_case_sensitive))
         server = start_from_settings(settings, storage, queue, index, shared=Shared(sockets, Balance(counts, k)))
     except CubepacsError as exc:
         ready.send(f"{type(exc).__name__}:{exc}")

@@ -102,15 +102,36 @@ def _value(vr: str, raw: bytes, little: bool, enc: str) -> list[Any] | None:
     if text.strip() == "":
         return None
     if vr == "PN":
-        names: list[Any] = []
-        for p in text.split("\\"):
-            groups = p.split("=")
-            names.append({k: g for k, g in zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False)
-                          if g} or None)
-        return names
+        return [pn_groups(p) for p in text.split("\\")]
     if vr in ("IS", "DS"):
         return [None if s.strip() == "" else (int(s) if vr == "IS" else _ds(s)) for s in text.split("\\")]
     return _strings(raw, enc, vr)
+
+
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def pn_string(value: dict[str, str] | None) -> str:
+    """A DICOM JSON Person Name back to its DICOM string (``Alphabetic=Ideographic=Phonetic``, trailing empty
+    groups left out, PS3.5 6.2.1.2).
+
+    Example
+    -------
+    >>> pn_string({"Alphabetic": "Yamada^Tarou", "Phonetic": "やまだ^たろう"})
+    'Yamada^Tarou==やまだ^たろう'
+    """
+    return "=".join((value or {}).get(g, "") for g in PN_GROUPS).rstrip("=")
+
+
+def pn_groups(text: str) -> dict[str, str] | None:
+    """A Person Name string as DICOM JSON: its component groups by name (None for an empty name).
+
+    Example
+    -------
+    >>> pn_groups("Yamada^Tarou=山田^太郎"), pn_groups("==")
+    ({'Alphabetic': 'Yamada^Tarou', 'Ideographic': '山田^太郎'}, None)
+    """
+    return {k: g for k, g in zip(PN_GROUPS, text.split("="), strict=False) if g} or None
 
 
 def _ds(s: str) -> float:

@@ -14,7 +14,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from cubepacs.archive import metrics
 from cubepacs.archive.dimse import store
@@ -182,24 +185,30 @@ def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Q
 
 
 def _filters(identifier: Dataset, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The identifier's matching keys: a value as its string (a Person Name with its component groups), several
+    values (``CT\\MR``) as a list of strings, each matched on its own (``index/matching.py``)."""
     out: dict[str, Any] = {}
     for kw in keys:
         if kw in identifier:
             value = identifier[kw].value
             if value in (None, ""):
                 continue
-            if kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") and not isinstance(value, str):
-                value = list(value)  # a UID list
-            out[kw] = str(value) if not isinstance(value, list) else [str(v) for v in value]
+            if isinstance(value, (list, MultiValue)):
+                out[kw] = [str(v) for v in value]
+            else:
+                out[kw] = str(value)
     return out
 
 
 def _answer(identifier: Dataset, row: dict[str, Any], level: str) -> Dataset:
+    """A C-FIND response: the identifier's keys with the row's values, as stored (a malformed date is not
+    refused nor cut), and the Specific Character Set of those values (ISO_IR 192 when one is not ASCII)."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level
+    wide = False
     for elem in identifier:
         kw = elem.keyword
-        if not kw or kw == "QueryRetrieveLevel":
+        if not kw or kw in ("QueryRetrieveLevel", "SpecificCharacterSet"):
             continue
         value: Any = row.get(_ROW.get(kw, ""))
         if kw == "ModalitiesInStudy":
@@ -208,12 +217,21 @@ def _answer(identifier: Dataset, row: dict[str, Any], level: str) -> Dataset:
             value = row.get("series")
         elif kw in ("NumberOfStudyRelatedInstances", "NumberOfSeriesRelatedInstances"):
             value = row.get("instances") if kw.startswith("NumberOfStudy") else row.get("series_related_instances")
-        setattr(ds, kw, value if value is not None else "")
+        if elem.VR == "SQ":
+            value = []  # no sequence is indexed: returned empty (zero-length), as PS3.4 C.2.2.1.3 allows
+        elif value is None:
+            value = ""
+        wide = wide or any(isinstance(v, str) and not v.isascii() for v in (value if isinstance(value, list)
+                                                                          else [value]))
+        ds.add(DataElement(elem.tag, elem.VR, value, validation_mode=config.IGNORE))
+    if wide:
+        ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 
 
 def handle_find(event: Any, tenants: dict[str, str], index: Index) -> Iterator[tuple[int, Dataset | None]]:
-    """C-FIND at PATIENT/STUDY/SERIES/IMAGE level (Patient Root and Study Root): wildcards, ranges, UID lists."""
+    """C-FIND at PATIENT/STUDY/SERIES/IMAGE level (Patient Root and Study Root), matched as PS3.4 C.2.2.2 says:
+    multiple values, wild cards, ranges, UID lists, Person Name groups (``index/matching.py``)."""
     tenant = tenants.get(called_ae(event))
     if tenant is None:
         yield STATUS_REFUSED_NOT_AUTHORIZED, None
@@ -221,7 +239,6 @@ def handle_find(event: Any, tenants: dict[str, str], index: Index) -> Iterator[t
     try:
         identifier: Dataset = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", ""))
-        fuzzy = False
         if level in ("PATIENT", "STUDY"):
             rows = index.search_studies(tenant, _filters(identifier, _STUDY_KEYS), limit=10_000)
             if level == "PATIENT":
@@ -230,8 +247,7 @@ def handle_find(event: Any, tenants: dict[str, str], index: Index) -> Iterator[t
                     seen.setdefault(str(r.get("patient_id")), r)
                 rows = list(seen.values())
         elif level == "SERIES":
-            rows = index.search_series(tenant, _filters(identifier, _STUDY_KEYS + _SERIES_KEYS), limit=10_000,
-                                       fuzzy=fuzzy)
+            rows = index.search_series(tenant, _filters(identifier, _STUDY_KEYS + _SERIES_KEYS), limit=10_000)
         elif level == "IMAGE":
             rows = index.search_instances(tenant, _filters(identifier, _STUDY_KEYS + _SERIES_KEYS + _INSTANCE_KEYS),
                                           limit=100_000)

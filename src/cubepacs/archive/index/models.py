@@ -24,7 +24,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 metadata = MetaData()
 
 schema_version = Table(
@@ -42,9 +42,9 @@ dicom_state_meta = Table(
     Column("series_uid_hash", String(32)),
     Column("patient_name", String(324)),
     Column("patient_sex", String(16)),
-    Column("patient_birth_date", String(8)),
-    Column("study_date", String(8)),
-    Column("study_time", String(16)),
+    Column("patient_birth_date", String(64)),
+    Column("study_date", String(64)),
+    Column("study_time", String(64)),
     Column("accession_number", String(16)),
     Column("study_id", String(16)),
     Column("study_description", String(64)),
@@ -52,7 +52,7 @@ dicom_state_meta = Table(
     Column("modality", String(16)),
     Column("series_number", Integer),
     Column("series_description", String(64)),
-    Column("series_date", String(8)),
+    Column("series_date", String(64)),
     Column("series_related_instances", Integer, nullable=False, default=0),
     Column("created_time", DateTime(timezone=True), nullable=False),
     Column("updated_time", DateTime(timezone=True), nullable=False),
@@ -103,4 +103,9 @@ dicom_instance_json = Table(
 )
 
 # version -> SQL statements bringing version-1 to version; version 2 only added a table (create_all makes it)
-MIGRATIONS: dict[int, list[str]] = {2: []}
+MIGRATIONS: dict[int, list[str]] = {2: [], 3: []}
+# version -> dialect -> statements for that dialect only. 3: dates and times are kept as stored, never cut
+# (a malformed value is returned unchanged: docs/archive.md, queries); SQLite does not enforce a length
+DIALECT_MIGRATIONS: dict[int, dict[str, list[str]]] = {3: {"postgresql": [
+    f"ALTER TABLE dicom_state_meta ALTER COLUMN {c} TYPE VARCHAR(64)"
+    for c in ("patient_birth_date", "study_date", "series_date", "study_time")]}}

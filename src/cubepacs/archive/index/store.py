@@ -36,7 +36,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.sql import Select
 
 from cubepacs._registry import mask_url
+from cubepacs.archive.index.matching import condition
 from cubepacs.archive.index.models import (
+    DIALECT_MIGRATIONS,
     MIGRATIONS,
     SCHEMA_VERSION,
     dicom_instance,
@@ -59,9 +61,6 @@ STUDY_FIELDS = {
 SERIES_FIELDS = {"SeriesInstanceUID": "series_uid", "Modality": "modality", "SeriesNumber": "series_number",
                  "SeriesDescription": "series_description", "SeriesDate": "series_date"}
 INSTANCE_FIELDS = {"SOPInstanceUID": "sop_uid", "SOPClassUID": "sop_class_uid", "InstanceNumber": "instance_number"}
-_DATES = {"study_date", "patient_birth_date", "series_date"}
-_UIDS = {"study_uid", "series_uid", "sop_uid", "sop_class_uid"}
-_PN = {"patient_name", "referring_physician"}
 
 
 def _now() -> dt.datetime:
@@ -72,43 +71,23 @@ def _hash(uid: str) -> str:
     return hashlib.blake2b(uid.encode(), digest_size=16).hexdigest()
 
 
-def _match(col: Any, value: str | list[str], fuzzy: bool) -> Any:
-    """DICOM matching: UID lists, date ranges, wildcards (* ?), fuzzy (case-insensitive) names."""
-    if isinstance(value, list):
-        return col.in_(value)
-    if value in ("", "*"):
-        return None
-    name = col.key
-    if name in _UIDS and ("\\" in value or "," in value):
-        return col.in_([v for v in value.replace(",", "\\").split("\\") if v])
-    if name in _DATES and "-" in value:
-        lo, _, hi = value.partition("-")
-        parts = [c for c in ((col >= lo) if lo else None, (col <= hi) if hi else None) if c is not None]
-        return and_(*parts)
-    if name in ("series_number", "instance_number"):
-        return col == int(value)
-    if value.endswith("*") and len(value) > 1 and not any(c in value[:-1] for c in "*?\\") \
-            and not fuzzy and name not in _PN:
-        # a prefix (P0012*): a range the column's index serves, on SQLite (whose LIKE ignores indexes on
-        # case-sensitive columns) as on PostgreSQL; matching stays case-sensitive, as PS3.4 asks outside PN
-        prefix = value[:-1]
-        return and_(col >= prefix, col < prefix[:-1] + chr(ord(prefix[-1]) + 1))
-    if "*" in value or "?" in value:
-        pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = pattern.replace("*", "%").replace("?", "_")
-        return col.ilike(pattern, escape="\\") if fuzzy or name in _PN else col.like(pattern, escape="\\")
-    if fuzzy and name in _PN:
-        return col.ilike(f"%{value}%")
-    return col == value
+# the VR of each queried column (PS3.6), which decides how a query value matches it (index/matching.py)
+_VRS = {"study_uid": "UI", "series_uid": "UI", "sop_uid": "UI", "sop_class_uid": "UI", "patient_id": "LO",
+        "patient_name": "PN", "referring_physician": "PN", "patient_sex": "CS", "modality": "CS",
+        "patient_birth_date": "DA", "study_date": "DA", "series_date": "DA", "study_time": "TM",
+        "accession_number": "SH", "study_id": "SH", "study_description": "LO", "series_description": "LO",
+        "series_number": "IS", "instance_number": "IS", "rows": "US", "columns": "US", "frames": "IS"}
 
 
-def _where(table: Any, fields: dict[str, str], filters: dict[str, Any], fuzzy: bool) -> list[ColumnElement[bool]]:
+def _where(table: Any, fields: dict[str, str], filters: dict[str, Any], fuzzy: bool, dialect: str = "sqlite",
+           qido: bool = False, pn_case_sensitive: bool = False) -> list[ColumnElement[bool]]:
+    """Conditions of the ``filters`` (keyword → value) that name one of ``fields``' columns."""
     out = []
     for key, value in filters.items():
         column = fields.get(key)
         if column is None:
             continue
-        cond = _match(table.c[column], value, fuzzy)
+        cond = condition(table.c[column], _VRS.get(column, "LO"), value, dialect, qido, pn_case_sensitive, fuzzy)
         if cond is not None:
             out.append(cond)
     return out
@@ -117,9 +96,10 @@ def _where(table: Any, fields: dict[str, str], filters: dict[str, Any], fuzzy: b
 class Index:
     """Patient/study/series/instance index with the web worker's work table."""
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, pn_case_sensitive: bool = False) -> None:
         self.engine = engine
         self.url = mask_url(url)
+        self.pn_case_sensitive = pn_case_sensitive  # PS3.4 C.2.2.2.1 leaves PN case to the archive: a setting
         for attempt in range(10):  # services started together race to create the schema: the losers retry
             try:
                 self.migrate()
@@ -130,7 +110,7 @@ class Index:
                 time.sleep(0.2 * (attempt + 1))
 
     @classmethod
-    def from_url(cls, url: str, echo: bool = False) -> Index:
+    def from_url(cls, url: str, echo: bool = False, pn_case_sensitive: bool = False) -> Index:
         target = url
         if url.startswith("postgresql://"):
             target = "postgresql+psycopg://" + url[len("postgresql://"):]
@@ -146,7 +126,7 @@ class Index:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            return cls(engine, url)
+            return cls(engine, url, pn_case_sensitive)
         except Exception as exc:
             detail = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
             raise BackendError(f"index {mask_url(url)} is not usable: {type(exc).__name__}: {detail}") from exc
@@ -160,7 +140,8 @@ class Index:
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
                 return
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS.get(version, []):
+                for statement in [*MIGRATIONS.get(version, []),
+                                  *DIALECT_MIGRATIONS.get(version, {}).get(conn.dialect.name, [])]:
                     conn.exec_driver_sql(statement)
                 conn.execute(schema_version.insert().values(version=version))
 
@@ -302,11 +283,16 @@ class Index:
         self._flag(conn, tenant, study, series, now)
         return False
 
+    def _conditions(self, table: Any, fields: dict[str, str], filters: dict[str, Any], fuzzy: bool,
+                    qido: bool) -> list[ColumnElement[bool]]:
+        return _where(table, fields, filters, fuzzy, self.engine.dialect.name, qido, self.pn_case_sensitive)
+
     def search_studies(self, tenant: str, filters: dict[str, Any], limit: int = 100, offset: int = 0,
-                       fuzzy: bool = False) -> list[dict[str, Any]]:
-        """Studies of ``tenant`` matching ``filters`` (DICOM keywords → values), ordered by study UID."""
+                       fuzzy: bool = False, qido: bool = False) -> list[dict[str, Any]]:
+        """Studies of ``tenant`` matching ``filters`` (DICOM keywords → values, matched as PS3.4 C.2.2.2 says:
+        ``index/matching.py``; ``qido``: a comma separates values too), ordered by study UID."""
         s = dicom_state_meta
-        cond = [s.c.tenant_id == tenant, *_where(s, STUDY_FIELDS, filters, fuzzy)]
+        cond = [s.c.tenant_id == tenant, *self._conditions(s, STUDY_FIELDS, filters, fuzzy, qido)]
         cols = [func.max(s.c[c]).label(c) for c in STUDY_FIELDS.values() if c not in ("study_uid", "modality")]
         matching = select(s.c.study_uid).where(*cond).distinct()
         q: Select[Any] = (select(s.c.study_uid, *cols, func.count().label("series"),
@@ -327,10 +313,10 @@ class Index:
         return rows
 
     def search_series(self, tenant: str, filters: dict[str, Any], study_uid: str | None = None, limit: int = 100,
-                      offset: int = 0, fuzzy: bool = False) -> list[dict[str, Any]]:
+                      offset: int = 0, fuzzy: bool = False, qido: bool = False) -> list[dict[str, Any]]:
         """Series of ``tenant`` (in ``study_uid`` when given) matching ``filters`` (study and series keys)."""
         s = dicom_state_meta
-        cond = [s.c.tenant_id == tenant, *_where(s, {**STUDY_FIELDS, **SERIES_FIELDS}, filters, fuzzy)]
+        cond = [s.c.tenant_id == tenant, *self._conditions(s, {**STUDY_FIELDS, **SERIES_FIELDS}, filters, fuzzy, qido)]
         if study_uid:
             cond.append(s.c.study_uid == study_uid)
         q = select(s).where(*cond).order_by(s.c.study_uid, s.c.series_number, s.c.series_uid).limit(limit)
@@ -339,11 +325,11 @@ class Index:
 
     def search_instances(self, tenant: str, filters: dict[str, Any], study_uid: str | None = None,
                          series_uid: str | None = None, limit: int = 1000, offset: int = 0,
-                         fuzzy: bool = False) -> list[dict[str, Any]]:
+                         fuzzy: bool = False, qido: bool = False) -> list[dict[str, Any]]:
         """Instances of ``tenant`` matching ``filters`` (study, series and instance keys)."""
         i, s = dicom_instance, dicom_state_meta
-        cond = [i.c.tenant_id == tenant, *_where(i, INSTANCE_FIELDS, filters, fuzzy),
-                *_where(s, {**STUDY_FIELDS, **SERIES_FIELDS}, filters, fuzzy)]
+        cond = [i.c.tenant_id == tenant, *self._conditions(i, INSTANCE_FIELDS, filters, fuzzy, qido),
+                *self._conditions(s, {**STUDY_FIELDS, **SERIES_FIELDS}, filters, fuzzy, qido)]
         if study_uid:
             cond.append(i.c.study_uid == study_uid)
         if series_uid:

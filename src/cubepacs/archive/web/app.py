@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive import metrics
 from cubepacs.archive.apikeys import normalize, tenant_of_key
+from cubepacs.archive.index.matching import split_values
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import WEB_ROOT
 from cubepacs.archive.logs import REQUEST_ID
@@ -40,6 +41,7 @@ from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.web.session import COOKIE, CSRF_HEADER
 from cubepacs.archive.web.tokens import looks_like_jwt
+from cubepacs.dicom.dicomjson import pn_groups
 
 DICOM_JSON = "application/dicom+json"
 MAX_CACHED = 32 * 1024 * 1024  # larger answers are not cached (a 1,000-instance MR series' metadata is ~14 MB)
@@ -107,8 +109,8 @@ def _element(keyword: str, value: Any) -> dict[str, Any] | None:
         return None
     vr = str(dictionary_VR(keyword))
     values = value if isinstance(value, list) else [value]
-    if vr == "PN":
-        values = [{"Alphabetic": str(v)} for v in values]
+    if vr == "PN":  # the index keeps a name's component groups: Alphabetic=Ideographic=Phonetic
+        values = [pn_groups(str(v)) for v in values]
     elif vr in ("IS", "US", "UL"):
         values = [int(v) for v in values]
     return {"vr": vr, "Value": values}
@@ -245,20 +247,22 @@ def public_base(request: Request) -> str:
 _INTEGER = {"SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"}
 _INT = re.compile(r"-?[0-9]{1,12}")
 _DATE = re.compile(r"(\d{8})?(-(\d{8})?)?")
-_UID_LIST = re.compile(r"[0-9.]{1,64}([\\,][0-9.]{1,64})*")
+_UID = re.compile(r"[0-9.]{1,64}")
 
 
 def _check_value(keyword: str, key: str, value: str) -> None:
-    """400 for a query value the attribute can never match (a number that is not one, a malformed date)."""
+    """400 for a query value the attribute can never match (a number that is not one, a malformed date); each of
+    several values (``\\`` or ``,``: PS3.18 8.3.4.1) is checked."""
     if value in ("", "*"):
         return
     vr = str(dictionary_VR(keyword))
-    if keyword in _INTEGER and not (_INT.fullmatch(value) and abs(int(value)) < 2**31):
-        raise HTTPException(400, f"query attribute {key!r} must be an integer, not {value[:40]!r}")
-    if vr == "DA" and not _DATE.fullmatch(value):
-        raise HTTPException(400, f"query attribute {key!r} must be a date YYYYMMDD or a range, not {value[:40]!r}")
-    if vr == "UI" and not _UID_LIST.fullmatch(value):
-        raise HTTPException(400, f"query attribute {key!r} must be UIDs (digits and dots), not {value[:40]!r}")
+    for item in split_values(value, vr, qido=True):
+        if keyword in _INTEGER and not (_INT.fullmatch(item) and abs(int(item)) < 2**31):
+            raise HTTPException(400, f"query attribute {key!r} must be an integer, not {item[:40]!r}")
+        if vr == "DA" and not _DATE.fullmatch(item):
+            raise HTTPException(400, f"query attribute {key!r} must be a date YYYYMMDD or a range, not {item[:40]!r}")
+        if vr == "UI" and not _UID.fullmatch(item):
+            raise HTTPException(400, f"query attribute {key!r} must be UIDs (digits and dots), not {item[:40]!r}")
 
 
 def _bounded_int(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -340,7 +344,7 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
         filters, limit, offset, fuzzy = query_filters(request)
 
         def build() -> Response:
-            rows = services.index.search_studies(tenant, filters, limit, offset, fuzzy)
+            rows = services.index.search_studies(tenant, filters, limit, offset, fuzzy, qido=True)
             return _json([to_json(r, _STUDY, {"ModalitiesInStudy": r.get("modalities"),
                                               "NumberOfStudyRelatedSeries": r.get("series"),
                                               "NumberOfStudyRelatedInstances": r.get("instances")}) for r in rows])
@@ -353,7 +357,7 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
         filters, limit, offset, fuzzy = query_filters(request)
 
         def build() -> Response:
-            rows = services.index.search_series(tenant, filters, study, limit, offset, fuzzy)
+            rows = services.index.search_series(tenant, filters, study, limit, offset, fuzzy, qido=True)
             return _json([to_json(r, {**_STUDY, **_SERIES},
                                   {"NumberOfSeriesRelatedInstances": r.get("series_related_instances")})
                           for r in rows])
@@ -368,7 +372,8 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
         filters, limit, offset, fuzzy = query_filters(request)
 
         def build() -> Response:
-            rows = services.index.search_instances(tenant, filters, study, series, limit, offset, fuzzy)
+            rows = services.index.search_instances(tenant, filters, study, series, limit, offset, fuzzy,
+                                                     qido=True)
             return _json([to_json(r, {**_STUDY, **_SERIES, **_INSTANCE}) for r in rows])
 
         return cached(services, tenant, "qido", request, build)
