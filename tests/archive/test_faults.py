@@ -1,15 +1,19 @@
-"""A backend that goes down: C-STORE is not acknowledged when its event cannot be queued; errors are clear and
-never show passwords."""
+"""Faults: a backend that goes down — C-STORE is not acknowledged when its event cannot be queued, errors are clear
+and never show passwords; a full disk — new instances refused, reads go on, nothing dies, all resumes by itself."""
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
@@ -17,13 +21,14 @@ from cubepacs._registry import mask_url, open_backend
 from cubepacs.archive.dimse.scp import start_scp
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.storage.file import FileStorage
+from cubepacs.archive.web import multipart
+from cubepacs.archive.workers import METRICS_FILE_BYTES
 from cubepacs.errors import BackendError
-from tests.archive.conftest import free_port
-from tests.conftest import SINGLES
-
-pytestmark = pytest.mark.redis
+from tests.archive.conftest import free_port, start_server, stop_server, wait_until, write_config
+from tests.conftest import SERIES, SINGLES, dicom_files
 
 
+@pytest.mark.redis
 def test_c_store_is_refused_when_the_queue_is_down(tmp_path: Path) -> None:
     port = free_port()
     redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
@@ -61,3 +66,125 @@ def test_unreachable_backends_fail_clearly_without_passwords() -> None:
         open_backend("index", "postgresql://app:s3cret@127.0.0.1:1/db")
     assert "s3cret" not in str(err2.value) and "app:***@" in str(err2.value)
     assert mask_url("kafka://u:p@h:9092") == "kafka://u:***@h:9092"
+
+
+# --- a full disk -------------------------------------------------------------------------------------------------
+
+def _mount_tmpfs(folder: Path, size_mb: int) -> None:
+    folder.mkdir(parents=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)], check=False,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted here (root needed): {res.stderr.strip()}")
+
+
+def _fill(path: Path, leave_mb: float) -> None:
+    """Write ``path`` until the file system has ``leave_mb`` MB free (0: until it refuses: ENOSPC)."""
+    st = os.statvfs(path.parent)
+    want = max(0, st.f_bavail * st.f_frsize - int(leave_mb * 1024**2))
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while want > 0:
+                n = min(want, 1 << 20)
+                f.write(b"\0" * n)
+                want -= n
+            if leave_mb == 0:
+                while True:
+                    f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def _c_store(port: int, ds: Dataset) -> int:
+    ae = AE("FAULTS")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CUBEPACS")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_a_full_disk_refuses_new_instances_keeps_reads_and_recovers(tmp_path: Path) -> None:
+    """The data folder on a 48 MB tmpfs with ``min_free_mb = 16`` and, on purpose, the runtime files (the
+    memory-mapped metrics) there too — the layout that died with SIGBUS (exit 135) on the first ``/readyz`` of a
+    full disk. Below the watermark and then on a disk with no byte left: C-STORE 0xA700, STOW-RS 507 with the
+    reason, ``/readyz`` 503 naming the disk, ``/healthz`` 200, QIDO/WADO/metrics answer, the process lives; with
+    the space back it all resumes by itself."""
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, 48)
+    server = None
+    try:
+        data, dimse, http = disk, free_port(), free_port()  # (its log beside it: tmp_path/disk.log, not full)
+        cfg = write_config(tmp_path / "full.toml", data, dimse, http, dimse_workers=2, min_free_mb=16,
+                           run_dir=str(disk / "run"), quiet_seconds=3600.0, log_interval=3600.0)
+        server = start_server(data, cfg, dimse, http)
+        files = dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))[:12]
+        before, during, after = files[:8], files[8:10], files[10:]
+        headers = server.headers()
+
+        def count() -> int:
+            r = httpx.get(f"{server.url}/instances", params={"limit": 1000}, headers=headers)
+            return 0 if r.status_code == 204 else len(r.json())
+
+        def same(f: Path) -> bool:
+            """The instance of ``f`` retrieved over WADO-RS: the same elements as the file (pydicom; the file meta
+            is the archive's own for a C-STORE)."""
+            ds = dcmread(f, stop_before_pixels=True)
+            r = httpx.get(f"{server.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+                          f"{ds.SOPInstanceUID}", headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            (part,) = multipart.parse(r.content, r.headers["content-type"])
+            got, sent = dcmread(io.BytesIO(part)), dcmread(f)
+            return [e for e in got if e.tag.element] == [e for e in sent if e.tag.element]  # (pynetdicom sends no
+            # group lengths)
+
+        assert all(_c_store(dimse, dcmread(f)) == 0x0000 for f in before)
+        wait_until(lambda: count() == len(before))
+        assert httpx.get(f"http://127.0.0.1:{http}/readyz").status_code == 200
+        # the runtime files are preallocated: every page prometheus-client writes through its mapping is backed
+        for db in (disk / "run" / "metrics").glob("*.db"):
+            assert db.stat().st_blocks * 512 >= METRICS_FILE_BYTES, db
+
+        for phase, leave in (("below the watermark", 8.0), ("full", 0.0)):
+            _fill(disk / "filler", leave)
+            time.sleep(1.1)  # the guard reads the free space again at most every second
+            for f in during:
+                assert _c_store(dimse, dcmread(f)) == 0xA700, phase  # Out of Resources
+            body, ctype = multipart.encode([during[0].read_bytes()], "application/dicom")
+            r = httpx.post(f"{server.url}/studies", content=body, headers={**headers, "Content-Type": ctype})
+            assert r.status_code == 507 and "disk full" in r.text and str(data) in r.text, (phase, r.text)
+            ready = httpx.get(f"http://127.0.0.1:{http}/readyz")
+            assert ready.status_code == 503 and "disk full" in ready.json()["disk"], ready.text
+            assert httpx.get(f"http://127.0.0.1:{http}/healthz").status_code == 200
+            assert count() == len(before)  # QIDO
+            assert all(same(f) for f in before[:3]), phase  # WADO-RS
+            text = httpx.get(f"http://127.0.0.1:{http}/metrics").text
+            assert "cubepacs_disk_refusing 1.0" in text
+            free = [float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
+                    if x.startswith("cubepacs_disk_free_bytes{") and f'path="{data}"' in x]
+            assert free and free[0] < 16 * 1024**2
+            assert server.proc.poll() is None, f"serve died ({phase}): exit {server.proc.returncode}"
+        assert count() == len(before)  # nothing refused was indexed
+
+        (disk / "filler").unlink()
+        start = time.monotonic()
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{http}/readyz").status_code == 200, timeout=10)
+        assert all(_c_store(dimse, dcmread(f)) == 0x0000 for f in during + after)
+        wait_until(lambda: count() == len(files))
+        recovered = time.monotonic() - start
+        assert all(same(f) for f in during + after)
+        assert "cubepacs_disk_refusing 0.0" in httpx.get(f"http://127.0.0.1:{http}/metrics").text
+        stop_server(server)
+        log = (tmp_path / "disk.log").read_text()
+        refused = [x for x in log.splitlines() if "disk full:" in x]
+        assert 1 <= len(refused) <= 3, refused  # once per process that was asked (web, two DIMSE workers)
+        assert "MB free" in refused[0]
+        assert "disk space back" in log
+        assert "Traceback" not in log
+        print(f"recovered in {recovered:.1f} s")
+    finally:
+        if server is not None:
+            stop_server(server)
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -3,6 +3,7 @@ loaded, their metrics are merged, a busy port is one line, and a kill -9 of ``cu
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cubepacs.archive.workers import runtime_folder
 from tests.archive.conftest import dcmtk, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SERIES, dicom_files
 
@@ -51,7 +53,8 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
             t.join()
         assert results == [0] * 16
         # each worker counted its own C-STOREs (prometheus-client multiprocess files, one per process) …
-        counted = {int(f.stem.rsplit("_", 1)[1]) for f in (data / "run" / "metrics").glob("counter_*.db")}
+        folder = runtime_folder(str(data), xdg_runtime_dir=os.environ.get("XDG_RUNTIME_DIR")) / "metrics"
+        counted = {int(f.stem.rsplit("_", 1)[1]) for f in folder.glob("counter_*.db")}
         assert set(workers) <= counted
         # … and /metrics shows their sum
         text = httpx.get(f"http://127.0.0.1:{http}/metrics").text

@@ -117,6 +117,7 @@ class DeltaLog:
         self._current = self.spool / f"current-{os.getpid()}-{next(_SERIAL)}.jsonl"
         self._fd = self._open_current()
         self._pending = 0  # rows since the last flush (a full batch wakes the writer)
+        self.lost = 0  # rows not spooled since the spool last took one (a full disk)
         self._lock = threading.Lock()  # the spool file
         self._group = _group(interval) if interval else None
         if self._group is not None:
@@ -130,7 +131,18 @@ class DeltaLog:
         row["time"] = time.time_ns() // 1000
         line = (json.dumps(row, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
-            os.write(self._fd, line)
+            try:
+                os.write(self._fd, line)
+            except OSError as exc:  # a full disk: the row is lost, the request it records is not (one line said)
+                if not self.lost:
+                    log.error("%s log rows are being lost: spool %s: %s", Path(self.table_uri).name, self.spool,
+                              exc.strerror or exc)
+                self.lost += 1
+                return
+            if self.lost:
+                log.warning("%s log spool writable again; %d row(s) were lost", Path(self.table_uri).name,
+                            self.lost)
+                self.lost = 0
             self._pending += 1
             full = self._pending >= self.batch
         if full and self._group is not None:

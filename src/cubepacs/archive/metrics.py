@@ -42,6 +42,10 @@ HTTP = Counter("cubepacs_http_requests", "HTTP requests", ["route", "method", "s
 HTTP_SECONDS = Histogram("cubepacs_http_seconds", "HTTP request time", ["route"],
                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 CACHE = Counter("cubepacs_cache_lookups", "cache lookups", ["result"])
+DISK_FREE = Gauge("cubepacs_disk_free_bytes", "free space on a folder the archive writes", ["path"],
+                  multiprocess_mode="mostrecent")
+DISK_REFUSING = Gauge("cubepacs_disk_refusing", "1 while new instances are refused (free space below min_free_mb)",
+                      multiprocess_mode="mostrecent")
 READ_AHEAD = Counter("cubepacs_frames_read_ahead", "frames decoded ahead of a viewer scrolling a series")
 
 
@@ -72,7 +76,8 @@ def update_queue_lag(queue: Any, topic: str, group: str) -> None:
 
 
 def readiness(storage: Any, queue: Any, index: Any) -> dict[str, str]:
-    """Each backend "ok" or the one-line reason it is not reachable."""
+    """Each backend "ok" or the one-line reason it is not reachable (the storage with real requests:
+    ``Storage.probe``), and ``disk``: "ok" or why new instances are refused (the free-space watermark)."""
     from sqlalchemy import text
 
     checks: dict[str, str] = {}
@@ -92,5 +97,8 @@ def readiness(storage: Any, queue: Any, index: Any) -> dict[str, str]:
 
     check("index", index_probe)
     check("queue", queue.ping)
-    check("storage", lambda: storage.exists("readyz-probe"))
+    check("storage", storage.probe)
+    guard = getattr(storage, "guard", None)
+    if guard is not None:
+        check("disk", guard.check)
     return checks

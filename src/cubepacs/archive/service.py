@@ -29,6 +29,7 @@ from cubepacs.archive.indexer import Indexer
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
+from cubepacs.archive.storage.guard import DiskGuard
 from cubepacs.archive.webworker import WebWorker
 from cubepacs.archive.workers import builds_in_children, listen, settle_heap, worker_count
 from cubepacs.errors import ListenError
@@ -50,7 +51,9 @@ def open_backends(settings: Settings, cache_url: str | None = None) -> Backends:
     """Open storage, queue, index (and cache, when ``cache_url`` names one) from their URLs."""
     log.info("storage %s, queue %s, index %s", mask_url(settings.storage_url), mask_url(settings.queue_url),
              mask_url(settings.index_url))
-    return Backends(open_backend("storage", settings.storage_url), open_backend("queue", settings.queue_url),
+    storage = open_backend("storage", settings.storage_url)
+    DiskGuard.attach(storage, settings.data_dir, settings.min_free_mb)  # the free-space watermark
+    return Backends(storage, open_backend("queue", settings.queue_url),
                     open_backend("index", settings.index_url, pn_case_sensitive=settings.pn_case_sensitive),
                     open_backend("cache", cache_url) if cache_url else None)
 

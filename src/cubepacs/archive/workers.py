@@ -81,18 +81,80 @@ def listen(host: str, port: int, what: str, backlog: int = 2048) -> socket.socke
     return sock
 
 
-def metrics_across_processes(data_dir: str) -> None:
+METRICS_FILES = ("counter", "histogram", "gauge_livesum", "gauge_mostrecent")  # prometheus-client's, per process
+METRICS_FILE_BYTES = 1 << 20  # preallocated per file (≈ 8,000 samples; prometheus-client maps 64 KiB, then doubles)
+
+
+def runtime_folder(data_dir: str, run_dir: str = "", xdg_runtime_dir: str | None = None) -> Path:
+    """Where the runtime files of ``serve`` go (prometheus-client's multiprocess files): ``run_dir`` when set, else
+    a folder of this archive (named by a hash of ``data_dir``) on a RAM-backed file system — ``$XDG_RUNTIME_DIR``,
+    else ``/dev/shm`` — else ``data_dir/run``.
+
+    Why not the data disk: these files are memory-mapped and written through the mapping; a page the file system
+    cannot back (a full disk) is a SIGBUS that kills the process (``docs/operations.md``, "A full disk").
+
+    Example
+    -------
+    >>> runtime_folder("/srv/pacs", xdg_runtime_dir="/nonexistent").parent == Path("/dev/shm") or None
+    True
+    >>> runtime_folder("/srv/pacs", run_dir="/run/pacs")
+    PosixPath('/run/pacs')
+    """
+    import hashlib
+
+    if run_dir:
+        return Path(run_dir)
+    name = "cubepacs-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    for base in (xdg_runtime_dir, "/dev/shm"):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            return Path(base) / name
+    return Path(data_dir) / "run"
+
+
+def metrics_across_processes(data_dir: str, run_dir: str = "", xdg_runtime_dir: str | None = None) -> Path:
     """Put prometheus-client in multiprocess mode for this process and the workers it starts: call before
-    prometheus-client is first imported. Its folder (``data_dir/run/metrics``) is emptied of a previous run's."""
+    prometheus-client is first imported. Its folder (``metrics`` in :func:`runtime_folder`) is emptied of a previous
+    run's files, and this process' files are preallocated (:func:`preallocate_metrics`). Returns the folder."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        return
+        return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
-    folder = Path(data_dir) / "run" / "metrics"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = runtime_folder(data_dir, run_dir, xdg_runtime_dir) / "metrics"
+    folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # other users need not see the counters
+    folder.mkdir(mode=0o700, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink(missing_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    preallocate_metrics()
+    return folder
+
+
+def preallocate_metrics() -> None:
+    """Give this process' prometheus-client files (multiprocess mode) their disk space before they are mapped:
+    prometheus-client sizes a new file with ``truncate`` (a sparse file) and writes through a mapping, so on a full
+    file system the first write to a page kills the process with SIGBUS. Preallocated (``posix_fallocate``),
+    every page written up to :data:`METRICS_FILE_BYTES` is backed. Call in every process, before its first metric
+    (prometheus-client opens the files of a new pid after a fork). One log line when the space is not there."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder or not hasattr(os, "posix_fallocate"):
+        return
+    for prefix in METRICS_FILES:
+        path = os.path.join(folder, f"{prefix}_{os.getpid()}.db")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            log.warning("metrics file %s cannot be created: %s", path, exc.strerror or exc)
+            return
+        try:
+            if os.fstat(fd).st_size < METRICS_FILE_BYTES:
+                os.posix_fallocate(fd, 0, METRICS_FILE_BYTES)
+        except OSError as exc:
+            os.ftruncate(fd, 0)  # prometheus-client then starts it as a new file
+            log.warning("metrics file %s cannot be preallocated (%s): a full %s may stop this process", path,
+                        exc.strerror or exc, folder)
+            return
+        finally:
+            os.close(fd)
 
 
 class Workers:
@@ -180,7 +242,9 @@ def settle_heap() -> None:
 
 def die_with(parent: int, name: str) -> None:
     """End this process when ``parent`` goes away, however it ends; ``name`` it (``ps -o comm``, top: at most 15
-    characters) so that an operator can tell the processes of ``serve`` apart."""
+    characters) so that an operator can tell the processes of ``serve`` apart. Every child process of ``serve``
+    calls it first: its prometheus-client files are preallocated here too (:func:`preallocate_metrics`)."""
+    preallocate_metrics()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_NAME, name.encode()[:15])
@@ -204,8 +268,9 @@ def _worker(settings: Settings, k: int, ready: Connection, parent: int, sockets:
     from cubepacs.archive.dimse.balance import Balance, Shared
     from cubepacs.archive.dimse.scp import start_from_settings  # not the service module: no web, lake tables
     from cubepacs.archive.logs import configure
+    from cubepacs.archive.storage.guard import DiskGuard
 
-    die_with(parent, f"cubepacs-dimse{k}")
+    die_with(parent, f"cubepacs-dimse{k}")  # (and its metrics files preallocated)
     configure(settings.log_format, f"storescp-{k}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -214,6 +279,7 @@ def _worker(settings: Settings, k: int, ready: Connection, parent: int, sockets:
         storage, queue, index = (open_backend("storage", settings.storage_url),
                                  open_backend("queue", settings.queue_url), open_backend("index", settings.index_url,
                                                                                          pn_case_sensitive=settings.pn_case_sensitive))
+        DiskGuard.attach(storage, settings.data_dir, settings.min_free_mb)
         server = start_from_settings(settings, storage, queue, index, shared=Shared(sockets, Balance(counts, k)))
     except CubepacsError as exc:
         ready.send(f"{type(exc).__name__}:{exc}")

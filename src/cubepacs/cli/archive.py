@@ -38,7 +38,8 @@ def _run(parts: set[str], config: Path | None, check: bool = False, **overrides:
         settings = load_settings(config, dict(os.environ), {names.get(k, k): v for k, v in overrides.items()})
         configure(settings.log_format, service)
         if ("storescp" in parts and worker_count(settings.dimse_workers) > 1) or builds_in_children(parts):
-            metrics_across_processes(settings.data_dir)  # before prometheus-client is imported (below)
+            # before prometheus-client is imported (below); on a RAM-backed folder (a full disk: no SIGBUS)
+            metrics_across_processes(settings.data_dir, settings.run_dir, os.environ.get("XDG_RUNTIME_DIR"))
         from cubepacs.archive.service import check as check_backends
         from cubepacs.archive.service import run
 

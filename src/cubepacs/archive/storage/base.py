@@ -9,10 +9,29 @@ True
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cubepacs.archive.storage.guard import DiskGuard
 
 
 class Storage(ABC):
-    """Durable key → bytes storage. ``put`` returns only once the bytes are durable."""
+    """Durable key → bytes storage. ``put`` returns only once the bytes are durable.
+
+    ``guard``: when set (``service.open_backends``), ``put_received`` first asks it whether there is room
+    (``storage/guard.py``) and raises ``StorageFullError`` when there is not.
+    """
+
+    guard: DiskGuard | None = None
+
+    def admit(self) -> None:
+        """Raise ``StorageFullError`` when new instances are refused (the free-space watermark)."""
+        if self.guard is not None:
+            self.guard.check()
+
+    def refusal(self) -> str | None:
+        """Why new instances are refused (the free-space watermark), or None (STOW-RS asks before it reads)."""
+        return self.guard.refusal() if self.guard is not None else None
 
     @classmethod
     @abstractmethod
@@ -28,7 +47,23 @@ class Storage(ABC):
         it in memory, as most of it is read much later if at all — but for its first ``header_size`` bytes (the
         DICOM header before the pixel data; None: all), which a series' first ``/metadata`` reads (``FileStorage``
         drops the rest from the OS page cache)."""
+        self.admit()
         self.put(key, data)
+
+    PROBE_PREFIX = ".cubepacs-probe/"  # reserved: no instance key starts with a dot
+
+    def probe(self) -> None:
+        """Reach the storage for real or raise, naming what failed (``serve --check``, ``/readyz``): by default a
+        put, get and delete of a probe object under :data:`PROBE_PREFIX`."""
+        import uuid
+
+        key = f"{self.PROBE_PREFIX}{uuid.uuid4().hex}"
+        self.put(key, b"probe")
+        try:
+            if self.get(key) != b"probe":
+                raise OSError(f"storage probe {key}: read back other bytes than were written")
+        finally:
+            self.delete(key)
 
     @abstractmethod
     def get(self, key: str) -> bytes:

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cubepacs._atomic import atomic_write
 from cubepacs.archive.storage.base import Storage
-from cubepacs.errors import ConfigError
+from cubepacs.errors import BackendError, ConfigError
 
 log = logging.getLogger("cubepacs.storage")
 
@@ -77,6 +77,7 @@ class FileStorage(Storage):
         atomic_write(self._path(key), [data])
 
     def put_received(self, key: str, data: bytes, header_size: int | None = None) -> None:
+        self.admit()
         drop = None if self.keep_received or header_size is None else header_size
         atomic_write(self._path(key), [data], drop_from=drop)
 
@@ -114,6 +115,13 @@ class FileStorage(Storage):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def probe(self) -> None:
+        """The root is a folder this process may write (no write: the free space is the guard's, ``guard.py``)."""
+        if not self.root.is_dir():
+            raise BackendError(f"storage folder {self.root} does not exist")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise BackendError(f"storage folder {self.root} is not writable (read-only file system or permissions)")
 
     def keys(self, prefix: str = "") -> list[str]:
         out = []
