@@ -8,7 +8,9 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -188,3 +190,54 @@ def test_a_full_disk_refuses_new_instances_keeps_reads_and_recovers(tmp_path: Pa
         if server is not None:
             stop_server(server)
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# --- an object storage that is not there ---------------------------------------------------------------------
+
+def _check(tmp_path: Path, storage_url: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``cubepacs serve --check`` with the embedded queue and index and ``storage_url``; (result, seconds)."""
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "cubepacs", "serve", "--check", "--data-dir", str(tmp_path / "d"),
+                          "--storage", storage_url], check=False, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return res, time.monotonic() - start
+
+
+def _storage_line(out: str) -> str:
+    """The ``storage`` result of ``serve --check`` (the terminal may have wrapped it)."""
+    words = " ".join(out.split())
+    return words[words.index("storage "):].split(" index ")[0].split(" queue ")[0]
+
+
+@pytest.mark.s3
+def test_s3_that_is_not_there_is_one_line_and_a_missing_bucket_is_created_only_when_asked(
+        tmp_path: Path, seaweedfs: str) -> None:
+    endpoint = seaweedfs.split("endpoint=", 1)[1]
+    keys = "&access_key=test&secret_key=test"
+    closed = free_port()
+    res, took = _check(tmp_path, f"s3://pacs?endpoint=http://127.0.0.1:{closed}{keys}")
+    assert res.returncode == 4, res.stdout + res.stderr
+    line = _storage_line(res.stdout)
+    assert f"S3 at http://127.0.0.1:{closed} is not reachable" in line and "test" not in line.split("reachable")[1]
+    assert took < 30 and "Traceback" not in res.stdout + res.stderr
+
+    bucket = f"missing-{uuid.uuid4().hex[:8]}"
+    res, _ = _check(tmp_path, f"s3://{bucket}?endpoint={endpoint}{keys}")
+    assert res.returncode == 4
+    line = _storage_line(res.stdout)
+    assert f"S3 bucket '{bucket}' does not exist at {endpoint}" in line and "create_bucket=true" in line
+
+    res, _ = _check(tmp_path, f"s3://{bucket}/pfx?endpoint={endpoint}{keys}&create_bucket=true")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "storage  ok" in res.stdout
+    storage = open_backend("storage", f"s3://{bucket}/pfx?endpoint={endpoint}", access_key="test", secret_key="test")
+    storage.probe()  # the bucket is there now: HEAD, PUT, GET, DELETE of a probe object
+    assert storage.keys() == []  # … which is gone again
+    with pytest.raises(KeyError):
+        storage.get("t/nothing.dcm")
+    assert storage.exists("t/nothing.dcm") is False
+    unreachable = open_backend("storage", f"s3://pacs?endpoint=http://127.0.0.1:{closed}", access_key="test",
+                               secret_key="test")
+    with pytest.raises(Exception) as err:  # not "absent": unknown (a C-STORE is then refused, not overwritten)
+        unreachable.exists("t/x.dcm")
+    assert "127.0.0.1" in str(err.value)

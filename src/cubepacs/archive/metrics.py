@@ -46,6 +46,10 @@ DISK_FREE = Gauge("cubepacs_disk_free_bytes", "free space on a folder the archiv
                   multiprocess_mode="mostrecent")
 DISK_REFUSING = Gauge("cubepacs_disk_refusing", "1 while new instances are refused (free space below min_free_mb)",
                       multiprocess_mode="mostrecent")
+DISK_FREE = Gauge("cubepacs_disk_free_bytes", "free space on a folder the archive writes", ["path"],
+                  multiprocess_mode="mostrecent")
+DISK_REFUSING = Gauge("cubepacs_disk_refusing", "1 while new instances are refused (free space below min_free_mb)",
+                      multiprocess_mode="mostrecent")
 READ_AHEAD = Counter("cubepacs_frames_read_ahead", "frames decoded ahead of a viewer scrolling a series")
 
 

@@ -133,6 +133,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
                 raise HTTPException(400, str(exc)) from None
         if (full := services.storage.refusal()) is not None:  # below the free-space watermark (storage/guard.py)
             raise HTTPException(507, full)
+        if (full := services.storage.refusal()) is not None:  # below the free-space watermark (storage/guard.py)
+            raise HTTPException(507, full)
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/related"):
             raise HTTPException(415, f"expected multipart/related, got {content_type.split(';')[0]!r}")
