@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import cubepacs
-from cubepacs.errors import DicomReadError
+from cubepacs.cube.reader import CubeReader
+from cubepacs.errors import CodecError, DicomReadError, InvalidCubeError
 from tests.conftest import MALFORMED
 
 # What each malformed file must give: an error mentioning these words, or None for a byte-exact conversion.
@@ -47,3 +53,147 @@ def test_folder_with_a_broken_file_names_it(tmp_path: Path) -> None:
 def test_non_dicom_input_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(DicomReadError, match="not a DICOM file"):
         cubepacs.load_from_dicom_folder([b"hello world, this is not DICOM"], errors="raise")
+
+
+# --- hostile input, second campaign (issue 27): crafted here from real files (fuzz/mutants.py says how) ---------
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
+import mutants  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ct_cube() -> bytes:
+    return mutants.cube_of(mutants.CT)
+
+
+def test_a_rust_panic_in_a_decoder_is_a_codec_error_naming_instance_and_frame(tmp_path: Path) -> None:
+    import pydicom
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "panic.dcm").write_bytes(mutants.rle_panic())
+    cube = tmp_path / "x.dcbs"
+    cubepacs.save(cubepacs.load_from_dicom_folder(tmp_path / "in"), cube)
+    with pytest.raises(CodecError, match=r"panic\.dcm: frame 0 cannot be decoded: .*PanicException: index out of"):
+        cubepacs.load(cube).frame(0)
+    ds = pydicom.dcmread(io.BytesIO(mutants.rle_panic()))
+    with pytest.raises(RuntimeError) as err:  # pydicom itself, as transcoding calls it: an Exception, not a panic
+        ds.decompress()
+    assert "PanicException" in str(err.value)
+
+
+def test_the_rle_header_is_checked_before_any_decoder() -> None:
+    from cubepacs.cube.reader import _decode_with_pydicom
+
+    with pytest.raises(CodecError, match="RLE header: 15 segments, expected 2"):
+        _decode_with_pydicom(mutants.rle_bad_header(), 0, "bad.dcm")
+
+
+def test_a_codestream_far_larger_than_its_frame_is_refused_before_decoding(ct_cube: bytes) -> None:
+    import imagecodecs
+
+    frame = np.zeros((128, 128), np.uint16)
+    blob = bytes(imagecodecs.htj2k_encode(frame)) + bytes(200_000)  # a valid header, then far too many bytes
+    with pytest.raises(CodecError, match="a lossless encoder never writes that much"):
+        CubeReader(mutants.replace_blob(ct_cube, 0, blob)).frame(0)
+
+
+def test_dtype_must_agree_with_bits_and_signedness(ct_cube: bytes) -> None:
+    def wide(doc: dict[str, Any]) -> None:  # the issue's case: 8 bits declared, 8-byte samples allocated
+        doc["pixel_descs"][0].update(dtype="<u8", bits=8, signed=False)
+
+    t0 = time.monotonic()
+    with pytest.raises(InvalidCubeError, match="dtype <u8 for 8 bits"):
+        CubeReader(mutants.edit_meta(ct_cube, wide))
+    assert time.monotonic() - t0 < 1
+
+    def unsigned(doc: dict[str, Any]) -> None:
+        doc["pixel_descs"][0].update(signed=False)
+
+    with pytest.raises(InvalidCubeError, match="dtype <i2 for 16 bits, unsigned"):
+        CubeReader(mutants.edit_meta(ct_cube, unsigned))
+
+
+def test_a_whole_value_decompresses_only_to_what_its_element_declares() -> None:
+    import imagecodecs
+
+    cube = mutants.cube_of(mutants.SEG)  # a 1-bit SEG: kept as one opaque zstd value
+    reader = CubeReader(cube)
+    assert reader.desc(0).mode == "opaque" and reader._value_length(0) == 32768  # type: ignore[union-attr]
+    bomb = mutants.replace_blob(cube, 0, bytes(imagecodecs.zstd_encode(bytes(1 << 26))))  # 64 MiB of zeros, 2 KB
+    t0 = time.monotonic()
+    with pytest.raises(InvalidCubeError, match=r"whole pixel value of 67108864 bytes .*declares 32768"):
+        CubeReader(bomb).frame(0)
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(InvalidCubeError, match="at most 1000 expected"):  # the setting bounds it further
+        CubeReader(cube, max_value_bytes=1000).frame(0)
+
+
+def test_pool_keys_and_entries_are_checked_at_load(ct_cube: bytes) -> None:
+    def huge_key(b: bytearray) -> None:  # a key ≥ 2³² (OverflowError in every accessor before)
+        keys = np.frombuffer(b, "<i8").copy()
+        keys[3] = 1 << 33
+        b[:] = keys.tobytes()
+
+    with pytest.raises(InvalidCubeError, match="neither a tag nor a special key"):
+        cubepacs.load_meta(mutants.edit_area(ct_cube, "pool_keys", huge_key))
+
+    def swapped(b: bytearray) -> None:  # two keys exchanged: entries that hold another element than their key
+        keys = np.frombuffer(b, "<i8").copy()
+        keys[[3, 4]] = keys[[4, 3]]
+        b[:] = keys.tobytes()
+
+    with pytest.raises(InvalidCubeError, match="does not hold the element its key"):
+        cubepacs.load_meta(mutants.edit_area(ct_cube, "pool_keys", swapped))
+
+
+def test_every_decoding_failure_of_an_accessor_is_invalid_cube(ct_cube: bytes) -> None:
+    meta = cubepacs.load_meta(ct_cube)
+    keys, offsets, _, _, _ = meta.pool_arrays()
+    p = int(np.flatnonzero(keys == 0x00280010)[0])  # Rows (US, 2 bytes): its VR made FD (8 bytes a value)
+    start = int(offsets[p])
+
+    def wrong_vr(b: bytearray) -> None:
+        b[start + 4:start + 6] = b"FD"
+
+    broken = cubepacs.load_meta(mutants.edit_area(ct_cube, "pool_data", wrong_vr))
+    for call in (lambda: broken.get_values("Rows"), lambda: broken.dataset(0), lambda: broken.get_vr("Rows")):
+        with pytest.raises(InvalidCubeError, match="<bytes>: invalid cube \\(meta\\)"):
+            call()
+    with pytest.raises(KeyError, match="not a DICOM tag"):  # the caller's error stays the caller's
+        broken.get_values("NoSuchKeyword")
+
+
+@pytest.mark.parametrize("column", ["missing", "shape"])
+def test_columns_are_checked_at_load(ct_cube: bytes, column: str) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        if column == "missing":
+            del doc["columns"]["SliceLocation"]
+        else:
+            doc["columns"]["PixelSpacing"]["sect"] = doc["columns"]["SliceLocation"]["sect"]
+
+    with pytest.raises(InvalidCubeError, match="column"):
+        cubepacs.load_meta(mutants.edit_meta(ct_cube, edit))
+
+
+@pytest.mark.parametrize("name", ["a\0b.dcm", "../escape.dcm", "/abs.dcm", ""])
+def test_instance_names_are_safe_file_names_at_load(ct_cube: bytes, name: str) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["names"][0] = name
+
+    with pytest.raises(InvalidCubeError, match="is not a safe file name"):
+        cubepacs.load(mutants.edit_meta(ct_cube, edit))
+
+
+def test_the_builder_leaves_out_what_its_cube_cannot_hold_and_keeps_the_rest() -> None:
+    from cubepacs.archive.builder import compact
+
+    good = [mutants.renamed(series="1.2.3.4") for _ in range(2)]
+    files = [("good0.dcm", good[0]), ("bits24.dcm", mutants.bits24(series="1.2.3.4")), ("good1.dcm", good[1]),
+             ("junk.dcm", b"not DICOM at all")]
+    cube, left = compact(files, "htj2k")
+    assert [n for n, _ in left] == ["junk.dcm", "bits24.dcm"]
+    assert "pixel description out of bounds" in dict(left)["bits24.dcm"]
+    assert cube is not None
+    reader = CubeReader(cube)
+    assert reader.meta.names == ["good0.dcm", "good1.dcm"]
+    assert [reader.instance_bytes(i) for i in range(2)] == good  # read back byte for byte

@@ -38,14 +38,12 @@ QUEUE_OLDEST = Gauge("cubepacs_queue_oldest_seconds", "age of the oldest storage
                      multiprocess_mode="mostrecent")
 INDEXED = Counter("cubepacs_indexed_instances", "instances the indexer added or replaced")
 BUILDS = Counter("cubepacs_webworker_builds", "series built by the web worker", ["result"])
+NOT_COMPACTED = Counter("cubepacs_instances_not_compacted", "instances left out of their series' cube (served "
+                        "from their files): the builder could not put them in a cube that reads back")
 HTTP = Counter("cubepacs_http_requests", "HTTP requests", ["route", "method", "status"])
 HTTP_SECONDS = Histogram("cubepacs_http_seconds", "HTTP request time", ["route"],
                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 CACHE = Counter("cubepacs_cache_lookups", "cache lookups", ["result"])
-DISK_FREE = Gauge("cubepacs_disk_free_bytes", "free space on a folder the archive writes", ["path"],
-                  multiprocess_mode="mostrecent")
-DISK_REFUSING = Gauge("cubepacs_disk_refusing", "1 while new instances are refused (free space below min_free_mb)",
-                      multiprocess_mode="mostrecent")
 DISK_FREE = Gauge("cubepacs_disk_free_bytes", "free space on a folder the archive writes", ["path"],
                   multiprocess_mode="mostrecent")
 DISK_REFUSING = Gauge("cubepacs_disk_refusing", "1 while new instances are refused (free space below min_free_mb)",

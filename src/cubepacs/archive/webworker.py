@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import io
 import logging
 import threading
 from typing import Any
 
 from cubepacs.archive import metrics
+from cubepacs.archive.builder import compact
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import cube_key
 from cubepacs.archive.metadata import series_json
 from cubepacs.archive.storage.base import Storage
-from cubepacs.cube.sources import read_instance
-from cubepacs.cube.writer import write_cube
 
 log = logging.getLogger("cubepacs.webworker")
 
@@ -77,17 +75,15 @@ class WebWorker:
         jkey = json_key(tenant, study, series)
         self.storage.put(jkey, series_json(rows, kept, lambda r: data_of[r["sop_uid"]], self.url_root))
         ckey = None
-        if self.compact:
-            try:
-                instances = [read_instance(d, f"{r['sop_uid']}.dcm") for d, r in zip(datas, rows, strict=True)]
-                buf = io.BytesIO()
-                write_cube(instances, buf, codec=self.codec, threads=1)
-            except Exception as exc:  # one odd instance: the series is served from its files, never blocked
-                log.warning("series %s not compacted (%s: %s); served from its instance files", series,
-                            type(exc).__name__, str(exc)[:200])
-            else:
+        if self.compact:  # a cube only once it reads back; what it cannot hold is served from its files
+            cube, left = compact([(f"{r['sop_uid']}.dcm", d) for r, d in zip(rows, datas, strict=True)], self.codec)
+            for name, reason in left:
+                log.warning("series %s: instance %s not compacted (%s); served from its file", series,
+                            name.removesuffix(".dcm"), reason)
+                metrics.NOT_COMPACTED.inc()
+            if cube is not None:
                 ckey = cube_key(tenant, study, series)
-                self.storage.put(ckey, buf.getvalue())
+                self.storage.put(ckey, cube)
         return jkey, ckey, len(rows)
 
     def run_once(self) -> int:

@@ -14,6 +14,13 @@ name       id    what
 Image codecs take 8/16-bit integer frames with 1 or 3 samples; anything else falls back to ``zstd``. Signed
 frames are mapped to unsigned (sign bit flipped) for codecs without signed support, and back on decode.
 
+Every native decoder call goes through :func:`native_call`: whatever it raises — a C library's error, numpy's,
+a Rust panic (``pyo3_runtime.PanicException``, a ``BaseException``) — becomes :class:`CodecError`. pydicom's own
+decoding plugins (pylibjpeg-rle, pylibjpeg-libjpeg, pylibjpeg-openjpeg, …) are wrapped the same way by
+:func:`harden_pydicom` (called on import), and their RLE header or JPEG/JPEG-LS/J2K codestream header is checked
+against the dataset's geometry before the plugin sees the bytes, so that every caller — cube frames, rendered
+images, transcoding, ``ds.decompress()`` — gets a declared error.
+
 Example
 -------
 >>> import numpy as np
@@ -29,18 +36,44 @@ True
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import imagecodecs
 import numpy as np
 
+from cubepacs.cube import guard
 from cubepacs.errors import CodecError
 
 _ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
 
 DEFAULT_CODEC = "htj2k"
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)  # what a decoder failure may never be turned into
+T = TypeVar("T")
+
+
+def native_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, any failure but an interrupt raised as :class:`CodecError` naming ``what``.
+
+    Example
+    -------
+    >>> native_call("frame 3", imagecodecs.zstd_decode, b"not zstd")
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: frame 3: ZstdError: ...
+    """
+    try:
+        return fn(*args, **kwargs)
+    except CodecError:
+        raise
+    except BaseException as exc:  # a Rust panic is a BaseException
+        if isinstance(exc, _FATAL):
+            raise
+        text = " ".join(str(exc).split())  # one line: pydicom lists every plugin's failure on its own line
+        raise CodecError(f"{what}: {type(exc).__name__}: {text[:400]}") from None
 
 
 class Codec(ABC):
@@ -60,9 +93,14 @@ class Codec(ABC):
     def encode(self, frame: np.ndarray) -> bytes:
         """Encode one frame (rows × cols [× samples], native byte order)."""
 
-    @abstractmethod
     def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
-        """Decode ``data`` into ``out`` (shape and dtype of the original frame)."""
+        """Decode ``data`` into ``out`` (shape and dtype of the original frame); :class:`CodecError` on any
+        failure of the decoder."""
+        native_call(f"{self.name} decoder", self._decode, data, out)
+
+    @abstractmethod
+    def _decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        """The decoder proper (:meth:`decode` maps its failures)."""
 
 
 def _to_unsigned(frame: np.ndarray) -> np.ndarray:
@@ -91,7 +129,7 @@ class RawCodec(Codec):
     def encode(self, frame: np.ndarray) -> bytes:
         return frame.tobytes()
 
-    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+    def _decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
         out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
 
 
@@ -105,7 +143,9 @@ class ZstdCodec(Codec):
     def encode(self, frame: np.ndarray) -> bytes:
         return bytes(_ic.zstd_encode(np.ascontiguousarray(frame).tobytes(), level=3))
 
-    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+    def _decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+        if guard.zstd_size(data) != out.nbytes:  # bounded before anything is allocated
+            raise CodecError(f"Zstandard frame declares {guard.zstd_size(data)} bytes; expected {out.nbytes}")
         out.reshape(-1).view(np.uint8)[:] = np.frombuffer(_ic.zstd_decode(data), np.uint8)
 
 
@@ -135,7 +175,7 @@ class Htj2kCodec(Codec):
             self._warm()
         return bytes(_ic.htj2k_encode(np.ascontiguousarray(frame)))
 
-    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+    def _decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
         if not self._ready:
             self._warm()
         if out.flags.c_contiguous:
@@ -151,7 +191,7 @@ class JpeglsCodec(Codec):
     def encode(self, frame: np.ndarray) -> bytes:
         return bytes(_ic.jpegls_encode(np.ascontiguousarray(_to_unsigned(frame))))
 
-    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+    def _decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
         _from_unsigned(_ic.jpegls_decode(data).reshape(out.shape), out)
 
 
@@ -162,7 +202,7 @@ class JxlCodec(Codec):
     def encode(self, frame: np.ndarray) -> bytes:
         return bytes(_ic.jpegxl_encode(np.ascontiguousarray(_to_unsigned(frame)), lossless=True, effort=3))
 
-    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+    def _decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
         _from_unsigned(_ic.jpegxl_decode(data).reshape(out.shape), out)
 
 
@@ -184,9 +224,10 @@ class Blosc2Codec(Codec):
             )
         )
 
-    def decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
+    def _decode(self, data: bytes | memoryview, out: np.ndarray) -> None:
         import blosc2
 
+        guard.blosc2_header(data, out.nbytes)
         blosc2.decompress2(data, dst=out.reshape(-1).view(np.uint8), nthreads=1)
 
 
@@ -220,3 +261,66 @@ def get_codec(name_or_id: str | int) -> Codec:
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise CodecError(f"unknown codec {name_or_id!r}{hint}; known: {', '.join(CODEC_NAMES)}")
     return codec
+
+
+_HARDENED: list[bool] = []  # one entry once done
+
+
+def _checked_plugin(uid: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """pydicom decoding plugin ``func`` for ``uid``: the frame's codestream header checked against the runner's
+    geometry first, any failure of the plugin (a Rust panic included) raised as :class:`CodecError` — an
+    ``Exception``, so that pydicom tries its next plugin and ends with its own error, never a ``BaseException``."""
+
+    def plugin(src: bytes, runner: Any) -> Any:
+        rows, cols = int(runner.rows), int(runner.columns)
+        spp, bits = int(runner.samples_per_pixel), int(runner.bits_allocated)
+        if len(src) > guard.work_bound(rows * cols * spp * max(bits, 8) // 8, 4):
+            raise CodecError(f"a {len(src)}-byte codestream for a frame of {rows} × {cols} × {spp}, {bits} bits")
+        if uid == guard.RLE:
+            guard.rle_header(src, spp * max(bits // 8, 1))
+        elif uid in guard.J2K or uid in guard.JPEG:
+            got = guard.j2k_header(src) if uid in guard.J2K else guard.jpeg_header(src)
+            if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
+                raise CodecError(f"codestream is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the dataset says "
+                                 f"{rows} × {cols} × {spp}, {bits} bits")
+        return native_call(f"{getattr(func, '__module__', 'plugin')}", func, src, runner)
+
+    plugin.__wrapped__ = func  # type: ignore[attr-defined]
+    return plugin
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """pydicom logs every failed decoding plugin with its traceback (``LOGGER.exception``): one line each here, the
+    error itself being raised to the caller."""
+    if record.exc_info and record.pathname.endswith(("decoders/base.py", "decoders\\base.py")):
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
+
+
+def harden_pydicom() -> None:
+    """Wrap every pydicom pixel decoding plugin once per process (see the module docstring); idempotent.
+
+    Example
+    -------
+    >>> harden_pydicom()
+    >>> from pydicom.pixels import get_decoder
+    >>> all(hasattr(f, "__wrapped__") for f in get_decoder("1.2.840.10008.1.2.5")._available.values())
+    True
+    """
+    if _HARDENED:
+        return
+    from pydicom.config import logger
+    from pydicom.pixels.decoders import base
+
+    logger.addFilter(_one_line)
+
+    for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
+        available: dict[str, Callable[..., Any]] = decoder._available
+        for name, func in list(available.items()):
+            if not hasattr(func, "__wrapped__"):
+                available[name] = _checked_plugin(str(uid), func)
+    _HARDENED.append(True)
+
+
+harden_pydicom()

@@ -195,11 +195,29 @@ def zstd_size(data: bytes | memoryview) -> int:
     return value + 256 if width == 2 else value
 
 
+def work_bound(frame_bytes: int, factor: int) -> int:
+    """The largest codestream a decoder is given for a frame of ``frame_bytes`` bytes: ``factor`` times the frame
+    and 64 KB of headers. A decoder's work grows with its input; a corrupted stream far larger than any encoder
+    writes for the frame is refused before a decoder spends seconds on it.
+
+    Example
+    -------
+    >>> work_bound(512 * 512 * 2, 2)
+    1114112
+    """
+    return factor * frame_bytes + 65536
+
+
 def check(codec_id: int, data: bytes | memoryview, shape: tuple[int, ...], bits: int) -> None:
     """Check a cube frame blob for codec ``codec_id`` against its frame shape and bits per sample."""
     rows, cols = shape[0], shape[1]
     spp = shape[2] if len(shape) > 2 else 1
     nbytes = rows * cols * spp * max(bits // 8, 1)
+    if codec_id in (2, 3, 4) and (bits not in (8, 16) or spp not in (1, 3)):
+        raise CodecError(f"an image codec for {bits}-bit samples × {spp}: the writer never makes one")
+    if codec_id in (2, 3, 4) and len(data) > work_bound(nbytes, 2):
+        raise CodecError(f"a {len(data)}-byte codestream for a frame of {nbytes} bytes: a lossless encoder never "
+                         "writes that much")
     if codec_id == 2:
         got = j2k_header(data)
         if got[:3] != (rows, cols, spp) or got[3] > bits:
@@ -222,11 +240,11 @@ def check(codec_id: int, data: bytes | memoryview, shape: tuple[int, ...], bits:
             raise CodecError(f"raw frame of {len(data)} bytes; expected {nbytes}")
 
 
-_J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
         "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
-_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
          "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
-_RLE = "1.2.840.10008.1.2.5"
+RLE = "1.2.840.10008.1.2.5"
 
 
 def check_dicom_frame(ds: object, index: int) -> None:
@@ -248,16 +266,18 @@ def check_dicom_frame(ds: object, index: int) -> None:
     if rows * cols * spp * max(bits, 8) // 8 > 1 << 31:
         raise CodecError("a frame larger than 2 GiB")
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-    if ts not in _J2K and ts not in _JPEG and ts != _RLE:
+    if ts not in J2K and ts not in JPEG and ts != RLE:
         return
     try:
         data = get_frame(get("PixelData"), index, number_of_frames=frames)
     except Exception as exc:
         raise CodecError(f"frame {index + 1} cannot be found in the encapsulated pixel data: {exc}") from None
-    if ts == _RLE:
+    if len(data) > work_bound(rows * cols * spp * max(bits, 8) // 8, 4):
+        raise CodecError(f"frame {index + 1}: a {len(data)}-byte codestream for {rows} × {cols} × {spp}, {bits} bits")
+    if ts == RLE:
         rle_header(data, spp * max(bits // 8, 1))
         return
-    got = j2k_header(data) if ts in _J2K else jpeg_header(data)
+    got = j2k_header(data) if ts in J2K else jpeg_header(data)
     if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
         raise CodecError(f"codestream of frame {index + 1} is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the "
                          f"dataset says {rows} × {cols} × {spp}, {bits} bits")

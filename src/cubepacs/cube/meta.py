@@ -14,10 +14,11 @@ Example
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
@@ -27,13 +28,41 @@ from pydicom.tag import Tag, TagType
 from cubepacs.cube.columns import COLUMNS, INT_MISSING
 from cubepacs.dicom.rawfile import DEFLATED, KEY_OPAQUE, _encoding_of
 from cubepacs.dicom.values import json_value, parse_elements
+from cubepacs.errors import CubepacsError, InvalidCubeError
 
 _CHARSET = 0x00080005
 _BY_TAG = {tag: name for name, (tag, _, _) in COLUMNS.items()}
 
 
+class _BadTag(KeyError):
+    """A caller's tag that is not one (the caller's error, not the cube's)."""
+
+
 def _tag(tag: TagType | str) -> int:
-    return int(Tag(tag))
+    try:
+        return int(Tag(tag))
+    except Exception as exc:
+        raise _BadTag(f"not a DICOM tag or keyword: {tag!r} ({type(exc).__name__})") from None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _declared(method: F) -> F:
+    """An accessor whose every failure to decode what the cube holds is :class:`InvalidCubeError` naming the
+    cube (a caller's bad tag stays a ``KeyError``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: DicomMeta, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (CubepacsError, _BadTag):
+            raise
+        except Exception as exc:
+            raise InvalidCubeError(self.source, "meta", f"{method.__name__}: {type(exc).__name__}: "
+                                                        f"{str(exc)[:200]}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class DicomMeta:
@@ -45,7 +74,8 @@ class DicomMeta:
 
     def __init__(self, *, names: Sequence[str], syntaxes: Sequence[str], pool_keys: np.ndarray,
                  pool_offsets: np.ndarray, pool_data: bytes | memoryview, refs: np.ndarray, starts: np.ndarray,
-                 columns: dict[str, np.ndarray], qc: dict[str, Any]) -> None:
+                 columns: dict[str, np.ndarray], qc: dict[str, Any], source: str = "<meta>") -> None:
+        self.source = source  # the cube it was read from, named by errors
         self.names = list(names)
         self.syntaxes = list(syntaxes)
         self._pool_keys = pool_keys
@@ -68,6 +98,10 @@ class DicomMeta:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The typed columns by name (see :meth:`get_array`)."""
+        return dict(self._columns)
 
     def pool_arrays(self) -> tuple[np.ndarray, np.ndarray, bytes | memoryview, np.ndarray, np.ndarray]:
         """The element pool and per-instance references: (keys, offsets, data, refs, starts)."""
@@ -120,6 +154,7 @@ class DicomMeta:
                                                     stop_before_pixels=True)
         return self._deflated[i]
 
+    @_declared
     def get_values(self, tag: TagType | str) -> list[Any]:
         """The value of ``tag`` in every instance (``None`` where absent), in series order.
 
@@ -142,6 +177,7 @@ class DicomMeta:
                 out.append(None)
         return out
 
+    @_declared
     def is_shared(self, tag: TagType | str) -> bool:
         """True when every instance holds ``tag`` with identical encoded bytes (stored once in the cube)."""
         refs = self._tag_refs(_tag(tag))
@@ -171,6 +207,7 @@ class DicomMeta:
             raise ValueError(f"tag {Tag(_tag(tag))} is not shared: instances hold different values")
         return values[0]
 
+    @_declared
     def get_vr(self, tag: TagType | str) -> str | None:
         """The VR of ``tag`` as encoded in the first instance that has it."""
         t = _tag(tag)
@@ -180,6 +217,7 @@ class DicomMeta:
                 return str(parse_elements([self.chunk(p)], implicit, little)[t].VR)
         return None
 
+    @_declared
     def keys(self) -> list[str]:
         """Every top-level tag present in any instance, as ``ggggeeee`` hex strings, sorted."""
         keys = np.unique(self._pool_keys[self._refs])
@@ -197,10 +235,12 @@ class DicomMeta:
             raise KeyError(f"no typed column for {tag_or_name!r}; columns: {', '.join(COLUMNS)}")
         return self._columns[name]
 
+    @_declared
     def instance_numbers(self) -> list[int | None]:
         """InstanceNumber per instance (None where absent)."""
         return [None if v == INT_MISSING else int(v) for v in self._columns["InstanceNumber"].tolist()]
 
+    @_declared
     def dataset(self, i: int) -> Dataset:
         """Instance ``i``'s top-level elements (no pixel data) as a pydicom Dataset."""
         if self.syntaxes[i] in DEFLATED:
@@ -208,4 +248,7 @@ class DicomMeta:
         implicit, little = _encoding_of(self.syntaxes[i])
         parts = [self.chunk(int(p)) for p in self.instance_refs(i).tolist()
                  if self.pool_key(int(p)) >= 0 and self.pool_key(int(p)) >> 16 not in (0x0002, 0x7FE0)]
-        return parse_elements(parts, implicit, little)
+        ds = parse_elements(parts, implicit, little)
+        for _ in ds.iterall():  # every value decoded here, so that a bad one is this call's InvalidCubeError
+            pass
+        return ds

@@ -26,7 +26,7 @@ import imagecodecs
 import numpy as np
 
 from cubepacs.cube import guard, validate
-from cubepacs.cube.codecs import get_codec
+from cubepacs.cube.codecs import get_codec, native_call
 from cubepacs.cube.format import (
     FRAME_DTYPE,
     HEADER_SIZE,
@@ -90,6 +90,7 @@ class _Bytes:
 
 
 MAX_META = 1 << 28  # a metadata block larger than this (256 MB) is refused before it is decompressed
+MAX_VALUE_BYTES = 1 << 30  # default bound of a whole (opaque) pixel value decompressed (docs/format.md)
 
 
 def _read_meta(src: _Bytes) -> tuple[Header, dict[str, Any], memoryview]:
@@ -117,9 +118,10 @@ def _read_meta(src: _Bytes) -> tuple[Header, dict[str, Any], memoryview]:
     return header, doc, area
 
 
-def _meta_from(doc: dict[str, Any], area: memoryview) -> DicomMeta:
+def _meta_from(doc: dict[str, Any], area: memoryview, source: str) -> DicomMeta:
+    """The series metadata, its pool, keys, references and columns checked (``validate``)."""
     syntax_idx = section(area, doc["syntax"])
-    return DicomMeta(
+    meta = DicomMeta(
         names=doc["names"],
         syntaxes=[doc["syntaxes"][k] for k in syntax_idx.tolist()],
         pool_keys=section(area, doc["pool_keys"]),
@@ -129,18 +131,22 @@ def _meta_from(doc: dict[str, Any], area: memoryview) -> DicomMeta:
         starts=section(area, doc["starts"]),
         columns={name: section(area, c["sect"]) for name, c in doc["columns"].items()},
         qc=doc["qc"],
+        source=source,
     )
+    validate.check_pool(meta, source)
+    validate.check_meta(meta, source)
+    return meta
 
 
 class CubeReader:
     """Open a cube; metadata is read at once, frames on demand."""
 
-    def __init__(self, src: CubeSource) -> None:
+    def __init__(self, src: CubeSource, max_value_bytes: int = MAX_VALUE_BYTES) -> None:
+        self.max_value_bytes = max_value_bytes  # the largest whole pixel value decompressed (a setting)
         self._src = _Bytes(src)
         self.header, self.doc, self._area = _read_meta(self._src)
         try:
-            self.meta = _meta_from(self.doc, self._area)
-            validate.check_pool(self.meta, self.source)
+            self.meta = _meta_from(self.doc, self._area, self.source)
             self.descs = [PixelDesc.from_json(d) for d in self.doc["pixel_descs"]]
             validate.check_descs(self.descs, self.source)
             self._desc_idx = section(self._area, self.doc["pixel_desc"])
@@ -335,13 +341,29 @@ class CubeReader:
                 return bytes(data)
             try:
                 size = guard.zstd_size(data)
-                bound = min(d.frames * max(d.rows * d.cols * d.spp * max(d.bits, 8) // 8, 1) + (1 << 20), 1 << 30)
-                if int(rec["codec"]) != 1 or size > bound:
-                    raise CodecError(f"whole pixel value of {size} bytes (at most {bound} expected)")
-                return bytes(_ic.zstd_decode(data))
+                declared = self._value_length(i)
+                bound = min(d.frames * max(d.rows * d.cols * d.spp * max(d.bits, 8) // 8, 1) + (1 << 20),
+                            self.max_value_bytes)
+                if int(rec["codec"]) != 1 or size > bound or (declared is not None and size != declared):
+                    raise CodecError(f"whole pixel value of {size} bytes (its element declares {declared}, at "
+                                     f"most {bound} expected)")
+                return bytes(native_call("zstd", _ic.zstd_decode, data))
             except Exception as exc:
                 raise InvalidCubeError(self.source, f"frame {first}", str(exc)) from None
         return b"".join(frame_to_bytes(d, self._container(i, f, d)) for f in range(d.frames))
+
+    def _value_length(self, i: int) -> int | None:
+        """The length instance ``i``'s Pixel Data element header declares (None when undefined or not found): what
+        its whole value must decompress to."""
+        for p in self.meta.instance_refs(i).tolist():
+            if self.meta.pool_key(p) in PIXEL_TAGS:
+                head = self.meta.chunk(p)
+                if len(head) < 8:
+                    return None
+                big = self.meta.syntaxes[i] == "1.2.840.10008.1.2.2"
+                n = int.from_bytes(head[-4:], "big" if big else "little")
+                return None if n == 0xFFFFFFFF else n
+        return None
 
     def instance_bytes(self, i: int) -> bytes:
         """The original DICOM file of instance ``i``, byte for byte."""
@@ -372,6 +394,37 @@ class CubeReader:
                 return b"".join(parts), key
             parts.append(self.meta.chunk(p))
         return self.instance_bytes(i), None
+
+    def check_instance(self, i: int, frames: int = 1) -> None:
+        """Read instance ``i`` back as a server would: its header bytes, its whole pixel value (encapsulated or
+        opaque) or its first ``frames`` native frames decoded and compared with their stored raw checksums.
+        Raises :class:`InvalidCubeError` or :class:`CodecError` naming what fails (what a builder checks before it
+        publishes a cube).
+
+        Example
+        -------
+        >>> import cubepacs, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "ct.dcbs")
+        >>> cubepacs.save(cubepacs.load_from_dicom_folder(["../shared/data/single/ct_ge_small_signed.dcm"]), path)
+        >>> CubeReader(path).check_instance(0)
+        """
+        try:
+            self.header_bytes(i)
+            d = self.desc(i)
+            if d is None or d.mode == "file" or not d.frames:
+                return
+            if d.mode != "native":
+                self.pixel_value(i)
+                return
+            for f in range(min(frames, d.frames)):
+                row = self._row(i, f)
+                got = checksum(frame_to_bytes(d, self._container(i, f, d)))
+                if got != int(self.index[row]["raw_checksum"]):
+                    raise InvalidCubeError(self.source, f"frame {row}", "decoded bytes differ from the original")
+        except (InvalidCubeError, CodecError):
+            raise
+        except Exception as exc:
+            raise InvalidCubeError(self.source, f"instance {i}", f"{type(exc).__name__}: {exc}") from None
 
     def verify(self) -> list[str]:
         """Check every block and decode every blob against its stored raw checksum; return problems found."""
@@ -412,9 +465,9 @@ def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray
                 _PARSED.clear()
                 _PARSED[id(file_bytes)] = ds
             guard.check_dicom_frame(ds[1], frame)
-            return np.asarray(pixel_array(ds[1], index=frame, raw=True))
-    except Exception as exc:
-        raise CodecError(f"{name}: frame {frame} cannot be decoded: {exc}") from exc
+            return np.asarray(native_call("pydicom", pixel_array, ds[1], index=frame, raw=True))
+    except Exception as exc:  # native_call made a decoder's panic an Exception
+        raise CodecError(f"{name}: frame {frame} cannot be decoded: {exc}") from None
 
 
 def load_meta_only(src: CubeSource) -> DicomMeta:
@@ -422,8 +475,7 @@ def load_meta_only(src: CubeSource) -> DicomMeta:
     b = _Bytes(src)
     _, doc, area = _read_meta(b)
     try:
-        meta = _meta_from(doc, area)
-        validate.check_pool(meta, b.name)
+        meta = _meta_from(doc, area, b.name)
     except InvalidCubeError:
         raise
     except Exception as exc:

@@ -57,6 +57,7 @@ def check_doc(doc: Any, area_len: int, source: str) -> int:
     n = len(doc["names"])
     if not all(isinstance(x, str) for x in doc["names"] + doc["syntaxes"]):
         raise InvalidCubeError(source, "meta", "names and syntaxes must be strings")
+    check_names(doc["names"], source)
     for key in ("syntax", "pool_keys", "pool_offsets", "pool_data", "refs", "starts", "pixel_desc"):
         check_section(doc.get(key), area_len, source, key)
     for name, col in doc["columns"].items():
@@ -81,6 +82,11 @@ def check_descs(descs: list[Any], source: str) -> None:
             raise InvalidCubeError(source, "meta", f"pixel description out of bounds: {d}")
         if d.mode == "native" and d.rows * d.cols * d.spp * (d.bits // 8) > MAX_FRAME_BYTES:
             raise InvalidCubeError(source, "meta", f"a frame larger than {MAX_FRAME_BYTES} bytes")
+        if d.mode == "native":  # the dtype sizes every buffer: it must be what bits and signedness say
+            dt = np.dtype(d.dtype)
+            if dt.itemsize * 8 != d.bits or (dt.kind != "f" and (dt.kind == "i") != bool(d.signed)):
+                raise InvalidCubeError(source, "meta", f"pixel description: dtype {d.dtype} for {d.bits} bits, "
+                                                       f"{'signed' if d.signed else 'unsigned'}")
 
 
 def check_desc_index(idx: np.ndarray, descs: int, n: int, source: str) -> None:
@@ -123,3 +129,46 @@ def check_pool(meta: Any, source: str) -> None:
         raise bad("instance starts out of order")
     if len(meta.syntaxes) != n:
         raise bad("one transfer syntax per instance expected")
+
+
+def check_names(names: list[str], source: str) -> None:
+    """Instance names that are safe file names under the writer's rules (:func:`~cubepacs.cube.sources._safe_name`:
+    relative, no ``..``, no empty or drive parts) and hold no NUL — an export writes a file of each name."""
+    from cubepacs.cube.sources import _safe_name
+
+    for k, name in enumerate(names):
+        if not name or "\0" in name or _safe_name(name) != name or len(name.encode("utf-8", "replace")) > 4096:
+            raise InvalidCubeError(source, "meta", f"instance {k}: name {name[:80]!r} is not a safe file name")
+
+
+def check_meta(meta: Any, source: str) -> None:
+    """What :class:`~cubepacs.cube.meta.DicomMeta` decodes on demand, checked once: pool keys that are tags
+    (< 2³²) or the known special keys, each tag entry starting with its own tag (little or big endian) and long
+    enough for an element header, and every typed column present with its dtype and one row per instance."""
+    from cubepacs.cube.columns import COLUMNS
+
+    keys, offsets, data, _refs, _starts = meta.pool_arrays()
+    n = len(meta.names)
+    if keys.dtype.kind not in "iu" or (len(keys) and (int(keys.min()) < -8 or int(keys.max()) >= 1 << 32)):
+        raise InvalidCubeError(source, "meta", "element pool: a key that is neither a tag nor a special key")
+    tagged = np.flatnonzero(keys.astype(np.int64) >= 0)
+    if len(tagged):
+        starts = offsets[tagged].astype(np.int64)
+        lengths = offsets[tagged + 1].astype(np.int64) - starts
+        if bool(np.any(lengths < 8)):
+            raise InvalidCubeError(source, "meta", "element pool: an element shorter than its header")
+        b = np.frombuffer(data, np.uint8)[starts[:, None] + np.arange(4)].astype(np.int64)
+        little = (b[:, 1] << 24) | (b[:, 0] << 16) | (b[:, 3] << 8) | b[:, 2]
+        big = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+        want = keys[tagged].astype(np.int64)
+        wrong = (little != want) & (big != want)
+        if bool(np.any(wrong)):
+            p = int(tagged[np.argmax(wrong)])
+            raise InvalidCubeError(source, "meta", f"element pool: entry {p} does not hold the element its key "
+                                                   f"({int(keys[p]):08X}) names")
+    columns = meta.columns()
+    for name, (_, dtype, width) in COLUMNS.items():
+        col = columns.get(name)
+        shape = (n,) if width == 1 else (n, width)
+        if col is None or col.dtype.kind != dtype[0] or col.dtype.itemsize != 8 or tuple(col.shape) != shape:
+            raise InvalidCubeError(source, "meta", f"column {name}: missing, or not {dtype} × {shape}")

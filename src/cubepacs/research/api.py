@@ -1,21 +1,28 @@
 """``POST /api/export`` on the archive's own API: export a cohort of the caller's tenant, de-identified.
 
-Body (JSON): ``{"name": "cohort-1", "query": {"Modality": "CT", "StudyDate": "2020-2021"}, "studies": [...],
-"series": [...], "formats": ["dicom", "cube", "delta"], "options": {"retain_dates": true, ...}}``. The export goes
-to ``export_dir/<tenant>/<name>`` on the server (never a path from the request); the answer streams JSON lines
-(progress, then a summary without any original identifier). Registered by the command line as an extension of the
-web app, so that ``cubepacs.archive`` itself never imports the lake.
+Body (JSON): ``{"name": "cohort-1", "query": {"Modality": "CT", "StudyDate": "20200101-20211231"}, "studies": [...],
+"series": [...], "formats": ["dicom", "cube", "delta"], "options": {"retain_dates": true, ...}}``. Every part is
+checked before anything is read or written: a bad one is a 400 naming it (an unknown query key, a value of the
+wrong form, an unknown option or format). The export goes to ``export_dir/<tenant>/<name>`` on the server (never a
+path from the request); the answer streams JSON lines while it runs: ``{"selected": {...}}`` first, then
+``{"progress": n, "total": t}`` as instances are done, then the summary (``"done": true``) without any original
+identifier. Registered by the command line as an extension of the web app, so that ``cubepacs.archive`` itself
+never imports the lake.
 
 Example
 -------
 >>> NAME.fullmatch("cohort-1") is not None, NAME.fullmatch("../etc") is None
 (True, True)
+>>> options_of({"retain_dates": True})
+{'retain_dates': True}
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +30,36 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
+from cubepacs.errors import ConfigError
 from cubepacs.research.deid import Options
-from cubepacs.research.export import FORMATS, export_cohort, select
+from cubepacs.research.export import FORMATS, check_formats, export_cohort, prepare
+from cubepacs.research.query import select
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-OPTION_NAMES = ("retain_uids", "retain_dates", "retain_patient", "retain_device", "clean_descriptors")
+OPTION_NAMES = ("retain_uids", "retain_dates", "retain_patient", "retain_device", "clean_descriptors",
+                "exclude_burned_in")
+PROGRESS_EVERY = 0.5  # seconds between two progress lines
+
+
+def options_of(raw: Any) -> dict[str, bool]:
+    """The ``options`` of a request checked: known names, true or false; a ConfigError names the bad one."""
+    if not isinstance(raw, dict):
+        raise ConfigError("options: expected an object of option names → true/false")
+    for key, value in raw.items():
+        if key not in OPTION_NAMES:
+            raise ConfigError(f"options.{key}: unknown option; options are {', '.join(OPTION_NAMES)}")
+        if not isinstance(value, bool):
+            raise ConfigError(f"options.{key}: expected true or false, not {value!r}")
+    return dict(raw)
+
+
+def _uids(body: dict[str, Any], key: str) -> list[str] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of UIDs")
+    return value
 
 
 def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
@@ -40,33 +72,67 @@ def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
         async def export(request: Request, tenant: str = Depends(tenant_of)) -> StreamingResponse:
             if not secret:
                 raise HTTPException(400, "export_secret is not set on the server: exports are off")
+            from cubepacs.archive.web.jsonbody import read_json
+
+            body = await read_json(request, empty={})  # bounded in size and depth: 413/400
             try:
-                body = json.loads(await request.body() or b"{}")
-                name = str(body["name"])
-                formats = tuple(body.get("formats") or FORMATS)
-                flags = {k: bool(v) for k, v in (body.get("options") or {}).items()}
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise HTTPException(400, f"expected JSON with a name, a query, studies or series: {exc}") from None
-            if not NAME.fullmatch(name):
-                raise HTTPException(400, "name: letters, digits, '_' and '-', at most 64 characters")
-            if set(flags) - set(OPTION_NAMES) or set(formats) - set(FORMATS):
-                raise HTTPException(400, f"options are {', '.join(OPTION_NAMES)}; formats {', '.join(FORMATS)}")
-            groups = select(services.index, tenant, body.get("query") or None, body.get("studies"),
-                            body.get("series"))
-            if not groups:
+                if not isinstance(body, dict):
+                    raise ConfigError("expected a JSON object with a name, a query, studies or series")
+                unknown = set(body) - {"name", "query", "studies", "series", "formats", "options"}
+                if unknown:
+                    raise ConfigError(f"{sorted(unknown)[0]}: unknown field; fields are name, query, studies, "
+                                      "series, formats, options")
+                name = body.get("name")
+                if not isinstance(name, str) or not NAME.fullmatch(name):
+                    raise ConfigError("name: letters, digits, '_' and '-', at most 64 characters")
+                raw_formats = body.get("formats") or list(FORMATS)
+                if not isinstance(raw_formats, list):
+                    raise ConfigError(f"formats: expected a list among {', '.join(FORMATS)}")
+                formats = check_formats(tuple(str(f) for f in raw_formats))
+                flags = options_of(body.get("options") or {})
+                query = body.get("query") or {}
+                if not isinstance(query, dict):
+                    raise ConfigError("query: expected an object of DICOM keywords → values")
+                studies, series = _uids(body, "studies"), _uids(body, "series")
+                if not (query or studies or series):
+                    raise ConfigError("query: choose the cohort with a query, studies or series")
+                out = Path(export_dir) / tenant / name
+                options = Options(secret.encode(), **flags)
+                prepare(out, options, formats)
+                selection = select(services.index, tenant, query, studies, series)
+            except ConfigError as exc:
+                raise HTTPException(400, str(exc)) from None
+            if not selection.groups:
                 raise HTTPException(404, "the query names no instance of this tenant")
-            out = Path(export_dir) / tenant / name
-            options = Options(secret.encode(), **{k: flags[k] for k in OPTION_NAMES if k in flags})  # type: ignore[arg-type]
 
             def lines() -> Iterator[bytes]:
-                done: list[int] = []
-                report = export_cohort(lambda r: services.storage.get(r["storage_key"]), groups, out, options,
-                                       formats, progress=lambda n, total: done.append(n))
-                yield json.dumps({"instances": done[-1] if done else 0}).encode() + b"\n"
-                yield json.dumps({"done": True, "name": name, "series": report.series,
-                                  "instances": report.instances, "resumed": report.resumed,
-                                  "failed": len(report.failed), "burned_in": len(report.burned_in),
-                                  "delta_committed": report.delta_committed}).encode() + b"\n"
+                events: queue.Queue[dict[str, Any]] = queue.Queue()
+                last = [0.0]
+
+                def progress(n: int, total: int) -> None:
+                    import time
+
+                    now = time.monotonic()
+                    if now - last[0] >= PROGRESS_EVERY or n == total:
+                        last[0] = now
+                        events.put({"progress": n, "total": total})
+
+                def work() -> None:
+                    try:
+                        report = export_cohort(lambda r: services.storage.get(r["storage_key"]), selection.groups,
+                                               out, options, formats, progress=progress)
+                        events.put({"done": True, "name": name, **report.summary()})
+                    except Exception as exc:  # the stream has started: the error is its last line
+                        events.put({"done": True, "error": f"{type(exc).__name__}: {exc}"})
+
+                yield json.dumps({"selected": {"studies": selection.studies, "series": selection.series,
+                                               "instances": selection.instances}}).encode() + b"\n"
+                threading.Thread(target=work, name="export", daemon=True).start()
+                while True:
+                    event = events.get()
+                    yield json.dumps(event).encode() + b"\n"
+                    if event.get("done"):
+                        return
 
             return StreamingResponse(lines(), media_type="application/x-ndjson")
 

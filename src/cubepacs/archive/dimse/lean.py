@@ -268,7 +268,7 @@ class LeanDUL(DULServiceProvider):
             self.state_machine.do_action(event)
             idle = False
             if event == "Evt17" and before == "Sta2":  # closed before any A-ASSOCIATE-RQ: the association, which
-                self.to_user_queue.put(None)  # waits up to the ACSE timeout (30 s) for one, gives up now
+                self.to_user_queue.put(None)  # type: ignore[arg-type]  # waits up to the ACSE timeout (30 s) for one, gives up now
 
 
 def _tick(assoc: Any) -> float:

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from cubepacs.archive import manage
 from cubepacs.archive.web.app import Services, tenant_of
+from cubepacs.archive.web.jsonbody import read_json
 from cubepacs.archive.web.wado import _uids
 from cubepacs.errors import ConfigError, CubepacsError
 
@@ -61,8 +62,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
 
     @app.post(API + "/send")
     async def send(request: Request, tenant: str = Depends(tenant_of)) -> StreamingResponse:
+        body = await read_json(request, empty={})  # bounded in size and depth: 413/400
         try:
-            body = json.loads(await request.body() or b"{}")
             to, level, uid = str(body["to"]), str(body.get("level", "study")), str(body["uid"])
         except (ValueError, KeyError, TypeError) as exc:
             raise HTTPException(400, 'expected JSON {"to": AE, "level": "study|series|instance", "uid": UID}: '
@@ -74,13 +75,15 @@ def add_routes(app: FastAPI, services: Services) -> None:
             raise HTTPException(400, str(exc)) from None
         if not rows:
             raise HTTPException(404, f"no {level} {uid}")
+        request.state.study, request.state.detail = rows[0]["study_uid"], f"{level} {uid} to {to}"  # audit log
 
         def results() -> Iterator[bytes]:
             sent = failed = 0
             try:
                 for r in manage.send(services.storage, rows, services.remote_aes, to, services.ae_title):
                     sent, failed = sent + r.ok, failed + (not r.ok)
-                    yield _line({"sop": r.sop_uid, "status": r.status, "sent_as": r.sent_as})
+                    yield _line({"sop": r.sop_uid, "status": r.status, "sent_as": r.sent_as,
+                                 **({"comment": r.comment} if r.comment else {})})
             except CubepacsError as exc:
                 yield _line({"error": str(exc)})
                 failed = len(rows) - sent

@@ -10,7 +10,7 @@ Example
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from cubepacs.errors import CubepacsError
@@ -26,9 +26,9 @@ def encode(parts: list[bytes], part_type: str, extra: str = "") -> tuple[bytes, 
     return b"".join(chunks), ctype
 
 
-def pieces(parts: list[Any], part_type: str, extra: str = "") -> tuple[list[Any], str]:
+def pieces(parts: list[Any], part_type: str, extra: str = "", extras: list[str] | None = None) -> tuple[list[Any], str]:
     """The body of :func:`encode` as the list of its pieces (``parts`` themselves among them, not copied: bytes or
-    memoryviews) and the Content-Type.
+    memoryviews) and the Content-Type. ``extras``: each part's own parameters, in place of ``extra``.
 
     Example
     -------
@@ -38,8 +38,8 @@ def pieces(parts: list[Any], part_type: str, extra: str = "") -> tuple[list[Any]
     """
     boundary = secrets.token_hex(16)
     chunks: list[Any] = []
-    for p in parts:
-        chunks.append(f"--{boundary}\r\nContent-Type: {part_type}{extra}\r\n\r\n".encode())
+    for i, p in enumerate(parts):
+        chunks.append(f"--{boundary}\r\nContent-Type: {part_type}{extras[i] if extras else extra}\r\n\r\n".encode())
         chunks.append(p)
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
@@ -54,7 +54,7 @@ def _param(content_type: str, name: str) -> str | None:
     return None
 
 
-def iter_parts(body: bytes | Any, content_type: str) -> Iterator[memoryview]:
+def iter_parts(body: bytes | Any, content_type: str) -> Generator[memoryview, None, None]:
     """The part bodies of a multipart/related message, one at a time, as views into ``body`` (which may be a
     memory-mapped file: a large upload is never copied whole into memory)."""
     if not content_type.lower().startswith("multipart/related"):
@@ -63,22 +63,24 @@ def iter_parts(body: bytes | Any, content_type: str) -> Iterator[memoryview]:
     if not boundary:
         raise MultipartError("multipart/related without a boundary parameter")
     delim = b"--" + boundary.encode("latin-1")
-    view = memoryview(body)
     pos = body.find(delim)
     if pos < 0:
         raise MultipartError("the body holds no part (boundary not found)")
-    while True:
-        pos += len(delim)
-        if bytes(view[pos:pos + 2]) == b"--":
-            return
-        nxt = body.find(b"\r\n" + delim, pos)
-        if nxt < 0:
-            raise MultipartError("the last part is not closed by the boundary (body truncated?)")
-        sep = body.find(b"\r\n\r\n", pos, nxt)
-        if sep < 0:
-            raise MultipartError("a part has no header/body separator")
-        yield view[sep + 4:nxt]
-        pos = nxt + 2
+    # the view is released however this ends (an error included): a memory-mapped body can then be closed — an
+    # error's traceback keeps this frame alive, and an mmap with a view still exported refuses close()
+    with memoryview(body) as view:
+        while True:
+            pos += len(delim)
+            if bytes(view[pos:pos + 2]) == b"--":
+                return
+            nxt = body.find(b"\r\n" + delim, pos)
+            if nxt < 0:
+                raise MultipartError("the last part is not closed by the boundary (body truncated?)")
+            sep = body.find(b"\r\n\r\n", pos, nxt)
+            if sep < 0:
+                raise MultipartError("a part has no header/body separator")
+            yield view[sep + 4:nxt]
+            pos = nxt + 2
 
 
 def parse(body: bytes, content_type: str) -> list[bytes]:

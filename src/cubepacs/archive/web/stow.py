@@ -2,9 +2,13 @@
 
 The body is streamed to a temporary file (never held in memory; more than ``max_request_bytes`` is a 413) and
 its parts are stored one at a time. The response lists stored instances (ReferencedSOPSequence) and failed ones
-(FailedSOPSequence with a Failure Reason code; the reasons in words are in a bounded ``Warning`` header):
+(FailedSOPSequence with a Failure Reason code and, when they can be read, the part's SOP Class and Instance
+UIDs; the reasons in words are in a bounded ``Warning`` header):
 200 when all were stored, 202 when some failed, 409 when none was stored, 400 for a body without any part.
-An instance of another study than the URL's (``POST /studies/{study}``) is never stored.
+An instance of another study than the URL's (``POST /studies/{study}``) is never stored. A part that is a bare
+dataset (no preamble, no file meta) in Implicit or Explicit VR Little Endian is stored with a file meta group
+made for it (:func:`with_file_meta`). A malformed body (boundary not found, last part unclosed, a part without a
+header separator) is a 400.
 
 Example
 -------
@@ -15,7 +19,9 @@ Example
 from __future__ import annotations
 
 import mmap
+import struct
 import tempfile
+from io import BytesIO
 from typing import IO, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -37,6 +43,84 @@ MAX_WARNING = 4000  # characters of reasons in the Warning header (proxies refus
 
 def _ui(value: str | None) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _bare_dataset(data: bytes) -> Any:
+    """The pydicom dataset (header only) of a part that is a bare dataset — no preamble, no file meta — in
+    Implicit or Explicit VR Little Endian, told apart by whether a VR follows the first tag; None otherwise."""
+    import warnings
+
+    import pydicom
+    from pydicom.filereader import read_dataset
+
+    if len(data) < 8 or data[128:132] == b"DICM" or data[:2] == b"\x02\x00":
+        return None  # a Part 10 file (or a file meta without preamble): ingest judges it as it is
+    group = struct.unpack_from("<H", data)[0]
+    if group < 0x0008 or group & 1:
+        return None
+    explicit = data[4:6].isalpha() and data[4:6].isupper()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = read_dataset(BytesIO(data), is_implicit_VR=not explicit, is_little_endian=True,
+                              stop_when=lambda tag, *_: tag >= 0x7FE00010)
+            sop_class, sop = str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or "")
+    except Exception:
+        return None
+    if not (sop_class and sop):
+        return None
+    ds.is_implicit_VR, ds.is_little_endian = not explicit, True
+    return ds if isinstance(ds, pydicom.Dataset) else None
+
+
+def with_file_meta(data: bytes) -> bytes:
+    """``data`` as a Part 10 file: unchanged when it is one; a bare dataset whose encoding can be detected (Implicit
+    or Explicit VR Little Endian, see :func:`_bare_dataset`) gets a preamble and a file meta group (its SOP Class
+    and Instance UIDs, that transfer syntax) before its bytes, kept as sent; anything else unchanged (ingest
+    refuses it and says why).
+
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
+    >>> with_file_meta(data) is data
+    True
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = _bare_dataset(data)
+    if ds is None:
+        return data
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+    out = DicomBytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    return out.getvalue() + data
+
+
+def sop_refs(data: bytes) -> dict[str, Any]:
+    """Referenced SOP Class and Instance UID (DICOM JSON) of a part, when they can be read (a Part 10 file or a
+    bare dataset), for its FailedSOPSequence item; ``{}`` otherwise."""
+    import warnings
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = _bare_dataset(data) or pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True,
+                                                        specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            refs = {"00081150": str(ds.get("SOPClassUID", "") or ""), "00081155": str(ds.get("SOPInstanceUID", "")
+                                                                                      or "")}
+    except Exception:
+        return {}
+    return {tag: _ui(v) for tag, v in refs.items() if v and len(v) <= 64 and v.isascii()}
 
 
 def warning_header(reasons: list[str]) -> str:
@@ -81,33 +165,30 @@ def store_parts(services: Services, tenant: str, study: str | None, body: IO[byt
     failed: list[dict[str, Any]] = []
     reasons: list[str] = []
     mapped: Any = mmap.mmap(body.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    parts = multipart.iter_parts(mapped, content_type)
+    count = 0
     try:
-        count = 0
-        for n, view in enumerate(multipart.iter_parts(mapped, content_type)):
+        for n, view in enumerate(parts):
             count += 1
             with view:
                 data = bytes(view)
             source = f"part {n + 1}"
             try:
-                ev = ingest(data, tenant, services.storage, services.queue, source=source,
+                ev = ingest(with_file_meta(data), tenant, services.storage, services.queue, source=source,
                             overwrite=services.overwrite, study=study,
                             metadata=services.metadata_at_ingest)
-            except StudyMismatch as exc:
-                failed.append({"00081197": {"vr": "US", "Value": [FAILURE_STUDY_MISMATCH]}})
-                reasons.append(str(exc))
-                continue
-            except RejectedInstance as exc:
-                failed.append({"00081197": {"vr": "US", "Value": [FAILURE_CANNOT_UNDERSTAND]}})
-                reasons.append(str(exc))
-                continue
             except Exception as exc:
-                failed.append({"00081197": {"vr": "US", "Value": [FAILURE_OUT_OF_RESOURCES]}})
-                reasons.append(f"{source}: could not be stored ({type(exc).__name__})")
+                code, reason = ((FAILURE_STUDY_MISMATCH, str(exc)) if isinstance(exc, StudyMismatch) else
+                                (FAILURE_CANNOT_UNDERSTAND, str(exc)) if isinstance(exc, RejectedInstance) else
+                                (FAILURE_OUT_OF_RESOURCES, f"{source}: could not be stored ({type(exc).__name__})"))
+                failed.append({**sop_refs(data), "00081197": {"vr": "US", "Value": [code]}})
+                reasons.append(reason)
                 continue
             url = f"{ROOT}/studies/{ev['study_uid']}/series/{ev['series_uid']}/instances/{ev['sop_uid']}"
             stored.append({"00081150": _ui(ev["sop_class_uid"]), "00081155": _ui(ev["sop_uid"]),
                            "00081190": {"vr": "UR", "Value": [url]}})
     finally:
+        parts.close()  # its view of the mapped body released, whatever ended the loop
         if isinstance(mapped, mmap.mmap):
             mapped.close()
     if count == 0:
@@ -131,8 +212,6 @@ def add_routes(app: FastAPI, services: Services) -> None:
                 check_uid(study, "StudyInstanceUID")
             except ConfigError as exc:
                 raise HTTPException(400, str(exc)) from None
-        if (full := services.storage.refusal()) is not None:  # below the free-space watermark (storage/guard.py)
-            raise HTTPException(507, full)
         if (full := services.storage.refusal()) is not None:  # below the free-space watermark (storage/guard.py)
             raise HTTPException(507, full)
         content_type = request.headers.get("content-type", "")
