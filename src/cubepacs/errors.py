@@ -12,7 +12,6 @@ also subclasses it::
     ├── TenantError (PermissionError)    a request or association without a (known) tenant
     ├── BackendError (ConnectionError)   a storage, queue or index backend that does not answer
     │   └── StorageFullError             the disk is below its free-space watermark: new instances refused
-    │   └── StorageFullError             the disk is below its free-space watermark: new instances refused
     └── ListenError (OSError)            a port that cannot be listened on (taken, not permitted)
 
 Example
@@ -82,11 +81,6 @@ class TenantError(CubepacsError, PermissionError):
 
 class BackendError(CubepacsError, ConnectionError):
     """A backend (storage, queue, index) failed; the message never holds a password."""
-
-
-class StorageFullError(BackendError):
-    """The archive's disk is full or below its free-space watermark (``min_free_mb``): new instances are refused,
-    reads go on (``archive/storage/guard.py``)."""
 
 
 class StorageFullError(BackendError):

@@ -4,7 +4,6 @@ loaded, their metrics are merged, a busy port is one line, and a kill -9 of ``cu
 from __future__ import annotations
 
 import os
-import os
 import signal
 import socket
 import subprocess
@@ -16,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cubepacs.archive.workers import runtime_folder
 from cubepacs.archive.workers import runtime_folder
 from tests.archive.conftest import dcmtk, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SERIES, dicom_files

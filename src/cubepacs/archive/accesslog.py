@@ -118,7 +118,6 @@ class DeltaLog:
         self._fd = self._open_current()
         self._pending = 0  # rows since the last flush (a full batch wakes the writer)
         self.lost = 0  # rows not spooled since the spool last took one (a full disk)
-        self.lost = 0  # rows not spooled since the spool last took one (a full disk)
         self._lock = threading.Lock()  # the spool file
         self._group = _group(interval) if interval else None
         if self._group is not None:

@@ -30,7 +30,6 @@ from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.storage.guard import DiskGuard
-from cubepacs.archive.storage.guard import DiskGuard
 from cubepacs.archive.webworker import WebWorker
 from cubepacs.archive.workers import builds_in_children, listen, settle_heap, worker_count
 from cubepacs.errors import ListenError

@@ -27,7 +27,6 @@ class Settings:
 
     data_dir: str = "./cubepacs-data"
     run_dir: str = ""  # runtime files (memory-mapped metrics); "" → RAM: $XDG_RUNTIME_DIR, /dev/shm, else data_dir/run
-    run_dir: str = ""  # runtime files (memory-mapped metrics); "" → RAM: $XDG_RUNTIME_DIR, /dev/shm, else data_dir/run
     storage_url: str = ""
     queue_url: str = ""
     index_url: str = ""
@@ -49,7 +48,6 @@ class Settings:
     metadata_at_ingest: bool = False  # keep each instance's DICOM JSON in the index as it is stored (docs/archive.md)
     pn_case_sensitive: bool = False  # C-FIND/QIDO Person Name matching case-sensitive (PS3.4 C.2.2.2.1)
     max_request_bytes: int = 4 * 1024**3  # largest STOW-RS body
-    min_free_mb: int = 1024  # free space kept on data_dir and file storage: below it new instances are refused
     min_free_mb: int = 1024  # free space kept on data_dir and file storage: below it new instances are refused
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call the API ([]: none)
     public_url: str = ""  # e.g. https://pacs.example.org (BulkDataURIs); "" → from the request

@@ -27,7 +27,6 @@ from cubepacs.archive.ingest import RejectedInstance, ingest
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
 from cubepacs.errors import StorageFullError
-from cubepacs.errors import StorageFullError
 
 log = logging.getLogger("cubepacs.dimse")
 
@@ -178,10 +177,6 @@ def handle_store(event: Any, tenants: dict[str, str], storage: Storage, queue: Q
         answer = Dataset()
         answer.Status = code = STATUS_CANNOT_UNDERSTAND
         answer.ErrorComment = str(exc.reason)[:64]
-    except StorageFullError as exc:  # the disk guard logged it once (storage/guard.py): not once per C-STORE
-        answer = Dataset()
-        answer.Status = code = STATUS_OUT_OF_RESOURCES
-        answer.ErrorComment = str(exc)[:64]
     except StorageFullError as exc:  # the disk guard logged it once (storage/guard.py): not once per C-STORE
         answer = Dataset()
         answer.Status = code = STATUS_OUT_OF_RESOURCES
