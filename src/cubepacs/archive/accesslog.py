@@ -1,4 +1,5 @@
-"""Log tables appended in batches to Delta Lake: access logs (who, tenant, endpoint, status, bytes, duration),
+"""Log tables appended in batches to Delta Lake: access logs (who — ``key:ID``, ``user:NAME`` or ``oidc:SUB`` —,
+role, tenant, endpoint, the action and study it concerned, status, bytes, duration),
 and the per-object and per-image rows of the reference design (``dicom_object_meta``, ``dicom_image_meta``).
 
 Rows are appended as JSON lines to a local spool (one file write per row, so a killed server keeps them) and a
@@ -37,7 +38,8 @@ log = logging.getLogger("cubepacs.accesslog")
 # Columns of each table: (name, Arrow type name); logwriter turns them into Arrow schemas.
 SCHEMA = (("time", "timestamp"), ("tenant", "string"), ("method", "string"), ("path", "string"),
           ("status", "int32"), ("bytes", "int64"), ("duration_ms", "float64"), ("client", "string"),
-          ("request_id", "string"))
+          ("request_id", "string"), ("user", "string"), ("role", "string"), ("action", "string"),
+          ("study_uid", "string"))  # the last four since roles: older tables gain them (schema merge)
 OBJECT_SCHEMA = (("time", "timestamp"), ("tenant_id", "string"), ("patient_id", "string"), ("study_uid", "string"),
                  ("series_uid", "string"), ("sop_uid", "string"), ("sop_class_uid", "string"),
                  ("transfer_syntax", "string"), ("storage_key", "string"), ("size", "int64"))

@@ -2,21 +2,30 @@
 
 A key is 32 random bytes (URL-safe base64), so a plain SHA-256 is enough to keep it (a KDF is for guessable
 passwords: users have Argon2id, see ``web/session.py``). Keys written in clear in a settings file are hashed as
-they are loaded. ``cubepacs keys create|list|revoke`` manage the file.
+they are loaded. ``cubepacs keys create|list|revoke`` manage the file; every process reads it again as it
+changes, so a new key works and a revoked one stops at once.
+
+A key's value is its tenant and role, ``"tenant:role"`` (role ``admin``, ``user`` or ``viewer``); a bare
+``"tenant"`` (a key from before roles, or one configured in the settings without a role) is ``admin``.
 
 Example
 -------
->>> hashed = normalize({"k3y-0123456789": "acme"})
->>> list(hashed.values()), tenant_of_key(hashed, "k3y-0123456789"), tenant_of_key(hashed, "other")
-(['acme'], 'acme', None)
+>>> hashed = normalize({"k3y-0123456789": "acme", "r3ad-0123456789": "acme:viewer"})
+>>> sorted(hashed.values()), tenant_of_key(hashed, "k3y-0123456789"), tenant_of_key(hashed, "other")
+(['acme', 'acme:viewer'], 'acme', None)
+>>> entry_of_key(hashed, "r3ad-0123456789"), entry_of_key(hashed, "k3y-0123456789")
+(('acme', 'viewer'), ('acme', 'admin'))
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 PREFIX = "sha256:"
@@ -32,9 +41,24 @@ def normalize(keys: dict[str, str]) -> dict[str, str]:
     return {(k if k.startswith(PREFIX) else hash_key(k)): t for k, t in keys.items()}
 
 
+def split_value(value: str) -> tuple[str, str]:
+    """(tenant, role) of a stored value ``tenant`` or ``tenant:role``."""
+    from cubepacs.archive.roles import LEGACY_ROLE
+
+    tenant, _, role = value.partition(":")
+    return tenant, role or LEGACY_ROLE
+
+
+def entry_of_key(hashed: dict[str, str], key: str) -> tuple[str, str] | None:
+    """(tenant, role) of a presented key, or None."""
+    value = hashed.get(hash_key(key)) if key else None
+    return split_value(value) if value is not None else None
+
+
 def tenant_of_key(hashed: dict[str, str], key: str) -> str | None:
     """The tenant of a presented key, or None."""
-    return hashed.get(hash_key(key)) if key else None
+    entry = entry_of_key(hashed, key)
+    return entry[0] if entry is not None else None
 
 
 def _path(data_dir: str | os.PathLike[str]) -> Path:
@@ -61,30 +85,49 @@ def _save(data_dir: str | os.PathLike[str], keys: dict[str, str]) -> None:
     os.chmod(path, 0o600)
 
 
-def create(data_dir: str | os.PathLike[str], tenant: str) -> str:
-    """A new key for ``tenant``; only its hash is kept. Returns the key (show it once)."""
+@contextlib.contextmanager
+def _locked(data_dir: str | os.PathLike[str]) -> Iterator[None]:
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(data_dir) / ".api-keys.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer at a time (the CLI and the web's admin API)
+        yield
+
+
+def create(data_dir: str | os.PathLike[str], tenant: str, role: str = "user") -> str:
+    """A new key for ``tenant`` with ``role``; only its hash is kept. Returns the key (show it once)."""
     from cubepacs.archive.keys import check_tenant
+    from cubepacs.archive.roles import check_role
 
     check_tenant(tenant)
+    check_role(role)
     key = secrets.token_urlsafe(32)
-    keys = load(data_dir)
-    keys[hash_key(key)] = tenant
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    _save(data_dir, keys)
+    with _locked(data_dir):
+        keys = load(data_dir)
+        keys[hash_key(key)] = f"{tenant}:{role}"
+        _save(data_dir, keys)
     return key
 
 
-def revoke(data_dir: str | os.PathLike[str], key_id: str) -> int:
-    """Remove the keys whose id (the first characters of the hash) starts with ``key_id``; how many."""
-    keys = load(data_dir)
-    gone = [k for k in keys if k[len(PREFIX):].startswith(key_id)] if len(key_id) >= 6 else []
-    for k in gone:
-        del keys[k]
+def revoke(data_dir: str | os.PathLike[str], key_id: str, tenant: str | None = None) -> int:
+    """Remove the keys whose id (the first characters of the hash) starts with ``key_id`` (only keys of
+    ``tenant`` when given); how many. Browser sessions opened with them end too."""
+    with _locked(data_dir):
+        keys = load(data_dir)
+        gone = [k for k, v in keys.items() if k[len(PREFIX):].startswith(key_id)
+                and (tenant is None or split_value(v)[0] == tenant)] if len(key_id) >= 6 else []
+        for k in gone:
+            del keys[k]
+        if gone:
+            _save(data_dir, keys)
     if gone:
-        _save(data_dir, keys)
+        from cubepacs.archive.accounts import Accounts
+
+        accounts = Accounts(Path(data_dir) / "accounts.db")
+        for k in gone:
+            accounts.end_principal(None, f"key:{key_id_of(k)}")
     return len(gone)
 
 
-def key_id(hashed: str) -> str:
+def key_id_of(hashed: str) -> str:
     """The short id shown for a key (12 hex characters of its hash)."""
     return hashed[len(PREFIX):][:12]

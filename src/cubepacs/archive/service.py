@@ -176,8 +176,9 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     if "web" in parts:
         import uvicorn
 
+        from cubepacs.archive.accounts import Accounts
         from cubepacs.archive.web.app import Services, create_app
-        from cubepacs.archive.web.session import SessionKeys, load_secret, load_users
+        from cubepacs.archive.web.session import LiveUsers
         from cubepacs.archive.web.tokens import OidcVerifier
 
         access = open_log(b.storage, settings, "access", ACCESS_SCHEMA)
@@ -187,13 +188,14 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
             b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,
             metadata_at_ingest=settings.metadata_at_ingest,
             max_request_bytes=settings.max_request_bytes, remote_aes=settings.remote_aes, ae_title=settings.ae_title,
-            sessions=SessionKeys(load_secret(settings.session_secret, settings.data_dir)),
-            users={**load_users(data_dir), **settings.users}, session_hours=settings.session_hours,
+            sessions=Accounts(data_dir / "accounts.db"),
+            users=LiveUsers(data_dir / "users.json", settings.users), session_hours=settings.session_hours,
             cors_origins=settings.cors_origins, public_url=settings.public_url,
             trusted_proxies=settings.trusted_proxies, viewer_dir=settings.viewer_dir or str(data_dir / "viewer"),
             keys_file=str(data_dir / "api-keys.json"), configured_keys=settings.api_keys,
             oidc=OidcVerifier(settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience,
-                              settings.oidc_tenant_claim, settings.oidc_leeway) if settings.oidc_jwks_url else None))
+                              settings.oidc_tenant_claim, settings.oidc_leeway, settings.oidc_role_claim)
+            if settings.oidc_jwks_url else None))
         plain_socket = listen(settings.host, settings.http_port, "HTTP")
         config = uvicorn.Config(app, log_level="warning", access_log=False)
         uvicorn_server = uvicorn.Server(config)

@@ -52,9 +52,10 @@ class Settings:
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call the API ([]: none)
     public_url: str = ""  # e.g. https://pacs.example.org (BulkDataURIs); "" → from the request
     trusted_proxies: list[str] = field(default_factory=list)  # addresses whose X-Forwarded-Proto/Host are believed
-    session_secret: str = ""  # signs browser sessions; "" → data_dir/session-secret (created, 0600)
+    session_secret: str = ""  # unused since sessions live in data_dir/accounts.db (kept: old files still load)
     session_hours: float = 8.0
-    users: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {password (argon2 hash), tenant}
+    users: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {password (argon2 hash), tenant, role}
+    dimse_roles: dict[str, str] = field(default_factory=dict)  # "AE@tenant"/"AE"/"@tenant"/"*" → role (roles.py)
     viewer_dir: str = ""  # the OHIF build; "" → data_dir/viewer (cubepacs viewer install)
     tls_cert: str = ""  # PEM certificate (chain) of this server, for DICOM TLS and HTTPS
     tls_key: str = ""  # its PEM private key
@@ -66,6 +67,7 @@ class Settings:
     oidc_issuer: str = ""
     oidc_audience: str = ""
     oidc_tenant_claim: str = "tenant"  # the claim that names the tenant
+    oidc_role_claim: str = "role"  # the claim that names the role (admin, user, viewer; none: viewer)
     oidc_leeway: float = 60.0  # seconds of clock skew allowed on exp/nbf/iat
     export_dir: str = ""  # where POST /api/export writes cohorts ("" → data_dir/exports), one folder per tenant
     export_secret: str = ""  # the project secret de-identified UIDs and date shifts derive from (required to export)
@@ -138,10 +140,11 @@ def load_settings(config: str | os.PathLike[str] | None = None, env: dict[str, s
 def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
     """The settings with the configured API keys hashed; with none configured and none in
     ``data_dir/api-keys.json`` (which the web re-reads as it changes), one is created there for tenant ``default``
-    and returned once so that it can be shown (only its hash is kept). Never a built-in default key."""
+    and returned once so that it can be shown (only its hash is kept); it is an ``admin`` key. Never a built-in
+    default key."""
     from cubepacs.archive import apikeys
 
     keys = apikeys.normalize(settings.api_keys)
     if keys or apikeys.load(settings.data_dir):
         return replace(settings, api_keys=keys), None
-    return settings, apikeys.create(settings.data_dir, "default")
+    return settings, apikeys.create(settings.data_dir, "default", "admin")

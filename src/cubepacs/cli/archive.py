@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cubepacs.cli import _fail, app, console, out
+from cubepacs.cli import _fail, app, out
 from cubepacs.errors import CubepacsError
 
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file ([cubepacs] table)")]
@@ -54,11 +54,9 @@ def _run(parts: set[str], config: Path | None, check: bool = False, **overrides:
         if "web" in parts:
             settings, new_key = ensure_api_key(settings)
             if new_key:
-                where = Path(settings.data_dir) / "api-keys.json"
-                # shown on a terminal only: a secret must not end up in a log file
-                shown = f":\n  {new_key}\n" if console.is_terminal else " (not shown: output is not a terminal). "
-                console.print(f"[bold]Created an API key for tenant 'default'[/bold] in {where}{shown}"
-                              "Use it as: Authorization: Bearer <key>")
+                from cubepacs.cli.keys import show_first_key
+
+                show_first_key(Path(settings.data_dir), new_key)
         from cubepacs.research.api import routes
 
         export_dir = settings.export_dir or str(Path(settings.data_dir) / "exports")

@@ -9,7 +9,6 @@ Example
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import shutil
 import subprocess
@@ -73,49 +72,43 @@ def _users_file(data_dir: Path) -> Path:
     return data_dir / "users.json"
 
 
-def _save_users(data_dir: Path, users: dict[str, dict[str, str]]) -> None:
-    from cubepacs._atomic import atomic_write
-
-    path = _users_file(data_dir)
-    atomic_write(path, [json.dumps(users, indent=1).encode()])
-    os.chmod(path, 0o600)
-
-
 @users_app.command("add")
 def add_user(name: str, tenant: Annotated[str, typer.Option(help="the tenant this user sees")] = "default",
+             role: Annotated[str, typer.Option(help="admin, user (view, upload, send, export) or viewer")] = "user",
              data_dir: DataDir = Path("./cubepacs-data"),
              password_stdin: Annotated[bool, typer.Option(help="read the password from standard input")] = False,
              ) -> None:
-    """Add (or reset) a user who signs in with a password."""
+    """Add a user who signs in with a password, or change one (its open sessions end). Running services take it
+    at once."""
     from cubepacs.archive.keys import check_tenant
-    from cubepacs.archive.web.session import hash_password
+    from cubepacs.archive.roles import check_role
+    from cubepacs.archive.web.session import save_user
     from cubepacs.errors import ConfigError
 
     try:
         check_tenant(tenant)
+        check_role(role)
+        password = input() if password_stdin else getpass.getpass(f"password for {name}: ")
+        save_user(data_dir, name, password, tenant, role)
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
-    password = input() if password_stdin else getpass.getpass(f"password for {name}: ")
-    if len(password) < 8:
-        raise _fail("the password must have at least 8 characters")
-    users = load_users(data_dir)
-    users[name] = {"password": hash_password(password), "tenant": tenant}
-    _save_users(data_dir, users)
-    out.print(f"user {name} (tenant {tenant}) saved in {_users_file(data_dir)}")
+    out.print(f"user {name} ({role}, tenant {tenant}) saved in {_users_file(data_dir)}")
 
 
 @users_app.command("list")
 def list_users(data_dir: DataDir = Path("./cubepacs-data")) -> None:
-    """The users and their tenants (never their password hashes)."""
-    for name, user in sorted(load_users(data_dir).items()):
-        out.print(f"{name}\t{user.get('tenant')}")
+    """The users, their tenants and roles (never their password hashes)."""
+    from cubepacs.archive.web.session import describe
+
+    for user in describe(load_users(data_dir)):
+        out.print(f"{user['name']}\t{user['tenant']}\t{user['role']}")
 
 
 @users_app.command("remove")
 def remove_user(name: str, data_dir: DataDir = Path("./cubepacs-data")) -> None:
-    """Remove a user (sessions already open expire with their cookie)."""
-    users = load_users(data_dir)
-    if users.pop(name, None) is None:
+    """Remove a user; its open sessions end at once."""
+    from cubepacs.archive.web.session import remove_user as remove
+
+    if not remove(data_dir, name):
         raise _fail(f"no user {name!r}")
-    _save_users(data_dir, users)
     out.print(f"user {name} removed")

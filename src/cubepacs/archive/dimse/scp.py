@@ -34,6 +34,7 @@ from cubepacs.archive.dimse.balance import Shared
 from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
+from cubepacs.archive.roles import guard_dimse
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.errors import ListenError
@@ -90,7 +91,7 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
               index: Index, remote_aes: dict[str, str] | None = None, limits: Limits | None = None,
               allowed: dict[str, list[str]] | None = None, overwrite: bool = False,
               tls: tuple[int, ssl.SSLContext] | None = None, cert_tenants: dict[str, str] | None = None,
-              shared: Shared | None = None, metadata: bool = False) -> Any:
+              shared: Shared | None = None, metadata: bool = False, roles: dict[str, str] | None = None) -> Any:
     """Start the SCP in background threads; returns a server (call ``shutdown()`` to stop; it stops the TLS
     listener too).
 
@@ -99,7 +100,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
     ``tls``: (port, context) of a DICOM TLS listener beside the plain one; ``cert_tenants``: client certificate
     common name → the only tenant an association with that certificate may call; ``shared``: listen on
     sockets several worker processes share, balancing associations between them (``balance``); ``metadata``:
-    each stored instance's DICOM JSON kept in the index (``metadata_at_ingest``).
+    each stored instance's DICOM JSON kept in the index (``metadata_at_ingest``); ``roles``: the calling peers'
+    roles (``dimse_roles``: what each may do, ``roles.py``).
     """
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         # pynetdicom binds debug-logging handlers to every PDU and DIMSE message sent and received; they cost
@@ -125,6 +127,9 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
         (evt.EVT_N_ACTION, functools.partial(h.handle_n_action, tenants=tenants, index=index,
                                              remote_aes=remote_aes or {}, ae_title=ae_title)),
     ]
+    services = {evt.EVT_C_STORE: "store", evt.EVT_C_FIND: "find", evt.EVT_C_GET: "get", evt.EVT_C_MOVE: "move",
+                evt.EVT_N_ACTION: "commit"}  # each checks the calling peer's role (roles.py, dimse_roles)
+    handlers = [(e, guard_dimse(f, services[e], roles or {}, tenants) if e in services else f) for e, f in handlers]
     servers = Listeners()
     for p, ctx in ((port, None), *((tls,) if tls is not None else ())):
         try:
@@ -158,4 +163,4 @@ def start_from_settings(settings: Settings, storage: Storage, queue: Queue, inde
     return start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, storage, queue, index,
                      settings.remote_aes, limits, settings.calling_aes, settings.overwrite, tls,
                      settings.tls_client_tenants, shared=shared,
-                     metadata=settings.metadata_at_ingest)
+                     metadata=settings.metadata_at_ingest, roles=settings.dimse_roles)

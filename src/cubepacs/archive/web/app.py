@@ -1,8 +1,9 @@
 """The DICOMweb application: tenant authentication, QIDO-RS; WADO-RS and STOW-RS routes from their modules.
 
 Every request needs a credential — ``Authorization: Bearer <api key or OIDC token>``, ``X-Api-Key``, HTTP Basic
-with the key as password, or a browser session cookie — which selects the tenant; a tenant only ever sees its own
-rows and objects. ``/healthz``, ``/readyz`` and ``/metrics`` need none.
+with the key as password, or a browser session cookie — which selects the tenant and role (``web/auth.py``,
+``roles.py``); a tenant only ever sees its own rows and objects. ``/healthz``, ``/readyz`` and ``/metrics`` need
+none.
 
 Example
 -------
@@ -29,18 +30,16 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive import metrics
-from cubepacs.archive.apikeys import normalize, tenant_of_key
+from cubepacs.archive.apikeys import normalize
 from cubepacs.archive.index.matching import split_values
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import WEB_ROOT
 from cubepacs.archive.logs import REQUEST_ID
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
-from cubepacs.archive.web.session import COOKIE, CSRF_HEADER
-from cubepacs.archive.web.tokens import looks_like_jwt
+from cubepacs.archive.web.auth import authenticate, record
 from cubepacs.dicom.dicomjson import pn_groups
 
 DICOM_JSON = "application/dicom+json"
@@ -73,8 +72,8 @@ class Services:
     max_request_bytes: int = 4 * 1024**3
     remote_aes: dict[str, str] = field(default_factory=dict)  # peers for /api/send
     ae_title: str = "CUBEPACS"  # our calling AE title when sending
-    sessions: Any = None  # a web.session.SessionKeys: browser sessions (cookie) accepted when set
-    users: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {password: argon2 hash, tenant}
+    sessions: Any = None  # an accounts.Accounts: browser sessions (cookie), sign-in failures, audit log when set
+    users: Any = field(default_factory=dict)  # name → {password: argon2 hash, tenant, role}; a session.LiveUsers
     session_hours: float = 8.0
     cors_origins: list[str] = field(default_factory=list)
     public_url: str = ""
@@ -130,62 +129,10 @@ def to_json(row: dict[str, Any], fields: dict[str, str], extra: dict[str, Any] |
     return dict(sorted(out.items()))
 
 
-_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-
-def session_of(request: Request) -> tuple[str, str] | None:
-    """(tenant, CSRF token) of the browser session cookie, when valid."""
-    services: Services = request.app.state.services
-    token = request.cookies.get(COOKIE)
-    return services.sessions.verify(token) if token and services.sessions is not None else None
-
-
-def api_key_of(request: Request) -> str:
-    """The API key a request presents: ``Authorization: Bearer <key>``, ``X-Api-Key: <key>``, or HTTP Basic with the
-    key as password (what OHIF's ``requestOptions.auth`` sends)."""
-    auth = request.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        import base64
-        import binascii
-
-        try:
-            return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
-            return ""
-    return request.headers.get("x-api-key", "")
-
-
 async def tenant_of(request: Request) -> str:
-    """The request's tenant: from ``Authorization: Bearer <key>`` or ``X-Api-Key``, else from the session cookie
-    (then a state-changing request must carry its CSRF token in ``X-CSRF-Token``); 401 without any.
-
-    Async, so that it costs no hop to the thread pool: everything here is a lookup in memory, except an OIDC token
-    check (its signing keys may have to be fetched), which runs in the pool."""
-    services: Services = request.app.state.services
-    key = api_key_of(request)
-    services.refresh_keys()
-    tenant = tenant_of_key(services.api_keys, key)
-    if tenant is None and key and services.oidc is not None and looks_like_jwt(key):
-        try:
-            tenant = await run_in_threadpool(services.oidc.tenant, key)
-        except ValueError as exc:
-            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) \
-                from None
-    if tenant is None and not key:
-        session = session_of(request)
-        if session is not None:
-            tenant, csrf = session
-            if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER, "") != csrf:
-                raise HTTPException(403, "a request made with the session cookie that changes data needs the "
-                                         "session's X-CSRF-Token header")
-    if tenant is None:
-        raise HTTPException(401, "an API key is required (Authorization: Bearer <key>) or a signed-in session",
-                            headers={"WWW-Authenticate": "Bearer"})
-    request.state.tenant = tenant
-    return tenant
+    """The request's tenant, its credential and role checked (:func:`cubepacs.archive.web.auth.authenticate`:
+    401 without a valid credential, 403 when the role may not use the route)."""
+    return (await authenticate(request)).tenant
 
 
 class AccessMiddleware:
@@ -222,12 +169,15 @@ class AccessMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")
             metrics.HTTP.labels(route=route, method=scope["method"], status=str(seen["status"])).inc()
             metrics.HTTP_SECONDS.labels(route=route).observe(time.perf_counter() - start)
+            client = scope.get("client")
+            state = scope.get("state", {})
+            record(self.services, scope, seen["status"], client[0] if client else None)
             if self.services.access_log is not None:
-                client = scope.get("client")
                 self.services.access_log.add(
-                    tenant=scope.get("state", {}).get("tenant"), method=scope["method"], path=scope["path"],
+                    tenant=state.get("tenant"), method=scope["method"], path=scope["path"],
                     status=seen["status"], bytes=seen["bytes"], duration_ms=(time.perf_counter() - start) * 1000,
-                    client=client[0] if client else None, request_id=request_id)
+                    client=client[0] if client else None, request_id=request_id, user=state.get("principal"),
+                    role=state.get("role"), action=state.get("action"), study_uid=state.get("study") or None)
 
 
 def public_base(request: Request) -> str:
@@ -320,7 +270,7 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     """The DICOMweb app (routes under ``/dicom-web``), the archive's API (``/api``), health, metrics and the web
     UI; ``extensions`` are functions ``(app, services)`` adding more routes (before the UI's catch-all)."""
-    from cubepacs.archive.web import api, fastframes, stow, ui, wado
+    from cubepacs.archive.web import admin, api, fastframes, stow, ui, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
     services.api_keys = normalize(services.api_keys)  # only hashes are kept in memory too
@@ -395,6 +345,7 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     wado.add_routes(app, services)
     stow.add_routes(app, services)
     api.add_routes(app, services)
+    admin.add_routes(app, services)
     for extend in extensions:
         extend(app, services)
     ui.add_routes(app, services)  # last: its catch-all serves the viewer's client-side routes

@@ -1,7 +1,9 @@
 """The web UI at ``/``: sign-in, sign-out, and the OHIF viewer (npm ``@ohif/app``) served from the archive.
 
-* ``GET /login`` a sign-in form (API key, or user name and password); ``POST /login`` sets the session cookie and
-  goes to ``/``; ``POST /logout`` clears it.
+* ``GET /login`` a sign-in form (API key, or user name and password); ``POST /login`` opens a server-side session
+  (``web/session.py``), sets its cookie and goes to ``/``; failed sign-ins are limited per user name and per
+  address (429 with ``Retry-After``, ``accounts.py``); ``POST /logout`` ends the session on the server (a copy of
+  the cookie answers 401 from then on) and clears the cookie.
 * ``GET /`` and every client-side route of the viewer: OHIF's ``index.html`` for a signed-in browser (else a
   redirect to ``/login``); its assets as static files; ``/app-config.js`` written from the archive's settings
   (same-origin DICOMweb roots, STOW upload enabled, the session's CSRF token added to state-changing requests).
@@ -23,9 +25,12 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
-from cubepacs.archive.web.app import ROOT, Services, session_of
-from cubepacs.archive.web.session import COOKIE, check_password
+from cubepacs.archive.apikeys import hash_key
+from cubepacs.archive.web.app import ROOT, Services
+from cubepacs.archive.web.auth import Identity, key_identity, session_of, user_identity
+from cubepacs.archive.web.session import COOKIE
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>cubepacs</title>
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -107,9 +112,9 @@ def app_config(origin: str, csrf: str) -> str:
     return f"window.config = {json.dumps(config, indent=1)};\n" + _CLIENT.format(csrf=json.dumps(csrf))
 
 
-def _page(body: str, status: int = 200) -> HTMLResponse:
+def _page(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
     return HTMLResponse(PAGE.format(body=body), status_code=status,
-                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY", **(headers or {})})
 
 
 def add_routes(app: FastAPI, services: Services) -> None:
@@ -126,28 +131,49 @@ def add_routes(app: FastAPI, services: Services) -> None:
     @app.post("/login")
     async def login(request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body())[:8192].decode("utf-8", "replace")).items()}
-        tenant = None
-        key = form.get("api_key", "").strip()
+        accounts = services.sessions
+        address = request.client.host if request.client else ""
+        key, name = form.get("api_key", "").strip(), form.get("user", "").strip()
+        if accounts is None:
+            return _page(LOGIN.format(error='<p class="err">Sign-in is off on this server.</p>'), 503)
+        wait = await run_in_threadpool(accounts.blocked, name or None, address)
+        if wait > 0:
+            return _page(LOGIN.format(error=f'<p class="err">Too many failed sign-ins: try again in '
+                                            f'{int(wait) + 1} s.</p>'), 429, {"Retry-After": str(int(wait) + 1)})
+        found: Identity | None = None
+        proof = ""
         if key:
-            from cubepacs.archive.apikeys import tenant_of_key
-
-            tenant = tenant_of_key(services.api_keys, key)
-        elif form.get("user"):
-            user = services.users.get(form["user"].strip())
-            if user and check_password(user.get("password", ""), form.get("password", "")):
-                tenant = user.get("tenant")
-        if tenant is None or services.sessions is None:
+            found = key_identity(services, key)
+            proof = hash_key(key)
+        elif name:
+            checked = await run_in_threadpool(user_identity, services, name, form.get("password", ""))
+            if checked is not None:
+                found, proof = checked
+        if found is None:
+            await run_in_threadpool(accounts.failed, name or None, address)
             return _page(LOGIN.format(error='<p class="err">Unknown API key, or wrong user name or password.</p>'),
                          401)
-        token, _ = services.sessions.issue(tenant, services.session_hours)
+        if name:
+            await run_in_threadpool(accounts.succeeded, name)
+        token, _ = await run_in_threadpool(accounts.issue, found.tenant, found.role, found.principal, proof,
+                                           services.session_hours, address)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, token, max_age=int(services.session_hours * 3600), httponly=True,
                             samesite="strict", secure=request.url.scheme == "https", path="/")
-        request.state.tenant = tenant
+        request.state.tenant, request.state.principal, request.state.role = found.tenant, found.principal, found.role
+        request.state.action = "sign-in"
         return response
 
     @app.post("/logout")
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        token = request.cookies.get(COOKIE)
+        if token and services.sessions is not None:
+            ident = session_of(request)
+            if ident is not None:
+                state = request.state
+                state.tenant, state.principal, state.role, state.action = (ident.tenant, ident.principal,
+                                                                           ident.role, "sign-out")
+            services.sessions.end(token)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
@@ -159,8 +185,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
         session = session_of(request)
         if session is None:
             return Response("window.location.href = '/login';", media_type="text/javascript", status_code=401)
-        request.state.tenant = session[0]
-        return Response(app_config(public_base(request), session[1]), media_type="text/javascript",
+        request.state.tenant = session.tenant
+        return Response(app_config(public_base(request), session.csrf), media_type="text/javascript",
                         headers={"Cache-Control": "no-store"})
 
     @app.get("/{path:path}")
@@ -178,7 +204,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
         session = session_of(request)
         if session is None:
             return RedirectResponse("/login", status_code=303)
-        request.state.tenant = session[0]
+        request.state.tenant = session.tenant
         if not installed():
             return _page(NOT_INSTALLED.format(root=html.escape(ROOT)))
         assert viewer is not None
