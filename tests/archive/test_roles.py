@@ -10,15 +10,20 @@ check (any answer but 401/403), and no credential gets 401.
 
 from __future__ import annotations
 
+import http.server
+import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.routing import APIRoute
 
 from cubepacs.archive import apikeys, roles
@@ -28,6 +33,7 @@ from cubepacs.archive.queue.embedded import EmbeddedQueue
 from cubepacs.archive.storage.file import FileStorage
 from cubepacs.archive.web.app import Services, create_app
 from cubepacs.archive.web.session import COOKIE, LiveUsers
+from cubepacs.archive.web.tokens import OidcVerifier
 from tests.archive.conftest import free_port, wait_until
 
 SAMPLE = {"study": "1.2.3", "series": "1.2.3.4", "sop": "1.2.3.4.5", "frames": "1", "path": "7FE00010",
@@ -39,8 +45,27 @@ BODY: dict[tuple[str, str], Any] = {("POST", "/api/keys"): {"role": "no-such-rol
 
 
 class Site:
-    def __init__(self, app: Any, client: httpx.Client, keys: dict[str, str], accounts: Accounts) -> None:
-        self.app, self.client, self.keys, self.accounts = app, client, keys, accounts
+    def __init__(self, app: Any, client: httpx.Client, keys: dict[str, str], accounts: Accounts, idp: Any) -> None:
+        self.app, self.client, self.keys, self.accounts, self.idp = app, client, keys, accounts, idp
+
+    def token(self, **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": "https://idp.test", "aud": "cubepacs", "org": "alpha", "sub": "someone", "exp": now + 300,
+                **claims}
+        return jwt.encode(body, self.idp, algorithm="RS256", headers={"kid": "k1"})
+
+
+class _Jwks(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +77,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     keys = {role: apikeys.create(data, "alpha", role) for role in roles.ROLES}
     keys["beta-admin"] = apikeys.create(data, "beta", "admin")
     accounts = Accounts(data / "accounts.db")
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing.public_key()))
+    _Jwks.body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+    jwks = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Jwks)
+    threading.Thread(target=jwks.serve_forever, daemon=True).start()
+    oidc = OidcVerifier(f"http://127.0.0.1:{jwks.server_address[1]}/jwks.json", "https://idp.test", "cubepacs", "org")
     services = Services(FileStorage(str(data / "storage")), EmbeddedQueue(str(data / "queue.db")),
                         Index.from_url(f"sqlite:///{data}/index.db"), {}, sessions=accounts,
-                        users=LiveUsers(data / "users.json"), keys_file=str(data / "api-keys.json"))
+                        users=LiveUsers(data / "users.json"), keys_file=str(data / "api-keys.json"), oidc=oidc)
     app = create_app(services, extensions=[routes(str(root / "exports"), "")])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
@@ -62,9 +93,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     thread.start()
     wait_until(lambda: server.started, timeout=20)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        yield Site(app, client, keys, accounts)
+        yield Site(app, client, keys, accounts, signing)
     server.should_exit = True
     thread.join(timeout=10)
+    jwks.shutdown()
+    jwks.server_close()
     services.queue.close()
     services.index.close()
 
@@ -107,12 +140,13 @@ def test_every_route_has_a_role_rule(site: Site) -> None:
     assert not stale, f"roles.ROUTES names routes the app does not have: {stale}"
 
 
-@pytest.mark.parametrize("credential", ["key", "session"])
+@pytest.mark.parametrize("credential", ["key", "session", "oidc"])
 def test_each_role_is_refused_what_it_may_not_do(site: Site, credential: str) -> None:
     refused: dict[str, list[str]] = {r: [] for r in roles.ROLES}
     for role in roles.ROLES:
         headers = ({"Authorization": f"Bearer {site.keys[role]}"} if credential == "key"
-                   else _session(site, role))
+                   else _session(site, role) if credential == "session"
+                   else {"Authorization": f"Bearer {site.token(role=role)}"})
         for method, path in _endpoints(site.app):
             need = roles.required(method, path)
             if need is None:
@@ -144,6 +178,17 @@ def test_without_credentials_only_public_routes_answer(site: Site) -> None:
     # files without a session say so (401 or a redirect to the sign-in page)
     assert public == {"GET /healthz": 200, "GET /readyz": 200, "GET /metrics": 200, "GET /login": 200,
                       "POST /login": 401, "POST /logout": 303, "GET /app-config.js": 401, "GET /{path:path}": 303}
+
+
+def test_oidc_role_claims(site: Site) -> None:
+    def me(token: str) -> Any:
+        return site.client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).json()
+
+    assert me(site.token()) == {"tenant": "alpha", "role": "viewer", "who": "oidc:someone"}  # no claim: viewer
+    assert me(site.token(role=["viewer", "admin"]))["role"] == "admin"  # a list: the most privileged
+    assert me(site.token(role="superuser"))["role"] == "viewer"  # unknown: viewer
+    upload = site.client.post("/dicom-web/studies", headers={"Authorization": f"Bearer {site.token()}"})
+    assert upload.status_code == 403
 
 
 def test_session_requests_that_change_data_need_the_csrf_token(site: Site) -> None:
