@@ -70,8 +70,8 @@ def bits24(path: Path = CT, study: str | None = None, series: str | None = None)
 
 
 def bad_charset(path: Path = CT, study: str | None = None, series: str | None = None) -> bytes:
-    """A real CT whose Specific Character Set is encoded with VR US and an odd length (pydicom's
-    ``BytesLengthException`` on reading it)."""
+    """A real CT whose Specific Character Set ("ISO_IR 100", 10 bytes) is encoded with VR FD (8 bytes a value):
+    pydicom's ``BytesLengthException`` on reading it; the archive's own header reader takes it."""
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(renamed(path, study, series)))
@@ -79,7 +79,7 @@ def bad_charset(path: Path = CT, study: str | None = None, series: str | None = 
     data = _save(ds)
     old = struct.pack("<HH", 8, 5) + b"CS" + struct.pack("<H", 10) + b"ISO_IR 100"
     assert data.count(old) == 1
-    return data.replace(old, struct.pack("<HH", 8, 5) + b"US" + struct.pack("<H", 3) + b"ISO")
+    return data.replace(old, struct.pack("<HH", 8, 5) + b"FD" + struct.pack("<H", 10) + b"ISO_IR 100")
 
 
 # --- cubes ------------------------------------------------------------------------------------------------------

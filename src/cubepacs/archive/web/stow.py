@@ -45,39 +45,50 @@ def _ui(value: str | None) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
 
 
-def _bare_dataset(data: bytes) -> Any:
-    """The pydicom dataset (header only) of a part that is a bare dataset — no preamble, no file meta — in
-    Implicit or Explicit VR Little Endian, told apart by whether a VR follows the first tag; None otherwise."""
+def _raw_uid(ds: Any, tag: int) -> str:
+    """A UI value as its bytes say (never converted: a malformed Specific Character Set must not stop this)."""
+    try:
+        value = ds.get_item(tag).value
+    except Exception:
+        return ""
+    text = value.decode("ascii", "replace").strip(" \0") if isinstance(value, bytes) else str(value or "")
+    return text if 0 < len(text) <= 64 and all(c.isdigit() or c == "." for c in text) else ""
+
+
+def _uids_of(data: bytes) -> tuple[str, str, bool | None]:
+    """(SOP Class UID, SOP Instance UID, implicit VR) of a part's dataset: a Part 10 file, or a bare dataset (no
+    preamble, no file meta) in Implicit or Explicit VR Little Endian, told apart by whether a VR follows the first
+    tag (``implicit`` None for a Part 10 file). Empty strings for what cannot be read."""
     import warnings
 
-    import pydicom
-    from pydicom.filereader import read_dataset
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
-    if len(data) < 8 or data[128:132] == b"DICM" or data[:2] == b"\x02\x00":
-        return None  # a Part 10 file (or a file meta without preamble): ingest judges it as it is
-    group = struct.unpack_from("<H", data)[0]
-    if group < 0x0008 or group & 1:
-        return None
-    explicit = data[4:6].isalpha() and data[4:6].isupper()
+    stream = BytesIO(data)
+    implicit: bool | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = read_dataset(BytesIO(data), is_implicit_VR=not explicit, is_little_endian=True,
-                              stop_when=lambda tag, *_: tag >= 0x7FE00010)
-            sop_class, sop = str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or "")
+            if data[128:132] == b"DICM" or data[:2] == b"\x02\x00":
+                read_preamble(stream, True)
+                syntax = str(_read_file_meta_info(stream).get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+                implicit_file, little = syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2"
+            else:
+                group = struct.unpack_from("<H", data)[0] if len(data) >= 8 else 0
+                if group < 0x0008 or group & 1:
+                    return "", "", None
+                implicit = implicit_file = not (data[4:6].isalpha() and data[4:6].isupper())
+                little = True
+            ds = read_dataset(stream, implicit_file, little, stop_when=lambda tag, *_: tag > 0x00080018)
     except Exception:
-        return None
-    if not (sop_class and sop):
-        return None
-    ds.is_implicit_VR, ds.is_little_endian = not explicit, True
-    return ds if isinstance(ds, pydicom.Dataset) else None
+        return "", "", None
+    return _raw_uid(ds, 0x00080016), _raw_uid(ds, 0x00080018), implicit
 
 
 def with_file_meta(data: bytes) -> bytes:
     """``data`` as a Part 10 file: unchanged when it is one; a bare dataset whose encoding can be detected (Implicit
-    or Explicit VR Little Endian, see :func:`_bare_dataset`) gets a preamble and a file meta group (its SOP Class
-    and Instance UIDs, that transfer syntax) before its bytes, kept as sent; anything else unchanged (ingest
-    refuses it and says why).
+    or Explicit VR Little Endian, see :func:`_uids_of`) and whose SOP Class and Instance UIDs can be read gets a
+    preamble and a file meta group (those UIDs, that transfer syntax) before its bytes, kept as sent; anything
+    else unchanged (ingest refuses it and says why).
 
     Example
     -------
@@ -85,19 +96,22 @@ def with_file_meta(data: bytes) -> bytes:
     >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
     >>> with_file_meta(data) is data
     True
+    >>> bare = data[data.index(b"\\x08\\x00\\x05\\x00"):]  # no preamble, no file meta: the dataset as it is
+    >>> with_file_meta(bare)[128:132], with_file_meta(bare).endswith(bare)
+    (b'DICM', True)
     """
     from pydicom.dataset import FileMetaDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    ds = _bare_dataset(data)
-    if ds is None:
+    sop_class, sop, implicit = _uids_of(data)
+    if implicit is None or not (sop_class and sop):
         return data
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop)
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     out = DicomBytesIO()
     out.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(out, meta, enforce_standard=True)
@@ -106,21 +120,16 @@ def with_file_meta(data: bytes) -> bytes:
 
 def sop_refs(data: bytes) -> dict[str, Any]:
     """Referenced SOP Class and Instance UID (DICOM JSON) of a part, when they can be read (a Part 10 file or a
-    bare dataset), for its FailedSOPSequence item; ``{}`` otherwise."""
-    import warnings
+    bare dataset; their bytes, whatever the rest holds), for its FailedSOPSequence item; ``{}`` otherwise.
 
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = _bare_dataset(data) or pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True,
-                                                        specific_tags=["SOPClassUID", "SOPInstanceUID"])
-            refs = {"00081150": str(ds.get("SOPClassUID", "") or ""), "00081155": str(ds.get("SOPInstanceUID", "")
-                                                                                      or "")}
-    except Exception:
-        return {}
-    return {tag: _ui(v) for tag, v in refs.items() if v and len(v) <= 64 and v.isascii()}
+    Example
+    -------
+    >>> from pathlib import Path
+    >>> sorted(sop_refs(Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()))
+    ['00081150', '00081155']
+    """
+    sop_class, sop, _ = _uids_of(data)
+    return {tag: _ui(v) for tag, v in (("00081150", sop_class), ("00081155", sop)) if v}
 
 
 def warning_header(reasons: list[str]) -> str:
