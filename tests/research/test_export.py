@@ -29,7 +29,7 @@ CT = next(s for s in SERIES if s.name.startswith("ct_ge"))
 T1 = next(s for s in SERIES if s.name.startswith("mr_ge_signa"))
 US = next(s for s in SINGLES if s.name == "jpeg_baseline_ybr422_us_cine_30f.dcm")
 SAMPLES = [dicom_files(s)[0] for s in SERIES] + [s for s in SINGLES if s.name in (
-    "mr_siemens_csa_private_overlays.dcm", "sr_comprehensive_nested.dcm", "enhanced_mr_philips_64f.dcm",
+    "mr_siemens_csa_private_overlays.dcm", "enhanced_mr_philips_64f.dcm",
     "jpeg_baseline_ybr422_us_cine_30f.dcm", "rtdose_32bit_15f.dcm", "seg_1bit_liver.dcm")]
 
 
@@ -164,7 +164,8 @@ def test_export_to_dicom_cubes_and_delta_then_resume(archive: Server, tmp_path: 
     assert DeltaTable(str(out / "delta")).to_pyarrow_table().num_rows == 21
     # an interrupted export: the progress file lost one series → it is redone, identically
     progress = json.loads((out / ".progress.json").read_text())
-    (out / ".progress.json").write_text(json.dumps(progress[:1]))
+    progress["series"].pop(sorted(progress["series"])[0])
+    (out / ".progress.json").write_text(json.dumps(progress))
     third = _cli(archive, out)
     assert third.returncode == 0 and "1 series already done" in " ".join(third.stdout.split())
     assert all(f.read_bytes() == before[f] for f in files)
@@ -178,11 +179,19 @@ def test_export_endpoint_is_tenant_scoped(archive: Server) -> None:
     with httpx.stream("POST", f"{api}/export", json=body, headers=archive.headers(), timeout=300) as r:
         lines = [json.loads(line) for line in r.iter_lines() if line]
     assert r.status_code == 200 and lines[-1]["instances"] == 20 and lines[-1]["series"] == 1
+    assert lines[0]["selected"] == {"studies": 1, "series": 1, "instances": 20}
+    assert [line["progress"] for line in lines if "progress" in line][-1] == 20  # progress while it runs
     exported = archive.data_dir.parent / "exports" / "alpha" / "api-cohort"
     assert len(list((exported / "dicom").rglob("*.dcm"))) == 20
     r = httpx.post(f"{api}/export", json=body, headers=archive.headers("beta"))
     assert r.status_code == 404  # tenant beta has no such study
     assert httpx.post(f"{api}/export", json={**body, "name": "../x"}, headers=archive.headers()).status_code == 400
+    for bad, named in (({"query": {"PatientNam": "X"}}, "PatientNam"), ({"query": {"StudyDate": "notadate"}},
+                                                                         "StudyDate"),
+                       ({"options": {"retain_date": True}}, "options.retain_date"), ({"formats": ["nifti"]}, "nifti")):
+        r = httpx.post(f"{api}/export", json={**body, "name": "bad", **bad}, headers=archive.headers())
+        assert r.status_code == 400 and named in r.json()["detail"], r.text
+    assert not (archive.data_dir.parent / "exports" / "alpha" / "bad").exists()
 
 
 def test_dataset_matches_pydicom_and_works_with_workers(tmp_path: Path) -> None:
@@ -248,3 +257,37 @@ def test_safe_private_attributes_are_kept() -> None:
     assert after.private_block(0x0029, "SIEMENS MEDCOM HEADER")[0x31].value == before[0x00291031].value
     codes = [i.CodeValue for i in after.DeidentificationMethodCodeSequence]
     assert codes == ["113100", "113111"]
+
+
+def test_bad_parameters_are_one_error_before_anything_is_written(archive: Server, tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    for extra, named in ((["--query", "Foo=bar"], "Foo"), (["--query", "PatientNam=X"], "PatientName"),
+                         (["--query", "modality=CT"], "Modality"), (["--query", "StudyDate=notadate"], "StudyDate"),
+                         (["--query", "Modality"], "KEY=VALUE"), (["--keep-private", "GEMS_IDEN_01"], "CREATOR:0xEE"),
+                         (["--formats", "dicom,nifti"], "nifti")):
+        run = _cli(archive, out, *extra)
+        said = " ".join(run.stderr.split())
+        assert run.returncode == 2 and named in said and len(run.stderr.strip().splitlines()) == 1, said
+        assert not out.exists()
+    (tmp_path / "a-file").write_text("x")
+    run = _cli(archive, tmp_path / "a-file")
+    assert run.returncode == 2 and "is a file" in run.stderr
+    run = _cli(archive, out, "--confirm-above", "10")  # 21 instances selected: --yes needed
+    assert run.returncode == 2 and "2 studies, 2 series, 21 instances" in " ".join(run.stderr.split())
+    assert not out.exists()
+
+
+def test_a_second_run_completes_the_missing_formats_or_refuses(archive: Server, tmp_path: Path) -> None:
+    out = tmp_path / "cohort"
+    first = _cli(archive, out, "--formats", "dicom")
+    assert first.returncode == 0, first.stderr
+    assert not (out / "cubes").exists() and len(list((out / "dicom").rglob("*.dcm"))) == 21
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(e["formats"] == ["dicom"] for e in manifest["series"].values())
+    second = _cli(archive, out, "--formats", "cube,delta")  # completes what is missing
+    assert second.returncode == 0, second.stderr
+    assert len(list((out / "cubes").rglob("*.dcbs"))) == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(e["formats"] == ["dicom", "cube", "delta"] for e in manifest["series"].values())
+    other = _cli(archive, out, "--retain-dates")  # other options into the same folder: refused, nothing changed
+    assert other.returncode == 2 and "other options" in other.stderr

@@ -97,7 +97,7 @@ def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
                 if not (query or studies or series):
                     raise ConfigError("query: choose the cohort with a query, studies or series")
                 out = Path(export_dir) / tenant / name
-                options = Options(secret.encode(), **flags)
+                options = Options(secret.encode(), **flags)  # type: ignore[arg-type]
                 prepare(out, options, formats)
                 selection = select(services.index, tenant, query, studies, series)
             except ConfigError as exc:

@@ -1,23 +1,24 @@
-"""De-identification following DICOM PS3.15 Annex E: the Basic Application Level Confidentiality Profile and its
-options, on top of the profile's own table as `dicom-anonymizer` (Kitware) ships it.
+"""De-identification of one instance following DICOM PS3.15 Annex E: the Basic Application Level Confidentiality
+Profile and its options, at every nesting level (:mod:`cubepacs.research.annexe` walks the profile's table).
 
-Why that library: it carries Table E.1-1 of the standard (the 2026c edition) as tag lists per action (D, Z, X,
-U, Z/D, X/Z, X/D, X/Z/D, X/Z/U*), with the actions themselves, so no tag table is written by hand here. What it does
-not carry — the option columns — is applied here in the small sets below, by keyword:
-
-* Retain UIDs: U actions keep the UIDs. Otherwise UIDs are replaced by ``2.25.<HMAC-SHA256(secret, uid)>``:
-  the same input gives the same output UID in every export with the same project secret (linkable), and nothing
-  else can recompute it.
-* Retain Longitudinal Temporal Information with Modified Dates: dates (DA, and the date of DT) are shifted by a
-  per-patient number of days derived from the secret and the Patient ID; times are kept.
-* Retain Patient Characteristics, Retain Device Identity: the attributes listed below are kept.
-* Clean Descriptors: the descriptors listed below are kept, with any word that is part of the patient's name or
-  identifiers removed.
-* Private attributes are removed, except (creator, element) pairs of a safe list.
+* UIDs: every UID at any depth that is not one of the standard is replaced by ``2.25.<HMAC-SHA256(secret, uid)>``
+  (:func:`new_uid`): the instance's own UIDs and every reference to them alike, so references keep pointing where
+  they pointed; the same input gives the same output in every export with the same project secret (linkable), and
+  nothing else can recompute it. Retain UIDs keeps them.
+* The patient: a key (:func:`patient_key`: the Patient ID and its issuer; without an ID, the name and birth date;
+  without either, the study) gives the pseudonym (Patient ID and Name) and the date shift.
+* Retain Longitudinal Temporal Information with Modified Dates: every date (DA, and the date of DT) at any depth is
+  moved back by the patient's number of days, times kept; Longitudinal Temporal Information Modified says
+  MODIFIED (REMOVED without the option, when every date is emptied).
+* Retain Patient Characteristics, Retain Device Identity: the attributes of their columns are kept.
+* Clean Descriptors: the descriptors are kept, with any word of the patient's name or identifiers removed.
+* Private attributes are removed at every depth, except (creator, element) pairs of a safe list.
+* Documents are not exported: encapsulated documents (PDF, CDA, STL…) and structured reports carry free text the
+  profile cannot clean; :func:`deidentify` says why in ``Result.excluded`` and the export counts them.
 
 Pixel data is never touched (its bytes stay identical). Patient Identity Removed, De-identification Method and
-its Code Sequence (CID 7050) are set. Burned-in annotation is flagged, not passed silently: Burned In Annotation
-other than NO, or a modality/SOP class known to carry text in pixels (US, SC, XC, ES, OT, secondary capture).
+its Code Sequence (CID 7050) are set. Burned-in annotation is flagged from the header (:func:`burned_in`), never
+found in the pixels: the export lists flagged instances, or leaves them out with ``exclude_burned_in``.
 
 Example
 -------
@@ -29,31 +30,25 @@ True
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import re
 import warnings
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-# Table E.1-1 option columns (kept by keyword; everything else comes from the profile's table)
-PATIENT_CHARACTERISTICS = ("PatientAge", "PatientSex", "PatientSize", "PatientWeight", "EthnicGroup",
-                           "SmokingStatus", "PregnancyStatus", "PatientSexNeutered", "SpecialNeeds",
-                           "AllergiesListingSequence")
-DEVICE_IDENTITY = ("StationName", "DeviceSerialNumber", "DeviceUID", "DeviceLabel", "DeviceDescription",
-                   "GantryID", "DetectorID", "PlateID", "CassetteID", "GeneratorID", "SourceSerialNumber",
-                   "InstitutionalDepartmentName", "PerformedStationName", "ScheduledStationName")
-DESCRIPTORS = ("StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments", "AcquisitionComments",
-               "PerformedProcedureStepDescription", "RequestedProcedureDescription", "BodyPartExamined",
-               "ContrastBolusAgent", "DerivationDescription")
-BURNED_IN_MODALITIES = ("US", "SC", "XC", "ES", "OT", "GM", "SM")
+from cubepacs.research.annexe import DESCRIPTORS, DEVICE_IDENTITY, PATIENT_CHARACTERISTICS, Walker
+
+# modalities whose pixels often carry text (patient name, dates, markers) burned in by the device
+BURNED_IN_MODALITIES = ("US", "SC", "XC", "ES", "OT", "GM", "SM", "XA", "RF", "CR", "DX", "MG", "IO", "PX", "DOC")
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+DOCUMENT_PREFIXES = {"1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
+                     "1.2.840.10008.5.1.4.1.1.88.": "structured report"}
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 # CID 7050 De-identification Method codes (DCM)
 CODES = {"basic": ("113100", "Basic Application Confidentiality Profile"),
@@ -67,7 +62,10 @@ CODES = {"basic": ("113100", "Basic Application Confidentiality Profile"),
 
 @dataclass(frozen=True)
 class Options:
-    """The profile options; ``secret`` keys the deterministic UIDs and date shifts of a project."""
+    """The profile options; ``secret`` keys the deterministic UIDs and date shifts of a project.
+
+    ``exclude_burned_in`` leaves out instances flagged by :func:`burned_in` (they are counted, not exported).
+    """
 
     secret: bytes
     retain_uids: bool = False
@@ -76,6 +74,7 @@ class Options:
     retain_device: bool = False
     clean_descriptors: bool = False
     safe_private: tuple[tuple[str, int], ...] = ()  # (private creator, element offset 0x00-0xFF) kept
+    exclude_burned_in: bool = False
 
     def codes(self) -> list[tuple[str, str]]:
         """The CID 7050 codes of the profile and the options applied."""
@@ -83,14 +82,24 @@ class Options:
                                                                 (k == "safe_private" and self.safe_private))]
         return [CODES[k] for k in on]
 
+    def profile(self) -> str:
+        """One line naming the profile and its options (what an export folder holds; resume compares it)."""
+        names = [name for _, name in self.codes()] + (["exclude burned-in"] if self.exclude_burned_in else [])
+        return "; ".join(names) + "".join(f"; safe {c}:{e:02X}" for c, e in sorted(self.safe_private))
+
 
 @dataclass
 class Result:
-    """One de-identified instance: its bytes, the UID mapping it used, and what to look at by hand."""
+    """One de-identified instance: its bytes, the UID mapping it used, and what to look at by hand.
+
+    ``excluded`` (a reason) when the instance is not to be exported at all; ``data`` is then empty.
+    """
 
     data: bytes
     uids: dict[str, str] = field(default_factory=dict)  # original → new (for the access-controlled mapping)
     burned_in: str | None = None  # why the pixels may carry identifying text, when they may
+    excluded: str | None = None
+    patient: str = ""  # the pseudonym
 
 
 def new_uid(uid: str, secret: bytes) -> str:
@@ -99,86 +108,45 @@ def new_uid(uid: str, secret: bytes) -> str:
     return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
-def pseudonym_of(patient_id: str, secret: bytes) -> str:
+def patient_key(ds: Dataset) -> str:
+    """What identifies the patient of an instance, for the pseudonym and the date shift.
+
+    The Patient ID (with its issuer when there is one); without an ID, the name and birth date; without those, the
+    study (each such study is then a patient of its own: people without identifiers are never merged).
+
+    >>> a, b = Dataset(), Dataset()
+    >>> a.PatientID, a.PatientName, b.PatientID, b.PatientName = "", "DOE^JANE", "", "ROE^RICHARD"
+    >>> patient_key(a) != patient_key(b), patient_key(a)
+    (True, 'name:DOE^JANE|')
+    """
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+        return f"{pid}\0{issuer}" if issuer else pid
+    name, birth = str(ds.get("PatientName", "") or "").strip(), str(ds.get("PatientBirthDate", "") or "").strip()
+    if name or birth:
+        return f"name:{name}|{birth}"
+    return f"study:{ds.get('StudyInstanceUID', '')}"
+
+
+def pseudonym_of(key: str, secret: bytes) -> str:
     """The Patient ID (and Name) of a patient in the exports of one project: ``P`` and 16 hex digits of an HMAC."""
-    return "P" + hmac.new(secret, b"patient\0" + patient_id.encode(), hashlib.sha256).hexdigest()[:16].upper()
+    return "P" + hmac.new(secret, b"patient\0" + key.encode(), hashlib.sha256).hexdigest()[:16].upper()
 
 
-def day_shift(patient_id: str, secret: bytes) -> int:
+def day_shift(key: str, secret: bytes) -> int:
     """Days the dates of one patient are moved back (1 to 3650), the same in every export of the project."""
-    digest = hmac.new(secret, b"date-shift\0" + patient_id.encode(), hashlib.sha256).digest()
+    digest = hmac.new(secret, b"date-shift\0" + key.encode(), hashlib.sha256).digest()
     return 1 + int.from_bytes(digest[:4], "big") % 3650
 
 
-def _shift(value: str, days: int) -> str:
-    try:
-        return (dt.datetime.strptime(value[:8], "%Y%m%d") - dt.timedelta(days=days)).strftime("%Y%m%d") + value[8:]
-    except ValueError:
-        return ""
+def burned_in(ds: Dataset) -> str | None:
+    """Why the pixels of an instance may carry identifying text, from its header alone (None: no reason known).
 
-
-def _rules(options: Options, mapping: dict[str, str], days: int) -> dict[Any, Any]:
-    """dicom-anonymizer's actions for the profile, with the options and our UID and date actions."""
-    from dicomanonymizer import simpledicomanonymizer as sda
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-
-    rules: dict[Any, Any] = sda.initialize_actions("dicomfields_2026c")
-
-    def replace_uid(dataset: Dataset, tag: Any) -> None:
-        element = dataset.get(tag)
-        if element is None or element.VR != "UI" or not element.value:
-            return
-        values = element.value if isinstance(element.value, list | pydicom.multival.MultiValue) else [element.value]
-        out = []
-        for v in values:
-            mapping.setdefault(str(v), new_uid(str(v), options.secret))
-            out.append(mapping[str(v)])
-        element.value = out if len(out) > 1 else out[0]
-
-    def shift_date(dataset: Dataset, tag: Any) -> None:
-        element = dataset.get(tag)
-        if element is not None and element.VR in ("DA", "DT") and element.value:
-            values = element.value if isinstance(element.value, pydicom.multival.MultiValue) else [element.value]
-            shifted = [_shift(str(v), days) for v in values]
-            element.value = shifted if len(shifted) > 1 else shifted[0]
-
-    def keep(dataset: Dataset, tag: Any) -> None:
-        return None
-
-    for tag, action in list(rules.items()):
-        if len(tag) != 2:
-            continue
-        name = getattr(action, "__name__", "")
-        if "UID" in name or name == "replace_UID":
-            rules[tag] = keep if options.retain_uids else replace_uid
-            continue
-        if options.retain_dates:
-            try:
-                vr = str(dictionary_VR((tag[0] << 16) | tag[1]))
-            except KeyError:
-                vr = ""
-            if vr in ("DA", "DT"):
-                rules[tag] = shift_date
-            elif vr == "TM":
-                rules[tag] = keep
-    kept = (PATIENT_CHARACTERISTICS if options.retain_patient else ()) + \
-           (DEVICE_IDENTITY if options.retain_device else ()) + (DESCRIPTORS if options.clean_descriptors else ())
-    for keyword in kept:
-        t = tag_for_keyword(keyword)
-        if t is not None:
-            rules[(t >> 16, t & 0xFFFF)] = keep
-    return rules
-
-
-def _clean(text: str, identifiers: list[str]) -> str:
-    out = text
-    for word in identifiers:
-        if len(word) >= 2:
-            out = re.sub(re.escape(word), "", out, flags=re.IGNORECASE)
-    return re.sub(r"\s{2,}", " ", out).strip()
-
-
-def _burned_in(ds: Dataset) -> str | None:
+    Burned In Annotation other than NO; a modality that often carries text (US, XA, RF, CR, DX, MG, SC, OT…);
+    a secondary capture; a secondary image without Burned In Annotation. Pixels are not looked at (no OCR): a CT
+    with a burned-in name and Burned In Annotation = NO passes.
+    """
     flag = str(ds.get("BurnedInAnnotation", "") or "").upper()
     if flag and flag != "NO":
         return f"Burned In Annotation is {flag}"
@@ -192,35 +160,90 @@ def _burned_in(ds: Dataset) -> str | None:
     return None
 
 
-def deidentify(data: bytes, options: Options) -> Result:
-    """De-identify one Part 10 instance; its pixel data bytes are kept as they are."""
-    from dicomanonymizer import simpledicomanonymizer as sda
+def excluded(ds: Dataset) -> str | None:
+    """Why an instance is not exported at all (a document, or pixels only in private groups), or None."""
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    for prefix, what in DOCUMENT_PREFIXES.items():
+        if sop_class.startswith(prefix):
+            return what
+    if "EncapsulatedDocument" in ds or str(ds.get("Modality", "")) in ("SR", "DOC", "KO"):
+        return "structured report" if str(ds.get("Modality", "")) in ("SR", "KO") else "encapsulated document"
+    if "Rows" in ds and "Columns" in ds and not any(t in ds for t in PIXEL_TAGS):
+        large_private = [e for e in ds if e.tag.is_private and e.VR in ("OB", "OW", "UN") and
+                         len(e.value or b"") >= int(ds.Rows or 0) * int(ds.Columns or 0)]
+        if large_private:
+            return "pixels only in private groups"
+    return None
 
+
+def even_fragments(value: bytes) -> bytes | None:
+    """Encapsulated pixel data with every odd-length fragment padded to even length (PS3.5 A.4), or None if none is.
+
+    A fragment of odd length, stored as received, is written by pydicom with its padding byte after the last item
+    (the encapsulation then ends in the wrong place). Padding each fragment, and moving the Basic Offset Table's
+    entries by the bytes added before them, keeps every frame's codestream (a zero after the end-of-codestream
+    marker) and makes the value valid again.
+    """
+    from pydicom.encaps import generate_fragments, itemize_fragment
+
+    items = list(generate_fragments(value))
+    if not any(len(f) % 2 for f in items):
+        return None
+    bot, fragments = items[0], items[1:]
+    old, new, moved = 0, 0, {}
+    for fragment in fragments:
+        moved[old] = new
+        old += 8 + len(fragment)
+        new += 8 + len(fragment) + len(fragment) % 2
+    if bot:
+        import struct
+
+        offsets = struct.unpack(f"<{len(bot) // 4}I", bot[: len(bot) // 4 * 4])
+        bot = struct.pack(f"<{len(offsets)}I", *(moved.get(o, o) for o in offsets))
+    return b"".join(itemize_fragment(f + b"\0" * (len(f) % 2)) for f in [bot, *fragments])
+
+
+def _identifiers(ds: Dataset) -> tuple[str, ...]:
+    words = [p for p in re.split(r"[\s^=,]+", str(ds.get("PatientName", "") or "")) if p]
+    return tuple(words + [str(ds.get(k, "") or "") for k in ("PatientID", "OtherPatientIDs", "AccessionNumber")])
+
+
+def deidentify(data: bytes, options: Options) -> Result:
+    """De-identify one Part 10 instance; its pixel data bytes are kept as they are.
+
+    Raises whatever pydicom raises for bytes it cannot read or write (the export counts such an instance as failed).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(BytesIO(data))
-        patient_id = str(ds.get("PatientID", "") or "")
-        identifiers = [p for p in re.split(r"[\s^=,]+", str(ds.get("PatientName", "") or "")) if p] + \
-            [patient_id, str(ds.get("OtherPatientIDs", "") or ""), str(ds.get("AccessionNumber", "") or "")]
-        descriptors = {k: str(ds.get(k)) for k in DESCRIPTORS if ds.get(k)} if options.clean_descriptors else {}
+        why = excluded(ds)
+        flag = burned_in(ds)
+        if why is None and flag and options.exclude_burned_in:
+            why = f"burned-in annotation possible ({flag})"
+        key = patient_key(ds)
+        pseudonym = pseudonym_of(key, options.secret)
+        if why is not None:
+            return Result(b"", {}, flag, why, pseudonym)
         mapping: dict[str, str] = {}
-        rules = _rules(options, mapping, day_shift(patient_id, options.secret))
-        safe = {(c, e) for c, e in options.safe_private}
-        kept_private: list[tuple[int, str, int, Any]] = []
-        for elem in ds:
-            if elem.tag.is_private and not elem.tag.is_private_creator and safe:
-                owner = ds.get((elem.tag.group, elem.tag.element >> 8))
-                if owner is not None and (str(owner.value), elem.tag.element & 0xFF) in safe:
-                    kept_private.append((elem.tag.group, str(owner.value), elem.tag.element & 0xFF, elem))
-        burned = _burned_in(ds)
-        sda.anonymize_dataset(ds, rules, delete_private_tags=True, base_rules_gen=lambda: {})
-        for group, creator, offset, elem in kept_private:
-            ds.private_block(group, creator, create=True).add_new(offset, elem.VR, elem.value)
-        for keyword, text in descriptors.items():
-            setattr(ds, keyword, _clean(text, identifiers))
-        pseudonym = pseudonym_of(patient_id, options.secret)  # the same patient, the same pseudonym: linkable
-        ds.PatientID = ds.PatientName = pseudonym
+
+        def uid(value: str) -> str:
+            return mapping.setdefault(value, new_uid(value, options.secret))
+
+        keep = (PATIENT_CHARACTERISTICS if options.retain_patient else ()) + \
+            (DEVICE_IDENTITY if options.retain_device else ())
+        walker = Walker(None if options.retain_uids else uid,
+                        day_shift(key, options.secret) if options.retain_dates else None,
+                        frozenset(keep), frozenset(DESCRIPTORS if options.clean_descriptors else ()),
+                        _identifiers(ds), frozenset(options.safe_private))
+        walker.dataset(ds)
+        for tag in list(ds.file_meta.keys()):  # the sender's AE title and private meta information go too
+            if tag in (0x00020016, 0x00020100, 0x00020102):
+                del ds.file_meta[tag]
+        ds.file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID  # we wrote this file
+        ds.file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+        ds.PatientID = ds.PatientName = pseudonym  # the same patient, the same pseudonym: linkable
         ds.PatientIdentityRemoved = "YES"
+        ds.LongitudinalTemporalInformationModified = "MODIFIED" if options.retain_dates else "REMOVED"
         ds.DeidentificationMethod = "cubepacs: PS3.15 E.1 Basic Profile" + "".join(
             f"; {name}" for _, name in options.codes()[1:])
         items = []
@@ -229,10 +252,14 @@ def deidentify(data: bytes, options: Options) -> Result:
             item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
             items.append(item)
         ds.DeidentificationMethodCodeSequence = Sequence(items)
-        if burned:
+        if flag:
             ds.BurnedInAnnotation = ds.get("BurnedInAnnotation") or "YES"
+        if "PixelData" in ds and ds.file_meta.get("TransferSyntaxUID") and ds.file_meta.TransferSyntaxUID.is_compressed:
+            even = even_fragments(ds.PixelData)
+            if even is not None:
+                ds.PixelData = even
         if "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         out = BytesIO()
         ds.save_as(out, enforce_file_format=True)
-    return Result(out.getvalue(), mapping, burned)
+    return Result(out.getvalue(), mapping, flag, None, pseudonym)
