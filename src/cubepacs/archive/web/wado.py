@@ -280,7 +280,7 @@ def rendered_response(services: Services, tenant: str, row: dict[str, Any], fram
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(BytesIO(services.storage.get(row["storage_key"])), stop_before_pixels=True,
                                  force=True)
-        image = render.render(ds, arr, voi, request.url.path.endswith("/thumbnail"))
+        image = render.render(ds, arr, voi, request.url.path.endswith("/thumbnail"), frame - 1)
     except Exception as exc:
         raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}, frame {frame}: cannot be rendered "
                                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
