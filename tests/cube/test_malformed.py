@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -197,3 +198,34 @@ def test_the_builder_leaves_out_what_its_cube_cannot_hold_and_keeps_the_rest() -
     reader = CubeReader(cube)
     assert reader.meta.names == ["good0.dcm", "good1.dcm"]
     assert [reader.instance_bytes(i) for i in range(2)] == good  # read back byte for byte
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cubepacs", *args], check=False, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_info_and_export_of_damaged_cubes_are_one_line_errors(ct_cube: bytes, tmp_path: Path) -> None:
+    from cubepacs.cube.format import HEADER, HEADER_SIZE
+
+    index_offset = HEADER.unpack(ct_cube[:HEADER_SIZE])[8]
+    flipped = bytearray(ct_cube)
+    flipped[index_offset + 3] ^= 0x40  # one flipped byte in the frame index (read outside the try before)
+
+    def shape(doc: dict[str, Any]) -> None:
+        doc["columns"]["ImagePositionPatient"]["sect"] = doc["columns"]["SliceLocation"]["sect"]
+
+    def nul(doc: dict[str, Any]) -> None:
+        doc["names"][0] = "a\0b.dcm"
+
+    cases = {"index": (bytes(flipped), "index"), "columns": (mutants.edit_meta(ct_cube, shape), "column"),
+             "name": (mutants.edit_meta(ct_cube, nul), "safe file name")}
+    for name, (data, words) in cases.items():
+        path = tmp_path / f"{name}.dcbs"
+        path.write_bytes(data)
+        for args in (("info", str(path)), ("export", str(path), "-o", str(tmp_path / name))):
+            out = _cli(*args)
+            assert out.returncode != 0 and "Traceback" not in out.stderr + out.stdout, (name, args, out.stderr)
+            assert words in out.stderr + out.stdout and str(path) in out.stderr + out.stdout, (name, out.stderr)
+            if args[0] == "export":
+                assert not (tmp_path / name).exists() or not list((tmp_path / name).iterdir())

@@ -133,3 +133,19 @@ def test_deep_nesting_is_an_error_row(tmp_path: Path) -> None:
     path.write_bytes(deep_nesting())
     row = _one(path)
     assert row["error"] and str(path.resolve()) in str(row["error"])
+
+
+def test_values_of_an_unexpected_type_are_one_error_row(tmp_path: Path) -> None:
+    """Crafted from the real CT: Rows (US) re-encoded as SH "512", so its DICOM JSON value is a string; the scan
+    keeps every other entry and gives this one its error row (it aborted the whole scan before)."""
+    data = CT.read_bytes()
+    rows_elem = struct.pack("<HH", 0x0028, 0x0010) + b"US" + struct.pack("<H", 2)
+    at = data.index(rows_elem)
+    bad = data[:at] + struct.pack("<HH", 0x0028, 0x0010) + b"SH" + struct.pack("<H", 4) + b"512 " + data[at + 10:]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.dcm").write_bytes(data)
+    (tmp_path / "in" / "bad.dcm").write_bytes(bad)
+    scan([str(tmp_path / "in")], str(tmp_path / "table"), workers=1)
+    got = {Path(r["entry"]).name: r for r in DeltaTable(str(tmp_path / "table")).to_pyarrow_table().to_pylist()}
+    assert got["good.dcm"]["rows"] == 128 and got["good.dcm"]["error"] is None
+    assert got["bad.dcm"]["error_stage"] == "schema" and "column rows: str" in got["bad.dcm"]["error"]

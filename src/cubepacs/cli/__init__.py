@@ -105,10 +105,13 @@ def info(
     rows: Annotated[int, typer.Option(help="per-instance rows to show")] = 10,
 ) -> None:
     """Show a cube: shared tags, a per-instance table, codec, sizes and QC."""
-    try:
-        reader = CubeReader(cube)
+    try:  # everything read from the cube inside: a damaged index or column is a one-line error, not a traceback
+        _show(cube, CubeReader(cube), rows)
     except (CubepacsError, OSError) as exc:
         raise _fail(str(exc)) from exc
+
+
+def _show(cube: Path, reader: CubeReader, rows: int) -> None:
     meta = reader.meta
     raw = sum(int(r["length"]) for r in reader.index)  # stored
     out.print(f"[bold]{cube}[/bold]  format 1, codec {reader.codec}, {len(meta)} instances, "

@@ -58,6 +58,10 @@ def check_doc(doc: Any, area_len: int, source: str) -> int:
     if not all(isinstance(x, str) for x in doc["names"] + doc["syntaxes"]):
         raise InvalidCubeError(source, "meta", "names and syntaxes must be strings")
     check_names(doc["names"], source)
+    qc = doc.get("qc")
+    if not (isinstance(qc, dict) and isinstance(qc.get("ok"), bool) and isinstance(qc.get("issues"), list)
+            and all(isinstance(x, str) for x in qc["issues"])):
+        raise InvalidCubeError(source, "meta", "'qc' is not {ok: bool, issues: [str]}")
     for key in ("syntax", "pool_keys", "pool_offsets", "pool_data", "refs", "starts", "pixel_desc"):
         check_section(doc.get(key), area_len, source, key)
     for name, col in doc["columns"].items():
