@@ -291,3 +291,63 @@ def test_a_second_run_completes_the_missing_formats_or_refuses(archive: Server, 
     assert all(e["formats"] == ["dicom", "cube", "delta"] for e in manifest["series"].values())
     other = _cli(archive, out, "--retain-dates")  # other options into the same folder: refused, nothing changed
     assert other.returncode == 2 and "other options" in other.stderr
+
+
+def _odd_j2k() -> bytes:
+    """Crafted from a real file (no real one has it): a JPEG 2000 instance whose one fragment has an odd length,
+    stored as received."""
+    import struct
+
+    from pydicom.encaps import generate_fragments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(next(s for s in SINGLES if s.name == "ts_j2k_lossless_siemens_mr.dcm"))
+    fragment = list(generate_fragments(ds.PixelData))[-1].rstrip(b"\0")
+    if len(fragment) % 2 == 0:
+        fragment += b"\0"  # a trailing zero after the end-of-codestream marker: odd again
+    ds.PixelData = b"\xfe\xff\x00\xe0\0\0\0\0" + b"\xfe\xff\x00\xe0" + struct.pack("<I", len(fragment)) + fragment
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def _private_pixels() -> bytes:
+    """Crafted from a real file: the pixels moved to a private group, as ELSCINT1 does (no real file here has it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(next(s for s in SINGLES if s.name == "ct_ge_small_signed.dcm"))
+    ds.private_block(0x7FDF, "ELSCINT1", create=True).add_new(0x10, "OW", ds.PixelData)
+    del ds.PixelData
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_an_odd_instance_never_stops_the_cohort(tmp_path: Path) -> None:
+    from cubepacs.research.export import export_cohort
+
+    good = [f.read_bytes() for f in dicom_files(T1)[:3]]
+    broken = good[0][:400]  # cut in its header: cannot be de-identified
+    inputs = {"odd": _odd_j2k(), "private": _private_pixels(), "broken": broken,
+              **{f"good{k}": d for k, d in enumerate(good)}}
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for name, data in inputs.items():
+        ds = pydicom.dcmread(io.BytesIO(inputs["good0"] if name == "broken" else data), stop_before_pixels=True)
+        row = {"study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
+               "sop_uid": str(ds.SOPInstanceUID) + ("x" if name == "broken" else ""), "name": name}
+        groups.setdefault((row["study_uid"], row["series_uid"]), []).append(row)
+    report = export_cohort(lambda r: inputs[r["name"]], groups, tmp_path / "out", Options(SECRET.encode()),
+                           formats=("dicom", "cube"), codec="zstd")
+    assert report.instances == 4 and len(report.failed) == 1 and report.excluded == {
+        "pixels only in private groups": 1}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["totals"] == {"series": 3, "instances": 4, "burned_in": 0, "failed": 1, "excluded": 1}
+    odd = next(f for f in (tmp_path / "out" / "dicom").rglob("*.dcm")
+               if pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported, original = pydicom.dcmread(odd), pydicom.dcmread(io.BytesIO(inputs["odd"]))
+    np.testing.assert_array_equal(exported.pixel_array, original.pixel_array)  # pydicom decodes both alike
+    assert len(list((tmp_path / "out" / "cubes").rglob("*.dcbs"))) == 2  # the odd one's series has its cube

@@ -226,6 +226,9 @@ def _export_series(load: Callable[[dict[str, Any]], bytes], rows: list[dict[str,
                 entry["excluded"].append({"sop": sop, "reason": res.excluded})
                 continue
             ds, instance = _check_instance(res, f"{sop}.dcm")
+            absent = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
+            if absent:
+                raise ValueError(f"no {absent[0]} (a truncated or partial instance)")
         except Exception as exc:  # one instance that cannot be exported never stops the cohort
             reason = f"{type(exc).__name__}: {str(exc).replace(str(row['sop_uid']), sop)}"[:300]
             report.failed.append(f"{sop}: {reason}")
