@@ -1,4 +1,5 @@
-"""kill -9 mid-ingest loses no acknowledged instance; the indexer is idempotent."""
+"""kill -9 mid-ingest loses no acknowledged instance, the DIMSE workers die with serve at once; the indexer is
+idempotent; a stop is one log line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,20 @@ from tests.archive.conftest import dcmtk, free_port, start_server, stop_server, 
 from tests.conftest import SERIES, dicom_files
 
 pytestmark = pytest.mark.dcmtk
+
+
+def _workers(pid: int) -> list[int]:
+    """The DIMSE worker processes of ``serve`` (by the name they give themselves)."""
+    pids = [int(c) for task in Path(f"/proc/{pid}/task").glob("*") for c in (task / "children").read_text().split()]
+    return [p for p in pids if Path(f"/proc/{p}/comm").read_text().startswith("cubepacs-dimse")]
+
+
+def _running(pid: int) -> bool:
+    """Alive: neither gone nor a zombie (dead, waiting for init to reap it — this sandbox's init is slow to)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
@@ -34,8 +49,15 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
         seen.append(line)
         if sum("Received Store Response (Success)" in x for x in seen) >= 20:
             break
+    workers = _workers(server.proc.pid)
+    assert len(workers) == 2
     server.proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
     server.proc.wait()
+    while any(_running(w) for w in workers) and time.monotonic() - killed < 5:
+        time.sleep(0.01)
+    gone = time.monotonic() - killed
+    assert gone < 1.0, f"DIMSE workers outlived serve by {gone:.2f} s"  # PR_SET_PDEATHSIG: at once
     out, _ = sender.communicate(timeout=60)
     acknowledged = ("".join(seen) + out).count("Received Store Response (Success)")
     assert 0 < acknowledged < len(files), "the kill should land mid-series"
@@ -56,3 +78,10 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path) -> None:
         assert count() == len(files)
     finally:
         stop_server(server)
+    # a stop is one line saying why and what was in flight, for serve and for each DIMSE worker
+    log = (tmp_path / "data.log").read_text().splitlines()
+    said = ("indexer+storescp+web+webworker stopping (SIGTERM); in flight: 0 DIMSE association(s) open, 0 storage "
+            "event(s) not yet indexed")
+    assert any(said in x for x in log), log[-10:]
+    assert sum("DIMSE worker" in x and "stopping (SIGTERM); in flight: 0 association(s) open" in x
+               for x in log) == 2

@@ -241,3 +241,56 @@ def test_s3_that_is_not_there_is_one_line_and_a_missing_bucket_is_created_only_w
     with pytest.raises(Exception) as err:  # not "absent": unknown (a C-STORE is then refused, not overwritten)
         unreachable.exists("t/x.dcm")
     assert "127.0.0.1" in str(err.value)
+
+
+# --- an indexer that dies: its Kafka partitions go to the other --------------------------------------------------
+
+_CONSUMER = """
+import sys
+from cubepacs._registry import open_backend
+q = open_backend("queue", sys.argv[1])
+while True:
+    for m in q.poll("storage_queue", "indexer", 100, 0.5):
+        print(m.payload["series_uid"], flush=True)
+"""
+
+
+@pytest.mark.kafka
+def test_a_dead_indexers_partitions_are_taken_over_within_the_session_timeout(kafka_url: str) -> None:
+    """Two consumers of the indexer group (librdkafka's mock cluster, 4 partitions); one is killed with -9. Every
+    event published after the kill reaches the other within ``session_timeout_ms`` (5 s by default) plus the
+    rebalance — it was ≈ 20 s with the former 10 s default."""
+    url = f"{kafka_url}?topic_prefix=takeover{uuid.uuid4().hex[:6]}_"
+    producer, survivor = open_backend("queue", url), open_backend("queue", url)
+    assert survivor.session_timeout_ms == 5000
+    producer.publish("storage_queue", {"series_uid": "0"})  # the topic made (the mock cluster: 4 partitions)
+    other = subprocess.Popen([sys.executable, "-c", _CONSUMER, url], stdout=subprocess.PIPE, text=True)
+    try:
+        got: set[str] = set()
+        mine = {f"1.2.{n}" for n in range(40)}
+        for uid in sorted(mine):
+            producer.publish("storage_queue", {"series_uid": uid})
+        settle = time.monotonic() + 8  # both join the group and share its partitions
+        while time.monotonic() < settle:
+            got |= {m.payload["series_uid"] for m in survivor.poll("storage_queue", "indexer", 100, 0.2)}
+        assert 0 < len(got & mine) < 40, "both consumers should hold partitions"
+        other.kill()
+        other.wait()
+        later = {f"2.3.{n}" for n in range(40)}
+        for uid in sorted(later):
+            producer.publish("storage_queue", {"series_uid": uid})
+        start = time.monotonic()
+        while not later <= got and time.monotonic() - start < 30:
+            got |= {m.payload["series_uid"] for m in survivor.poll("storage_queue", "indexer", 100, 0.2)}
+        took = time.monotonic() - start
+        assert later <= got, f"{len(later - got)} events never reached the surviving indexer"
+        assert took < 5 + 6, f"takeover took {took:.1f} s"
+        print(f"takeover in {took:.1f} s")
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+        assert other.stdout is not None
+        other.stdout.close()
+        producer.close()
+        survivor.close()

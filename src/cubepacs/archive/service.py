@@ -108,6 +108,36 @@ def check(settings: Settings) -> dict[str, str]:
         b.index.close()
 
 
+def in_flight(parts: set[str], dimse_workers: Any, queue: Queue) -> str:
+    """What a stopping service leaves in flight, for its one log line: DIMSE associations open (they finish,
+    10 s at most) and storage events not yet indexed (they stay queued: the next indexer takes them).
+
+    Example
+    -------
+    >>> from cubepacs.archive.queue.embedded import EmbeddedQueue
+    >>> import tempfile, os
+    >>> in_flight({"indexer"}, None, EmbeddedQueue(os.path.join(tempfile.mkdtemp(), "q.db")))
+    '0 storage event(s) not yet indexed'
+    """
+    from cubepacs.archive import metrics
+    from cubepacs.archive.indexer import GROUP
+    from cubepacs.archive.queue.base import STORAGE_TOPIC
+
+    said = []
+    if "storescp" in parts:
+        open_now = (dimse_workers.open_associations() if dimse_workers is not None
+                    else int(next(iter(metrics.ASSOCIATIONS_OPEN.collect())).samples[0].value))
+        said.append(f"{open_now} DIMSE association(s) open")
+    if "indexer" in parts:
+        try:
+            lag = queue.lag(STORAGE_TOPIC, GROUP)
+            said.append(f"{lag[0]} storage event(s) not yet indexed" if lag is not None
+                        else "storage events not yet indexed: unknown")
+        except Exception as exc:
+            said.append(f"storage events not yet indexed: unknown ({type(exc).__name__})")
+    return ", ".join(said) or "nothing"
+
+
 def _thread(target: Any, name: str) -> threading.Thread:
     t = threading.Thread(target=target, name=name, daemon=True)
     t.start()
@@ -122,13 +152,15 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     endpoint this way, so that the archive itself never imports the lake).
     """
     stoppers: list[Any] = []
+    dimse_workers: Any = None
     open_logs: list[DeltaLog] = []  # closed last, together: what is left of them written by one writer run
     stoppers.append(lambda: close_logs(open_logs))
     workers = worker_count(settings.dimse_workers) if "storescp" in parts else 0
     if workers > 1:  # first, while this process has no thread and no connection: they can be forked
         from cubepacs.archive.workers import Workers
 
-        stoppers.append(Workers(settings, workers).shutdown)
+        dimse_workers = Workers(settings, workers)
+        stoppers.append(dimse_workers.shutdown)
     # An in-process cache is only safe where the indexer that invalidates it runs in the same process.
     cache_url = settings.cache_url or ("memory://" if {"indexer", "web"} <= parts else None)
     try:
@@ -227,7 +259,10 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
                               f"{exc.strerror or exc}") from None
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
 
+    why = {"stop": "asked to stop"}
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        why["stop"] = signal.Signals(signum).name
         stop.set()
         if uvicorn_server is not None:
             uvicorn_server.should_exit = True
@@ -242,6 +277,8 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         uvicorn_server.run(sockets=[plain_socket])
     else:
         stop.wait()
+    log.info("%s stopping (%s); in flight: %s", "+".join(sorted(parts)), why["stop"],
+             in_flight(parts, dimse_workers, b.queue))
     for s in reversed(stoppers):
         s()
     b.queue.close()

@@ -173,6 +173,7 @@ class Workers:
                 raise
         ctx: Any = multiprocessing.get_context(_start_method())
         counts = ctx.RawArray("i", n)  # open associations per worker (dimse/balance.py)
+        self.counts = counts
         self.procs: list[Any] = []
         pipes = []
         for k in range(n):
@@ -194,6 +195,10 @@ class Workers:
             self.shutdown()
             kind, _, message = str(answer).partition(":")
             raise (ListenError if kind == "ListenError" else BackendError)(message)
+
+    def open_associations(self) -> int:
+        """DIMSE associations open now, over every worker."""
+        return int(sum(self.counts))
 
     def shutdown(self) -> None:
         """Stop every worker (SIGTERM: open associations end, then the process exits; SIGKILL after 10 s)."""
@@ -290,6 +295,8 @@ def _worker(settings: Settings, k: int, ready: Connection, parent: int, sockets:
     settle_heap()
     ready.send("ok")
     stop.wait()
+    log.info("DIMSE worker %d stopping (SIGTERM); in flight: %d association(s) open, given 10 s to finish", k,
+             counts[k])
     server.shutdown()
     queue.close()
     index.close()

@@ -7,12 +7,16 @@ Connection string
 
 Options
 -------
-``topic_prefix`` (default ``""``), ``session_timeout_ms`` (default 10000). The producer uses ``acks=all`` and
-idempotence; ``publish`` returns once the broker acknowledged the message. Consumers commit offsets only in
-``ack`` (after the index write), so delivery is at-least-once and the idempotent indexer makes it effectively
-once. Pointing it at Redpanda needs nothing else: Redpanda speaks the Kafka protocol. Messages published by
-several threads at once (storing associations) are produced together and share one flush (group commit,
-``cubepacs/_group.py``).
+``topic_prefix`` (default ``""``), ``session_timeout_ms`` (default 5000: how long a dead indexer's partitions wait
+before the others take them over; heartbeats every third of it — the broker's ``group.min.session.timeout.ms``,
+6000 by default in Kafka and Redpanda, must allow it: ``docs/operations.md``). The producer uses ``acks=all`` and
+idempotence; ``publish`` returns once the broker acknowledged the message. Messages are keyed by their Series
+Instance UID, so every event of a series goes to the same partition (librdkafka's ``consistent_random``
+partitioner: CRC32 of the key modulo the partition count) and is indexed by one indexer, in order. Consumers
+commit offsets only in ``ack`` (after the index write), so delivery is at-least-once and the idempotent indexer
+makes it effectively once. Pointing it at Redpanda needs nothing else: Redpanda speaks the Kafka protocol.
+Messages published by several threads at once (storing associations) are produced together and share one flush
+(group commit, ``cubepacs/_group.py``).
 
 Example
 -------
@@ -34,12 +38,13 @@ from cubepacs.archive.queue.base import Message, Queue
 from cubepacs.errors import BackendError
 
 log = logging.getLogger("cubepacs.queue")
+_PARTITION_EOF = -191  # librdkafka's KafkaError._PARTITION_EOF: not an error, the end of a partition
 
 
 class KafkaQueue(Queue):
     """One producer; one consumer per (topic, group), created on first poll."""
 
-    def __init__(self, bootstrap: str, topic_prefix: str = "", session_timeout_ms: int = 10_000) -> None:
+    def __init__(self, bootstrap: str, topic_prefix: str = "", session_timeout_ms: int = 5_000) -> None:
         from confluent_kafka import Producer
 
         self.bootstrap = bootstrap
@@ -48,6 +53,7 @@ class KafkaQueue(Queue):
         self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
                                   "linger.ms": 2})
         self._consumers: dict[tuple[str, str], Any] = {}
+        self._last_error = ""  # the last consumer error logged (each one once, not once per poll)
         self._publish: GroupCommit[tuple[str, bytes, bytes | None]] = GroupCommit(self._produce)
 
     @staticmethod
@@ -92,7 +98,8 @@ class KafkaQueue(Queue):
         if key not in self._consumers:
             consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
                                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                 "session.timeout.ms": self.session_timeout_ms})
+                                 "session.timeout.ms": self.session_timeout_ms,
+                                 "heartbeat.interval.ms": max(100, self.session_timeout_ms // 3)})
             consumer.subscribe([self._topic(topic)])
             self._consumers[key] = consumer
         return self._consumers[key]
@@ -101,7 +108,10 @@ class KafkaQueue(Queue):
         consumer = self._consumer(topic, group)
         out = []
         for msg in consumer.consume(num_messages=max_messages, timeout=timeout):
-            if msg.error() is not None:
+            if msg.error() is not None:  # (a partition's end, or a group error such as a refused session timeout)
+                if not msg.error().code() == _PARTITION_EOF and str(msg.error()) != self._last_error:
+                    self._last_error = str(msg.error())
+                    log.warning("queue %s, group %s: %s", mask_url("kafka://" + self.bootstrap), group, msg.error())
                 continue
             out.append(Message(f"{msg.partition()}:{msg.offset()}", topic, json.loads(msg.value())))
         return out
