@@ -54,8 +54,35 @@ def test_frames_in_the_asked_order_equal_pydicoms(server: Server) -> None:
         assert len(got) == len(numbers)
         for n, value in zip(numbers, got, strict=True):
             expected = pixels[n - 1]
+            if ds.PhotometricInterpretation == "YBR_FULL_422":  # served as its metadata says: Y1 Y2 Cb Cr pairs
+                _assert_422(value, ds, expected, f"{path.name} frame {n}")
+                continue
             arr = np.frombuffer(value, dtype=expected.dtype.newbyteorder("<")).reshape(expected.shape)
             np.testing.assert_array_equal(arr, expected, err_msg=f"{path.name} frame {n}")
+
+
+def _as_native_422(value: bytes, ds: pydicom.Dataset) -> np.ndarray:
+    """pydicom's reading of ``value`` as one native (Explicit VR Little Endian) YBR_FULL_422 frame of ``ds``'s
+    size: rows × cols × 3, each pair's chroma repeated."""
+    frame = pydicom.Dataset()
+    frame.file_meta = pydicom.dataset.FileMetaDataset()
+    frame.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(frame, k, ds[k].value)
+    frame.PhotometricInterpretation, frame.PlanarConfiguration = "YBR_FULL_422", 0
+    frame.add_new(0x7FE00010, "OB", bytes(value))
+    return np.asarray(pixel_array(frame, raw=True))
+
+
+def _assert_422(value: bytes, ds: pydicom.Dataset, decoded: np.ndarray, name: str) -> None:
+    """A YBR_FULL_422 frame as PS3.3 C.7.6.3.1.2 lays it out natively (2 bytes a pixel), read back by pydicom:
+    luminance exactly pydicom's decoded one; chroma within what one value standing for a pair can differ from a
+    JPEG decoder's two interpolated ones (libjpeg's upsampling mixes a quarter of the neighbour's chroma in)."""
+    assert len(value) == ds.Rows * ds.Columns * 2, name
+    back = _as_native_422(value, ds)
+    np.testing.assert_array_equal(back[..., 0], decoded[..., 0], err_msg=name)
+    chroma = np.abs(back[..., 1:].astype(np.int16) - decoded[..., 1:])
+    assert chroma.max() <= 8 and chroma.mean() < 0.5, (name, chroma.max(), chroma.mean())
 
 
 def test_what_the_fast_path_cannot_answer_gets_the_routes_errors(server: Server) -> None:
@@ -138,8 +165,10 @@ def test_hot_rows_expire_and_are_bounded() -> None:
 PLANAR_REAL = next(s for s in SINGLES if s.name == "rgb_us_big_endian.dcm")  # a real file with Planar Config. 1
 RGB_LE = next(s for s in SINGLES if s.name == "rgb_us_ge_uncompressed.dcm")
 RLE = next(s for s in SINGLES if s.name == "rle_rgb_sc.dcm")
+CINE = next(s for s in SINGLES if s.name == "jpeg_baseline_ybr422_us_cine_30f.dcm")  # JPEG, YBR_FULL_422
 COLOUR = [PLANAR_REAL, RGB_LE, RLE] + [next(s for s in SINGLES if s.name == n) for n in
-                                       ("ybr_full_uncompressed_sc.dcm", "jpeg_baseline_rgb_dcmtk_sc.dcm")]
+                                       ("ybr_full_uncompressed_sc.dcm", "jpeg_baseline_rgb_dcmtk_sc.dcm",
+                                        "j2k_lossless_ybr_rct_us.dcm")]
 PLAIN = 'multipart/related; type="application/octet-stream"'
 
 
@@ -152,6 +181,22 @@ def _recoded(path: Path, planar_values: bool) -> bytes:
     if planar_values:
         ds.PixelData = np.ascontiguousarray(ds.pixel_array.transpose(2, 0, 1)).tobytes()
     ds.PlanarConfiguration = 1
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    out = pydicom.filebase.DicomBytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return bytes(out.getvalue())
+
+
+def _native_422() -> bytes:
+    """A native (Explicit VR Little Endian) YBR_FULL_422 instance made here from the cine's first two decoded
+    frames, each pair's chroma averaged (no real file of the data set stores YBR_FULL_422 uncompressed)."""
+    ds = pydicom.dcmread(CINE)
+    ybr = pixel_array(CINE, raw=True)[:2].astype(np.uint16)
+    pairs = ybr.reshape(2, ds.Rows, ds.Columns // 2, 2, 3)
+    native = np.concatenate([pairs[..., 0], (pairs[..., 1:].sum(axis=3) + 1) // 2], axis=-1).astype(np.uint8)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.PixelData, ds.NumberOfFrames, ds.LossyImageCompression = native.tobytes(), 2, "01"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     out = pydicom.filebase.DicomBytesIO()
@@ -172,17 +217,21 @@ def _compact(server: Server, series: int) -> None:
         index.close()
 
 
-def test_frames_are_served_in_the_planar_configuration_their_metadata_says(server: Server) -> None:
-    """Every RGB/YBR instance: ``/metadata``'s Planar Configuration describes the bytes ``/frames`` sends
-    (uncompressed, PS3.18's default), from the stored file and again from the series' cube. Oracle: pydicom's
-    stored values laid out as that Planar Configuration says, and for native data the file's own Pixel Data bytes
-    (PS3.5 8.2: the frame exactly as the instance encodes it)."""
+def test_frames_are_served_in_the_layout_their_metadata_says(server: Server) -> None:
+    """Every colour single (and crafted copies): ``/metadata``'s Planar Configuration and Photometric
+    Interpretation describe the bytes ``/frames`` sends (uncompressed, PS3.18's default), from the stored file
+    and again from the series' cube. Oracle: pydicom's stored values laid out as that Planar Configuration says,
+    and for native data the file's own Pixel Data bytes (PS3.5 8.2: the frame exactly as the instance encodes
+    it); YBR_FULL_422 read back by pydicom as a native 422 frame (``_assert_422``). JPEG 2000's YBR_RCT arrives
+    as RGB from every decoder (PS3.5 8.2.4: the codestream's colour transform), as pydicom's raw values are."""
     datas = [p.read_bytes() for p in COLOUR] + [_recoded(RGB_LE, True), _recoded(RLE, False)]
+    datas += [_native_422()]  # the cine itself is stored by the module's fixture (FILES)
     body, ctype = multipart.encode(datas, "application/dicom")
     assert httpx.post(f"{server.url}/studies", content=body, headers={**server.headers(), "Content-Type": ctype},
                       timeout=60).status_code == 200
+    datas.append(CINE.read_bytes())
     dss = [pydicom.dcmread(pydicom.filebase.DicomBytesIO(d)) for d in datas]
-    assert [int(ds.PlanarConfiguration) for ds in dss] == [1, 0, 0, 0, 0, 1, 1]
+    assert [int(ds.PlanarConfiguration) for ds in dss] == [1, 0, 0, 0, 0, 0, 1, 1, 0, 0]
 
     def check(where: str) -> None:
         for ds, data in zip(dss, datas, strict=True):
@@ -193,12 +242,17 @@ def test_frames_are_served_in_the_planar_configuration_their_metadata_says(serve
             r = httpx.get(url + "/frames/1", headers={**server.headers(), "Accept": PLAIN})
             assert r.status_code == 200, r.text
             (got,) = multipart.parse(r.content, r.headers["content-type"])
-            values = pixel_array(pydicom.filebase.DicomBytesIO(data), raw=True)  # rows × cols × 3, stored values
-            want = values.transpose(2, 0, 1) if planar == 1 else values
-            name = f"{where}: {ds.file_meta.TransferSyntaxUID.name} planar {planar} {ds.SOPInstanceUID}"
-            assert got == np.ascontiguousarray(want).tobytes(), name
+            values = pixel_array(pydicom.filebase.DicomBytesIO(data), index=0, raw=True)  # rows × cols × 3
+            photometric = meta["00280004"]["Value"][0]
+            name = f"{where}: {ds.file_meta.TransferSyntaxUID.name} {photometric} planar {planar} {ds.SOPInstanceUID}"
+            size = ds.Rows * ds.Columns * (2 if photometric == "YBR_FULL_422" else 3)
             if not ds.file_meta.TransferSyntaxUID.is_compressed:  # 8-bit native: the file's bytes as they are
-                assert got == ds.PixelData[: ds.Rows * ds.Columns * 3], name
+                assert got == ds.PixelData[:size], name
+            if photometric == "YBR_FULL_422":
+                _assert_422(got, ds, values, name)
+                continue
+            want = values.transpose(2, 0, 1) if planar == 1 else values
+            assert got == np.ascontiguousarray(want).tobytes(), name
 
     check("file")
     _compact(server, series=len({_ids(ds)[1] for ds in dss} | {_ids(pydicom.dcmread(p))[1] for p in FILES}))

@@ -140,6 +140,36 @@ def frame_to_bytes(desc: PixelDesc, frame: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr, dtype=np.dtype(desc.dtype)).tobytes()
 
 
+def native_layout(desc: PixelDesc, frame: np.ndarray) -> np.ndarray:
+    """One frame of stored values (rows × cols [× samples], as decoded) laid out as the instance's own attributes
+    say a native frame is (PS3.3 C.7.6.3.1.2–3, PS3.5 8.2): colour-by-plane (samples × rows × cols) where Planar
+    Configuration is 1; for YBR_FULL_422 / YBR_PARTIAL_422, each pair of pixels as Y₁ Y₂ Cb Cr (rows × cols/2 ×
+    4), the pair's chroma the mean of the two decoded values, rounded half up (a decoder that repeats the pair's
+    chroma — a native 422 frame read back — gives the stored bytes again); unchanged otherwise (and for an odd
+    number of columns, which 422 cannot describe).
+
+    Example
+    -------
+    >>> d = PixelDesc("native", 1, 2, 3, 8, False, 0, 1, "<u1", "YBR_FULL_422")
+    >>> native_layout(d, np.array([[[10, 100, 200], [20, 101, 200]]], np.uint8)).ravel().tolist()
+    [10, 20, 101, 200]
+    >>> native_layout(PixelDesc("native", 1, 2, 3, 8, False, 1, 1, "<u1", "RGB"),
+    ...               np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8)).ravel().tolist()
+    [1, 4, 2, 5, 3, 6]
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        return frame
+    if desc.photometric in ("YBR_FULL_422", "YBR_PARTIAL_422") and frame.shape[1] % 2 == 0:
+        pairs = frame.reshape(frame.shape[0], frame.shape[1] // 2, 2, 3)
+        out = np.empty((frame.shape[0], frame.shape[1] // 2, 4), frame.dtype)
+        out[..., :2] = pairs[..., 0]
+        out[..., 2:] = (pairs[..., 1:].astype(np.uint64).sum(axis=2) + 1) // 2
+        return out
+    if desc.planar == 1:
+        return np.ascontiguousarray(frame.transpose(2, 0, 1))
+    return frame
+
+
 def to_stored_values(desc: PixelDesc, frame: np.ndarray) -> np.ndarray:
     """Interpret container values as stored values, in place: bits above BitsStored are masked off
     (unsigned) or replaced by the sign (signed), as pydicom's ``pixel_array`` does.

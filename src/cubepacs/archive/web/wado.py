@@ -27,7 +27,7 @@ from cubepacs.archive.web import asstored, multipart
 from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
 from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows, file_mark
 from cubepacs.archive.web.readahead import ReadAhead
-from cubepacs.cube.pixels import PixelDesc
+from cubepacs.cube.pixels import PixelDesc, native_layout
 from cubepacs.cube.reader import CubeReader
 from cubepacs.errors import CubepacsError
 
@@ -182,9 +182,9 @@ def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only
 
 def served_layout(arr: np.ndarray, desc: PixelDesc | None) -> np.ndarray:
     """A frame's stored values (rows × cols [× samples]) in the layout ``/frames`` sends and ``/metadata``
-    describes: colour-by-plane (all of the first sample, then the second …) where the instance's Planar
-    Configuration is 1 — whether stored natively, decoded from a codestream (RLE is colour-by-plane inside,
-    PS3.5 G.2; JPEG and JPEG 2000 say 0) or read from a cube — colour-by-pixel otherwise (PS3.3 C.7.6.3.1.3).
+    describes (``pixels.native_layout``): colour-by-plane where the instance's Planar Configuration is 1, Y₁ Y₂ Cb
+    Cr pairs where its Photometric Interpretation is YBR_FULL_422 — whether stored natively, decoded from a
+    codestream (RLE is colour-by-plane inside, PS3.5 G.2, whatever the attribute says) or read from a cube.
 
     Example
     -------
@@ -192,9 +192,7 @@ def served_layout(arr: np.ndarray, desc: PixelDesc | None) -> np.ndarray:
     >>> served_layout(np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8), d).ravel().tolist()
     [1, 4, 2, 5, 3, 6]
     """
-    if desc is None or desc.planar != 1 or arr.ndim != 3:
-        return arr
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return arr if desc is None else native_layout(desc, arr)
 
 
 def frame_pieces(services: Services, tenant: str, study: str, series: str, sop: str,
