@@ -351,3 +351,38 @@ def test_an_odd_instance_never_stops_the_cohort(tmp_path: Path) -> None:
         exported, original = pydicom.dcmread(odd), pydicom.dcmread(io.BytesIO(inputs["odd"]))
     np.testing.assert_array_equal(exported.pixel_array, original.pixel_array)  # pydicom decodes both alike
     assert len(list((tmp_path / "out" / "cubes").rglob("*.dcbs"))) == 2  # the odd one's series has its cube
+
+
+def test_dataset_on_cubes_that_cannot_form_one_volume(tmp_path: Path) -> None:
+    """Cubes made from real files, put together the ways a real cohort has them: no frame (an SR), frames of two
+    shapes (a CT series and a smaller CT), one slice, a gap in the slices (steps of 2.5 and 27.5 mm)."""
+    torch = pytest.importorskip("torch")
+    from cubepacs.cube.sources import read_instances
+    from cubepacs.cube.writer import write_cube
+    from cubepacs.research.dataset import CubeDataset, collate_list
+
+    ct = dicom_files(CT)
+    small = next(s for s in SINGLES if s.name == "ct_ge_small_signed.dcm")
+    sr = next(s for s in SINGLES if s.name == "sr_comprehensive_nested.dcm")
+    write_cube(read_instances([sr]), tmp_path / "a-empty.dcbs", codec="zstd")
+    write_cube(read_instances(ct[:5] + [small]), tmp_path / "b-mixed.dcbs", codec="zstd")
+    write_cube(read_instances([small]), tmp_path / "c-one.dcbs", codec="zstd")
+    write_cube(read_instances(ct[:4] + ct[15:19]), tmp_path / "d-gap.dcbs", codec="zstd")
+    with pytest.warns(UserWarning) as caught:
+        data = CubeDataset(tmp_path, mode="patch", patch_size=(4, 96, 96), patches_per_volume=2)
+    said = " ".join(str(w.message) for w in caught)
+    assert "no frame" in said and "2 shapes" in said and "not uniform" in said
+    assert list(data.skipped.values()) == ["no frame"] and list(data.split.values()) == [2]
+    assert len(data.volumes) == 4 and len(data) == 8
+    shapes = {tuple(data[i]["image"].shape) for i in range(len(data))}
+    assert shapes == {(4, 96, 96)}  # padded where the volume is smaller than the patch
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="smaller than the patch"):
+        CubeDataset(tmp_path, mode="patch", patch_size=(4, 96, 96), pad=None)
+    with pytest.warns(UserWarning):
+        volumes = CubeDataset(tmp_path, mode="volume", spacing=(5.0, 2.0, 2.0))
+    batch = next(iter(torch.utils.data.DataLoader(volumes, batch_size=4, collate_fn=collate_list)))
+    assert len(batch["image"]) == 4 and len({tuple(i.shape) for i in batch["image"]}) > 1
+    assert all(sp.tolist() == [5.0, 2.0, 2.0] for sp in batch["spacing"])
+    ref = pydicom.dcmread(ct[0], stop_before_pixels=True)
+    expected = round(512 * float(ref.PixelSpacing[0]) / 2.0)  # 512 pixels of the CT's spacing, at 2 mm
+    assert expected in {int(i.shape[1]) for i in batch["image"]}

@@ -6,6 +6,16 @@ columns, slices rows × columns), ``spacing`` (slice, row, column spacing in mm)
 first voxel, patient coordinates), ``orientation`` (the six direction cosines), ``source`` and ``index`` (slice,
 or patch corner). Slices are in position order along the slice normal (not file or instance number order).
 
+What cannot form a volume is handled, not crashed on: a cube without frames is skipped; a cube whose frames have
+several shapes (a localizer beside the axial slices) is split into one volume per shape; each with a warning, and
+counted in ``skipped`` and ``split``. A volume smaller than ``patch_size`` is padded (``pad="edge"`` or
+``"constant"``, with ``pad_value``) or refused at construction (``pad=None``). A series whose slice steps differ
+by more than 1 % (or 0.01 mm) warns with their range: its ``spacing`` is the median step. ``spacing=(dz, dy, dx)``
+resamples volumes and patches to that spacing (trilinear, on the stored slice order; orientation is not changed).
+
+Items of different volumes have different shapes: a ``DataLoader`` with ``batch_size > 1`` then needs
+``collate_fn=collate_list`` (lists, not stacked tensors), or patches (one shape), or ``spacing`` plus patches.
+
 Readers are opened lazily in the process that reads (one set per DataLoader worker), so the dataset is safe with
 ``num_workers > 0``; only paths (or storage keys) are pickled.
 
@@ -24,6 +34,7 @@ Example
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +60,7 @@ class Geometry:
     orientation: tuple[float, ...]
     slope: np.ndarray  # per frame
     intercept: np.ndarray
+    steps: tuple[float, float] = (0.0, 0.0)  # smallest and largest slice step (mm)
 
 
 def _floats(value: Any, n: int, default: float) -> list[float]:
@@ -93,7 +105,26 @@ def geometry(reader: CubeReader) -> Geometry:
                                        for i in range(len(meta))])
     inst_of_frame = np.array([i for _, _, i in frames], np.int64)
     return Geometry(order, (dz, row, col), (origin[0], origin[1], origin[2]), tuple(iop),
-                    per_instance_slope[inst_of_frame], per_instance_intercept[inst_of_frame])
+                    per_instance_slope[inst_of_frame], per_instance_intercept[inst_of_frame],
+                    (float(steps.min()), float(steps.max())) if len(steps) else (dz, dz))
+
+
+def collate_list(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """A ``collate_fn`` for items of different shapes: each key's values in a list (nothing stacked).
+
+    >>> collate_list([{"image": 1, "source": "a"}, {"image": 2, "source": "b"}])
+    {'image': [1, 2], 'source': ['a', 'b']}
+    """
+    return {key: [item[key] for item in batch] for key in batch[0]} if batch else {}
+
+
+def _frame_shapes(reader: CubeReader) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    for i in range(len(reader.frame_starts) - 1):
+        desc = reader.desc(i)
+        shape = desc.frame_shape if desc is not None else ()
+        shapes += [shape] * int(reader.frame_starts[i + 1] - reader.frame_starts[i])
+    return shapes
 
 
 class CubeDataset(Dataset):  # type: ignore[type-arg]
@@ -105,11 +136,15 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
 
     def __init__(self, source: str | os.PathLike[str] | list[str], mode: str = "slice",
                  patch_size: tuple[int, int, int] = (16, 64, 64), patches_per_volume: int = 8,
-                 rescale: bool = True, seed: int = 0, storage_options: dict[str, str] | None = None) -> None:
+                 rescale: bool = True, seed: int = 0, storage_options: dict[str, str] | None = None,
+                 pad: str | None = "edge", pad_value: float = 0.0,
+                 spacing: tuple[float, float, float] | None = None) -> None:
         if mode not in ("volume", "slice", "patch"):
             raise ValueError(f"mode must be volume, slice or patch, not {mode!r}")
+        if pad not in (None, "edge", "constant"):
+            raise ValueError(f"pad must be None, 'edge' or 'constant', not {pad!r}")
         self.mode, self.patch_size, self.per_volume = mode, patch_size, patches_per_volume
-        self.rescale, self.seed = rescale, seed
+        self.rescale, self.seed, self.pad, self.pad_value, self.spacing = rescale, seed, pad, pad_value, spacing
         self.url: str | None = None
         self.storage_options = storage_options or {}
         if isinstance(source, list):
@@ -122,9 +157,44 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         if not self.paths:
             raise ValueError(f"no .dcbs cube found in {source}")
         self._readers: dict[tuple[int, int], tuple[CubeReader, Geometry]] = {}
-        self.counts = [self._open(k)[0].num_frames for k in range(len(self.paths))]
-        self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.skipped: dict[str, str] = {}  # cube → why it gives no item
+        self.split: dict[str, int] = {}  # cube → volumes it was split into
+        self.volumes: list[tuple[int, np.ndarray]] = []  # (cube, positions in its slice order) of one frame shape
+        for k in range(len(self.paths)):
+            self._plan(k)
         self._readers.clear()  # opened again, per process, when items are read
+        if not self.volumes:
+            raise ValueError(f"no cube of {source} forms a volume: {self.skipped}")
+        self.counts = [len(v) for _, v in self.volumes]
+        self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    def _plan(self, k: int) -> None:
+        reader, geo = self._open(k)
+        name = self.paths[k]
+        if len(geo.order) == 0:
+            self.skipped[name] = "no frame"
+            warnings.warn(f"{name}: no frame, skipped", stacklevel=3)
+            return
+        shapes = _frame_shapes(reader)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for n, frame in enumerate(geo.order):
+            by_shape.setdefault(shapes[int(frame)], []).append(n)
+        if len(by_shape) > 1:
+            self.split[name] = len(by_shape)
+            warnings.warn(f"{name}: frames of {len(by_shape)} shapes ({', '.join(map(str, by_shape))}): "
+                          "one volume per shape", stacklevel=3)
+        low, high = geo.steps
+        if high - low > max(0.01, 0.01 * high):
+            warnings.warn(f"{name}: slice steps from {low:.2f} to {high:.2f} mm (not uniform): spacing "
+                          f"{geo.spacing[0]:.2f} mm is their median", stacklevel=3)
+        for numbers in by_shape.values():
+            volume = np.array(numbers, np.int64)
+            if self.mode == "patch" and self.pad is None:
+                shape = (len(volume), *shapes[int(geo.order[numbers[0]])][:2])
+                if any(s < p for s, p in zip(shape, self.patch_size, strict=True)):
+                    raise ValueError(f"{name}: a volume of {shape} is smaller than the patch {self.patch_size} "
+                                     "(pad='edge' or 'constant' pads it)")
+            self.volumes.append((k, volume))
 
     def _storage(self) -> Any:
         from cubepacs._registry import open_backend
@@ -147,22 +217,36 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
 
     def __len__(self) -> int:
         if self.mode == "volume":
-            return len(self.paths)
+            return len(self.volumes)
         if self.mode == "patch":
-            return len(self.paths) * self.per_volume
+            return len(self.volumes) * self.per_volume
         return int(self._starts[-1])
 
-    def _frames(self, k: int, numbers: np.ndarray) -> np.ndarray:
+    def _frames(self, v: int, numbers: np.ndarray) -> np.ndarray:
+        k, volume = self.volumes[v]
         reader, geo = self._open(k)
-        frames = np.stack([reader.frame(int(geo.order[n])) for n in numbers]).astype(np.float32)
+        positions = volume[numbers]
+        frames = np.stack([reader.frame(int(geo.order[n])) for n in positions]).astype(np.float32)
         if self.rescale:
-            frames = frames * geo.slope[numbers, None, None].astype(np.float32) + \
-                geo.intercept[numbers, None, None].astype(np.float32)
+            frames = frames * geo.slope[positions, None, None].astype(np.float32) + \
+                geo.intercept[positions, None, None].astype(np.float32)
         return frames
 
-    def _item(self, k: int, image: np.ndarray, index: Any) -> dict[str, Any]:
+    def _resample(self, v: int, image: np.ndarray) -> np.ndarray:
+        if self.spacing is None:
+            return image
+        _, geo = self._open(self.volumes[v][0])
+        size = [max(1, round(n * s / t)) for n, s, t in zip(image.shape[:3], geo.spacing, self.spacing,
+                                                             strict=True)]
+        tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+        return torch.nn.functional.interpolate(tensor, size=size, mode="trilinear",
+                                               align_corners=True)[0, 0].numpy()
+
+    def _item(self, v: int, image: np.ndarray, index: Any) -> dict[str, Any]:
+        k = self.volumes[v][0]
         _, geo = self._open(k)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "spacing": torch.tensor(geo.spacing),
+        spacing = self.spacing if self.spacing is not None and image.ndim == 3 else geo.spacing
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "spacing": torch.tensor(spacing),
                 "origin": torch.tensor(geo.origin), "orientation": torch.tensor(geo.orientation),
                 "source": self.paths[k], "index": torch.tensor(index)}
 
@@ -170,18 +254,32 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         if not 0 <= idx < len(self):
             raise IndexError(idx)
         if self.mode == "volume":
-            n = self.counts[idx]
-            return self._item(idx, self._frames(idx, np.arange(n)), [0, 0, 0])
+            return self._item(idx, self._resample(idx, self._frames(idx, np.arange(self.counts[idx]))), [0, 0, 0])
         if self.mode == "slice":
-            k = int(np.searchsorted(self._starts, idx, side="right")) - 1
-            s = idx - int(self._starts[k])
-            return self._item(k, self._frames(k, np.array([s]))[0], [s, 0, 0])
-        k = idx // self.per_volume
-        reader, _ = self._open(k)
-        rows, cols = reader.frame(0).shape[:2]
-        depth = self.counts[k]
-        d, h, w = (min(a, b) for a, b in zip(self.patch_size, (depth, rows, cols), strict=True))
+            v = int(np.searchsorted(self._starts, idx, side="right")) - 1
+            s = idx - int(self._starts[v])
+            return self._item(v, self._frames(v, np.array([s]))[0], [s, 0, 0])
+        v = idx // self.per_volume
         rng = np.random.default_rng([self.seed, idx])
+        if self.spacing is not None:  # patches of the resampled volume
+            whole = self._resample(v, self._frames(v, np.arange(self.counts[v])))
+            corner = [int(rng.integers(0, max(1, n - p + 1))) for n, p in zip(whole.shape, self.patch_size,
+                                                                               strict=True)]
+            patch = whole[tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))]
+            return self._item(v, self._padded(patch), corner)
+        k, volume = self.volumes[v]
+        reader, geo = self._open(k)
+        rows, cols = _frame_shapes(reader)[int(geo.order[volume[0]])][:2]
+        depth = self.counts[v]
+        d, h, w = (min(a, b) for a, b in zip(self.patch_size, (depth, rows, cols), strict=True))
         z, y, x = (int(rng.integers(0, lim - size + 1)) for lim, size in ((depth, d), (rows, h), (cols, w)))
-        volume = self._frames(k, np.arange(z, z + d))[:, y:y + h, x:x + w]
-        return self._item(k, volume, [z, y, x])
+        patch = self._frames(v, np.arange(z, z + d))[:, y:y + h, x:x + w]
+        return self._item(v, self._padded(patch), [z, y, x])
+
+    def _padded(self, patch: np.ndarray) -> np.ndarray:
+        missing = [(0, max(0, p - n)) for n, p in zip(patch.shape[:3], self.patch_size, strict=True)]
+        if not any(m for _, m in missing):
+            return patch
+        if self.pad == "edge":
+            return np.pad(patch, missing, mode="edge")
+        return np.pad(patch, missing, mode="constant", constant_values=self.pad_value)
