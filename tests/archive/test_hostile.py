@@ -169,3 +169,41 @@ def test_json_bodies_are_bounded(server: Server, body: bytes, status: int) -> No
     r = httpx.post(f"http://127.0.0.1:{server.http_port}/api/send", content=body,
                    headers={**server.headers(), "Content-Type": "application/json"})
     assert r.status_code == status, r.text[:300]
+
+
+def _association_rq() -> bytes:
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    prim = A_ASSOCIATE()
+    prim.application_context_name = "1.2.840.10008.3.1.1.1"
+    prim.calling_ae_title, prim.called_ae_title = "HOSTILE", "CUBEPACS"
+    cx = build_context("1.2.840.10008.1.1")
+    cx.context_id = 1
+    prim.presentation_context_definition_list = [cx]
+    length, impl = MaximumLengthNotification(), ImplementationClassUIDNotification()
+    length.maximum_length_received, impl.implementation_class_uid = 16384, "1.2.3.4"
+    prim.user_information = [length, impl]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(prim)
+    return bytes(rq.encode())
+
+
+@pytest.mark.dcmtk
+def test_a_pdu_of_unknown_type_right_after_an_association_request_is_one_log_line(server: Server) -> None:
+    """A valid A-ASSOCIATE-RQ and, in the same write, a PDU of type 0x09: pynetdicom aborts (Sta13) while the
+    association accepts (Evt7), an event that state does not take — its DUL thread died with a traceback."""
+    import socket
+
+    from tests.archive.conftest import dcmtk
+
+    for _ in range(6):
+        with socket.create_connection(("127.0.0.1", server.dimse_port), timeout=10) as sock:
+            sock.sendall(_association_rq() + b"\x09\x00\x00\x00\x00\x00")
+            answer = sock.recv(10)
+        assert answer[:1] in (b"\x02", b"\x07", b""), answer  # A-ASSOCIATE-AC, A-ABORT, or closed
+    assert dcmtk("echoscu", "-aec", "CUBEPACS", "127.0.0.1", str(server.dimse_port)).returncode == 0
+    log = (server.data_dir.parent / f"{server.data_dir.name}.log").read_text(errors="replace")
+    assert "Unknown PDU type received '0x09'" in log
+    assert "Traceback" not in log and "Exception in thread" not in log

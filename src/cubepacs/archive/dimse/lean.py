@@ -47,6 +47,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -265,10 +266,23 @@ class LeanDUL(DULServiceProvider):
                 idle = True
                 continue
             before = self.state_machine.current_state
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except InvalidEventError:  # an event this state does not take — our own A-ASSOCIATE-AC (Evt7) when
+                # a malformed PDU right after the peer's RQ aborted (Sta13): logged in one line by pynetdicom; the
+                # local primitive behind it is dropped (it would make the same event again), the thread goes on
+                # and the ARTIM timer closes the connection (pynetdicom's thread died here with a traceback)
+                if event in _LOCAL_EVENTS:
+                    try:
+                        self.to_provider_queue.get(block=False)
+                    except queue.Empty:
+                        pass
             idle = False
             if event == "Evt17" and before == "Sta2":  # closed before any A-ASSOCIATE-RQ: the association, which
                 self.to_user_queue.put(None)  # type: ignore[arg-type]  # waits up to the ACSE timeout (30 s) for one, gives up now
+
+
+_LOCAL_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})  # from the user's primitives
 
 
 def _tick(assoc: Any) -> float:
