@@ -2,9 +2,9 @@
 
 Each query key is matched by the rules of its attribute's VR:
 
-* **Multiple values** (``CT\\MR``; QIDO also ``CT,MR`` for the VRs whose values never hold a comma): an entity
-  matches when any one value matches (C.2.2.2.8; UID lists C.2.2.2.2; ``ModalitiesInStudy`` when any of its
-  series' modalities is one of them).
+* **Multiple values** (``CT\\MR``; in QIDO also ``CT,MR``, PS3.18 8.3.4.1, as Orthanc reads it): an entity
+  matches when any one value matches (UID lists C.2.2.2.2; ``ModalitiesInStudy`` when any of its series'
+  modalities is one of them).
 * **Universal** (empty, or ``*``): no condition (C.2.2.2.3).
 * **Wild cards** ``*`` and ``?`` (C.2.2.2.4) for AE, CS, LO, LT, PN, SH, ST, UC, UR, UT only; in a UID, date,
   time or number they are literal characters (so ``1.2*`` matches no UID).
@@ -25,8 +25,8 @@ Example
 >>> cond = condition(column("modality"), "CS", "CT\\\\MR", "sqlite")
 >>> str(cond.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
 "modality IN ('CT', 'MR')"
->>> split_values("CT,MR", "CS", qido=True), split_values("Smith, J", "PN", qido=True)
-(['CT', 'MR'], ['Smith, J'])
+>>> split_values("CT,MR", qido=True), split_values("CT,MR")
+(['CT', 'MR'], ['CT,MR'])
 """
 
 from __future__ import annotations
@@ -37,23 +37,21 @@ from typing import Any
 from sqlalchemy import and_, false, func, or_
 
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
-# VRs whose values never contain a comma: in QIDO a comma separates values there (PS3.18 8.3.4.1)
-COMMA_LISTS = frozenset({"AE", "AS", "CS", "DA", "DT", "IS", "DS", "TM", "UI"})
 _DATE = "^[0-9]{8}$"
 _TIME = r"^[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?$"
 
 
-def split_values(value: str | list[str], vr: str, qido: bool = False) -> list[str]:
-    """The values of a query key: a list as given; a string split at ``\\`` (and at ``,`` in QIDO for the VRs
-    in :data:`COMMA_LISTS`), each value stripped of padding spaces.
+def split_values(value: str | list[str], qido: bool = False) -> list[str]:
+    """The values of a query key: a list as given; a string split at ``\\`` (and at ``,`` in QIDO), each value
+    stripped of padding spaces.
 
     Example
     -------
-    >>> split_values("1.2\\\\1.3", "UI"), split_values(["1.2"], "UI")
+    >>> split_values("1.2\\\\1.3"), split_values(["1.2"])
     (['1.2', '1.3'], ['1.2'])
     """
     items = value if isinstance(value, list) else value.split("\\")
-    if qido and vr in COMMA_LISTS:
+    if qido:
         items = [part for item in items for part in item.split(",")]
     return [item.strip(" ") for item in items]
 
@@ -70,7 +68,7 @@ def condition(col: Any, vr: str, value: str | list[str], dialect: str, qido: boo
     >>> condition(column("patient_name"), "PN", "*", "sqlite") is None
     True
     """
-    items = split_values(value, vr, qido)
+    items = split_values(value, qido)
     if any(item in ("", "*") for item in items):
         return None
     if vr in ("UI", "CS", "AE", "SH", "LO") and not any(_has_wildcard(i, vr) for i in items) and len(items) > 1:

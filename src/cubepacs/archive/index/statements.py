@@ -26,11 +26,18 @@ def statements(dialect: str) -> dict[str, Any]:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     i, s, j, ij = dicom_instance, dicom_state_meta, dicom_json_meta, dicom_instance_json
     state = insert(s)
-    state = state.on_conflict_do_update(
+    kept = [c.name for c in s.columns if c.name not in ("tenant_id", "study_uid", "series_uid", "study_uid_hash",
+                                                        "series_uid_hash", "created_time")]
+    # a series' attributes are those its first instances gave ("state_first": a later instance with other values,
+    # as the eight transfer-syntax copies of one Siemens series have other Series Numbers, changes no answer to a
+    # query — as Orthanc does); a replaced instance (overwrite) sets them ("state")
+    first = insert(s)
+    first = first.on_conflict_do_update(
         index_elements=["tenant_id", "study_uid", "series_uid"],
-        set_={c.name: state.excluded[c.name] for c in s.columns
-              if c.name not in ("tenant_id", "study_uid", "series_uid", "study_uid_hash", "series_uid_hash",
-                                "created_time")})
+        set_={c: first.excluded[c] if c in ("series_related_instances", "updated_time")
+              else func.coalesce(s.c[c], first.excluded[c]) for c in kept})
+    state = state.on_conflict_do_update(
+        index_elements=["tenant_id", "study_uid", "series_uid"], set_={c: state.excluded[c] for c in kept})
     flag = insert(j)
     flag = flag.on_conflict_do_update(
         index_elements=["tenant_id", "study_uid", "series_uid"],
@@ -45,7 +52,7 @@ def statements(dialect: str) -> dict[str, Any]:
         "instances": insert(i).on_conflict_do_nothing().returning(i.c.tenant_id, i.c.sop_uid),
         "count": select(func.count()).select_from(i).where(
             i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"), i.c.series_uid == bindparam("se")),
-        "state": state, "flag": flag,
+        "state": state, "state_first": first, "flag": flag,
         "frame_source": select(i, j.c.json_status, j.c.cube_key, j.c.updated_time.label("cube_time")).join(
             j, and_(j.c.tenant_id == i.c.tenant_id, j.c.study_uid == i.c.study_uid, j.c.series_uid == i.c.series_uid),
             isouter=True).where(i.c.tenant_id == bindparam("t"), i.c.study_uid == bindparam("st"),

@@ -210,10 +210,10 @@ class Index:
                 if key in inserted:
                     out[n] = True
                     new.append(ev := events[n])
-                    touched[(ev["tenant"], ev["study_uid"], ev["series_uid"])] = ev.get("attrs", {})
+                    touched.setdefault((ev["tenant"], ev["study_uid"], ev["series_uid"]), ev.get("attrs", {}))
             self._keep_docs(conn, new)
             for (tenant, study, series), attrs in touched.items():
-                self._series_changed(conn, tenant, study, series, attrs, now)
+                self._series_changed(conn, tenant, study, series, attrs, now, first=True)
         return out
 
     def _keep_docs(self, conn: Connection, events: Sequence[dict[str, Any]]) -> None:
@@ -242,8 +242,9 @@ class Index:
             return {r[0]: bytes(r[1]) for r in rows}
 
     def _series_changed(self, conn: Connection, tenant: str, study: str, series: str, a: dict[str, Any],
-                        now: dt.datetime) -> None:
-        """Upsert a series' state row (attributes of its newest instance, instance count) and flag it."""
+                        now: dt.datetime, first: bool = False) -> None:
+        """Upsert a series' state row (instance count; attributes of its first instances with ``first``, else of
+        this one: a replaced instance) and flag it."""
         values = fit(dicom_state_meta, {
             "patient_id": a.get("PatientID"), "patient_name": a.get("PatientName"),
             "patient_sex": a.get("PatientSex"), "patient_birth_date": a.get("PatientBirthDate"),
@@ -254,7 +255,7 @@ class Index:
             "series_description": a.get("SeriesDescription"), "series_date": a.get("SeriesDate"),
             "series_related_instances": self._count(conn, tenant, study, series), "updated_time": now,
         })
-        conn.execute(statements(conn.dialect.name)["state"], {
+        conn.execute(statements(conn.dialect.name)["state_first" if first else "state"], {
             "tenant_id": tenant, "study_uid": study, "series_uid": series, "study_uid_hash": _hash(study),
             "series_uid_hash": _hash(series), "created_time": now, **values})
         self._flag(conn, tenant, study, series, now)

@@ -206,7 +206,7 @@ def _check_value(keyword: str, key: str, value: str) -> None:
     if value in ("", "*"):
         return
     vr = str(dictionary_VR(keyword))
-    for item in split_values(value, vr, qido=True):
+    for item in split_values(value, qido=True):
         if keyword in _INTEGER and not (_INT.fullmatch(item) and abs(int(item)) < 2**31):
             raise HTTPException(400, f"query attribute {key!r} must be an integer, not {item[:40]!r}")
         if vr == "DA" and not _DATE.fullmatch(item):
