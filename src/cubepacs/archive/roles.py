@@ -68,6 +68,23 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str]] = {
     ("GET", "/api/sessions"): ("admin", ""),
     ("POST", "/api/sessions/end"): ("admin", "sessions-end"),
     ("GET", "/api/audit"): ("admin", ""),
+    # the admin UI (web/adminui.py)
+    ("GET", "/ui"): ("view", "search"),
+    ("GET", "/ui/studies/{study}"): ("view", "view"),
+    ("GET", "/ui/studies/{study}/series/{series}"): ("view", "view"),
+    ("GET", "/ui/studies/{study}/series/{series}/instances/{sop}"): ("view", "view"),
+    ("GET", "/ui/studies/{study}/zip"): ("view", "download"),
+    ("GET", "/ui/studies/{study}/delete"): ("delete", ""),
+    ("POST", "/ui/studies/{study}/delete"): ("delete", "delete"),
+    ("GET", "/ui/upload"): ("upload", ""),
+    ("POST", "/ui/upload"): ("upload", "upload"),
+    ("GET", "/ui/admin"): ("admin", ""),
+    ("POST", "/ui/admin/users"): ("admin", "user-change"),
+    ("POST", "/ui/admin/users/{name}/remove"): ("admin", "user-change"),
+    ("POST", "/ui/admin/keys"): ("admin", "key-change"),
+    ("POST", "/ui/admin/keys/{key_id}/revoke"): ("admin", "key-change"),
+    ("POST", "/ui/admin/sessions/end"): ("admin", "sessions-end"),
+    ("GET", "/ui/audit"): ("admin", ""),
     # no credential: health and metrics (operations), the sign-in page; the viewer's files and configuration
     # check the session cookie themselves (any signed-in role may view)
     ("GET", "/healthz"): (None, ""),

@@ -270,7 +270,7 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     """The DICOMweb app (routes under ``/dicom-web``), the archive's API (``/api``), health, metrics and the web
     UI; ``extensions`` are functions ``(app, services)`` adding more routes (before the UI's catch-all)."""
-    from cubepacs.archive.web import admin, api, fastframes, stow, ui, wado
+    from cubepacs.archive.web import admin, adminui, api, fastframes, stow, ui, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
     services.api_keys = normalize(services.api_keys)  # only hashes are kept in memory too
@@ -348,5 +348,6 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     admin.add_routes(app, services)
     for extend in extensions:
         extend(app, services)
+    adminui.add_routes(app, services)  # /ui: the archive's own pages
     ui.add_routes(app, services)  # last: its catch-all serves the viewer's client-side routes
     return app

@@ -1,0 +1,336 @@
+"""The archive's own web UI at ``/ui`` (server-rendered pages, same sign-in as the viewer; OHIF stays the viewer).
+
+* ``/ui``: the study list — filters (patient name with wildcards, ID, accession, description, modality, date
+  range), paging; ``/ui/studies/{study}``: its series with thumbnails (``/thumbnail``), "open in OHIF", download
+  as ZIP, delete with a confirmation page (admin); ``…/series/{series}``: its instances; ``…/instances/{sop}``:
+  every tag of the stored file (sequences expandable, private tags named by their creator).
+* ``/ui/upload``: files or a whole folder (the browser's folder picker), stored as STOW-RS stores them.
+* ``/ui/admin``: users, API keys and sessions of the tenant (add, change, remove, create, revoke, end, end all);
+  ``/ui/audit``: the audit log.
+
+Every page goes through the same role check as the API (``roles.ROUTES``, ``auth.authenticate``); without a
+session a page redirects to ``/login``, a role that may not sees 403. Forms that change something carry the
+session's CSRF token (a hidden field; the upload's in its URL), checked as the ``X-CSRF-Token`` header is.
+
+Example
+-------
+>>> _query_filters({"PatientName": "DOE*", "from": "20200101", "to": "", "limit": "50"})
+{'PatientName': 'DOE*', 'StudyDate': '20200101-'}
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from cubepacs.archive import apikeys, manage, roles
+from cubepacs.archive.keys import check_uid
+from cubepacs.archive.web.auth import Identity, authenticate
+from cubepacs.archive.web.session import describe, remove_user, save_user
+from cubepacs.archive.web.uitemplates import render
+from cubepacs.errors import ConfigError
+
+UI = "/ui"
+_FILTERS = ("PatientName", "PatientID", "AccessionNumber", "StudyDescription", "ModalitiesInStudy")
+
+
+def _query_filters(q: dict[str, str]) -> dict[str, str]:
+    filters = {k: q[k] for k in _FILTERS if q.get(k)}
+    if q.get("from") or q.get("to"):
+        filters["StudyDate"] = f"{q.get('from', '')}-{q.get('to', '')}"
+    return filters
+
+
+def _page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
+    return HTMLResponse(render(name, **values), status_code=status,
+                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+
+async def _who(request: Request) -> Identity | Response:
+    """The caller (role checked), or the page to answer instead: the sign-in page, a refusal."""
+    try:
+        return await authenticate(request)
+    except HTTPException as exc:
+        if exc.status_code == 401:
+            return RedirectResponse("/login", status_code=303)
+        return _page("message.html", exc.status_code, title="Not allowed", message=str(exc.detail), kind="err",
+                     ident=None, back=UI)
+
+
+async def _form_who(request: Request, csrf: str | None = None) -> tuple[Identity | Response, dict[str, str]]:
+    """The caller of a form post and its fields: the form's ``csrf`` field stands for the X-CSRF-Token header."""
+    form: dict[str, str] = {}
+    if csrf is None:
+        raw = await request.body()
+        if len(raw) > 65536:
+            return _page("message.html", 413, title="Too large", message="form larger than 64 KB", ident=None), {}
+        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+        csrf = form.get("csrf", "")
+    if not csrf:  # (a script may send the header itself)
+        return await _who(request), form
+    scope = {**request.scope, "headers": [*(h for h in request.scope["headers"] if h[0] != b"x-csrf-token"),
+                                          (b"x-csrf-token", csrf.encode("latin-1", "replace"))]}
+    return await _who(Request(scope)), form
+
+
+def add_routes(app: FastAPI, services: Any) -> None:
+    """Register the ``/ui`` pages (before the viewer's catch-all)."""
+
+    def data_dir() -> Path:
+        if not services.keys_file:
+            raise HTTPException(409, "this archive has no data folder for users and keys")
+        return Path(services.keys_file).parent
+
+    def study_row(tenant: str, study: str) -> dict[str, Any]:
+        try:
+            check_uid(study, "StudyInstanceUID")
+        except ConfigError as exc:
+            raise HTTPException(400, str(exc)) from None
+        rows = services.index.search_studies(tenant, {"StudyInstanceUID": study}, limit=1)
+        if not rows:
+            raise HTTPException(404, f"no study {study}")
+        return dict(rows[0])
+
+    @app.get(UI)
+    async def studies(request: Request) -> Response:
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        q = dict(request.query_params)
+        limit = int(q["limit"]) if q.get("limit", "").isdigit() and 0 < int(q["limit"]) <= 200 else 50
+        offset = int(q["offset"]) if q.get("offset", "").isdigit() else 0
+        try:
+            rows = await run_in_threadpool(services.index.search_studies, ident.tenant, _query_filters(q),
+                                           limit + 1, offset, False, True)
+        except (ConfigError, ValueError) as exc:
+            return _page("message.html", 400, title="Search", message=str(exc), kind="err", ident=ident, back=UI)
+
+        def page(at: int) -> str:
+            return urlencode({**q, "offset": max(at, 0), "limit": limit})
+
+        return _page("studies.html", title="Studies", ident=ident, studies=rows[:limit], more=len(rows) > limit,
+                     q=q, limit=limit, offset=offset, page=page)
+
+    @app.get(UI + "/studies/{study}")
+    async def study(study: str, request: Request) -> Response:
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        row = study_row(ident.tenant, study)
+        series = [dict(s) for s in services.index.search_series(ident.tenant, {}, study, limit=10_000)]
+        for s in series:
+            first = services.index.search_instances(ident.tenant, {}, study, s["series_uid"], limit=1)
+            s["first"] = first[0]["sop_uid"] if first else ""
+        return _page("study.html", title="Study", ident=ident, study=row, series=series)
+
+    @app.get(UI + "/studies/{study}/series/{series}")
+    async def series_page(study: str, series: str, request: Request) -> Response:
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        check = study_row(ident.tenant, study)
+        rows = services.index.search_instances(ident.tenant, {}, check["study_uid"], series, limit=100_000)
+        if not rows:
+            raise HTTPException(404, f"no series {series}")
+        rows.sort(key=lambda r: (r.get("instance_number") is None, r.get("instance_number") or 0))
+        return _page("series.html", title="Series", ident=ident, study=study, series=series, instances=rows)
+
+    @app.get(UI + "/studies/{study}/series/{series}/instances/{sop}")
+    async def instance_page(study: str, series: str, sop: str, request: Request) -> Response:
+        from cubepacs.archive.web.tagtree import tag_tree
+
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        for uid in (study, series, sop):
+            try:
+                check_uid(uid)
+            except ConfigError as exc:
+                raise HTTPException(400, str(exc)) from None
+        rows = services.index.instances_of(ident.tenant, study, series, [sop])
+        if not rows:
+            raise HTTPException(404, f"no instance {sop}")
+        data = await run_in_threadpool(services.storage.get, rows[0]["storage_key"])
+        meta, elements = await run_in_threadpool(tag_tree, data)
+        return _page("tags.html", title="Instance", ident=ident, study=study, series=series, sop=sop, meta=meta,
+                     elements=elements)
+
+    @app.get(UI + "/studies/{study}/zip")
+    async def study_zip(study: str, request: Request) -> Response:
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        study_row(ident.tenant, study)
+        rows = services.index.instances_of(ident.tenant, study)
+
+        def build() -> Any:
+            spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024**2, prefix="cubepacs-zip-")
+            with zipfile.ZipFile(spool, "w", zipfile.ZIP_STORED) as zf:
+                for r in rows:
+                    zf.writestr(f"{r['series_uid']}/{r['sop_uid']}.dcm", services.storage.get(r["storage_key"]))
+            spool.seek(0)
+            return spool
+
+        spool = await run_in_threadpool(build)
+
+        def chunks() -> Iterator[bytes]:
+            with spool:
+                while block := spool.read(1024 * 1024):
+                    yield block
+
+        return StreamingResponse(chunks(), media_type="application/zip",
+                                 headers={"Content-Disposition": f'attachment; filename="{study}.zip"'})
+
+    @app.get(UI + "/studies/{study}/delete")
+    async def confirm_delete(study: str, request: Request) -> Response:
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        return _page("confirm.html", title="Delete study", ident=ident, study=study_row(ident.tenant, study),
+                     csrf=ident.csrf)
+
+    @app.post(UI + "/studies/{study}/delete")
+    async def delete(study: str, request: Request) -> Response:
+        ident, _ = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        check_uid(study, "StudyInstanceUID")
+        n = await run_in_threadpool(manage.delete, services.storage, services.queue, services.index, services.cache,
+                                    ident.tenant, "study", study)
+        return _page("message.html", title="Deleted", ident=ident, message=f"{n} instance(s) deleted.", back=UI)
+
+    @app.get(UI + "/upload")
+    async def upload_form(request: Request) -> Response:
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        return _page("upload.html", title="Upload", ident=ident, csrf=ident.csrf)
+
+    @app.post(UI + "/upload")
+    async def upload(request: Request) -> Response:
+        from cubepacs.archive.web import multipart
+        from cubepacs.archive.web.stow import spool, store_parts
+
+        ident, _ = await _form_who(request, request.query_params.get("csrf", ""))
+        if not isinstance(ident, Identity):
+            return ident
+        ctype = request.headers.get("content-type", "")
+        boundary = ctype.partition("boundary=")[2].strip('"')
+        if not ctype.startswith("multipart/form-data") or not boundary:
+            raise HTTPException(415, "expected multipart/form-data")
+        body, size = await spool(request, services.max_request_bytes)
+        try:
+            _, doc, reasons = await run_in_threadpool(store_parts, services, ident.tenant, None, body, size,
+                                                      f"multipart/related; boundary={boundary}")
+        except multipart.MultipartError as exc:
+            raise HTTPException(400, str(exc)) from None
+        finally:
+            body.close()
+        stored = len(doc.get("00081199", {}).get("Value", []))
+        failed = len(doc.get("00081198", {}).get("Value", []))
+        return _page("upload.html", title="Upload", ident=ident, csrf=ident.csrf,
+                     result={"stored": stored, "failed": failed, "reasons": reasons})
+
+    def admin_page(ident: Identity, new_key: dict[str, str] | None = None, status: int = 200) -> Response:
+        services.refresh_keys()
+        keys = sorted(({"id": apikeys.key_id_of(h), "role": apikeys.split_value(v)[1]}
+                       for h, v in services.api_keys.items() if apikeys.split_value(v)[0] == ident.tenant),
+                      key=lambda k: k["id"])
+        return _page("admin.html", status, title="Users, keys, sessions", ident=ident, csrf=ident.csrf,
+                     users=describe(services.users, ident.tenant), keys=keys, roles=roles.ROLES,
+                     sessions=services.sessions.sessions(ident.tenant), new_key=new_key)
+
+    @app.get(UI + "/admin")
+    async def admin(request: Request) -> Response:
+        ident = await _who(request)
+        return ident if not isinstance(ident, Identity) else admin_page(ident)
+
+    def failure(ident: Identity, message: str, status: int = 400) -> Response:
+        return _page("message.html", status, title="Not done", message=message, kind="err", ident=ident,
+                     back=UI + "/admin")
+
+    @app.post(UI + "/admin/users")
+    async def add_user(request: Request) -> Response:
+        ident, form = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        name = form.get("name", "")
+        current = services.users.get(name)
+        if current is not None and current.get("tenant") != ident.tenant:
+            return failure(ident, f"user {name!r} belongs to another tenant", 409)
+        try:
+            await run_in_threadpool(save_user, data_dir(), name, form.get("password", ""),
+                                    ident.tenant, form.get("role", "user"))
+        except ConfigError as exc:
+            return failure(ident, str(exc))
+        request.state.detail = f"user {name} role {form.get('role')}"
+        return RedirectResponse(UI + "/admin", status_code=303)
+
+    @app.post(UI + "/admin/users/{name}/remove")
+    async def drop_user(name: str, request: Request) -> Response:
+        ident, _ = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        current = services.users.get(name)
+        if current is None or current.get("tenant") != ident.tenant:
+            return failure(ident, f"no user {name!r} in this tenant", 404)
+        remove_user(data_dir(), name)
+        request.state.detail = f"user {name} removed"
+        return RedirectResponse(UI + "/admin", status_code=303)
+
+    @app.post(UI + "/admin/keys")
+    async def add_key(request: Request) -> Response:
+        ident, form = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        role = form.get("role", "user")
+        try:
+            key = apikeys.create(data_dir(), ident.tenant, role)
+        except ConfigError as exc:
+            return failure(ident, str(exc))
+        request.state.detail = f"key {apikeys.key_id_of(apikeys.hash_key(key))} role {role} created"
+        return admin_page(ident, {"key": key, "role": role})
+
+    @app.post(UI + "/admin/keys/{key_id}/revoke")
+    async def drop_key(key_id: str, request: Request) -> Response:
+        ident, _ = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        if apikeys.revoke(data_dir(), key_id, ident.tenant) == 0:
+            return failure(ident, f"no key {key_id!r} of this tenant in the key file", 404)
+        request.state.detail = f"key {key_id} revoked"
+        return RedirectResponse(UI + "/admin", status_code=303)
+
+    @app.post(UI + "/admin/sessions/end")
+    async def end_sessions(request: Request) -> Response:
+        ident, form = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        db = services.sessions
+        if form.get("all"):
+            n = db.end_tenant(ident.tenant)
+        elif form.get("user"):
+            n = db.end_principal(ident.tenant, f"user:{form['user']}")
+        else:
+            n = db.end_id(ident.tenant, form.get("id", ""))
+        request.state.detail = f"{n} session(s) ended"
+        return RedirectResponse(UI + "/admin", status_code=303)
+
+    @app.get(UI + "/audit")
+    async def audit(request: Request) -> Response:
+        ident = await _who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        q = dict(request.query_params)
+        rows = services.sessions.audit_rows(ident.tenant, q.get("study", ""), q.get("who", ""), q.get("action", ""),
+                                            500)
+        return _page("audit.html", title="Audit log", ident=ident, rows=rows, q=q)
+

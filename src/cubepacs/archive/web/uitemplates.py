@@ -1,0 +1,190 @@
+"""The admin UI's pages: Jinja2 templates (autoescaped), rendered on the server; no script of our own.
+
+Example
+-------
+>>> html = render("message.html", title="Hello", message="<b>x</b>", ident=None, csrf="")
+>>> "&lt;b&gt;x&lt;/b&gt;" in html
+True
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+BASE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }} — cubepacs</title>
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<style>
+body{font-family:system-ui,sans-serif;margin:0;background:#f4f6f8;color:#13202d}
+nav{background:#0b1a2a;padding:.6rem 1rem;display:flex;gap:1.2rem;align-items:center}
+nav a,nav button{color:#e8eef5;text-decoration:none;background:none;border:0;font:inherit;cursor:pointer}
+nav .who{margin-left:auto;color:#9fb3c8;font-size:.9rem}
+main{padding:1rem 1.5rem}
+table{border-collapse:collapse;background:#fff;width:100%;margin:.6rem 0}
+th,td{border-bottom:1px solid #dde3ea;padding:.3rem .5rem;text-align:left;font-size:.9rem;vertical-align:top}
+th{background:#e8eef5}
+form.inline{display:inline}
+input,select{padding:.3rem;margin:.1rem .3rem .1rem 0}
+button{padding:.3rem .8rem;cursor:pointer}
+.danger{background:#b3261e;color:#fff;border:0;border-radius:4px}
+.err{color:#b3261e}
+.mono{font-family:ui-monospace,monospace;font-size:.85rem}
+details{margin-left:1rem}
+img.thumb{height:64px;background:#000}
+</style></head><body>
+<nav><a href="/ui">Studies</a>{% if ident and ident.role in ('admin', 'user') %}<a href="/ui/upload">Upload</a>{%
+endif %}
+{% if ident and ident.role == 'admin' %}<a href="/ui/admin">Users, keys, sessions</a>
+<a href="/ui/audit">Audit log</a>{% endif %}
+<a href="/">Viewer (OHIF)</a>
+{% if ident %}<span class="who">{{ ident.principal }} · {{ ident.role }} · tenant {{ ident.tenant }}</span>
+<form class="inline" method="post" action="/logout"><button>Sign out</button></form>{% endif %}</nav>
+<main><h1>{{ title }}</h1>{% block body %}{% endblock %}</main></body></html>"""
+
+MESSAGE = """{% extends "base.html" %}{% block body %}<p class="{{ kind|default('') }}">{{ message }}</p>
+{% if back %}<p><a href="{{ back }}">Back</a></p>{% endif %}{% endblock %}"""
+
+STUDIES = """{% extends "base.html" %}{% block body %}
+<form method="get" action="/ui" id="filters">
+<input name="PatientName" placeholder="patient name (wildcards *)" value="{{ q.PatientName }}">
+<input name="PatientID" placeholder="patient ID" value="{{ q.PatientID }}">
+<input name="AccessionNumber" placeholder="accession" value="{{ q.AccessionNumber }}">
+<input name="StudyDescription" placeholder="description" value="{{ q.StudyDescription }}">
+<input name="ModalitiesInStudy" placeholder="modality" value="{{ q.ModalitiesInStudy }}" size="6">
+<input name="from" placeholder="from YYYYMMDD" value="{{ q['from'] }}" size="12">
+<input name="to" placeholder="to YYYYMMDD" value="{{ q.to }}" size="12">
+<select name="limit">{% for n in (25, 50, 100, 200) %}<option {% if n == limit %}selected{% endif %}>{{ n
+}}</option>{% endfor %}</select>
+<button type="submit">Search</button></form>
+<table id="studies"><tr><th>Patient</th><th>ID</th><th>Date</th><th>Modalities</th><th>Description</th>
+<th>Accession</th>
+<th>Series</th><th>Instances</th></tr>
+{% for s in studies %}<tr><td><a href="/ui/studies/{{ s.study_uid }}">{{ s.patient_name or '(no name)' }}</a></td>
+<td>{{ s.patient_id or '' }}</td><td>{{ s.study_date or '' }}</td>
+<td>{{ s.modalities|join(', ') if s.modalities is iterable and s.modalities is not string else s.modalities or ''
+}}</td>
+<td>{{ s.study_description or '' }}</td><td>{{ s.accession_number or '' }}</td><td>{{ s.series }}</td>
+<td>{{ s.instances }}</td></tr>
+{% else %}<tr><td colspan="8">No study matches.</td></tr>{% endfor %}</table>
+<p>{% if offset > 0 %}<a id="prev" href="?{{ page(offset - limit) }}">Previous</a>{% endif %}
+studies {{ offset + 1 if studies else 0 }}–{{ offset + studies|length }}
+{% if more %}<a id="next" href="?{{ page(offset + limit) }}">Next</a>{% endif %}</p>{% endblock %}"""
+
+STUDY = """{% extends "base.html" %}{% block body %}
+<p>{{ study.patient_name or '' }} · {{ study.patient_id or '' }} · {{ study.study_date or '' }} ·
+{{ study.study_description or '' }}</p>
+<p><a href="/viewer?StudyInstanceUIDs={{ study.study_uid }}">Open in OHIF</a> ·
+<a id="zip" href="/ui/studies/{{ study.study_uid }}/zip">Download ZIP</a>
+{% if ident.role == 'admin' %} · <a id="delete" href="/ui/studies/{{ study.study_uid }}/delete">Delete…</a>{% endif
+%}</p>
+<table id="series"><tr><th></th><th>Number</th><th>Modality</th><th>Description</th><th>Instances</th></tr>
+{% for s in series %}<tr><td>{% if s.first %}<img class="thumb" loading="lazy" alt=""
+src="/dicom-web/studies/{{ study.study_uid }}/series/{{ s.series_uid }}/instances/{{ s.first }}/thumbnail">{% endif
+%}</td>
+<td><a href="/ui/studies/{{ study.study_uid }}/series/{{ s.series_uid }}">{{ s.series_number }}</a></td>
+<td>{{ s.modality or '' }}</td><td>{{ s.series_description or '' }}</td><td>{{ s.series_related_instances }}</td></tr>
+{% endfor %}</table>{% endblock %}"""
+
+SERIES = """{% extends "base.html" %}{% block body %}
+<p><a href="/ui/studies/{{ study }}">Study</a></p>
+<table id="instances"><tr><th>Number</th><th>SOP Instance UID</th><th>Rows × Columns</th><th>Frames</th></tr>
+{% for i in instances %}<tr><td>{{ i.instance_number }}</td>
+<td><a class="mono" href="/ui/studies/{{ study }}/series/{{ series }}/instances/{{ i.sop_uid }}">{{ i.sop_uid
+}}</a></td>
+<td>{{ i.rows }} × {{ i.columns }}</td><td>{{ i.frames or 1 }}</td></tr>{% endfor %}</table>{% endblock %}"""
+
+TAGS = """{% macro table(elements) %}<table class="tags"><tr><th>Tag</th><th>VR</th><th>Name</th><th>Value</th></tr>
+{% for e in elements %}<tr data-tag="{{ e.tag }}"><td class="mono">{{ e.tag }}</td><td>{{ e.vr }}</td>
+<td>{{ e.name }}</td>
+<td>{% if e.children is not none %}<details><summary>{{ e.children|length }} item(s)</summary>
+{% for item in e.children %}<p>Item {{ loop.index }}</p>{{ table(item) }}{% endfor %}</details>
+{% else %}<span class="mono">{{ e.value }}</span>{% endif %}</td></tr>{% endfor %}</table>{% endmacro %}
+{% extends "base.html" %}{% block body %}
+<p><a href="/ui/studies/{{ study }}/series/{{ series }}">Series</a> ·
+<img class="thumb" alt="" src="/dicom-web/studies/{{ study }}/series/{{ series }}/instances/{{ sop }}/thumbnail"></p>
+<h2>File meta</h2><div id="meta">{{ table(meta) }}</div>
+<h2>Data set</h2><div id="dataset">{{ table(elements) }}</div>{% endblock %}"""
+
+CONFIRM = """{% extends "base.html" %}{% block body %}
+<p>Delete study <span class="mono">{{ study.study_uid }}</span> of {{ study.patient_name }} ({{ study.instances }}
+instances) — files, index rows and cubes? This cannot be undone.</p>
+<form method="post" action="/ui/studies/{{ study.study_uid }}/delete">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<button class="danger" id="confirm">Delete for good</button> <a href="/ui/studies/{{ study.study_uid }}">Cancel</a>
+</form>{% endblock %}"""
+
+UPLOAD = """{% extends "base.html" %}{% block body %}
+<form method="post" enctype="multipart/form-data" action="/ui/upload?csrf={{ csrf }}">
+<p><label>Files <input type="file" name="files" id="files" multiple required></label>
+<button type="submit" id="send-files">Upload</button></p></form>
+<form method="post" enctype="multipart/form-data" action="/ui/upload?csrf={{ csrf }}">
+<p><label>A folder <input type="file" name="folder" id="folder" webkitdirectory required></label>
+<button type="submit" id="send-folder">Upload</button></p></form>
+{% if result %}<p id="result">{{ result.stored }} stored, {{ result.failed }} refused.</p>
+<ul>{% for r in result.reasons %}<li class="err">{{ r }}</li>{% endfor %}</ul>{% endif %}{% endblock %}"""
+
+ADMIN = """{% extends "base.html" %}{% block body %}
+{% if new_key %}<p id="new-key">New {{ new_key.role }} key (shown only now): <span class="mono">{{ new_key.key
+}}</span></p>{% endif %}
+<h2>Users</h2><table id="users"><tr><th>Name</th><th>Role</th><th></th></tr>
+{% for u in users %}<tr><td>{{ u.name }}</td><td>{{ u.role }}</td><td>
+<form class="inline" method="post" action="/ui/admin/users/{{ u.name|urlencode }}/remove">
+<input type="hidden" name="csrf" value="{{ csrf }}"><button class="danger">Remove</button></form>
+<form class="inline" method="post" action="/ui/admin/sessions/end"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="user" value="{{ u.name }}"><button>End sessions</button></form></td>
+</tr>{% endfor %}</table>
+<form method="post" action="/ui/admin/users" id="add-user"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input name="name" placeholder="user name" required>
+<input name="password" type="password" placeholder="password (8+)" required>
+<select name="role">{% for r in roles %}<option>{{ r }}</option>{% endfor %}</select>
+<button>Add or change user</button></form>
+<h2>API keys</h2><table id="keys"><tr><th>Id</th><th>Role</th><th></th></tr>
+{% for k in keys %}<tr><td class="mono">{{ k.id }}</td><td>{{ k.role }}</td><td>
+<form class="inline" method="post" action="/ui/admin/keys/{{ k.id }}/revoke">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<button class="danger">Revoke</button></form></td></tr>{% endfor %}</table>
+<form method="post" action="/ui/admin/keys" id="add-key"><input type="hidden" name="csrf" value="{{ csrf }}">
+<select name="role">{% for r in roles %}<option>{{ r }}</option>{% endfor %}</select><button>Create key</button></form>
+<h2>Sessions</h2><table id="sessions"><tr><th>Who</th><th>Role</th><th>Since</th><th>Until</th><th></th></tr>
+{% for s in sessions %}<tr><td>{{ s.principal }}{% if s.id == ident.session %} (this one){% endif %}</td>
+<td>{{ s.role }}</td>
+<td>{{ when(s.created) }}</td><td>{{ when(s.expires) }}</td><td>
+<form class="inline" method="post" action="/ui/admin/sessions/end">
+<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="id" value="{{ s.id }}">
+<button>End</button></form></td></tr>{% endfor %}</table>
+<form method="post" action="/ui/admin/sessions/end"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="all" value="1"><button class="danger" id="end-all">End all sessions</button>
+</form>{% endblock %}"""
+
+AUDIT = """{% extends "base.html" %}{% block body %}
+<form method="get" action="/ui/audit"><input name="study" placeholder="study UID" value="{{ q.study }}">
+<input name="who" placeholder="who (user:… key:…)" value="{{ q.who }}">
+<input name="action" placeholder="action" value="{{ q.action }}">
+<button>Filter</button></form>
+<table id="audit"><tr><th>Time</th><th>Who</th><th>Role</th><th>Action</th><th>Study</th><th>Detail</th>
+<th>Status</th><th>Address</th></tr>
+{% for r in rows %}<tr><td>{{ when(r.time) }}</td><td>{{ r.who }}</td><td>{{ r.role }}</td><td>{{ r.action }}</td>
+<td class="mono">{{ r.study or '' }}</td><td>{{ r.detail or '' }}</td><td>{{ r.status }}</td>
+<td>{{ r.address or '' }}</td></tr>
+{% endfor %}</table>{% endblock %}"""
+
+TEMPLATES = {"base.html": BASE, "message.html": MESSAGE, "studies.html": STUDIES, "study.html": STUDY,
+             "series.html": SERIES, "tags.html": TAGS, "confirm.html": CONFIRM, "upload.html": UPLOAD,
+             "admin.html": ADMIN, "audit.html": AUDIT}
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> Any:
+    """The Jinja2 environment of the pages (autoescaping on)."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True,
+undefined=jinja2.ChainableUndefined)
+
+
+def render(name: str, **values: Any) -> str:
+    """A page as HTML."""
+    import time as _time
+
+    values.setdefault("when", lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(t)))
+    return str(environment().get_template(name).render(**values))
