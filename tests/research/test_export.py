@@ -188,7 +188,8 @@ def test_export_endpoint_is_tenant_scoped(archive: Server) -> None:
     assert httpx.post(f"{api}/export", json={**body, "name": "../x"}, headers=archive.headers()).status_code == 400
     for bad, named in (({"query": {"PatientNam": "X"}}, "PatientNam"), ({"query": {"StudyDate": "notadate"}},
                                                                          "StudyDate"),
-                       ({"options": {"retain_date": True}}, "options.retain_date"), ({"formats": ["nifti"]}, "nifti")):
+                       ({"options": {"retain_date": True}}, "options.retain_date"), ({"formats": ["nifti"]}, "nifti"),
+                       ({"formats": ["delta"]}, "delta is made from the exported DICOM")):
         r = httpx.post(f"{api}/export", json={**body, "name": "bad", **bad}, headers=archive.headers())
         assert r.status_code == 400 and named in r.json()["detail"], r.text
     assert not (archive.data_dir.parent / "exports" / "alpha" / "bad").exists()
@@ -365,7 +366,7 @@ def test_dataset_on_cubes_that_cannot_form_one_volume(tmp_path: Path) -> None:
     small = next(s for s in SINGLES if s.name == "ct_ge_small_signed.dcm")
     sr = next(s for s in SINGLES if s.name == "sr_comprehensive_nested.dcm")
     write_cube(read_instances([sr]), tmp_path / "a-empty.dcbs", codec="zstd")
-    write_cube(read_instances(ct[:5] + [small]), tmp_path / "b-mixed.dcbs", codec="zstd")
+    write_cube(read_instances([*ct[:5], small]), tmp_path / "b-mixed.dcbs", codec="zstd")
     write_cube(read_instances([small]), tmp_path / "c-one.dcbs", codec="zstd")
     write_cube(read_instances(ct[:4] + ct[15:19]), tmp_path / "d-gap.dcbs", codec="zstd")
     with pytest.warns(UserWarning) as caught:
@@ -386,3 +387,14 @@ def test_dataset_on_cubes_that_cannot_form_one_volume(tmp_path: Path) -> None:
     ref = pydicom.dcmread(ct[0], stop_before_pixels=True)
     expected = round(512 * float(ref.PixelSpacing[0]) / 2.0)  # 512 pixels of the CT's spacing, at 2 mm
     assert expected in {int(i.shape[1]) for i in batch["image"]}
+
+
+def test_documents_and_flagged_instances_are_left_out_with_a_reason() -> None:
+    sr = next(s for s in SINGLES if s.name == "sr_comprehensive_nested.dcm")
+    assert deidentify(sr.read_bytes(), Options(SECRET.encode())).excluded == "structured report"
+    flagged = deidentify(US.read_bytes(), Options(SECRET.encode()))
+    assert flagged.burned_in and not flagged.excluded
+    after = pydicom.dcmread(io.BytesIO(flagged.data), stop_before_pixels=True)
+    assert after.BurnedInAnnotation == "YES" and after.LongitudinalTemporalInformationModified == "REMOVED"
+    left_out = deidentify(US.read_bytes(), Options(SECRET.encode(), exclude_burned_in=True))
+    assert left_out.excluded and left_out.excluded.startswith("burned-in") and not left_out.data

@@ -65,7 +65,7 @@ def export_cohort(
     from cubepacs.archive.settings import load_settings
     from cubepacs.errors import CubepacsError
     from cubepacs.research.deid import Options
-    from cubepacs.research.export import check_formats, prepare
+    from cubepacs.research.export import check_formats, check_plan, prepare
     from cubepacs.research.export import export_cohort as run
     from cubepacs.research.query import parse_query, select
 
@@ -89,6 +89,10 @@ def export_cohort(
         raise _fail(str(exc)) from exc
     if not selection.groups:
         raise _fail(f"tenant {tenant!r} has no instance matching the query")
+    try:
+        check_plan(to, options, chosen, selection.groups)
+    except (CubepacsError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
     console.print(f"selected: {selection.summary()}")
     if selection.instances > confirm_above and not yes:
         raise _fail(f"{selection.summary()} selected: more than {confirm_above} instances, add --yes to export "

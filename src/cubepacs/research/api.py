@@ -32,7 +32,7 @@ from fastapi.responses import StreamingResponse
 
 from cubepacs.errors import ConfigError
 from cubepacs.research.deid import Options
-from cubepacs.research.export import FORMATS, check_formats, export_cohort, prepare
+from cubepacs.research.export import FORMATS, check_formats, check_plan, export_cohort, prepare
 from cubepacs.research.query import select
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -100,10 +100,11 @@ def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
                 options = Options(secret.encode(), **flags)  # type: ignore[arg-type]
                 prepare(out, options, formats)
                 selection = select(services.index, tenant, query, studies, series)
+                if not selection.groups:
+                    raise HTTPException(404, "the query names no instance of this tenant")
+                check_plan(out, options, formats, selection.groups)
             except ConfigError as exc:
                 raise HTTPException(400, str(exc)) from None
-            if not selection.groups:
-                raise HTTPException(404, "the query names no instance of this tenant")
 
             def lines() -> Iterator[bytes]:
                 events: queue.Queue[dict[str, Any]] = queue.Queue()

@@ -43,7 +43,7 @@ from cubepacs.errors import ConfigError
 from cubepacs.research.deid import Options, Result, deidentify, new_uid
 from cubepacs.research.query import plan_key, select
 
-__all__ = ["FORMATS", "Report", "export_cohort", "folder_key", "plan_key", "select"]
+__all__ = ["FORMATS", "Report", "check_plan", "export_cohort", "folder_key", "plan_key", "select"]
 FORMATS = ("dicom", "cube", "delta")
 Groups = dict[tuple[str, str], list[dict[str, Any]]]
 
@@ -109,6 +109,17 @@ def prepare(out: Path, options: Options, formats: tuple[str, ...]) -> dict[str, 
     return dict(progress)
 
 
+def check_plan(out: Path, options: Options, formats: tuple[str, ...], groups: Groups) -> dict[str, Any]:
+    """:func:`prepare`, and Delta only where the DICOM files it is made from are (or will be) in ``out``."""
+    state = prepare(out, options, formats)
+    if "delta" in formats and "dicom" not in formats:
+        done = state["series"]
+        for _, series in groups:
+            if "dicom" not in done.get(new_uid(series, options.secret) if not options.retain_uids else series, []):
+                raise ConfigError("formats: delta is made from the exported DICOM files: add dicom")
+    return state
+
+
 def _check_instance(res: Result, name: str) -> Any:
     """Read a de-identified instance back (pydicom, its pixel items, the cube's parser); the cube's instance."""
     import pydicom
@@ -154,13 +165,10 @@ def export_cohort(load: Callable[[dict[str, Any]], bytes], groups: Groups, out: 
     holds another export or other files, or Delta without DICOM files to build it from.
     """
     formats = check_formats(formats)
-    state = prepare(out, options, formats)
+    state = check_plan(out, options, formats, groups)
     done: dict[str, list[str]] = state["series"]
     wanted = {series: new_uid(series, options.secret) if not options.retain_uids else series
               for _, series in groups}
-    if "delta" in formats and "dicom" not in formats and \
-            not all("dicom" in done.get(wanted[s], []) for _, s in groups):
-        raise ConfigError("formats: delta is made from the exported DICOM files: add dicom")
     out.mkdir(parents=True, exist_ok=True)
     progress_file, mapping_file, manifest_file = out / ".progress.json", out / "mapping.json", out / "manifest.json"
     mapping: dict[str, str] = _load(mapping_file, {})
