@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from pydicom.pixels import pixel_array
+from pydicom.pixels import pack_bits, pixel_array
 
 from cubepacs.archive.web import multipart
 from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
@@ -44,6 +44,11 @@ def _ids(ds: pydicom.Dataset) -> tuple[str, str, str]:
 
 
 def test_frames_in_the_asked_order_equal_pydicoms(server: Server) -> None:
+    _check_files(server)
+
+
+def _check_files(server: Server) -> None:
+    """``FILES``' frames, asked in an odd order, equal pydicom's stored values in the layout their metadata says."""
     client = DICOMwebClient(server.url, headers=server.headers())
     for path, numbers in zip(FILES, ([15, 1, 7], [64, 2], [30, 1], [1]), strict=True):
         ds = pydicom.dcmread(path)
@@ -56,6 +61,9 @@ def test_frames_in_the_asked_order_equal_pydicoms(server: Server) -> None:
             expected = pixels[n - 1]
             if ds.PhotometricInterpretation == "YBR_FULL_422":  # served as its metadata says: Y1 Y2 Cb Cr pairs
                 _assert_422(value, ds, expected, f"{path.name} frame {n}")
+                continue
+            if ds.BitsAllocated == 1:  # packed, as the metadata's Bits Allocated says (PS3.5 8.1.1)
+                assert value == pack_bits(expected, pad=False) == ds.PixelData[: len(value)], path.name
                 continue
             arr = np.frombuffer(value, dtype=expected.dtype.newbyteorder("<")).reshape(expected.shape)
             np.testing.assert_array_equal(arr, expected, err_msg=f"{path.name} frame {n}")
@@ -257,3 +265,4 @@ def test_frames_are_served_in_the_layout_their_metadata_says(server: Server) -> 
     check("file")
     _compact(server, series=len({_ids(ds)[1] for ds in dss} | {_ids(pydicom.dcmread(p))[1] for p in FILES}))
     check("cube")
+    _check_files(server)  # the multi-frame, 1-bit and 422 files of the module, now from their cubes too

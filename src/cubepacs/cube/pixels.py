@@ -145,8 +145,9 @@ def native_layout(desc: PixelDesc, frame: np.ndarray) -> np.ndarray:
     say a native frame is (PS3.3 C.7.6.3.1.2–3, PS3.5 8.2): colour-by-plane (samples × rows × cols) where Planar
     Configuration is 1; for YBR_FULL_422 / YBR_PARTIAL_422, each pair of pixels as Y₁ Y₂ Cb Cr (rows × cols/2 ×
     4), the pair's chroma the mean of the two decoded values, rounded half up (a decoder that repeats the pair's
-    chroma — a native 422 frame read back — gives the stored bytes again); unchanged otherwise (and for an odd
-    number of columns, which 422 cannot describe).
+    chroma — a native 422 frame read back — gives the stored bytes again); for Bits Allocated 1, the frame's
+    pixels packed eight to a byte, the first in the lowest bit (PS3.5 8.1.1, D.2), the last byte padded with
+    zeros; unchanged otherwise (and for an odd number of columns, which 422 cannot describe).
 
     Example
     -------
@@ -156,7 +157,12 @@ def native_layout(desc: PixelDesc, frame: np.ndarray) -> np.ndarray:
     >>> native_layout(PixelDesc("native", 1, 2, 3, 8, False, 1, 1, "<u1", "RGB"),
     ...               np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8)).ravel().tolist()
     [1, 4, 2, 5, 3, 6]
+    >>> native_layout(PixelDesc("opaque", 1, 9, 1, 1, False, 0, 1, "<u1", "MONOCHROME2"),
+    ...               np.array([[1, 0, 0, 0, 0, 0, 0, 1, 1]], np.uint8)).tolist()
+    [129, 1]
     """
+    if desc.bits == 1:
+        return np.packbits(frame.ravel() & 1, bitorder="little")
     if frame.ndim != 3 or frame.shape[2] != 3:
         return frame
     if desc.photometric in ("YBR_FULL_422", "YBR_PARTIAL_422") and frame.shape[1] % 2 == 0:
