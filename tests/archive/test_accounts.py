@@ -231,3 +231,9 @@ def test_dimse_peers_are_held_to_their_roles(site: Site, tmp_path: Path) -> None
     fetched = dcmtk("getscu", "-aet", "VIEWER", "-aec", "CUBEPACS", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k",
                     f"StudyInstanceUID={study}", "-od", str(got), "127.0.0.1", port)
     assert fetched.returncode == 0 and len(list(got.iterdir())) == 1, fetched.stderr
+    # the audit log: the peers' queries, retrievals and refusals, by calling AE
+    rows = httpx.get(f"{site.base()}/api/audit", headers=bearer(site.admin), params={"who": "ae:VIEWER"}).json()
+    assert {(r["action"], r["study"]) for r in rows} >= {("refused:upload", None), ("search", study),
+                                                          ("refused:send", study), ("download", study)}, rows
+    rows = httpx.get(f"{site.base()}/api/audit", headers=bearer(site.admin), params={"who": "ae:MODALITY"}).json()
+    assert [(r["action"], r["study"], r["detail"]) for r in rows] == [("send", study, "C-MOVE")]

@@ -144,12 +144,38 @@ def _peer(event: Any, tenants: dict[str, str]) -> tuple[str, str]:
 REFUSED = 0x0124  # Refused: Not Authorized
 
 
+_DIMSE_ACTION = {"find": "search", "get": "download", "store": "upload", "commit": "commit"}
+
+
+def _study(event: Any) -> str:
+    try:
+        value = event.identifier.get("StudyInstanceUID", "")
+    except Exception:  # an identifier that does not decode: the handler answers it
+        return ""
+    return ("\\".join(map(str, value)) if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
+            else str(value or ""))[:640]
+
+
 def guard_dimse(handler: Callable[..., Any], service: str, roles: dict[str, str],
-                tenants: dict[str, str]) -> Callable[..., Any]:
+                tenants: dict[str, str], audit: Callable[..., Any] | None = None) -> Callable[..., Any]:
     """``handler`` (a pynetdicom event handler) run only when the peer's role allows ``service``'s permission;
     otherwise the service answers 0x0124 (Refused: Not Authorized). ``service``: ``store``, ``find``, ``get``,
-    ``move`` or ``commit``."""
+    ``move`` or ``commit``. ``audit`` (``accounts.Accounts.audit``): where C-FIND, C-GET and C-MOVE requests and
+    every refusal are recorded (who: ``ae:CALLING``; C-STOREs are in the object log instead)."""
     from cubepacs.archive.dimse import store
+
+    def record(event: Any, need: str, role: str, refused: bool) -> None:
+        if audit is None or (service == "store" and not refused):
+            return
+        calling, tenant = _peer(event, tenants)
+        action = "send" if need == "send" else ("download" if service == "move" else _DIMSE_ACTION[service])
+        try:
+            audit(tenant, f"ae:{calling}", role, f"refused:{action}" if refused else action,
+                  _study(event) if service in ("find", "get", "move") else "",
+                  f"C-{service.upper()}" if service != "commit" else "storage commitment", 403 if refused else 200,
+                  event.assoc.requestor.address)
+        except Exception as exc:  # the audit log never fails a DIMSE service
+            log.warning("audit log: %s: %s", type(exc).__name__, exc)
 
     def permission(event: Any) -> str:
         if service == "move":
@@ -163,9 +189,11 @@ def guard_dimse(handler: Callable[..., Any], service: str, roles: dict[str, str]
         need = permission(event)
         role = dimse_role(roles, calling, tenant)
         if allows(role, need):
+            record(event, need, role, False)
             return False
         log.warning("%s from %r refused: role %s of tenant %r may not %s", service.upper(), calling, role,
                     tenant, need)
+        record(event, need, role, True)
         return True
 
     if service in ("store", "commit"):

@@ -13,6 +13,7 @@ import functools
 import logging
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID
@@ -28,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from cubepacs.archive.accounts import Accounts
 from cubepacs.archive.dimse import handlers as h
 from cubepacs.archive.dimse import handshake, lean, retrieve
 from cubepacs.archive.dimse.balance import Shared
@@ -91,7 +93,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
               index: Index, remote_aes: dict[str, str] | None = None, limits: Limits | None = None,
               allowed: dict[str, list[str]] | None = None, overwrite: bool = False,
               tls: tuple[int, ssl.SSLContext] | None = None, cert_tenants: dict[str, str] | None = None,
-              shared: Shared | None = None, metadata: bool = False, roles: dict[str, str] | None = None) -> Any:
+              shared: Shared | None = None, metadata: bool = False, roles: dict[str, str] | None = None,
+              audit: Any = None) -> Any:
     """Start the SCP in background threads; returns a server (call ``shutdown()`` to stop; it stops the TLS
     listener too).
 
@@ -101,7 +104,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
     common name → the only tenant an association with that certificate may call; ``shared``: listen on
     sockets several worker processes share, balancing associations between them (``balance``); ``metadata``:
     each stored instance's DICOM JSON kept in the index (``metadata_at_ingest``); ``roles``: the calling peers'
-    roles (``dimse_roles``: what each may do, ``roles.py``).
+    roles (``dimse_roles``: what each may do, ``roles.py``); ``audit``: where retrievals, queries and refusals
+    are recorded (``accounts.Accounts.audit``).
     """
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         # pynetdicom binds debug-logging handlers to every PDU and DIMSE message sent and received; they cost
@@ -129,7 +133,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
     ]
     services = {evt.EVT_C_STORE: "store", evt.EVT_C_FIND: "find", evt.EVT_C_GET: "get", evt.EVT_C_MOVE: "move",
                 evt.EVT_N_ACTION: "commit"}  # each checks the calling peer's role (roles.py, dimse_roles)
-    handlers = [(e, guard_dimse(f, services[e], roles or {}, tenants) if e in services else f) for e, f in handlers]
+    handlers = [(e, guard_dimse(f, services[e], roles or {}, tenants, audit) if e in services else f)
+                for e, f in handlers]
     servers = Listeners()
     for p, ctx in ((port, None), *((tls,) if tls is not None else ())):
         try:
@@ -163,4 +168,5 @@ def start_from_settings(settings: Settings, storage: Storage, queue: Queue, inde
     return start_scp(settings.host, settings.dimse_port, settings.ae_title, settings.ae_tenants, storage, queue, index,
                      settings.remote_aes, limits, settings.calling_aes, settings.overwrite, tls,
                      settings.tls_client_tenants, shared=shared,
-                     metadata=settings.metadata_at_ingest, roles=settings.dimse_roles)
+                     metadata=settings.metadata_at_ingest, roles=settings.dimse_roles,
+                     audit=Accounts(Path(settings.data_dir) / "accounts.db").audit)

@@ -17,7 +17,9 @@ Example
 
 from __future__ import annotations
 
+import functools
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +104,22 @@ def session_of(request: Request) -> Identity | None:
     return Identity(session.tenant, session.role, session.principal, session.csrf, session.id)
 
 
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    from cubepacs.archive.web.session import hash_password
+
+    return hash_password(secrets.token_urlsafe(16))
+
+
 def user_identity(services: Any, name: str, password: str) -> tuple[Identity, str] | None:
     """(identity, fingerprint) of a user name and password, or None (runs Argon2: call it in a thread)."""
     from cubepacs.archive.web.session import check_password
 
     user = services.users.get(name)
-    if user is None or not check_password(user.get("password", ""), password) or not user.get("tenant"):
+    if user is None:
+        check_password(_dummy_hash(), password)  # as long as for a user who exists: names are not revealed
+        return None
+    if not check_password(user.get("password", ""), password) or not user.get("tenant"):
         return None
     return Identity(user["tenant"], user_role(user), f"user:{name}"), fingerprint(user)
 
