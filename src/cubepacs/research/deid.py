@@ -100,6 +100,7 @@ class Result:
     burned_in: str | None = None  # why the pixels may carry identifying text, when they may
     excluded: str | None = None
     patient: str = ""  # the pseudonym
+    patient_key: str = ""  # what it was derived from (patient_key(); for the access-controlled mapping only)
 
 
 def new_uid(uid: str, secret: bytes) -> str:
@@ -122,7 +123,7 @@ def patient_key(ds: Dataset) -> str:
     pid = str(ds.get("PatientID", "") or "").strip()
     if pid:
         issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
-        return f"{pid}\0{issuer}" if issuer else pid
+        return f"{pid}|issuer:{issuer}" if issuer else pid
     name, birth = str(ds.get("PatientName", "") or "").strip(), str(ds.get("PatientBirthDate", "") or "").strip()
     if name or birth:
         return f"name:{name}|{birth}"
@@ -223,7 +224,7 @@ def deidentify(data: bytes, options: Options) -> Result:
         key = patient_key(ds)
         pseudonym = pseudonym_of(key, options.secret)
         if why is not None:
-            return Result(b"", {}, flag, why, pseudonym)
+            return Result(b"", {}, flag, why, pseudonym, key)
         mapping: dict[str, str] = {}
 
         def uid(value: str) -> str:
@@ -262,4 +263,4 @@ def deidentify(data: bytes, options: Options) -> Result:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         out = BytesIO()
         ds.save_as(out, enforce_file_format=True)
-    return Result(out.getvalue(), mapping, flag, None, pseudonym)
+    return Result(out.getvalue(), mapping, flag, None, pseudonym, key)

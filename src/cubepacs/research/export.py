@@ -243,7 +243,7 @@ def _export_series(load: Callable[[dict[str, Any]], bytes], rows: list[dict[str,
             entry["failed"].append({"sop": sop, "reason": reason})
             continue
         mapping.update(res.uids)
-        mapping[f"patient:{row.get('patient_id') or ''}"] = res.patient
+        mapping[f"patient:{res.patient_key}"] = res.patient
         new_study, new_sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
         entry.update(study=new_study, modality=str(ds.get("Modality", "")))
         if res.burned_in:
