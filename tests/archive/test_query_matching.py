@@ -25,7 +25,7 @@ ROWS = {
           "StudyTime": "101010.5", "StudyDescription": "Chest, PA"},
     "3": {"PatientName": "Smith^Jane", "PatientID": "P-3", "Modality": "MR", "StudyDate": "***", "StudyTime": "23"},
     "4": {"PatientName": "Müller^Jürgen", "PatientID": "P-4", "Modality": "CT", "StudyDate": "19991231",
-          "StudyTime": "bad", "AccessionNumber": "A_1%"},
+          "StudyTime": "bad", "AccessionNumber": "A_1%", "StudyID": "d6e895774587360288a394441a225639" * 2},
 }
 
 
@@ -113,12 +113,13 @@ def test_stored_values_come_back_as_stored(index: Index) -> None:
     rows = {r["study_uid"]: r for r in index.search_studies("t", {})}
     assert rows["1.2"]["study_date"] == "1995.05.01" and rows["1.3"]["study_date"] == "***"
     assert rows["1.1"]["patient_name"] == ROWS["1"]["PatientName"]  # all three component groups
+    assert rows["1.4"]["study_id"] == ROWS["4"]["StudyID"]  # 64 characters in an SH (16): kept, not cut
 
 
 @pytest.mark.postgres
-def test_a_schema_2_postgresql_index_takes_long_dates() -> None:
-    """An index made with the 8-character date columns of schema 2 is widened when opened (a malformed date of
-    any length is kept as stored)."""
+def test_a_schema_2_postgresql_index_takes_long_values() -> None:
+    """An index made with the length-limited columns of schema 2 (8-character dates, 16-character Study IDs) is
+    widened when opened: a malformed value of any length is kept as stored."""
     import psycopg
 
     with postgres_database() as url:
@@ -126,10 +127,12 @@ def test_a_schema_2_postgresql_index_takes_long_dates() -> None:
         with psycopg.connect(url) as conn:
             for column in ("study_date", "series_date", "patient_birth_date"):
                 conn.execute(f"ALTER TABLE dicom_state_meta ALTER COLUMN {column} TYPE VARCHAR(8)")
+            conn.execute("ALTER TABLE dicom_state_meta ALTER COLUMN study_id TYPE VARCHAR(16)")
             conn.execute("DELETE FROM cubepacs_schema")
             conn.execute("INSERT INTO cubepacs_schema (version) VALUES (2)")
         idx = _fill(Index.from_url(url))
         try:
             assert studies(idx, StudyDate="1995.05.01") == ["1.2"]
+            assert studies(idx, StudyID=ROWS["4"]["StudyID"]) == ["1.4"]
         finally:
             idx.close()

@@ -37,22 +37,22 @@ dicom_state_meta = Table(
     Column("tenant_id", String(64), primary_key=True),
     Column("study_uid", String(64), primary_key=True),
     Column("series_uid", String(64), primary_key=True),
-    Column("patient_id", String(64)),
+    Column("patient_id", String),
     Column("study_uid_hash", String(32)),
     Column("series_uid_hash", String(32)),
-    Column("patient_name", String(324)),
-    Column("patient_sex", String(16)),
-    Column("patient_birth_date", String(64)),
-    Column("study_date", String(64)),
-    Column("study_time", String(64)),
-    Column("accession_number", String(16)),
-    Column("study_id", String(16)),
-    Column("study_description", String(64)),
-    Column("referring_physician", String(324)),
-    Column("modality", String(16)),
+    Column("patient_name", String),
+    Column("patient_sex", String),
+    Column("patient_birth_date", String),
+    Column("study_date", String),
+    Column("study_time", String),
+    Column("accession_number", String),
+    Column("study_id", String),
+    Column("study_description", String),
+    Column("referring_physician", String),
+    Column("modality", String),
     Column("series_number", Integer),
-    Column("series_description", String(64)),
-    Column("series_date", String(64)),
+    Column("series_description", String),
+    Column("series_date", String),
     Column("series_related_instances", Integer, nullable=False, default=0),
     Column("created_time", DateTime(timezone=True), nullable=False),
     Column("updated_time", DateTime(timezone=True), nullable=False),
@@ -104,8 +104,12 @@ dicom_instance_json = Table(
 
 # version -> SQL statements bringing version-1 to version; version 2 only added a table (create_all makes it)
 MIGRATIONS: dict[int, list[str]] = {2: [], 3: []}
-# version -> dialect -> statements for that dialect only. 3: dates and times are kept as stored, never cut
-# (a malformed value is returned unchanged: docs/archive.md, queries); SQLite does not enforce a length
+# the attributes C-FIND and QIDO match and answer: kept as stored, of any length (a malformed value is answered
+# unchanged, never cut: docs/archive.md, "Queries")
+QUERIED = ("patient_id", "patient_name", "patient_sex", "patient_birth_date", "study_date", "study_time",
+           "accession_number", "study_id", "study_description", "referring_physician", "modality",
+           "series_description", "series_date")
+# version -> dialect -> statements for that dialect only. 3: the queried columns lose their length limit (SQLite
+# enforces none)
 DIALECT_MIGRATIONS: dict[int, dict[str, list[str]]] = {3: {"postgresql": [
-    f"ALTER TABLE dicom_state_meta ALTER COLUMN {c} TYPE VARCHAR(64)"
-    for c in ("patient_birth_date", "study_date", "series_date", "study_time")]}}
+    f"ALTER TABLE dicom_state_meta ALTER COLUMN {c} TYPE VARCHAR" for c in QUERIED]}}
