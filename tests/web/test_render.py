@@ -11,9 +11,9 @@ instance's per-frame Pixel Value Transformation and Frame VOI LUT (C.7.6.16.2.9�
 pydicom here, since its functions read only top-level attributes.
 
 Tolerance ±1 grey level: the archive windows straight to 0–255 and rounds once, the oracle windows into pydicom's
-range and is rescaled then rounded, so a value that lands on a .5 boundary may round either way; JPEG colour
-frames additionally differ where the oracle lets the JPEG decoder convert YCbCr to RGB (integer arithmetic) and
-the archive converts the decoded YBR with ``convert_color_space`` (measured below, mean and maximum).
+range and is rescaled then rounded, so a value that lands on a .5 boundary may round either way; YBR colour
+frames likewise, where the oracle's ``pixel_array`` converts to RGB and the archive converts the decoded YBR with
+``convert_color_space`` (both pydicom; measured: never more than 1 apart, on any instance).
 
 Crafted in the test from real files, because no real file of the data set has them: MONOCHROME1 (from the CT
 single), a VOI LUT Sequence (a square-root LUT on a real CT slice), the SIGMOID VOI LUT Function (on a real MR
@@ -211,10 +211,7 @@ def _compare(client: httpx.Client, server: Server, name: str, data: bytes, thumb
         assert got.shape == want.shape, f"{name} {suffix}"
         diff = np.abs(got - want)
         worst[f"{name} {suffix} {params}"] = float(diff.max())
-        if ds.file_meta.TransferSyntaxUID.is_compressed and not gray:
-            assert diff.mean() < 1, f"{name} {suffix}: mean difference {diff.mean():.2f}"  # YCbCr arithmetic
-        else:
-            assert diff.max() <= 1, f"{name} {suffix} {params}: {diff.max()} grey levels off pydicom"
+        assert diff.max() <= 1, f"{name} {suffix} {params}: {diff.max()} grey levels off pydicom"
     return worst
 
 
@@ -229,9 +226,7 @@ def test_every_image_renders_as_pydicom_renders_it(server: Server) -> None:
             single = name in SINGLE_NAMES or name in CRAFTED
             worst |= _compare(client, server, name, data, thumbnails=single or name in firsts,
                               windows=FUNCTIONS if single else (FUNCTIONS[k // 20 % 3],) if k % 20 == 0 else ())
-    assert len(worst) > len(IMAGES)
-    lossless = {k: v for k, v in worst.items() if "jpeg_baseline" not in k and "lossy" not in k}
-    assert max(lossless.values()) <= 1
+    assert len(worst) > len(IMAGES) + len(CRAFTED) and max(worst.values()) <= 1
 
 
 def test_instances_without_study_uids_render_as_pydicom_renders_them() -> None:
