@@ -398,3 +398,25 @@ def test_documents_and_flagged_instances_are_left_out_with_a_reason() -> None:
     assert after.BurnedInAnnotation == "YES" and after.LongitudinalTemporalInformationModified == "REMOVED"
     left_out = deidentify(US.read_bytes(), Options(SECRET.encode(), exclude_burned_in=True))
     assert left_out.excluded and left_out.excluded.startswith("burned-in") and not left_out.data
+
+
+def test_dataset_gives_every_item_of_every_file_of_the_data_set(tmp_path: Path) -> None:
+    """One cube per series folder and per single file of ../shared/data: every patch and every 37th slice load;
+    what has no pixels (ECG, SR, an empty dataset) is skipped with a reason."""
+    pytest.importorskip("torch")
+    from cubepacs.cube.sources import read_instances
+    from cubepacs.cube.writer import write_cube
+    from cubepacs.research.dataset import CubeDataset
+
+    for source in [*SERIES, *SINGLES]:
+        write_cube(read_instances([source]), tmp_path / f"{source.stem}.dcbs", codec="zstd", threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patches = CubeDataset(tmp_path, mode="patch", patch_size=(4, 64, 64), patches_per_volume=1)
+        slices = CubeDataset(tmp_path, mode="slice")
+    assert sorted(Path(p).stem for p in patches.skipped) == [
+        "ecg_waveform_mortara", "nested_private_sequences_min", "sr_comprehensive_nested"]
+    assert len(patches) == len(SERIES) + len(SINGLES) - 3
+    shapes = {tuple(patches[i]["image"].shape) for i in range(len(patches))}
+    assert shapes == {(4, 64, 64), (4, 64, 64, 3)}  # grey and colour, padded where smaller
+    assert all(slices[i]["image"].ndim in (2, 3) for i in range(0, len(slices), 37))

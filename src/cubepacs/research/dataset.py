@@ -13,6 +13,7 @@ counted in ``skipped`` and ``split``. A volume smaller than ``patch_size`` is pa
 by more than 1 % (or 0.01 mm) warns with their range: its ``spacing`` is the median step. ``spacing=(dz, dy, dx)``
 resamples volumes and patches to that spacing (trilinear, on the stored slice order; orientation is not changed).
 
+Colour frames (RGB, YBR) keep a trailing samples axis: volumes and patches are depth × rows × columns × samples.
 Items of different volumes have different shapes: a ``DataLoader`` with ``batch_size > 1`` then needs
 ``collate_fn=collate_list`` (lists, not stacked tensors), or patches (one shape), or ``spacing`` plus patches.
 
@@ -178,7 +179,13 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         shapes = _frame_shapes(reader)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for n, frame in enumerate(geo.order):
-            by_shape.setdefault(shapes[int(frame)], []).append(n)
+            shape = shapes[int(frame)]
+            if len(shape) >= 2 and all(shape):  # a frame without pixels (0 × 0, no pixel description) is no image
+                by_shape.setdefault(shape, []).append(n)
+        if not by_shape:
+            self.skipped[name] = "no frame with pixels"
+            warnings.warn(f"{name}: no frame with pixels, skipped", stacklevel=3)
+            return
         if len(by_shape) > 1:
             self.split[name] = len(by_shape)
             warnings.warn(f"{name}: frames of {len(by_shape)} shapes ({', '.join(map(str, by_shape))}): "
@@ -228,8 +235,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         positions = volume[numbers]
         frames = np.stack([reader.frame(int(geo.order[n])) for n in positions]).astype(np.float32)
         if self.rescale:
-            frames = frames * geo.slope[positions, None, None].astype(np.float32) + \
-                geo.intercept[positions, None, None].astype(np.float32)
+            shape = (len(positions),) + (1,) * (frames.ndim - 1)  # colour frames keep a samples axis
+            frames = frames * geo.slope[positions].reshape(shape).astype(np.float32) + \
+                geo.intercept[positions].reshape(shape).astype(np.float32)
         return frames
 
     def _resample(self, v: int, image: np.ndarray) -> np.ndarray:
@@ -238,9 +246,10 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         _, geo = self._open(self.volumes[v][0])
         size = [max(1, round(n * s / t)) for n, s, t in zip(image.shape[:3], geo.spacing, self.spacing,
                                                              strict=True)]
-        tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-        return torch.nn.functional.interpolate(tensor, size=size, mode="trilinear",
-                                               align_corners=True)[0, 0].numpy()
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        tensor = tensor.permute(3, 0, 1, 2)[None] if image.ndim == 4 else tensor[None, None]  # samples → channels
+        out = torch.nn.functional.interpolate(tensor, size=size, mode="trilinear", align_corners=True)[0]
+        return (out.permute(1, 2, 3, 0) if image.ndim == 4 else out[0]).numpy()
 
     def _item(self, v: int, image: np.ndarray, index: Any) -> dict[str, Any]:
         k = self.volumes[v][0]
@@ -278,6 +287,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
 
     def _padded(self, patch: np.ndarray) -> np.ndarray:
         missing = [(0, max(0, p - n)) for n, p in zip(patch.shape[:3], self.patch_size, strict=True)]
+        missing += [(0, 0)] * (patch.ndim - 3)  # a colour patch's samples axis
         if not any(m for _, m in missing):
             return patch
         if self.pad == "edge":
