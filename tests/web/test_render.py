@@ -17,8 +17,10 @@ frames likewise, where the oracle's ``pixel_array`` converts to RGB and the arch
 
 Crafted in the test from real files, because no real file of the data set has them: MONOCHROME1 (from the CT
 single), a VOI LUT Sequence (a square-root LUT on a real CT slice), the SIGMOID VOI LUT Function (on a real MR
-slice) — each with new UIDs, saying so in its name. ``mr_12bit_signed_siemens.dcm`` and
-``mr_12bit_unsigned_siemens.dcm`` share one SOP Instance UID, so the second is stored under the second tenant.
+slice), Presentation LUT Shape INVERSE on a MONOCHROME2 CT slice (inverted once, PS3.3 C.11.6; pydicom has no
+Presentation LUT step, so the oracle inverts) — each with new UIDs, saying so in its name.
+``mr_12bit_signed_siemens.dcm`` and ``mr_12bit_unsigned_siemens.dcm`` share one SOP Instance UID, so the second
+is stored under the second tenant.
 """
 
 from __future__ import annotations
@@ -89,8 +91,11 @@ def _crafted() -> dict[str, bytes]:
     lut.VOILUTSequence = [item]
     sigmoid = pydicom.dcmread(MR)
     sigmoid.VOILUTFunction = "SIGMOID"
+    inverse = pydicom.dcmread(CHEST[60])
+    inverse.PresentationLUTShape = "INVERSE"  # every real file says IDENTITY
     return {"crafted_monochrome1_from_ct_small": saved(mono1), "crafted_voi_lut_sequence_from_chest_ct":
-            saved(lut), "crafted_sigmoid_from_siemens_mr": saved(sigmoid)}
+            saved(lut), "crafted_sigmoid_from_siemens_mr": saved(sigmoid),
+            "crafted_presentation_lut_inverse_from_chest_ct": saved(inverse)}
 
 
 CRAFTED = _crafted()
@@ -164,7 +169,8 @@ def pydicom_rendering(ds: pydicom.Dataset, frame: int, window: tuple[float, floa
             out = (apply_voi_lut(values, ds, prefer_lut=False) - low) * (255 / (high - low))
     else:
         out = (values - values.min()) * (255 / max(float(values.max() - values.min()), 1e-12))
-    return 255 - out if photometric == "MONOCHROME1" else out
+    inverse = photometric == "MONOCHROME1" or original.get("PresentationLUTShape") == "INVERSE"  # C.11.6, once
+    return 255 - out if inverse else out
 
 
 def _url(server: Server, ds: pydicom.Dataset, suffix: str) -> str:

@@ -6,7 +6,8 @@ Sequence), then one VOI transformation straight to the display range 0–255 —
 C.11.2.1.2–3), else the instance's VOI LUT Sequence (its output, 0 to 2ⁿ−1 for n bits per entry, C.11.2.1.1,
 scaled to 0–255), else its first Window Center/Width with its VOI LUT Function, else the full range of the frame.
 A multi-frame (enhanced) instance's Pixel Value Transformation and Frame VOI LUT functional groups count for
-their frame (C.7.6.16.2.9–10). MONOCHROME1 is inverted after the VOI (its lowest value is white, C.7.6.3.1.2).
+their frame (C.7.6.16.2.9–10). MONOCHROME1 (its lowest value is white, C.7.6.3.1.2) or a Presentation LUT Shape
+INVERSE (C.11.6) inverts the result once.
 Colour: PALETTE COLOR through its lookup tables (0 to 2ⁿ−1 scaled to 0–255), YBR_FULL/YBR_FULL_422 converted to
 RGB (JPEG 2000's YBR_RCT/ICT arrive as RGB from the decoder), RGB as it is.
 
@@ -163,8 +164,9 @@ def grayscale(ds: Any, stored: np.ndarray, window: tuple[float, float, str] | No
             out = _windowed(values, ds, window)
         if out is None:
             out = _scaled(values, float(np.min(values)), float(np.max(values)))
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        out = 255 - out
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1" or (
+            str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"):
+        out = 255 - out  # one inversion: enhanced IODs pair MONOCHROME1 with INVERSE (C.8.16.2.1.1.1)
     return out
 
 
