@@ -46,7 +46,8 @@ def send(level: LevelArg, uid: UidArg,
          to: Annotated[str, typer.Option("--to", help="destination AE title (one of the remote_aes setting)")],
          config: Config = None, tenant: Tenant = "default") -> None:
     """Send a study, series or instance to a peer with C-STORE: stored bytes as they are where the peer accepts
-    their transfer syntax, decompressed where it only accepts uncompressed. Exit 1 when any instance failed."""
+    their transfer syntax, else re-encoded losslessly (every UID kept) in one it accepts. Exit 1 when any instance
+    failed."""
     from cubepacs.archive import manage
     from cubepacs.archive.service import open_backends
     from cubepacs.archive.settings import Settings
@@ -67,8 +68,7 @@ def send(level: LevelArg, uid: UidArg,
                     sent += 1
                 else:
                     failed += 1
-                    console.print(f"  {r.sop_uid}: status {r.status if r.status is None else hex(r.status)} "
-                                  f"({r.sent_as})")
+                    console.print(f"  {r.describe()}")
                 progress.advance(task)
     except CubepacsError as exc:
         raise _fail(str(exc)) from exc

@@ -35,7 +35,9 @@ from pydicom import valuerep
 from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import _config, acse, evt, fsm
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.presentation import negotiate_as_acceptor as _negotiate_as_acceptor
+
+# pynetdicom's, with the syntax of the contexts the archive sends on (C-GET) re-chosen: see syntaxes.py
+from cubepacs.archive.dimse.syntaxes import negotiate_as_acceptor as _negotiate_as_acceptor
 
 _LOCK = threading.Lock()
 _REQUESTS: LRUCache[bytes, CachedRequest] = LRUCache(maxsize=64)

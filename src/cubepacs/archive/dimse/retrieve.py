@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_GET
 
 from cubepacs.archive.dimse.handlers import (
     STATUS_IDENTIFIER_MISMATCH,
@@ -46,8 +47,16 @@ def retrieve_rows(identifier: Dataset, tenant: str, index: Index) -> list[dict[s
 
 
 def _summary(results: list[SendResult]) -> str:
-    how = Counter(r.sent_as.split(" (")[0] if r.ok else "failed" for r in results)
+    how = Counter(r.sent_as.split(" (")[0].split(" to ")[0] if r.ok else "failed" for r in results)
     return f"{len(results)} sent" + "".join(f", {n} {k}" for k, n in sorted(how.items()))
+
+
+def _log_failures(what: str, results: list[SendResult]) -> None:
+    """One warning per failed sub-operation: the instance, the peer's own status and comment, or why it was not
+    sent."""
+    for r in results:
+        if not r.ok:
+            log.warning("%s: %s", what, r.describe())
 
 
 def _instances(rows: list[dict[str, Any]], storage: Storage, results: list[SendResult]) -> list[StoredInstance]:
@@ -57,6 +66,29 @@ def _instances(rows: list[dict[str, Any]], storage: Storage, results: list[SendR
         inst._cp_results = results
         out.append(inst)
     return out
+
+
+DCMTK_ROOT = "1.2.276.0.7230010.3"  # the Implementation Class UIDs of DCMTK's tools
+
+
+def _final_without_identifier(assoc: Any) -> None:
+    """For a DCMTK requestor, send the final C-GET response without its identifier.
+
+    PS3.4 C.4.3.1.3.1 puts the Failed SOP Instance UID List in the identifier of a final response with failures;
+    DCMTK's ``DcmSCU`` (getscu) receives that response's command but never its data set, so the data set's P-DATA
+    is still waiting when it releases ("Association Release Failed: DUL P-Data PDU arrived") and the association
+    is aborted. Its failed instances are still counted in the response, and each is logged with its reason."""
+    impl = str(getattr(assoc.requestor, "implementation_class_uid", "") or "")
+    if not impl.startswith(DCMTK_ROOT):
+        return
+    original = assoc.dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if isinstance(primitive, C_GET) and primitive.Status is not None and primitive.Status not in (0xFF00, 0xFF01):
+            primitive.Identifier = None
+        original(primitive, context_id)
+
+    assoc.dimse.send_msg = send_msg
 
 
 def handle_get(event: Any, tenants: dict[str, str], index: Index, storage: Storage) -> Iterator[Any]:
@@ -75,6 +107,7 @@ def handle_get(event: Any, tenants: dict[str, str], index: Index, storage: Stora
         return
     if not getattr(event.assoc, "_cp_hooked", False):
         hook(event.assoc)
+        _final_without_identifier(event.assoc)
         event.assoc._cp_hooked = True
     results: list[SendResult] = []
     yield len(rows)
@@ -84,6 +117,7 @@ def handle_get(event: Any, tenants: dict[str, str], index: Index, storage: Stora
             return
         yield STATUS_PENDING, inst
     log.info("C-GET by %r: %s", calling_ae(event), _summary(results))
+    _log_failures(f"C-GET by {calling_ae(event)!r}", results)
 
 
 def handle_move(event: Any, tenants: dict[str, str], index: Index, storage: Storage,
@@ -132,3 +166,4 @@ def handle_move(event: Any, tenants: dict[str, str], index: Index, storage: Stor
             overflow.close()
     log.info("C-MOVE by %r to %r: %s (%d association(s))", calling_ae(event), title, _summary(results),
              len(groups))
+    _log_failures(f"C-MOVE by {calling_ae(event)!r} to {title!r}", results)

@@ -1,11 +1,13 @@
-"""C-STORE SCU: send stored instances to a peer unchanged, decompressing only when the peer needs it.
+"""C-STORE SCU: send stored instances to a peer unchanged, re-encoding them only when the peer needs it.
 
 Used by ``cubepacs send``, the archive's ``/api/send`` endpoint, C-MOVE and C-GET. For each (SOP class, stored
-transfer syntax) one presentation context is proposed with the stored syntax alone, and per SOP class one more
-with the uncompressed syntaxes (Explicit, then Implicit VR Little Endian). When the peer accepted the stored
-syntax, the stored dataset bytes (everything after the file meta) go out as they are: no group length dropped,
-no VR changed, no padding lost. Otherwise the instance is decoded with pydicom and sent uncompressed. More than
-128 contexts are spread over several associations.
+transfer syntax) one presentation context is proposed with the stored syntax alone; per SOP class Explicit and
+Implicit VR Little Endian alone (where not stored), and one context with the lossless compressed syntaxes this
+host can encode (JPEG-LS, RLE, JPEG 2000 lossless). When the peer accepted the stored syntax, the stored dataset
+bytes (everything after the file meta) go out as they are: no group length dropped, no VR changed, no padding
+lost (a deflated one deflated). Otherwise the instance is re-encoded by :mod:`cubepacs.dicom.transcode` — every
+UID and value kept, only the transfer syntax and pixel encoding changed — in the best lossless syntax the peer
+accepted (Explicit VR LE first, Implicit last). More than 128 contexts are spread over several associations.
 
 pynetdicom's ``Association.send_c_store`` always re-encodes a pydicom Dataset; :func:`store_encoded` is the small
 part of it that sends an already encoded dataset (the same steps, with our bytes as the primitive's data set).
@@ -15,34 +17,43 @@ Example
 >>> rows = [{"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax": "1.2.840.10008.1.2.4.70"},
 ...         {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax": "1.2.840.10008.1.2.1"}]
 >>> [(len(cxs), len(part)) for cxs, part in plan(rows)]
-[(3, 2)]
+[(4, 2)]
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import struct
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 
-from cubepacs.errors import CubepacsError
+from cubepacs.dicom.transcode import (
+    DEFLATED,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    can_encode,
+    dataset_offset,
+    lossless_rank,
+    transcode_dataset,
+)
+from cubepacs.errors import CodecError, CubepacsError
 
 log = logging.getLogger("cubepacs.dimse")
 
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE)
+# lossless compressed syntaxes an instance can be re-encoded in here, proposed in one context per SOP class for
+# the peers that take none of the stored or uncompressed ones
+ENCODABLE = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90")
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -56,7 +67,27 @@ class SendResult:
 
     sop_uid: str
     status: int | None  # None: never sent (no context, unreadable, no association)
-    sent_as: str  # "as stored (<ts>)", "decoded to <ts>" or the reason it was not sent
+    sent_as: str  # "as stored (<ts>)", "transcoded to <ts>" or the reason it was not sent
+    comment: str = ""  # the peer's Error Comment (0000,0902), when its response had one
+
+    @classmethod
+    def of(cls, sop_uid: str, status: Dataset, sent_as: str) -> SendResult:
+        """The result of a C-STORE the peer answered with ``status`` (empty: it did not answer)."""
+        code = status.get("Status")
+        return cls(sop_uid, None if code is None else int(code), sent_as, str(status.get("ErrorComment", "") or ""))
+
+    def describe(self) -> str:
+        """One line for a log or a report: the instance, the peer's own status and comment, how it was sent.
+
+        Example
+        -------
+        >>> SendResult("1.2.3", 0xA900, "as stored (1.2.840.10008.1.2.1)", "UID mismatch").describe()
+        "1.2.3: peer status 0xA900 ('UID mismatch'), as stored (1.2.840.10008.1.2.1)"
+        """
+        if self.status is None:
+            return f"{self.sop_uid}: not stored: {self.sent_as}"
+        comment = f" ({self.comment!r})" if self.comment else ""
+        return f"{self.sop_uid}: peer status 0x{self.status:04X}{comment}, {self.sent_as}"
 
     @property
     def ok(self) -> bool:
@@ -89,11 +120,14 @@ def _syntax(row: dict[str, Any]) -> str:
 
 
 def _contexts_of(sop: str, syntaxes: list[str]) -> list[PresentationContext]:
-    # each stored syntax alone (an acceptor picks by its own preference within a context: alone, the stored one
-    # is taken whenever the peer knows it), then the uncompressed ones for the peers that know none of them
-    # (a deflated dataset goes out inflated: peers were seen to time out on a stored deflate stream)
-    out = [build_context(sop, [ts]) for ts in syntaxes if ts not in DEFLATED]
-    out.append(build_context(sop, list(UNCOMPRESSED)))
+    # each syntax alone (an acceptor picks by its own preference within a context: pynetdicom's would take Implicit
+    # VR over Explicit): the stored ones (a deflated one goes out deflated), Explicit and Implicit VR Little Endian,
+    # then the lossless compressed ones re-encoding can produce, for the peers that take none of the others
+    out = [build_context(sop, [ts]) for ts in syntaxes]
+    out += [build_context(sop, [ts]) for ts in UNCOMPRESSED if ts not in syntaxes]
+    encodable = [ts for ts in ENCODABLE if can_encode(ts) and ts not in syntaxes]
+    if encodable:
+        out.append(build_context(sop, encodable))
     return out
 
 
@@ -119,51 +153,6 @@ def plan(rows: Iterable[dict[str, Any]]) -> list[tuple[list[PresentationContext]
     if members:
         groups.append((contexts, members))
     return groups
-
-
-def dataset_offset(data: bytes) -> int:
-    """Where the dataset starts in a Part 10 file (after preamble and group 0002, always Explicit VR LE)."""
-    pos = 132 if data[128:132] == b"DICM" else 0
-    while pos + 8 <= len(data):
-        group, _ = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            break
-        vr = data[pos + 4:pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            pos += 12 + struct.unpack_from("<I", data, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
-    return pos
-
-
-def inflate(data: bytes) -> bytes:
-    """The dataset of a deflated Part 10 file, inflated: the same explicit VR little endian bytes it was made of."""
-    import zlib
-
-    return zlib.decompress(data[dataset_offset(data):], -zlib.MAX_WBITS)
-
-
-def decode_to(data: bytes, syntax: str) -> bytes:
-    """The dataset of a Part 10 file re-encoded uncompressed in ``syntax`` (Explicit or Implicit VR LE), pixels
-    decoded by pydicom (big endian swapped, compressed decompressed)."""
-    import pydicom
-    from pynetdicom.dsutils import encode
-
-    target = UID(syntax)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(BytesIO(data))
-        stored = ds.file_meta.TransferSyntaxUID
-        if stored.is_compressed:
-            ds.decompress()
-        elif not stored.is_little_endian and "PixelData" in ds:
-            arr = ds.pixel_array
-            ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-            ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
-        encoded = encode(ds, target.is_implicit_VR, True, False)
-    if encoded is None:
-        raise SendError(f"instance {ds.get('SOPInstanceUID', '?')} cannot be encoded in {syntax}")
-    return bytes(encoded)
 
 
 def _context(assoc: Any, sop: str, syntax: str) -> PresentationContext | None:
@@ -208,25 +197,44 @@ def store_encoded(assoc: Any, context: PresentationContext, sop_class: str, sop_
     return assoc._check_received_status(rsp)  # type: ignore[no-any-return]
 
 
+def _candidates(assoc: Any, sop: str) -> list[PresentationContext]:
+    """The accepted contexts of ``sop`` we may send on, in a syntax any instance can be re-encoded to without
+    loss (``transcode.LOSSLESS_ORDER``), best first."""
+    ranked = []
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax == sop and cx.as_scu:
+            rank = lossless_rank(str(cx.transfer_syntax[0]))
+            if rank is not None:
+                ranked.append((rank, cx.context_id, cx))
+    return [cx for _, _, cx in sorted(ranked, key=lambda t: (t[0], t[1]))]
+
+
 def send_stored(assoc: Any, inst: StoredInstance, msg_id: int = 1, originator_aet: str | None = None,
                 originator_id: int | None = None) -> tuple[Dataset, str]:
-    """Send one stored instance over ``assoc``: as stored when the peer accepted its syntax, else decoded to an
-    accepted uncompressed syntax. Returns (status dataset, how it was sent); SendError when no context fits."""
+    """Send one stored instance over ``assoc``: as stored when the peer accepted its syntax, else re-encoded
+    (``cubepacs.dicom.transcode``: every UID and value kept) in the best lossless syntax the peer accepted.
+    Returns (status dataset, how it was sent); SendError when no accepted context fits or it cannot be
+    re-encoded (the reason named)."""
     sop, uid, stored = str(inst.SOPClassUID), str(inst.SOPInstanceUID), str(inst.file_meta.TransferSyntaxUID)
     cx = _context(assoc, sop, stored)
     data = inst.load()
     if cx is not None:
         payload, how = data[dataset_offset(data):], f"as stored ({stored})"
-    elif stored in DEFLATED and (cx := _context(assoc, sop, ExplicitVRLittleEndian)) is not None:
-        payload, how = inflate(data), f"inflated to {ExplicitVRLittleEndian}"
+        if stored == DEFLATED and len(payload) % 2:
+            payload += b"\0"  # PS3.5 A.5: a deflated stream of odd length is padded (DCMTK refuses it unpadded)
     else:
-        for ts in UNCOMPRESSED:
-            cx = _context(assoc, sop, ts)
-            if cx is not None:
-                payload, how = decode_to(data, ts), f"decoded to {ts}"
+        reasons = []
+        for cx in _candidates(assoc, sop):
+            ts = str(cx.transfer_syntax[0])
+            try:
+                payload, how = transcode_dataset(data, ts), f"transcoded to {ts}"
                 break
+            except CodecError as exc:
+                reasons.append(str(exc))
         else:
-            raise SendError(f"the peer accepted no context for {sop} in {stored} or uncompressed")
+            accepted = sorted({str(c.transfer_syntax[0]) for c in assoc.accepted_contexts if c.abstract_syntax == sop})
+            why = "; ".join(reasons) if reasons else f"the peer accepted {sop} only in {accepted or 'nothing'}"
+            raise SendError(f"instance {uid} (stored as {stored}) cannot be sent losslessly: {why}")
     status = store_encoded(assoc, cx, sop, uid, payload, msg_id, originator_aet, originator_id)
     return status, how
 
@@ -245,13 +253,12 @@ def _hooked_send_c_store(assoc: Any, original: Callable[..., Dataset], dataset: 
             if dataset._cp_fallback is None:
                 raise
             status, how = dataset._cp_fallback(dataset)
-    except Exception as exc:
-        log.warning("C-STORE of %s to %s failed: %s", dataset.SOPInstanceUID, assoc.acceptor.ae_title, exc)
+    except Exception as exc:  # logged with the others by the caller (retrieve._log_failures)
         if dataset._cp_results is not None:
             dataset._cp_results.append(SendResult(str(dataset.SOPInstanceUID), None, str(exc)))
         raise
     if dataset._cp_results is not None:
-        dataset._cp_results.append(SendResult(str(dataset.SOPInstanceUID), status.get("Status"), how))
+        dataset._cp_results.append(SendResult.of(str(dataset.SOPInstanceUID), status, how))
     return status
 
 
@@ -368,7 +375,7 @@ def send_rows(rows: list[dict[str, Any]], load: Callable[[dict[str, Any]], bytes
                 except Exception as exc:
                     yield SendResult(r["sop_uid"], None, f"not sent: {exc}")
                     continue
-                yield SendResult(r["sop_uid"], status.get("Status"), how)
+                yield SendResult.of(r["sop_uid"], status, how)
         finally:
             if assoc.is_established:
                 assoc.release()

@@ -290,47 +290,42 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def wanted_syntax(accept: str) -> str | None:
-    """The transfer syntax an Accept header asks for (None: any, i.e. as stored).
+    """The transfer syntax an Accept header asks instances in: its ``transfer-syntax`` parameter, None for ``*``
+    (as stored), Explicit VR Little Endian when it names none (PS3.18 8.7.3.5.2: the default of
+    ``application/dicom``).
 
     Example
     -------
-    >>> wanted_syntax('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1')
-    '1.2.840.10008.1.2.1'
+    >>> wanted_syntax('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70')
+    '1.2.840.10008.1.2.4.70'
+    >>> wanted_syntax('multipart/related; type="application/dicom"'), wanted_syntax("transfer-syntax=*")
+    ('1.2.840.10008.1.2.1', None)
     """
     for item in accept.replace(",", ";").split(";"):
         key, _, value = item.strip().partition("=")
         if key.strip().lower() == "transfer-syntax":
             value = value.strip().strip('"')
             return None if value == "*" else value
-    return None
+    return EXPLICIT_LE
 
 
-def transcode(data: bytes, syntax: str) -> bytes:
-    """The instance in ``syntax``: as stored when it already is; Explicit VR Little Endian from any syntax a
-    decoder exists for; 406 otherwise."""
-    import warnings
-    from io import BytesIO
+def in_syntax(data: bytes, syntax: str | None, asked: bool) -> tuple[bytes, str]:
+    """An instance's Part 10 bytes in ``syntax`` (None: as stored) and the syntax they are in, every UID and value
+    kept (``cubepacs.dicom.transcode``). When it cannot be re-encoded: 406 naming it if ``asked`` (the client named
+    the syntax), else as stored (the default applies to what can be decoded; its part says what it holds)."""
+    from cubepacs.dicom.transcode import stored_syntax, transcode_file
+    from cubepacs.errors import CodecError
 
-    import pydicom
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(BytesIO(data))
-        stored = str(ds.file_meta.TransferSyntaxUID)
-        if stored == syntax:
-            return data
-        if syntax != EXPLICIT_LE:
-            raise HTTPException(406, f"cannot transcode to {syntax}: stored as {stored}; offered: as stored, "
-                                     f"or {EXPLICIT_LE}")
-        try:
-            if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
-            ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(EXPLICIT_LE)
-            out = BytesIO()
-            ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
-        except Exception as exc:
-            raise HTTPException(406, f"cannot decode {stored} to transcode it: {exc}") from exc
-    return out.getvalue()
+    stored = stored_syntax(data)
+    if syntax is None or syntax == stored:
+        return data, stored
+    try:
+        return transcode_file(data, syntax), syntax
+    except Exception as exc:  # CodecError, or whatever a malformed stored file makes pydicom raise: never a 500
+        if asked:
+            reason = str(exc) if isinstance(exc, CodecError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise HTTPException(406, f"{reason}; offered: {stored} (as stored) or {EXPLICIT_LE}") from None
+        return data, stored
 
 
 _RELATIVE = b'"BulkDataURI":"' + ROOT.encode() + b"/"
@@ -346,17 +341,24 @@ def absolute(response: Response, request: Request) -> Response:
     return Response(body, media_type=DICOM_JSON)
 
 
+def transcoded(data: bytes, syntax: str, sop: str) -> bytes:
+    """``in_syntax`` with the syntax asked for: any failure to read or re-encode the stored instance (a malformed
+    Specific Character Set, a codec's error) a 406 naming the instance, never a 500 (``sop``: kept for callers;
+    the reason names the instance already)."""
+    return in_syntax(data, syntax, True)[0]
+
+
 def add_routes(app: FastAPI, services: Services) -> None:
     """Register the WADO-RS routes."""
 
     def retrieve(rows: list[dict[str, Any]], request: Request) -> Response:
-        syntax = wanted_syntax(request.headers.get("accept", ""))
-        datas = [services.storage.get(r["storage_key"]) for r in rows]
-        if syntax is not None:
-            datas = [transcode(d, syntax) for d in datas]
-        extra = f"; transfer-syntax={syntax}" if syntax else ""
-        body, ctype = multipart.encode(datas, "application/dicom", extra)
-        return Response(body, media_type=ctype)
+        accept = request.headers.get("accept", "")
+        syntax = wanted_syntax(accept)
+        out = [in_syntax(services.storage.get(r["storage_key"]), syntax, "transfer-syntax" in accept.lower())
+               for r in rows]
+        chunks, ctype = multipart.pieces([d for d, _ in out], "application/dicom",
+                                         extras=[f"; transfer-syntax={ts}" if ts else "" for _, ts in out])
+        return Response(b"".join(chunks), media_type=ctype)
 
     @app.get(ROOT + "/studies/{study}")
     def get_study(request: Request, study: str, tenant: str = Depends(tenant_of)) -> Response:
