@@ -202,6 +202,7 @@ def main() -> None:
 
 
 from cubepacs.cli import archive as _archive  # noqa: E402,F401  (registers serve, storescp, indexer, …)
+from cubepacs.cli import backup as _backup  # noqa: E402,F401  (registers `cubepacs backup`, `restore`, `verify-backup`)
 from cubepacs.cli import keys as _keys  # noqa: E402,F401  (registers `cubepacs keys`)
 from cubepacs.cli import lake as _lake  # noqa: E402,F401  (registers `cubepacs scan`)
 from cubepacs.cli import manage as _manage  # noqa: E402,F401  (registers `cubepacs send`, `cubepacs delete`)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,6 +51,13 @@ from cubepacs.archive.index.models import (
 )
 from cubepacs.archive.index.statements import fit, instance_row, int_or_none, statements
 from cubepacs.errors import BackendError
+
+
+def _tables(conn: Connection) -> list[str]:
+    """The tables of the index's database (its schema migration looks before it creates)."""
+    from sqlalchemy import inspect
+
+    return list(inspect(conn).get_table_names())
 
 STUDY_FIELDS = {
     "StudyInstanceUID": "study_uid", "PatientID": "patient_id", "PatientName": "patient_name",
@@ -132,13 +140,24 @@ class Index:
             raise BackendError(f"index {mask_url(url)} is not usable: {type(exc).__name__}: {detail}") from exc
 
     def migrate(self) -> None:
-        """Create the tables, or apply the migrations an older index lacks."""
+        """Create the tables, or apply the migrations an older index lacks (in one transaction, recorded in
+        ``cubepacs_schema``; ``docs/design.md``, "Index schema versions"). An index of a newer schema than this
+        code knows is refused: BackendError, nothing changed."""
+        with self.engine.begin() as conn:  # before create_all: a newer index must not gain tables either
+            if schema_version.name in _tables(conn):
+                newest = conn.execute(select(func.max(schema_version.c.version))).scalar()
+                if newest is not None and newest > SCHEMA_VERSION:
+                    raise BackendError(f"index {self.url} has schema version {newest}, newer than this cubepacs "
+                                       f"knows ({SCHEMA_VERSION}): run the cubepacs that wrote it, or a newer one")
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             current = conn.execute(select(func.max(schema_version.c.version))).scalar()
             if current is None:
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
                 return
+            if current < SCHEMA_VERSION:
+                logging.getLogger("cubepacs.index").info("index %s: schema version %d migrated to %d", self.url,
+                                                         current, SCHEMA_VERSION)
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in [*MIGRATIONS.get(version, []),
                                   *DIALECT_MIGRATIONS.get(version, {}).get(conn.dialect.name, [])]:
