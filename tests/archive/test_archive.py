@@ -149,6 +149,22 @@ def test_tenants_are_isolated(stored: Server, tmp_path: Path) -> None:
     res = dcmtk("findscu", "-aec", "BETAPACS", "-S", "-X", "-k", "QueryRetrieveLevel=STUDY", "-k",
                 "StudyInstanceUID", "127.0.0.1", str(stored.dimse_port), cwd=tmp_path)
     assert res.returncode == 0 and not list(tmp_path.glob("rsp*.dcm"))
+    # the archive's own API and pages (docs/viewer.md): another tenant's study is not there, its deletion
+    # deletes nothing, its audit rows are not shown (beta's key is admin: roles are not what refuses it here)
+    site = stored.url.removesuffix("/dicom-web")
+    for page in (f"/ui/studies/{ds.StudyInstanceUID}", f"/ui/studies/{ds.StudyInstanceUID}/zip",
+                 f"/ui/studies/{ds.StudyInstanceUID}/delete", f"/ui{path}",
+                 f"/ui/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"):
+        assert httpx.get(site + page, headers=stored.headers("beta")).status_code == 404, page
+        assert httpx.get(site + page, headers=stored.headers()).status_code == 200, page
+    gone = httpx.delete(f"{site}/api/studies/{ds.StudyInstanceUID}", headers=stored.headers("beta"))
+    assert gone.json() == {"deleted": 0}
+    audit = httpx.get(f"{site}/api/audit", headers=stored.headers("beta"), params={"limit": 1000}).json()
+    beta = httpx.get(f"{site}/api/me", headers=stored.headers("beta")).json()["who"]
+    assert audit and {r["who"] for r in audit} <= {beta, "ae:FINDSCU"}  # its own attempts only (and findscu's)
+    mine = httpx.get(f"{site}/api/audit", headers=stored.headers(), params={"study": ds.StudyInstanceUID}).json()
+    assert {"download", "view"} <= {r["action"] for r in mine}
+    assert len(httpx.get(f"{site}/api/keys", headers=stored.headers("beta")).json()) == 1  # its own only
 
 
 def test_no_path_traversal_through_uids(stored: Server) -> None:
