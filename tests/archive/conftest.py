@@ -128,6 +128,21 @@ def wait_until(check: object, timeout: float = 30.0) -> None:
     raise TimeoutError("condition not reached")
 
 
+def compact_now(server: Server, timeout: float = 180.0) -> None:
+    """Make every series of ``server`` (started with a long ``quiet_seconds``) due now and wait until the web worker
+    has written a cube for each (its pass runs each second)."""
+    from cubepacs.archive.index.store import Index
+
+    index = Index.from_url(f"sqlite:///{server.data_dir}/index.db")
+    try:
+        with index.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE dicom_json_meta SET flag_time = '2000-01-01 00:00:00.000000'")
+            series = int(conn.exec_driver_sql("SELECT COUNT(*) FROM dicom_json_meta").scalar() or 0)
+        wait_until(lambda: len(list((server.data_dir / "storage").rglob("*.dcbs"))) >= series, timeout=timeout)
+    finally:
+        index.close()
+
+
 def stop_all(procs: list[subprocess.Popen[bytes]], logs: list[Any]) -> None:
     """Terminate processes (kill those that do not stop) and close their log files."""
     for p in procs:

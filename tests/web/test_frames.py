@@ -15,7 +15,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.pixels import pack_bits, pixel_array
 
 from cubepacs.archive.web import multipart
-from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
+from tests.archive.conftest import Server, compact_now, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SINGLES
 
 FILES = [next(s for s in SINGLES if s.name == n) for n in
@@ -212,19 +212,6 @@ def _native_422() -> bytes:
     return bytes(out.getvalue())
 
 
-def _compact(server: Server, series: int) -> None:
-    """Make every series due now and wait for the web worker's cubes (its pass runs each second)."""
-    from cubepacs.archive.index.store import Index
-
-    index = Index.from_url(f"sqlite:///{server.data_dir}/index.db")
-    try:
-        with index.engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE dicom_json_meta SET flag_time = '2000-01-01 00:00:00.000000'")
-        wait_until(lambda: len(list((server.data_dir / "storage").rglob("*.dcbs"))) >= series, timeout=120)
-    finally:
-        index.close()
-
-
 def test_frames_are_served_in_the_layout_their_metadata_says(server: Server) -> None:
     """Every colour single (and crafted copies): ``/metadata``'s Planar Configuration and Photometric
     Interpretation describe the bytes ``/frames`` sends (uncompressed, PS3.18's default), from the stored file
@@ -263,6 +250,6 @@ def test_frames_are_served_in_the_layout_their_metadata_says(server: Server) -> 
             assert got == np.ascontiguousarray(want).tobytes(), name
 
     check("file")
-    _compact(server, series=len({_ids(ds)[1] for ds in dss} | {_ids(pydicom.dcmread(p))[1] for p in FILES}))
+    compact_now(server)
     check("cube")
     _check_files(server)  # the multi-frame, 1-bit and 422 files of the module, now from their cubes too

@@ -41,7 +41,7 @@ from pydicom.pixels import pixel_array
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi, apply_voi_lut
 
 from cubepacs.archive.web import multipart
-from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
+from tests.archive.conftest import Server, compact_now, free_port, start_server, stop_server, write_config
 from tests.conftest import SERIES, SINGLES, dicom_files
 
 CT = next(s for s in SINGLES if s.name == "ct_ge_small_signed.dcm")
@@ -269,17 +269,7 @@ def test_every_image_renders_the_same_from_the_cubes(server: Server) -> None:
     """After the web worker compacted every series, frames come from the cubes: the same renderings (first and
     last frames) of every single and crafted instance (each its own series and cube) and of every tenth slice of
     each series (the cube's frames are checked bit for bit against pydicom in tests/cube; here the path)."""
-    from cubepacs.archive.index.store import Index
-
-    index = Index.from_url(f"sqlite:///{server.data_dir}/index.db")
-    try:
-        with index.engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE dicom_json_meta SET flag_time = '2000-01-01 00:00:00.000000'")
-            series = conn.exec_driver_sql("SELECT COUNT(*) FROM dicom_json_meta").scalar()
-        wait_until(lambda: len(list((server.data_dir / "storage").rglob("*.dcbs"))) >= int(series or 0),
-                   timeout=180)
-    finally:
-        index.close()
+    compact_now(server)
     with httpx.Client(timeout=60) as client:
         for k, (name, data) in enumerate(_all()):
             if name in SINGLE_NAMES or name in CRAFTED or k % 10 == 0:
