@@ -24,6 +24,19 @@ import numpy as np
 from cubepacs.errors import CubepacsError
 
 
+def preload() -> None:
+    """Import every module the targets use (``run.py`` calls this inside atheris' instrumentation, so that coverage
+    guides the fuzzer through them: imported lazily in a target, they would not be instrumented)."""
+    import importlib
+
+    for name in ("cubepacs.cube.reader", "cubepacs.cube.guard", "cubepacs.cube.codecs", "cubepacs.cube.validate",
+                 "cubepacs.cube.meta", "cubepacs.cube.image", "cubepacs.cube.sources", "cubepacs.dicom.rawfile",
+                 "cubepacs.archive.ingest", "cubepacs.archive.metadata", "cubepacs.archive.web.multipart",
+                 "cubepacs.archive.web.wado", "cubepacs.lake.reader", "pydicom.encaps",
+                 "pydicom.pixels.decoders.base", "pydicom.pixels.decoders.rle", "pydicom.pixels.decoders.pylibjpeg"):
+        importlib.import_module(name)
+
+
 def _declared() -> tuple[type[BaseException], ...]:
     from fastapi import HTTPException
 
@@ -79,6 +92,78 @@ def cube_mutator(data: bytes, max_size: int, seed: int) -> bytes:
     return out[:max_size]
 
 
+_INTERESTING = (0, 1, 2, 3, 7, 8, 12, 15, 16, 17, 24, 31, 32, 33, 63, 64, 65, 255, 256, 4095, 65535, 65536,
+                (1 << 24) - 1, 1 << 24, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, (1 << 63) - 1, -1, -(1 << 63))
+_DTYPES = ("<u1", "<i1", "<u2", "<i2", ">u2", "<u4", "<i4", "<f4", "<u8", "<i8", "<f8", "<i3", "|O", "<c8")
+
+
+def _targeted(data: bytes, rng: random.Random, choice: int) -> bytes:
+    """One structure-aware mutation, every checksum recomputed (``mutants``): 5 the element pool (keys, offsets,
+    entry bytes, references), 6 a typed column (its bytes or its section), 7 a pixel description's dtype, bits,
+    samples, geometry or mode, 8 a stored blob (a whole opaque value or a frame) replaced by a zstd or raw stream
+    declaring another size."""
+    import json
+
+    import mutants
+
+    if choice == 5:
+        section = rng.choice(("pool_keys", "pool_offsets", "pool_data", "refs", "starts"))
+
+        def poke(b: bytearray) -> None:
+            if not b:
+                return
+            width = 8 if section != "pool_data" else rng.choice((1, 2, 4))
+            at = rng.randrange(max(len(b) - width, 0) + 1)
+            value = rng.choice(_INTERESTING) if rng.random() < 0.7 else rng.getrandbits(8 * width)
+            b[at:at + width] = (value % (1 << (8 * width))).to_bytes(width, "little")[:len(b) - at]
+
+        return mutants.edit_area(data, section, poke)
+    if choice == 6:
+        doc = json.loads(mutants._parts(data)[0])
+        name = rng.choice(sorted(doc["columns"]))
+        if rng.random() < 0.5:
+            def swap(d: dict[str, Any]) -> None:
+                d["columns"][name]["sect"] = d["columns"][rng.choice(sorted(d["columns"]))]["sect"]
+            return mutants.edit_meta(data, swap)
+
+        def scribble(b: bytearray) -> None:
+            if b:
+                at = rng.randrange(len(b))
+                b[at] = rng.randrange(256)
+
+        return mutants.edit_area(data, f"column {name}", scribble)
+    if choice == 7:
+        def desc(d: dict[str, Any]) -> None:
+            target = rng.choice(d["pixel_descs"])
+            field = rng.choice(("dtype", "bits", "spp", "rows", "cols", "frames", "mode", "signed", "stored"))
+            target[field] = {"dtype": lambda: rng.choice(_DTYPES), "mode": lambda: rng.choice(
+                ("native", "opaque", "encapsulated", "file", "x")), "signed": lambda: rng.choice((True, False, 2))
+                             }.get(field, lambda: rng.choice(_INTERESTING))()
+        return mutants.edit_meta(data, desc)
+    recs = np.frombuffer(mutants._parts(data)[2], _frame_dtype())
+    row = rng.randrange(len(recs))
+    size = rng.choice((0, 1, 100, 1 << 16, 1 << 20, 1 << 24, 1 << 26))
+    blob = _zeros(size) if rng.random() < 0.8 else bytes(min(size, 1 << 20))
+    return mutants.replace_blob(data, row, blob)
+
+
+def _frame_dtype() -> Any:
+    from cubepacs.cube.format import FRAME_DTYPE
+
+    return FRAME_DTYPE
+
+
+_ZEROS: dict[int, bytes] = {}  # zstd streams of n zero bytes, made once each
+
+
+def _zeros(n: int) -> bytes:
+    import imagecodecs
+
+    if n not in _ZEROS:
+        _ZEROS[n] = bytes(imagecodecs.zstd_encode(bytes(n)))
+    return _ZEROS[n]
+
+
 def _cube_mutation(data: bytes, max_size: int, seed: int) -> bytes:
     import atheris
     import imagecodecs
@@ -86,7 +171,12 @@ def _cube_mutation(data: bytes, max_size: int, seed: int) -> bytes:
     from cubepacs.cube.format import FRAME_DTYPE, HEADER, HEADER_SIZE
 
     rng = random.Random(seed)
-    choice = rng.randrange(5)
+    choice = rng.randrange(9)
+    if choice >= 5:
+        try:
+            return _targeted(data, rng, choice)
+        except Exception:
+            choice = rng.randrange(5)
     try:
         _, _, _, _, mo, ml, _mrl, _mc, io_, il, _ic, do, _dl, _ = HEADER.unpack(data[:HEADER_SIZE])
         if choice <= 1:  # the metadata: JSON text or the binary arrays, decompressed
@@ -202,5 +292,58 @@ def lake(data: bytes) -> None:
     list(reader._parsed_or_error(io.BytesIO(data), row, "fuzz.dcm", 1024, 1 << 20))
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"cube": cube, "dicom": dicom, "stow": stow, "lake": lake}
+# --- codestreams: RLE and JPEG-LS through the codec layer ---------------------------------------------------------
+
+_GEOMETRY: dict[int, tuple[str, dict[str, Any]]] = {}  # per path: syntax and decoder options of its seed file
+
+
+def _path(path: int) -> tuple[str, dict[str, Any]]:
+    if path not in _GEOMETRY:
+        import pydicom
+        from seeds import CODESTREAM_SEEDS
+
+        seed = CODESTREAM_SEEDS[path]
+        ds = pydicom.dcmread(seed, stop_before_pixels=True)
+        _GEOMETRY[path] = (str(ds.file_meta.TransferSyntaxUID), {
+            "rows": ds.Rows, "columns": ds.Columns, "samples_per_pixel": ds.SamplesPerPixel,
+            "bits_allocated": ds.BitsAllocated, "bits_stored": ds.BitsStored,
+            "pixel_representation": ds.PixelRepresentation, "number_of_frames": 1,
+            "photometric_interpretation": ds.PhotometricInterpretation,
+            "planar_configuration": int(ds.get("PlanarConfiguration", 0) or 0)})
+    return _GEOMETRY[path]
+
+
+def codestream(data: bytes) -> None:
+    """One frame's codestream, its first byte picking the path (``seeds.CODESTREAM_SEEDS``): an RLE or JPEG-LS
+    frame decoded by pydicom's plugins as the codec layer wraps them (header checked, panics made CodecError), or
+    (path 2) a JPEG-LS blob decoded as a cube frame (``guard.check`` then the ``jpegls`` codec) — each with the
+    geometry of the real file its seed came from. Only CodecError (or pydicom's RuntimeError listing every plugin's
+    CodecError) may come out."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+
+    from cubepacs.cube import guard
+    from cubepacs.cube.codecs import get_codec
+    from cubepacs.errors import CodecError
+
+    if len(data) < 2:
+        return
+    path, stream = data[0] % 4, data[1:]
+    syntax, opts = _path(path)
+    try:
+        if path == 2:
+            shape = (opts["rows"], opts["columns"])
+            guard.check(3, stream, shape, 16)
+            get_codec("jpegls").decode(stream, np.empty(shape, np.uint16))
+        else:
+            get_decoder(syntax).as_array(encapsulate([stream]), raw=True, **opts)
+    except CodecError:
+        pass
+    except RuntimeError as exc:  # pydicom: "Unable to decode as exceptions were raised by all available plugins"
+        if "all available plugins" not in str(exc):
+            raise
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {"cube": cube, "dicom": dicom, "stow": stow, "lake": lake,
+                                               "codestream": codestream}
 MUTATORS: dict[str, Any] = {"cube": cube_mutator}

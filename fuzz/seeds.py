@@ -15,6 +15,12 @@ SMALL = ["ct_ge_small_signed.dcm", "ts_rle_siemens_mr.dcm", "ts_jpegls_lossless_
          "sr_comprehensive_nested.dcm", "ybr_full_uncompressed_sc.dcm", "palette_color_us_philips_8bit.dcm"]
 
 
+CODESTREAM_SEEDS = {0: DATA / "single" / "ts_rle_siemens_mr.dcm",  # RLE, 384 × 384, 16 bits (pydicom)
+                    1: DATA / "single" / "ts_jpegls_lossless_siemens_mr.dcm",  # JPEG-LS, 384 × 384 (pydicom)
+                    2: DATA / "single" / "ts_jpegls_lossless_siemens_mr.dcm",  # the same, as a cube frame
+                    3: DATA / "single" / "rle_rgb_sc.dcm"}  # RLE, 100 × 100 RGB, 8 bits (pydicom)
+
+
 def singles() -> list[Path]:
     return [DATA / "single" / n for n in SMALL if (DATA / "single" / n).exists()]
 
@@ -49,6 +55,13 @@ def build(target: str, folder: Path) -> Path:
                     z2.write(singles()[0], "inner.dcm")
                 zf.writestr("nested.zip", inner.getvalue())
             (folder / "archive.zip").write_bytes(buf.getvalue())
+    elif target == "codestream":  # first byte: the path (CODESTREAM_SEEDS), then a real file's first frame
+        import pydicom
+        from pydicom.encaps import get_frame
+
+        for path, seed in CODESTREAM_SEEDS.items():
+            frame = bytes(get_frame(pydicom.dcmread(seed).PixelData, 0, number_of_frames=1))
+            (folder / f"{path}-{seed.stem}").write_bytes(bytes([path]) + frame)
     elif target == "stow":
         from cubepacs.archive.web import multipart
 

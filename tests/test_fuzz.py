@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fuzz"))
-TARGETS = ("cube", "dicom", "stow", "lake")
+TARGETS = ("cube", "dicom", "stow", "lake", "codestream")
 REGRESSIONS = sorted((t, p) for t in TARGETS for p in (ROOT / "fuzz" / "regressions" / t).glob("*"))
 
 

@@ -229,3 +229,17 @@ def test_cli_info_and_export_of_damaged_cubes_are_one_line_errors(ct_cube: bytes
             assert words in out.stderr + out.stdout and str(path) in out.stderr + out.stdout, (name, out.stderr)
             if args[0] == "export":
                 assert not (tmp_path / name).exists() or not list((tmp_path / name).iterdir())
+
+
+def test_a_failure_a_decoder_swallows_is_a_codec_error_not_half_a_frame(ct_cube: bytes) -> None:
+    """Found by the cube harness: imagecodecs' HTJ2K decoder raises "ojph error" in a callback that cannot
+    propagate it, prints a traceback and returns a half-decoded frame. Crafted: two bytes of the real CT's
+    codestream changed (its header intact; the fuzzer's first mutation)."""
+    reader = CubeReader(ct_cube)
+    rec = reader.index[0]
+    start, length = reader.header.data_offset + int(rec["offset"]), int(rec["length"])
+    blob = bytearray(ct_cube[start:start + length])
+    assert length == 14504  # OpenJPH's deterministic encoding of this file, which the offsets below are in
+    blob[783], blob[8496] = 215, 132
+    with pytest.raises(CodecError, match="htj2k decoder: RuntimeError: ojph error .inside the decoder"):
+        CubeReader(mutants.replace_blob(ct_cube, 0, bytes(blob))).frame(0)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -55,6 +56,31 @@ _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)  # what a decoder failur
 T = TypeVar("T")
 
 
+_CALLS = threading.local()  # per thread: the failures a decoder swallowed during the native_call under way
+
+
+def _unraisable(hook: Any) -> None:
+    """``sys.unraisablehook``: an exception a native decoder raised in a callback that cannot propagate it
+    (imagecodecs' HTJ2K ``_copy_from_codestream`` on a corrupted codestream: "ojph error", printed with a traceback
+    while the decoder returned a half-filled frame) is kept for the ``native_call`` under way on this thread,
+    which raises it as CodecError; any other goes to the hook that was there before."""
+    stack = getattr(_CALLS, "stack", None)
+    if stack:
+        stack[-1].append(hook.exc_value)
+        return
+    _PREVIOUS_HOOK[0](hook)
+
+
+_PREVIOUS_HOOK = [sys.unraisablehook]
+
+
+def _hook_installed() -> None:
+    """Put :func:`_unraisable` in front of whatever hook is there now (a test runner may have set its own)."""
+    if sys.unraisablehook is not _unraisable:
+        _PREVIOUS_HOOK[0] = sys.unraisablehook
+        sys.unraisablehook = _unraisable
+
+
 def native_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``, any failure but an interrupt raised as :class:`CodecError` naming ``what``.
 
@@ -65,8 +91,11 @@ def native_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T
     ...
     cubepacs.errors.CodecError: frame 3: ZstdError: ...
     """
+    _hook_installed()
+    stack = _CALLS.__dict__.setdefault("stack", [])
+    stack.append([])
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except CodecError:
         raise
     except BaseException as exc:  # a Rust panic is a BaseException
@@ -74,6 +103,12 @@ def native_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T
             raise
         text = " ".join(str(exc).split())  # one line: pydicom lists every plugin's failure on its own line
         raise CodecError(f"{what}: {type(exc).__name__}: {text[:400]}") from None
+    finally:
+        swallowed = stack.pop()
+    if swallowed:
+        first = swallowed[0]
+        raise CodecError(f"{what}: {type(first).__name__}: {str(first)[:200]} (inside the decoder, which went on)")
+    return result
 
 
 class Codec(ABC):
