@@ -84,7 +84,8 @@ def same_elements(a: bytes, b: bytes) -> bool:
 def compare(original: bytes, received: bytes, by_elements: bool = False) -> str:
     """'bytes' (dataset identical), 'elements' (same elements), 'pixels' (syntax changed, pixels equal), or what
     differs."""
-    if dataset_part(original) == dataset_part(received):
+    a, b = dataset_part(original), dataset_part(received)
+    if a == b or (len(a) % 2 and b == a + b"\0"):  # a deflated dataset of odd length goes out padded (PS3.5 A.5)
         return "bytes"
     if by_elements and same_elements(original, received):
         return "elements"
