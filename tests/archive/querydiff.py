@@ -239,10 +239,18 @@ def queries(datas: list[bytes]) -> list[dict[str, Any]]:
     for study in studies[:3]:
         add("SERIES", "series of a study", StudyInstanceUID=study)
     add("SERIES", "series of a study, one modality", StudyInstanceUID=studies[0], Modality="CT\\MR\\US\\CR")
+    # study attributes, wild cards, ranges and several values at the lower levels too
+    add("SERIES", "PatientName at series level", PatientName="*^J*")
+    add("SERIES", "StudyDate at series level", StudyDate="20000101-20181231", Modality="CT\\MR")
+    add("SERIES", "SeriesDate", SeriesDate="-20100101")
+    add("SERIES", "SeriesDate", SeriesDate="20100101-")
     add("SERIES", "everything")
     sops = v["SOPInstanceUID"]
     add("IMAGE", "SOPInstanceUID list", SOPInstanceUID="\\".join(sops[::40][:6]))
     add("IMAGE", "SOPInstanceUID", SOPInstanceUID=sops[-1])
+    add("IMAGE", "Modality at image level", Modality="US\\CR\\NM")
+    add("IMAGE", "PatientID at image level", PatientID="Compressed*\\JP-001\\case-*", InstanceNumber="1\\2")
+    add("IMAGE", "PatientName at image level", PatientName="compressedsamples^?T1")
     for value in ("1", "50", "1\\2\\3", "100"):
         add("IMAGE", "InstanceNumber", InstanceNumber=value)
     # (IMAGE queries answered by few instances: Orthanc's QIDO reads each answered instance's file)

@@ -94,6 +94,8 @@ def studies(idx: Index, qido: bool = False, **filters: Any) -> list[str]:
     ({"PatientName": "*^J?n*"}, False, ["1.3"]),
     ({"StudyDescription": "Chest, PA"}, False, ["1.2"]),
     ({"PatientID": "*"}, False, ["1.1", "1.2", "1.3", "1.4"]),
+    ({"PatientID": "P-*\\JP-1"}, False, ["1.1"]),  # in a list, * is a character (lists: UIDs only, C.2.2.2.2)
+    ({"PatientName": "SMITH*\\yamada^tarou"}, False, ["1.1"]),
 ])
 def test_matching(index: Index, filters: dict[str, Any], qido: bool, expected: list[str]) -> None:
     assert studies(index, qido, **filters) == expected

@@ -41,14 +41,15 @@ STATUS_IDENTIFIER_MISMATCH = 0xA900
 _STUDY_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                "StudyTime", "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName",
                "ModalitiesInStudy")
-_SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription")
+_SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate")
 _INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber")
 _ROW = {"PatientID": "patient_id", "PatientName": "patient_name", "PatientBirthDate": "patient_birth_date",
         "PatientSex": "patient_sex", "StudyInstanceUID": "study_uid", "StudyDate": "study_date",
         "StudyTime": "study_time", "AccessionNumber": "accession_number", "StudyID": "study_id",
         "StudyDescription": "study_description", "ReferringPhysicianName": "referring_physician",
         "SeriesInstanceUID": "series_uid", "Modality": "modality", "SeriesNumber": "series_number",
-        "SeriesDescription": "series_description", "SOPInstanceUID": "sop_uid", "SOPClassUID": "sop_class_uid",
+        "SeriesDescription": "series_description", "SeriesDate": "series_date", "SOPInstanceUID": "sop_uid",
+        "SOPClassUID": "sop_class_uid",
         "InstanceNumber": "instance_number"}
 
 

@@ -7,7 +7,8 @@ Each query key is matched by the rules of its attribute's VR:
   modalities is one of them).
 * **Universal** (empty, or ``*``): no condition (C.2.2.2.3).
 * **Wild cards** ``*`` and ``?`` (C.2.2.2.4) for AE, CS, LO, LT, PN, SH, ST, UC, UR, UT only; in a UID, date,
-  time or number they are literal characters (so ``1.2*`` matches no UID).
+  time or number they are literal characters (so ``1.2*`` matches no UID), and so they are in one of several
+  values (``CT*\\MR``: the standard defines lists for UIDs only, C.2.2.2.2; Orthanc matches list values exactly).
 * **Ranges** (C.2.2.2.5) for DA and TM: only stored values that are dates (``YYYYMMDD``) or times
   (``HH[MM[SS[.F{1,6}]]]``) are compared; a malformed stored value (``***``, ``1995.05.01``) never falls in a
   range, and is returned as it was stored. A time range's bounds count at their precision (``-10`` is up to
@@ -71,9 +72,10 @@ def condition(col: Any, vr: str, value: str | list[str], dialect: str, qido: boo
     items = split_values(value, qido)
     if any(item in ("", "*") for item in items):
         return None
-    if vr in ("UI", "CS", "AE", "SH", "LO") and not any(_has_wildcard(i, vr) for i in items) and len(items) > 1:
+    wild = len(items) == 1  # in a list, * and ? are characters (as Orthanc reads it: see the module docstring)
+    if vr in ("UI", "CS", "AE", "SH", "LO") and not wild:
         return col.in_(items)
-    conds = [_single(col, vr, item, dialect, pn_case_sensitive, fuzzy) for item in items]
+    conds = [_single(col, vr, item, dialect, pn_case_sensitive, fuzzy, wild) for item in items]
     if any(c is None for c in conds):  # a PN value of empty groups (``=``) matches everything
         return None
     return conds[0] if len(conds) == 1 else or_(*conds)
@@ -83,7 +85,7 @@ def _has_wildcard(item: str, vr: str) -> bool:
     return vr in WILDCARD_VRS and ("*" in item or "?" in item)
 
 
-def _single(col: Any, vr: str, item: str, dialect: str, pn_case_sensitive: bool, fuzzy: bool) -> Any:
+def _single(col: Any, vr: str, item: str, dialect: str, pn_case_sensitive: bool, fuzzy: bool, wild: bool) -> Any:
     if vr in ("DA", "TM", "DT") and "-" in item:
         return _range(col, vr, item)
     if vr in ("IS", "US", "UL", "SL", "SS"):
@@ -92,8 +94,8 @@ def _single(col: Any, vr: str, item: str, dialect: str, pn_case_sensitive: bool,
         except ValueError:
             return false()
     if vr == "PN":
-        return _person_name(col, item, dialect, not pn_case_sensitive, fuzzy)
-    if _has_wildcard(item, vr):
+        return _person_name(col, item, dialect, not pn_case_sensitive, fuzzy, wild)
+    if wild and _has_wildcard(item, vr):
         if item.endswith("*") and not _has_wildcard(item[:-1], vr):
             # a prefix (P0012*): a range the column's index serves, on SQLite as on PostgreSQL
             prefix = item[:-1]
@@ -102,8 +104,11 @@ def _single(col: Any, vr: str, item: str, dialect: str, pn_case_sensitive: bool,
     return col == item
 
 
-def _pattern(item: str, any_char: str) -> str:
-    """A DICOM wild-card value as a regular expression (``any_char``: what ``?`` and ``*`` may stand for)."""
+def _pattern(item: str, any_char: str, wild: bool = True) -> str:
+    """A DICOM wild-card value as a regular expression (``any_char``: what ``?`` and ``*`` may stand for; with
+    ``wild`` False they are characters)."""
+    if not wild:
+        return re.escape(item)
     return "".join(f"{any_char}*" if c == "*" else any_char if c == "?" else re.escape(c) for c in item)
 
 
@@ -113,17 +118,17 @@ def _regexp(col: Any, pattern: str, dialect: str, insensitive: bool) -> Any:
     return col.regexp_match(pattern, flags="i" if insensitive else None)
 
 
-def _person_name(col: Any, item: str, dialect: str, insensitive: bool, fuzzy: bool) -> Any:
+def _person_name(col: Any, item: str, dialect: str, insensitive: bool, fuzzy: bool, wild: bool) -> Any:
     if fuzzy:
-        return _regexp(col, _pattern(item, "[^=]"), dialect, True)
+        return _regexp(col, _pattern(item, "[^=]", wild), dialect, True)
     groups = item.split("=")
     if len(groups) == 1:  # any component group
-        return _regexp(col, "(^|=)" + _pattern(item, "[^=]") + "(=|$)", dialect, insensitive)
+        return _regexp(col, "(^|=)" + _pattern(item, "[^=]", wild) + "(=|$)", dialect, insensitive)
     parts = []
     for n, group in enumerate(groups[:3]):
         if group in ("", "*"):
             continue
-        parts.append(_regexp(col, "^" + "[^=]*=" * n + _pattern(group, "[^=]") + ("(=|$)" if n < 2 else "$"),
+        parts.append(_regexp(col, "^" + "[^=]*=" * n + _pattern(group, "[^=]", wild) + ("(=|$)" if n < 2 else "$"),
                              dialect, insensitive))
     return and_(*parts) if parts else None
 

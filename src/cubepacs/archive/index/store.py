@@ -354,8 +354,8 @@ class Index:
             cond.append(i.c.study_uid == study_uid)
         if series_uid:
             cond.append(i.c.series_uid == series_uid)
-        q = (select(i, *[s.c[c] for c in ("patient_id", "patient_name", "study_date", "modality", "series_number",
-                                            "accession_number", "study_description", "series_description")])
+        study_series = {c for c in (*STUDY_FIELDS.values(), *SERIES_FIELDS.values()) if c not in i.c}
+        q = (select(i, *[s.c[c] for c in sorted(study_series)])
              .join(s, and_(s.c.tenant_id == i.c.tenant_id, s.c.study_uid == i.c.study_uid,
                            s.c.series_uid == i.c.series_uid))
              .where(*cond).order_by(i.c.study_uid, i.c.series_uid, i.c.instance_number, i.c.sop_uid))
