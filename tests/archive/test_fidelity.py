@@ -248,3 +248,43 @@ def test_acceptor_prefers_explicit_then_lossless_for_contexts_it_sends_on() -> N
         plain, _ = negotiate_as_acceptor([rq], ae.supported_contexts, None)  # a storage SCU: left as it was
         assert plain[0].transfer_syntax[0] == pynetdicom_negotiation([rq], ae.supported_contexts, None)[0][0] \
             .transfer_syntax[0]
+
+
+def test_a_refusing_peer_is_reported_with_its_own_status_and_comment() -> None:
+    """``send`` (CLI, ``/api/send``, and the C-MOVE/C-GET log lines through the same results) reports the peer's
+    own status and Error Comment for each instance it refused — here a real pynetdicom storage SCP refusing the
+    CT with 0xA900 and accepting the MR."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from cubepacs.archive.dimse.scu import send_rows
+    from tests.archive.conftest import free_port
+    from tests.archive.peers import DATA
+
+    files = {p.name: p.read_bytes() for p in (DATA / "single" / "ct_ge_small_signed.dcm",
+                                              DATA / "single" / "ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm")}
+    headers = {name: pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True) for name, d in files.items()}
+    refused = str(headers["ct_ge_small_signed.dcm"].SOPInstanceUID)
+
+    def on_store(event: Any) -> Any:
+        if event.request.AffectedSOPInstanceUID == refused:
+            status = pydicom.Dataset()
+            status.Status = 0xA900
+            status.ErrorComment = "dataset does not match SOP class"
+            return status
+        return 0x0000
+
+    ae = AE(ae_title="REFUSER")
+    ae.supported_contexts = AllStoragePresentationContexts  # uncompressed only: the MR goes out decoded
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        rows = [{"sop_uid": str(h.SOPInstanceUID), "sop_class_uid": str(h.SOPClassUID),
+                 "transfer_syntax": str(h.file_meta.TransferSyntaxUID), "name": name} for name, h in headers.items()]
+        results = {r.sop_uid: r for r in send_rows(rows, lambda r: files[r["name"]], "127.0.0.1", port, "REFUSER")}
+    finally:
+        server.shutdown()
+    bad = results[refused]
+    assert not bad.ok and bad.status == 0xA900 and bad.comment == "dataset does not match SOP class"
+    assert "peer status 0xA900 ('dataset does not match SOP class')" in bad.describe()
+    good = next(r for uid, r in results.items() if uid != refused)
+    assert good.ok and good.sent_as == "transcoded to 1.2.840.10008.1.2.1"
