@@ -193,6 +193,12 @@ def test_export_endpoint_is_tenant_scoped(archive: Server) -> None:
         r = httpx.post(f"{api}/export", json={**body, "name": "bad", **bad}, headers=archive.headers())
         assert r.status_code == 400 and named in r.json()["detail"], r.text
     assert not (archive.data_dir.parent / "exports" / "alpha" / "bad").exists()
+    number = pydicom.dcmread(dicom_files(CT)[0], stop_before_pixels=True).SeriesNumber
+    for query, selected in (({"Modality": "US"}, 1), ({"SeriesNumber": str(number), "Modality": "CT"}, 20)):
+        q = {"name": f"q{selected}", "query": query, "formats": ["dicom"]}
+        with httpx.stream("POST", f"{api}/export", json=q, headers=archive.headers(), timeout=300) as r:
+            first = json.loads(next(r.iter_lines()))
+        assert first["selected"]["instances"] == selected, (query, first)
 
 
 def test_dataset_matches_pydicom_and_works_with_workers(tmp_path: Path) -> None:
