@@ -1,7 +1,10 @@
 """Benchmark the PyTorch loader: slices/s and patches/s from cubes vs the same series read from DICOM folders with
 pydicom (+ rescale), same run, DataLoader with 0 and 2 workers.
 
-Usage: .venv/bin/python bench/loader.py [--codec htj2k] [--patches 64]
+Usage: .venv/bin/python bench/loader.py [--codec htj2k] [--patches 64] [--cache 4]
+
+``--cache N``: the dataset keeps the last N decoded volumes per process (``CubeDataset(cache_volumes=N)``), so the
+patches of a volume cost one decode.
 
 Both sides return the same thing: float32 images in rescaled units, slices sorted by position. The DICOM side is
 what a training script without cubes does: one pydicom read per slice (and per slice of a patch).
@@ -87,6 +90,7 @@ def main() -> None:
     parser.add_argument("--codec", default="htj2k")
     parser.add_argument("--slices", type=int, default=2000, help="slices read per measurement")
     parser.add_argument("--patches", type=int, default=96, help="patches read per measurement")
+    parser.add_argument("--cache", type=int, default=0, help="decoded volumes kept per process (patches)")
     args = parser.parse_args()
     import cubepacs
     from cubepacs.research.dataset import CubeDataset
@@ -96,11 +100,13 @@ def main() -> None:
     for d in folders:
         cubepacs.save(cubepacs.load_from_dicom_folder(str(d)), cubes / f"{d.name}.dcbs", codec=args.codec)
     patch = (16, 64, 64)
-    print(f"{len(folders)} series ({sum(1 for d in folders for f in d.iterdir())} files), cubes: {args.codec}")
+    print(f"{len(folders)} series ({sum(1 for d in folders for f in d.iterdir())} files), cubes: {args.codec}, "
+          f"volumes cached: {args.cache}")
     print(f"{'items':8} {'workers':>7} {'cubes/s':>9} {'DICOM/s':>9} {'ratio':>7}")
     for mode, limit in (("slice", args.slices), ("patch", args.patches)):
         for workers in (0, 2):
-            ours = rate(CubeDataset(cubes, mode=mode, patch_size=patch, patches_per_volume=12), workers, limit)
+            ours = rate(CubeDataset(cubes, mode=mode, patch_size=patch, patches_per_volume=12,
+                                    cache_volumes=args.cache if mode == "patch" else 0), workers, limit)
             anchor = rate(DicomFolders(folders, mode, patch, 12), workers, limit)
             label = "patches" if mode == "patch" else "slices"
             print(f"{label:8} {workers:7d} {ours:9.1f} {anchor:9.1f} {ours / anchor:6.2f}x")

@@ -383,6 +383,11 @@ def test_dataset_on_cubes_that_cannot_form_one_volume(tmp_path: Path) -> None:
     assert len(data.volumes) == 4 and len(data) == 8
     shapes = {tuple(data[i]["image"].shape) for i in range(len(data))}
     assert shapes == {(4, 96, 96)}  # padded where the volume is smaller than the patch
+    with pytest.warns(UserWarning):
+        cached = CubeDataset(tmp_path, mode="patch", patch_size=(4, 96, 96), patches_per_volume=2, cache_volumes=2)
+    for i in (*range(len(data)), 0, 5):  # decoded volumes kept (and dropped) give the same patches
+        assert torch.equal(cached[i]["image"], data[i]["image"])
+    assert len(cached._cache) == 2
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="smaller than the patch"):
         CubeDataset(tmp_path, mode="patch", patch_size=(4, 96, 96), pad=None)
     with pytest.warns(UserWarning):

@@ -13,6 +13,9 @@ counted in ``skipped`` and ``split``. A volume smaller than ``patch_size`` is pa
 by more than 1 % (or 0.01 mm) warns with their range: its ``spacing`` is the median step. ``spacing=(dz, dy, dx)``
 resamples volumes and patches to that spacing (trilinear, on the stored slice order; orientation is not changed).
 
+``cache_volumes=n`` keeps the last ``n`` decoded volumes of each process (float32, whole): patches of a volume
+then cost one decode, not one per patch (memory: n × the largest volume, per DataLoader worker).
+
 Colour frames (RGB, YBR) keep a trailing samples axis: volumes and patches are depth × rows × columns × samples.
 Items of different volumes have different shapes: a ``DataLoader`` with ``batch_size > 1`` then needs
 ``collate_fn=collate_list`` (lists, not stacked tensors), or patches (one shape), or ``spacing`` plus patches.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,13 +143,15 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
                  patch_size: tuple[int, int, int] = (16, 64, 64), patches_per_volume: int = 8,
                  rescale: bool = True, seed: int = 0, storage_options: dict[str, str] | None = None,
                  pad: str | None = "edge", pad_value: float = 0.0,
-                 spacing: tuple[float, float, float] | None = None) -> None:
+                 spacing: tuple[float, float, float] | None = None, cache_volumes: int = 0) -> None:
         if mode not in ("volume", "slice", "patch"):
             raise ValueError(f"mode must be volume, slice or patch, not {mode!r}")
         if pad not in (None, "edge", "constant"):
             raise ValueError(f"pad must be None, 'edge' or 'constant', not {pad!r}")
         self.mode, self.patch_size, self.per_volume = mode, patch_size, patches_per_volume
         self.rescale, self.seed, self.pad, self.pad_value, self.spacing = rescale, seed, pad, pad_value, spacing
+        self.cache_volumes = cache_volumes
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self.url: str | None = None
         self.storage_options = storage_options or {}
         if isinstance(source, list):
@@ -230,6 +236,20 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         return int(self._starts[-1])
 
     def _frames(self, v: int, numbers: np.ndarray) -> np.ndarray:
+        if self.cache_volumes > 0:
+            key = (os.getpid(), v)  # per process: each DataLoader worker keeps its own
+            whole = self._cache.get(key)
+            if whole is None:
+                whole = self._decode(v, np.arange(self.counts[v]))
+                self._cache[key] = whole
+                while len(self._cache) > self.cache_volumes:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
+            return np.asarray(whole[numbers])
+        return self._decode(v, numbers)
+
+    def _decode(self, v: int, numbers: np.ndarray) -> np.ndarray:
         k, volume = self.volumes[v]
         reader, geo = self._open(k)
         positions = volume[numbers]
