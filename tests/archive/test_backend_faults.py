@@ -260,3 +260,62 @@ def test_s3_stopped_10_s_during_ingest(tmp_path: Path) -> None:
             procs[0].terminate()
             procs[0].wait(timeout=30)
         log.close()
+
+
+# --- a Kafka broker down 10 s ------------------------------------------------------------------------------------
+
+class MockKafka:
+    """A librdkafka mock cluster of 3 brokers (the library's own test cluster), reached through its C API
+    (ctypes) because confluent-kafka does not expose taking a broker down."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import glob
+
+        import confluent_kafka
+
+        path = glob.glob(str(Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs" / "librdkafka*"))
+        if not path:
+            pytest.skip("librdkafka's shared library is not where confluent-kafka's wheel puts it")
+        lib = self.lib = ctypes.CDLL(path[0])
+        lib.rd_kafka_conf_new.restype = ctypes.c_void_p
+        lib.rd_kafka_new.restype = ctypes.c_void_p
+        lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.rd_kafka_destroy.argtypes = [ctypes.c_void_p]
+        lib.rd_kafka_mock_cluster_new.restype = ctypes.c_void_p
+        lib.rd_kafka_mock_cluster_new.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.rd_kafka_mock_cluster_destroy.argtypes = [ctypes.c_void_p]
+        lib.rd_kafka_mock_cluster_bootstraps.restype = ctypes.c_char_p
+        lib.rd_kafka_mock_cluster_bootstraps.argtypes = [ctypes.c_void_p]
+        for name in ("rd_kafka_mock_broker_set_down", "rd_kafka_mock_broker_set_up"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        lib.rd_kafka_mock_topic_create.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+        error = ctypes.create_string_buffer(512)
+        self.rk = lib.rd_kafka_new(0, lib.rd_kafka_conf_new(), error, 512)  # (0: a producer handle, unused)
+        self.cluster = lib.rd_kafka_mock_cluster_new(self.rk, 3)
+        self.bootstrap = lib.rd_kafka_mock_cluster_bootstraps(self.cluster).decode()
+
+    def close(self) -> None:
+        self.lib.rd_kafka_mock_cluster_destroy(self.cluster)
+        self.lib.rd_kafka_destroy(self.rk)
+
+
+@pytest.mark.kafka
+def test_a_kafka_broker_down_10_s_during_ingest(tmp_path: Path) -> None:
+    kafka = MockKafka()
+    try:
+        assert kafka.lib.rd_kafka_mock_topic_create(kafka.cluster, b"faults_storage_queue", 4, 3) == 0
+        data, dimse, http = tmp_path / "data", free_port(), free_port()
+        cfg = write_config(tmp_path / "kafka.toml", data, dimse, http, dimse_workers=1, quiet_seconds=3600.0,
+                           queue_url=f"kafka://{kafka.bootstrap}?topic_prefix=faults_")
+        server = start_server(data, cfg, dimse, http)
+        try:
+            sender, recovered, indexed = _during_ingest(server, lambda: kafka.lib.rd_kafka_mock_broker_set_down(
+                kafka.cluster, 1), lambda: kafka.lib.rd_kafka_mock_broker_set_up(kafka.cluster, 1))
+            _check(server, sender, lambda: [str(p) for p in (data / "storage").rglob("*.dcm")])
+            print(f"Kafka broker 1 of 3 down {OUTAGE:.0f} s: {sender.refused} C-STORE refused, the next acknowledged "
+                  f"{recovered:.1f} s and everything acknowledged indexed {indexed:.1f} s after it was back")
+        finally:
+            stop_server(server)
+    finally:
+        kafka.close()
