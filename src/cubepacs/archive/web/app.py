@@ -270,9 +270,11 @@ def cached(services: Services, tenant: str, kind: str, request: Request, build: 
 def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     """The DICOMweb app (routes under ``/dicom-web``), the archive's API (``/api``), health, metrics and the web
     UI; ``extensions`` are functions ``(app, services)`` adding more routes (before the UI's catch-all)."""
-    from cubepacs.archive.web import admin, adminui, api, fastframes, stow, ui, wado
+    from cubepacs.archive.web import admin, adminui, api, declared, fastframes, openapi, stow, ui, wado
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
+    openapi.describe(app)  # the document says what the routes really answer (codes, content types)
+    declared.install(app)  # a declared error a route lets through is its 4xx/503, never a 500
     services.api_keys = normalize(services.api_keys)  # only hashes are kept in memory too
     app.state.services = services
     services.read_ahead = wado.read_ahead(services)
