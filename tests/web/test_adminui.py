@@ -2,12 +2,14 @@
 
 One test walks what an administrator does on a real series of ``../shared/data`` (upload the folder, find the
 study with the filters, open its series, an instance's tags, download the ZIP and compare every file with the
-original, manage users and sessions, delete with confirmation and see it gone from QIDO, read the audit log); the
+original, send it to a peer — DCMTK storescp — and compare what arrived, manage users and sessions, delete with
+confirmation and see it gone from QIDO, read the audit log); the
 other holds a viewer to its role. Screenshots go to ``test-artifacts/browser/ui-*.png`` (not committed).
 """
 
 from __future__ import annotations
 
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,8 @@ import pytest
 
 from cubepacs.archive.web.session import save_user
 from cubepacs.dicom.rawfile import split_file
-from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
+from tests.archive.conftest import (DEST_PORT, Server, free_port, start_server, stop_all, stop_server, wait_port,
+                                   wait_until, write_config)
 from tests.conftest import SERIES, dicom_files
 from tests.web.test_browser import ARGS, ARTIFACTS, CHROMIUM
 
@@ -37,6 +40,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield srv
     stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The peer ``DEST`` of the archive's settings: DCMTK storescp writing what it receives."""
+    out = tmp_path_factory.mktemp("dest")
+    log = open(out.parent / "dest.log", "ab")
+    proc = subprocess.Popen(["storescp", "-aet", "DEST", "-od", str(out), str(DEST_PORT)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    wait_port(DEST_PORT, proc)
+    yield out
+    stop_all([proc], [log])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +81,7 @@ def sign_in(browser: Any, site: Server, user: str, password: str) -> tuple[Any, 
     return context, page
 
 
-def test_an_administrator_at_work(browser: Any, site: Server, tmp_path: Path) -> None:
+def test_an_administrator_at_work(browser: Any, site: Server, dest: Path, tmp_path: Path) -> None:
     files = dicom_files(CT)
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     study = str(first.StudyInstanceUID)
@@ -123,6 +138,16 @@ def test_an_administrator_at_work(browser: Any, site: Server, tmp_path: Path) ->
         raw = f.read_bytes()
         sop_uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
         assert split_file(raw).dataset_bytes() == split_file(got[sop_uid]).dataset_bytes(), f.name
+    # send it to the peer: every instance's result on the page, every file there with its data set as sent
+    page.select_option("#send select", "DEST")
+    page.click("#send button")
+    assert page.inner_text("#summary") == f"{len(files)} sent, 0 failed."
+    assert page.locator("#sent tr").count() == len(files) + 1
+    page.screenshot(path=str(ARTIFACTS / "ui-send.png"))
+    arrived = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in dest.iterdir()}
+    assert set(arrived) == set(got)
+    for sop_uid, f in arrived.items():
+        assert split_file(f.read_bytes()).dataset_bytes() == split_file(got[sop_uid]).dataset_bytes(), sop_uid
     # the admin pages: a new user, its session, all sessions ended (this one too: sign in again)
     page.goto(base(site) + "/ui/admin")
     page.fill("#add-user input[name=name]", "vic")
@@ -151,7 +176,7 @@ def test_an_administrator_at_work(browser: Any, site: Server, tmp_path: Path) ->
     # the audit log: the upload, the download, the deletion
     page.goto(f"{base(site)}/ui/audit?study={study}")
     log = page.inner_text("#audit")
-    assert "user:ada" in log and "download" in log and "delete" in log
+    assert "user:ada" in log and "download" in log and "delete" in log and "send" in log
     page.goto(f"{base(site)}/ui/audit?action=upload")
     assert "user:ada" in page.inner_text("#audit")
     page.screenshot(path=str(ARTIFACTS / "ui-audit.png"))

@@ -74,6 +74,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str]] = {
     ("GET", "/ui/studies/{study}/series/{series}"): ("view", "view"),
     ("GET", "/ui/studies/{study}/series/{series}/instances/{sop}"): ("view", "view"),
     ("GET", "/ui/studies/{study}/zip"): ("view", "download"),
+    ("POST", "/ui/studies/{study}/send"): ("send", "send"),
     ("GET", "/ui/studies/{study}/delete"): ("delete", ""),
     ("POST", "/ui/studies/{study}/delete"): ("delete", "delete"),
     ("GET", "/ui/upload"): ("upload", ""),

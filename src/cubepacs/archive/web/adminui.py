@@ -2,7 +2,8 @@
 
 * ``/ui``: the study list — filters (patient name with wildcards, ID, accession, description, modality, date
   range), paging; ``/ui/studies/{study}``: its series with thumbnails (``/thumbnail``), "open in OHIF", download
-  as ZIP, delete with a confirmation page (admin); ``…/series/{series}``: its instances; ``…/instances/{sop}``:
+  as ZIP, send to a configured peer (user, admin; each instance's result shown as it is sent), delete with a
+  confirmation page (admin); ``…/series/{series}``: its instances; ``…/instances/{sop}``:
   every tag of the stored file (sequences expandable, private tags named by their creator).
 * ``/ui/upload``: files or a whole folder (the browser's folder picker), stored as STOW-RS stores them.
 * ``/ui/admin``: users, API keys and sessions of the tenant (add, change, remove, create, revoke, end, end all);
@@ -20,6 +21,7 @@ Example
 
 from __future__ import annotations
 
+import html
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -36,7 +38,7 @@ from cubepacs.archive.keys import check_uid
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.session import describe, remove_user, save_user
 from cubepacs.archive.web.uitemplates import render
-from cubepacs.errors import ConfigError
+from cubepacs.errors import ConfigError, CubepacsError
 
 UI = "/ui"
 _FILTERS = ("PatientName", "PatientID", "AccessionNumber", "StudyDescription", "ModalitiesInStudy")
@@ -129,7 +131,43 @@ def add_routes(app: FastAPI, services: Any) -> None:
         for s in series:
             first = services.index.search_instances(ident.tenant, {}, study, s["series_uid"], limit=1)
             s["first"] = first[0]["sop_uid"] if first else ""
-        return _page("study.html", title="Study", ident=ident, study=row, series=series)
+        return _page("study.html", title="Study", ident=ident, study=row, series=series, csrf=ident.csrf,
+                     peers=sorted(services.remote_aes))
+
+    @app.post(UI + "/studies/{study}/send")
+    async def send(study: str, request: Request) -> Response:
+        ident, form = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        to = form.get("to", "")
+        try:
+            manage.destination(services.remote_aes, to)
+            rows = manage.resolve(services.index, ident.tenant, "study", study)
+        except ConfigError as exc:
+            return _page("message.html", 400, title="Not sent", message=str(exc), kind="err", ident=ident, back=UI)
+        if not rows:
+            raise HTTPException(404, f"no study {study}")
+        request.state.detail = f"study {study} to {to}"
+        page = render("sent.html", title="Send", ident=ident, to=to, count=len(rows))
+        head, _, rest = page.partition("<!--rows-->")
+        middle, _, tail = rest.partition("<!--summary-->")
+
+        def lines() -> Iterator[str]:  # each instance's row as it is sent: the page shows the progress
+            yield head
+            sent = failed = 0
+            try:
+                for r in manage.send(services.storage, rows, services.remote_aes, to, services.ae_title):
+                    sent, failed = sent + r.ok, failed + (not r.ok)
+                    status = "" if r.status is None else f"0x{r.status:04X}"
+                    yield (f"<tr><td class=mono>{html.escape(r.sop_uid)}</td><td>{status}</td>"
+                           f"<td>{html.escape(r.sent_as)}</td></tr>\n")
+            except CubepacsError as exc:
+                failed = len(rows) - sent
+                yield f"<tr><td colspan=3 class=err>{html.escape(str(exc))}</td></tr>"
+            yield middle + f'<p id="summary">{sent} sent, {failed} failed.</p>' + tail
+
+        return StreamingResponse(lines(), media_type="text/html; charset=utf-8",
+                                 headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
     @app.get(UI + "/studies/{study}/series/{series}")
     async def series_page(study: str, series: str, request: Request) -> Response:

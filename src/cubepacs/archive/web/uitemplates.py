@@ -77,6 +77,9 @@ STUDY = """{% extends "base.html" %}{% block body %}
 <a id="zip" href="/ui/studies/{{ study.study_uid }}/zip">Download ZIP</a>
 {% if ident.role == 'admin' %} · <a id="delete" href="/ui/studies/{{ study.study_uid }}/delete">Delete…</a>{% endif
 %}</p>
+{% if peers and ident.role in ('admin', 'user') %}<form method="post" action="/ui/studies/{{ study.study_uid }}/send"
+id="send"><input type="hidden" name="csrf" value="{{ csrf }}"><select name="to">{% for p in peers %}
+<option>{{ p }}</option>{% endfor %}</select><button>Send the study</button></form>{% endif %}
 <table id="series"><tr><th></th><th>Number</th><th>Modality</th><th>Description</th><th>Instances</th></tr>
 {% for s in series %}<tr><td>{% if s.first %}<img class="thumb" loading="lazy" alt=""
 src="/dicom-web/studies/{{ study.study_uid }}/series/{{ s.series_uid }}/instances/{{ s.first }}/thumbnail">{% endif
@@ -156,6 +159,10 @@ ADMIN = """{% extends "base.html" %}{% block body %}
 <input type="hidden" name="all" value="1"><button class="danger" id="end-all">End all sessions</button>
 </form>{% endblock %}"""
 
+SENT = """{% extends "base.html" %}{% block body %}<p>To {{ to }}: {{ count }} instance(s).</p>
+<table id="sent"><tr><th>SOP Instance UID</th><th>Status</th><th>Sent as</th></tr><!--rows--></table>
+<!--summary-->{% endblock %}"""
+
 AUDIT = """{% extends "base.html" %}{% block body %}
 <form method="get" action="/ui/audit"><input name="study" placeholder="study UID" value="{{ q.study }}">
 <input name="who" placeholder="who (user:… key:…)" value="{{ q.who }}">
@@ -170,7 +177,7 @@ AUDIT = """{% extends "base.html" %}{% block body %}
 
 TEMPLATES = {"base.html": BASE, "message.html": MESSAGE, "studies.html": STUDIES, "study.html": STUDY,
              "series.html": SERIES, "tags.html": TAGS, "confirm.html": CONFIRM, "upload.html": UPLOAD,
-             "admin.html": ADMIN, "audit.html": AUDIT}
+             "admin.html": ADMIN, "audit.html": AUDIT, "sent.html": SENT}
 
 
 @functools.lru_cache(maxsize=1)
