@@ -21,8 +21,17 @@ import pytest
 
 from cubepacs.archive.web.session import save_user
 from cubepacs.dicom.rawfile import split_file
-from tests.archive.conftest import (DEST_PORT, Server, free_port, start_server, stop_all, stop_server, wait_port,
-                                   wait_until, write_config)
+from tests.archive.conftest import (
+    DEST_PORT,
+    Server,
+    free_port,
+    start_server,
+    stop_all,
+    stop_server,
+    wait_port,
+    wait_until,
+    write_config,
+)
 from tests.conftest import SERIES, dicom_files
 from tests.web.test_browser import ARGS, ARTIFACTS, CHROMIUM
 
