@@ -246,14 +246,16 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
                     self._cache.popitem(last=False)
             else:
                 self._cache.move_to_end(key)
-            return np.asarray(whole[numbers])
+            return np.asarray(whole[numbers[0]:numbers[-1] + 1] if len(numbers) and
+                              np.array_equal(numbers, np.arange(numbers[0], numbers[-1] + 1)) else whole[numbers])
         return self._decode(v, numbers)
 
-    def _decode(self, v: int, numbers: np.ndarray) -> np.ndarray:
+    def _decode(self, v: int, numbers: np.ndarray, window: tuple[slice, slice] | None = None) -> np.ndarray:
         k, volume = self.volumes[v]
         reader, geo = self._open(k)
         positions = volume[numbers]
-        frames = np.stack([reader.frame(int(geo.order[n])) for n in positions]).astype(np.float32)
+        crop = window or (slice(None), slice(None))  # cut before converting: a patch converts its voxels only
+        frames = np.stack([reader.frame(int(geo.order[n]))[crop] for n in positions]).astype(np.float32)
         if self.rescale:
             shape = (len(positions),) + (1,) * (frames.ndim - 1)  # colour frames keep a samples axis
             frames = frames * geo.slope[positions].reshape(shape).astype(np.float32) + \
@@ -275,7 +277,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         k = self.volumes[v][0]
         _, geo = self._open(k)
         spacing = self.spacing if self.spacing is not None and image.ndim == 3 else geo.spacing
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "spacing": torch.tensor(spacing),
+        # a view of a cached volume is copied: a caller changing its tensor in place never changes the cache
+        image = np.array(image, order="C", copy=True) if self.cache_volumes > 0 else np.ascontiguousarray(image)
+        return {"image": torch.from_numpy(image), "spacing": torch.tensor(spacing),
                 "origin": torch.tensor(geo.origin), "orientation": torch.tensor(geo.orientation),
                 "source": self.paths[k], "index": torch.tensor(index)}
 
@@ -302,7 +306,11 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         depth = self.counts[v]
         d, h, w = (min(a, b) for a, b in zip(self.patch_size, (depth, rows, cols), strict=True))
         z, y, x = (int(rng.integers(0, lim - size + 1)) for lim, size in ((depth, d), (rows, h), (cols, w)))
-        patch = self._frames(v, np.arange(z, z + d))[:, y:y + h, x:x + w]
+        window = (slice(y, y + h), slice(x, x + w))
+        if self.cache_volumes > 0:
+            patch = self._frames(v, np.arange(z, z + d))[:, window[0], window[1]]
+        else:
+            patch = self._decode(v, np.arange(z, z + d), window)
         return self._item(v, self._padded(patch), [z, y, x])
 
     def _padded(self, patch: np.ndarray) -> np.ndarray:
