@@ -165,8 +165,13 @@ def _meta_len(data: bytes) -> int:
     (b"{not json", 400),
     (b'["a list"]', 400),
 ])
-def test_json_bodies_are_bounded(server: Server, body: bytes, status: int) -> None:
-    r = httpx.post(f"http://127.0.0.1:{server.http_port}/api/send", content=body,
+@pytest.mark.parametrize("endpoint", ["/api/send", "/api/users"])
+def test_json_bodies_are_bounded(server: Server, body: bytes, status: int, endpoint: str) -> None:
+    if endpoint == "/api/users" and status == 413:
+        body = b'{"name": "' + b"x" * 70_000 + b'"}'  # its own bound: 64 KB
+    elif endpoint == "/api/users" and body.startswith(b"[[["):
+        body = b"[" * 30_000 + b"]" * 30_000  # deep, within its 64 KB (RecursionError, a 500, before)
+    r = httpx.post(f"http://127.0.0.1:{server.http_port}{endpoint}", content=body,
                    headers={**server.headers(), "Content-Type": "application/json"})
     assert r.status_code == status, r.text[:300]
 

@@ -20,7 +20,6 @@ Example
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from fastapi.responses import JSONResponse
 
 from cubepacs.archive import apikeys
 from cubepacs.archive.web.auth import Identity, authenticate
+from cubepacs.archive.web.jsonbody import read_json
 from cubepacs.archive.web.session import describe, remove_user, save_user
 from cubepacs.errors import ConfigError
 
@@ -45,13 +45,7 @@ def _limit(text: str | None, default: int = 100, high: int = 1000) -> int:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > 65536:
-        raise HTTPException(413, "the request body is larger than 64 KB")
-    try:
-        doc = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise HTTPException(400, f"expected a JSON object: {exc}") from None
+    doc = await read_json(request, max_bytes=65536, empty={})  # bounded in size (413) and depth (400)
     if not isinstance(doc, dict):
         raise HTTPException(400, "expected a JSON object")
     return doc
