@@ -11,9 +11,9 @@ One archive (``cubepacs serve``), and as its peers:
 
 Ways out: C-MOVE (DCMTK ``movescu``) of every study to STRICT, ALLSCP and RLESCP; C-GET of every study by DCMTK
 ``getscu`` with its default proposal and ``+xs``, ``+xe``, ``+xi``; ``/api/send`` of every study to PLAINSCP;
-WADO-RS of every instance without a transfer-syntax (Explicit VR LE), with ``*`` (as stored) and with RLE
-Lossless; of the single and malformed files and each series' first instance also with Implicit VR LE, Deflated,
-JPEG 2000 Lossless and their stored syntax named; the compacted series' cubes exported with the cube API.
+WADO-RS of every instance without a transfer-syntax (Explicit VR LE), with ``*`` (as stored), its stored
+syntax named, Explicit and Implicit VR LE, Deflated, RLE Lossless, JPEG 2000 Lossless, and JPEG Lossless or
+Explicit VR LE (two media ranges); the compacted series' cubes exported with the cube API.
 
 For every instance that comes out the script records :func:`verdict`: its SOP Instance UID (dataset and file
 meta) against the stored one, its elements and values against the stored file's (all but the pixel encoding),
@@ -44,7 +44,7 @@ KEY = "fidelity-key-0123456789"
 PEERS = {"STRICT": 4242, "ALLSCP": 4343, "RLESCP": 4444, "PLAINSCP": 4545}
 SERIES_SAMPLE = 8  # files of each series in the matrix (every single and malformed file is)
 EXPLICIT, IMPLICIT, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"
-RLE, J2K = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"
+RLE, J2K, JPEG_LOSSLESS = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.70"
 # what a transcoded copy may change besides the transfer syntax (PS3.5 8: the pixel encoding)
 PIXEL_ENCODING = {0x7FE00010, 0x00280004, 0x00280006, 0x00280008}
 
@@ -301,17 +301,22 @@ class Matrix:
         base = 'multipart/related; type="application/dicom"'
         out: dict[str, Any] = {}
         for label, syntax in (("default", EXPLICIT), ("*", None), ("stored", None), (EXPLICIT, EXPLICIT),
-                              (IMPLICIT, IMPLICIT), (DEFLATED, DEFLATED), (RLE, RLE), (J2K, J2K)):
+                              (IMPLICIT, IMPLICIT), (DEFLATED, DEFLATED), (RLE, RLE), (J2K, J2K),
+                              ("jpeg lossless or explicit", EXPLICIT)):
             verdicts: dict[str, str] = {}
             for sop, data in self.stored.items():
                 ts = stored_syntax(data) if label == "stored" else label
                 accept = base if label == "default" else f"{base}; transfer-syntax={ts}"
+                expected = syntax
+                if label == "jpeg lossless or explicit":  # two media ranges: the stored one taken where it is
+                    accept = f"{base}; transfer-syntax={JPEG_LOSSLESS}, {base}; transfer-syntax={EXPLICIT}"
+                    expected = JPEG_LOSSLESS if stored_syntax(data) == JPEG_LOSSLESS else EXPLICIT
                 code, part, said = wado(self.client, self.rows[sop], accept)
                 if code != 200:
                     verdicts[sop] = f"HTTP {code}: {said}"
                     continue
-                v = verdict(data, part, syntax)
-                if v in ("bytes", "same") and said != (syntax or stored_syntax(data)):
+                v = verdict(data, part, expected)
+                if v in ("bytes", "same") and said != (expected or stored_syntax(data)):
                     v = f"part says {said}"
                 verdicts[sop] = v
             out[f"wado {label}"] = verdicts

@@ -289,43 +289,51 @@ def rendered_response(services: Services, tenant: str, row: dict[str, Any], fram
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-def wanted_syntax(accept: str) -> str | None:
-    """The transfer syntax an Accept header asks instances in: its ``transfer-syntax`` parameter, None for ``*``
-    (as stored), Explicit VR Little Endian when it names none (PS3.18 8.7.3.5.2: the default of
-    ``application/dicom``).
+def wanted_syntaxes(accept: str) -> list[str] | None:
+    """The transfer syntaxes an Accept header takes instances in, in its order: its ``transfer-syntax``
+    parameters; None when one is ``*`` (as stored); empty when it names none (then PS3.18 8.7.3.5.2's default,
+    Explicit VR Little Endian, applies).
 
     Example
     -------
-    >>> wanted_syntax('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70')
-    '1.2.840.10008.1.2.4.70'
-    >>> wanted_syntax('multipart/related; type="application/dicom"'), wanted_syntax("transfer-syntax=*")
-    ('1.2.840.10008.1.2.1', None)
+    >>> wanted_syntaxes('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.70, '
+    ...                 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1')
+    ['1.2.840.10008.1.2.4.70', '1.2.840.10008.1.2.1']
+    >>> wanted_syntaxes('multipart/related; type="application/dicom"'), wanted_syntaxes("transfer-syntax=*")
+    ([], None)
     """
+    out: list[str] = []
     for item in accept.replace(",", ";").split(";"):
         key, _, value = item.strip().partition("=")
         if key.strip().lower() == "transfer-syntax":
             value = value.strip().strip('"')
-            return None if value == "*" else value
-    return EXPLICIT_LE
+            if value == "*":
+                return None
+            out.append(value)
+    return out
 
 
-def in_syntax(data: bytes, syntax: str | None, asked: bool) -> tuple[bytes, str]:
-    """An instance's Part 10 bytes in ``syntax`` (None: as stored) and the syntax they are in, every UID and value
-    kept (``cubepacs.dicom.transcode``). When it cannot be re-encoded: 406 naming it if ``asked`` (the client named
-    the syntax), else as stored (the default applies to what can be decoded; its part says what it holds)."""
+def in_syntax(data: bytes, syntaxes: list[str] | None) -> tuple[bytes, str]:
+    """An instance's Part 10 bytes in one of ``syntaxes`` (None: as stored; empty: Explicit VR Little Endian) and
+    the syntax they are in, every UID and value kept (``cubepacs.dicom.transcode``): as stored when its syntax is
+    among them, else the first it can be re-encoded to. When none can be made: 406 naming the instance and the
+    reason if the client named syntaxes, else as stored (the default applies to what can be decoded; its part
+    says what it holds: one undecodable instance does not fail a series)."""
     from cubepacs.dicom.transcode import stored_syntax, transcode_file
     from cubepacs.errors import CodecError
 
     stored = stored_syntax(data)
-    if syntax is None or syntax == stored:
+    if syntaxes is None or stored in syntaxes:
         return data, stored
-    try:
-        return transcode_file(data, syntax), syntax
-    except Exception as exc:  # CodecError, or whatever a malformed stored file makes pydicom raise: never a 500
-        if asked:
-            reason = str(exc) if isinstance(exc, CodecError) else f"{type(exc).__name__}: {str(exc)[:200]}"
-            raise HTTPException(406, f"{reason}; offered: {stored} (as stored) or {EXPLICIT_LE}") from None
-        return data, stored
+    reasons = []
+    for syntax in syntaxes or [EXPLICIT_LE]:
+        try:
+            return transcode_file(data, syntax), syntax
+        except Exception as exc:  # CodecError, or whatever a malformed stored file makes pydicom raise: never a 500
+            reasons.append(str(exc) if isinstance(exc, CodecError) else f"{type(exc).__name__}: {str(exc)[:200]}")
+    if syntaxes:
+        raise HTTPException(406, f"{'; '.join(reasons)}; offered: {stored} (as stored) or {EXPLICIT_LE}")
+    return data, stored
 
 
 _RELATIVE = b'"BulkDataURI":"' + ROOT.encode() + b"/"
@@ -345,17 +353,15 @@ def transcoded(data: bytes, syntax: str, sop: str) -> bytes:
     """``in_syntax`` with the syntax asked for: any failure to read or re-encode the stored instance (a malformed
     Specific Character Set, a codec's error) a 406 naming the instance, never a 500 (``sop``: kept for callers;
     the reason names the instance already)."""
-    return in_syntax(data, syntax, True)[0]
+    return in_syntax(data, [syntax])[0]
 
 
 def add_routes(app: FastAPI, services: Services) -> None:
     """Register the WADO-RS routes."""
 
     def retrieve(rows: list[dict[str, Any]], request: Request) -> Response:
-        accept = request.headers.get("accept", "")
-        syntax = wanted_syntax(accept)
-        out = [in_syntax(services.storage.get(r["storage_key"]), syntax, "transfer-syntax" in accept.lower())
-               for r in rows]
+        syntaxes = wanted_syntaxes(request.headers.get("accept", ""))
+        out = [in_syntax(services.storage.get(r["storage_key"]), syntaxes) for r in rows]
         chunks, ctype = multipart.pieces([d for d, _ in out], "application/dicom",
                                          extras=[f"; transfer-syntax={ts}" if ts else "" for _, ts in out])
         return Response(b"".join(chunks), media_type=ctype)
