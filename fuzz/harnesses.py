@@ -254,7 +254,7 @@ def dicom(data: bytes) -> None:
 def stow(data: bytes) -> None:
     """Multipart bodies, frame lists and Accept headers as the web layer parses them."""
     from cubepacs.archive.web import multipart
-    from cubepacs.archive.web.wado import parse_frames, wanted_syntax
+    from cubepacs.archive.web.wado import parse_frames, wanted_syntaxes
 
     cut = data.find(b"\n")
     ctype = data[:cut].decode("latin-1") if 0 <= cut < 200 else 'multipart/related; type="application/dicom"; ' \
@@ -266,7 +266,7 @@ def stow(data: bytes) -> None:
     except _declared():
         pass
     text = data[:256].decode("latin-1")
-    for step in (lambda: parse_frames(text), lambda: wanted_syntax(text)):
+    for step in (lambda: parse_frames(text), lambda: wanted_syntaxes(text)):
         try:
             step()
         except _declared():
