@@ -1,9 +1,12 @@
 """C-GET and C-MOVE handlers: the stored bytes go out unchanged wherever the peer accepted their syntax.
 
 Both yield :class:`~cubepacs.archive.dimse.scu.StoredInstance` objects to pynetdicom, whose associations (ours
-are :class:`~cubepacs.archive.dimse.scu.ArchiveAE` or hooked) send them byte-preserving. A C-MOVE proposes one
-context per (SOP class, stored syntax) plus uncompressed fallbacks; beyond 128 contexts further associations to
-the destination are opened one group at a time. Per instance, what was sent is logged in a summary line.
+are :class:`~cubepacs.archive.dimse.scu.ArchiveAE` or hooked) send them byte-preserving, or re-encoded with every
+UID kept where the peer took another syntax (``scu.send_stored``). A C-MOVE proposes one context per (SOP class,
+stored syntax) plus uncompressed and lossless compressed fallbacks; beyond 128 contexts further associations to
+the destination are opened one group at a time. A C-GET's syntaxes were chosen at negotiation (``syntaxes.py``).
+How the instances went out is logged in a summary line, and each failed one on a line of its own with the peer's
+status and comment or the reason it was not sent.
 
 Example
 -------
