@@ -90,15 +90,21 @@ def sign_in(browser: Any, site: Server, user: str, password: str) -> tuple[Any, 
     return context, page
 
 
+def go(page: Any, selector: str) -> None:
+    """Click ``selector`` and wait for the page it leads to."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def test_an_administrator_at_work(browser: Any, site: Server, dest: Path, tmp_path: Path) -> None:
     files = dicom_files(CT)
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     study = str(first.StudyInstanceUID)
     context, page = sign_in(browser, site, "ada", "ada's password")
     # upload the series' folder with the browser's folder picker
-    page.click("text=Upload")
+    go(page, "text=Upload")
     page.set_input_files("#folder", str(CT))
-    page.click("#send-folder")
+    go(page, "#send-folder")
     result = page.inner_text("#result")
     assert result == f"{len(files)} stored, 1 refused.", result  # the folder's DIRFILE is no instance
     page.screenshot(path=str(ARTIFACTS / "ui-upload.png"))
@@ -106,21 +112,21 @@ def test_an_administrator_at_work(browser: Any, site: Server, dest: Path, tmp_pa
     wait_until(lambda: len(httpx.get(f"{site.url}/studies/{study}/instances", headers=site.headers(),
                                      params={"limit": 1000}).json()) == len(files))
     # find it with the filters: a wrong patient ID finds nothing, the right one and the modality find it
-    page.click("text=Studies")
+    go(page, "text=Studies")
     page.fill("input[name=PatientID]", "NO-SUCH-ID")
-    page.click("#filters button")
+    go(page, "#filters button")
     assert "No study matches." in page.inner_text("#studies")
     page.fill("input[name=PatientID]", str(first.PatientID))
     page.fill("input[name=ModalitiesInStudy]", str(first.Modality))
-    page.click("#filters button")
+    go(page, "#filters button")
     rows = page.locator("#studies tr")
     assert rows.count() == 2 and str(len(files)) in rows.nth(1).inner_text()
     page.screenshot(path=str(ARTIFACTS / "ui-studies.png"))
-    rows.nth(1).locator("a").click()
+    go(page, "#studies tr:nth-child(2) a")
     assert page.locator("#series tr").count() == 2
-    page.locator("#series a").first.click()
+    go(page, "#series a >> nth=0")
     assert page.locator("#instances tr").count() == len(files) + 1
-    page.locator("#instances a").first.click()
+    go(page, "#instances a >> nth=0")
     # every tag, against pydicom's reading of the original file of that instance
     sop = page.url.rsplit("/", 1)[1]
     original = next(f for f in files if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == sop)
@@ -149,7 +155,7 @@ def test_an_administrator_at_work(browser: Any, site: Server, dest: Path, tmp_pa
         assert split_file(raw).dataset_bytes() == split_file(got[sop_uid]).dataset_bytes(), f.name
     # send it to the peer: every instance's result on the page, every file there with its data set as sent
     page.select_option("#send select", "DEST")
-    page.click("#send button")
+    go(page, "#send button")
     assert page.inner_text("#summary") == f"{len(files)} sent, 0 failed."
     assert page.locator("#sent tr").count() == len(files) + 1
     page.screenshot(path=str(ARTIFACTS / "ui-send.png"))
@@ -162,23 +168,23 @@ def test_an_administrator_at_work(browser: Any, site: Server, dest: Path, tmp_pa
     page.fill("#add-user input[name=name]", "vic")
     page.fill("#add-user input[name=password]", "vic's password")
     page.select_option("#add-user select", "viewer")
-    page.click("#add-user button")
+    go(page, "#add-user button")
     assert "viewer" in page.inner_text("#users")
     page.select_option("#add-key select", "user")
-    page.click("#add-key button")
+    go(page, "#add-key button")
     key = page.inner_text("#new-key").rsplit(" ", 1)[1]
     assert httpx.get(f"{base(site)}/api/me", headers={"Authorization": f"Bearer {key}"}).json()["role"] == "user"
     page.screenshot(path=str(ARTIFACTS / "ui-admin.png"))
-    page.click("#end-all")
+    go(page, "#end-all")
     page.goto(base(site) + "/ui")
     assert page.url.endswith("/login")
     context.close()
     context, page = sign_in(browser, site, "ada", "ada's password")
     # delete with confirmation; gone from QIDO
     page.goto(f"{base(site)}/ui/studies/{study}")
-    page.click("#delete")
+    go(page, "#delete")
     assert "cannot be undone" in page.inner_text("main")
-    page.click("#confirm")
+    go(page, "#confirm")
     assert f"{len(files)} instance(s) deleted." in page.inner_text("main")
     assert httpx.get(f"{site.url}/studies", headers=site.headers(),
                      params={"StudyInstanceUID": study}).status_code == 204
