@@ -25,6 +25,8 @@ from tests.archive import schema_v2
 from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SERIES, SINGLES, dicom_files
 
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'  # the bytes as stored, no transcoding
+
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cubepacs", *args], check=False, capture_output=True, text=True,
@@ -38,7 +40,7 @@ def _words(res: subprocess.CompletedProcess[str]) -> str:
 def _retrieve(server: Server, path: Path) -> bytes:
     ds = dcmread(path, stop_before_pixels=True)
     r = httpx.get(f"{server.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
-                  f"{ds.SOPInstanceUID}", headers=server.headers(), timeout=60)
+                  f"{ds.SOPInstanceUID}", headers={**server.headers(), "Accept": AS_STORED}, timeout=60)
     assert r.status_code == 200, (path.name, r.status_code)
     (part,) = multipart.parse(r.content, r.headers["content-type"])
     return bytes(part)

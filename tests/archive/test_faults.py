@@ -294,3 +294,26 @@ def test_a_dead_indexers_partitions_are_taken_over_within_the_session_timeout(ka
         other.stdout.close()
         producer.close()
         survivor.close()
+
+
+def test_series_builds_wait_for_space_instead_of_spending_their_retries(tmp_path: Path) -> None:
+    """Below the watermark the web worker builds nothing (its cube would not fit): the series stays due with its
+    retries untouched, and is built once there is room."""
+    from cubepacs.archive.ingest import ingest
+    from cubepacs.archive.queue.embedded import EmbeddedQueue
+    from cubepacs.archive.storage.guard import DiskGuard
+    from cubepacs.archive.webworker import WebWorker
+
+    storage, index = FileStorage(tmp_path / "objects"), Index.from_url("sqlite://")
+    queue = EmbeddedQueue(str(tmp_path / "q.db"))
+    for f in dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))[:3]:
+        index.add_instances([ingest(f.read_bytes(), "t", storage, queue)])
+    worker = WebWorker(index, storage, quiet_seconds=0.0, max_retries=1)
+    guard = DiskGuard.attach(storage, str(tmp_path), min_free_mb=1 << 40)  # more than any disk has
+    assert worker.run_once() == 0
+    (due,) = index.pending_series(0.0, 1)
+    assert due["retry_times"] == 0
+    guard.min_free, guard.interval = 0, 0.0  # room again
+    assert worker.run_once() == 1 and not index.pending_series(0.0, 1)
+    queue.close()
+    index.close()

@@ -202,6 +202,7 @@ def main() -> int:
 
     from cubepacs._registry import open_backend
     from cubepacs.archive.logs import configure
+    from cubepacs.archive.storage.guard import DiskGuard
     from cubepacs.archive.webworker import WebWorker
     from cubepacs.archive.workers import die_with
 
@@ -211,6 +212,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # serve handles Ctrl-C and stops this process
     try:
         storage, index = open_backend("storage", settings.storage_url), open_backend("index", settings.index_url)
+        DiskGuard.attach(storage, settings.data_dir, settings.min_free_mb)  # no build spends its retries on a full disk
     except Exception as exc:
         log.error("the builder cannot open its backends: %s: %s", type(exc).__name__, str(exc)[:300])
         return 1

@@ -87,7 +87,10 @@ class WebWorker:
         return jkey, ckey, len(rows)
 
     def run_once(self) -> int:
-        """Build every series that is due; return how many were built."""
+        """Build every series that is due; return how many were built. None while the disk is below its
+        free-space watermark (``storage/guard.py``): the series wait, their retries are not spent on a full disk."""
+        if self.storage.refusal() is not None:
+            return 0
         built = 0
         for row in self.index.pending_series(self.quiet_seconds, self.max_retries):
             try:
