@@ -169,3 +169,37 @@ def test_an_index_of_the_previous_schema_is_migrated_postgresql() -> None:
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
         admin.dispose()
+
+
+@pytest.mark.postgres
+def test_backup_and_restore_with_a_postgresql_index(tmp_path: Path) -> None:
+    """The services layout's index: pg_dump into the backup, pg_restore into another empty database, verified."""
+    from cubepacs.archive import backup
+    from cubepacs.archive.ingest import ingest
+    from cubepacs.archive.service import open_backends
+    from cubepacs.archive.settings import load_settings
+
+    admin_url = os.environ.get("CUBEPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    names = [f"cubepacs_backup_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        first, second = (load_settings(overrides={"data_dir": str(tmp_path / d),
+                                                  "index_url": admin_url.rsplit("/", 1)[0] + f"/{name}"})
+                         for d, name in zip(("a", "b"), names, strict=True))
+        b = open_backends(first)
+        for f in SINGLES[:5]:
+            b.index.add_instances([ingest(f.read_bytes(), "t", b.storage, b.queue)])
+        b.queue.close()
+        b.index.close()
+        manifest = backup.backup(first, tmp_path / "backup")
+        assert manifest["index"] == "index.pgdump" and len(manifest["objects"]) == 5
+        report = backup.restore(tmp_path / "backup", second)
+        assert report.ok and report.instances == 5, report.problems
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
