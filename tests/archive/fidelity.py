@@ -56,6 +56,7 @@ def _read(data: bytes, pixels: bool = True) -> Any:
 
 
 _ORIGINAL_PIXELS: dict[int, np.ndarray | None] = {}  # id(stored bytes) -> pydicom's decoding, once each
+_ORIGINAL_VALUES: dict[tuple[int, bool], dict[int, Any]] = {}  # (id(stored bytes), implicit) -> its values
 
 
 def pixels_of(data: bytes) -> np.ndarray | None:
@@ -122,7 +123,9 @@ def _verdict(stored: bytes, received: bytes, syntax: str | None) -> str:
                                                       str(a.file_meta.get("MediaStorageSOPInstanceUID"))):
         return f"file meta names another instance: {meta_uid}"
     implicit = ts == IMPLICIT
-    va, vb = _values(a, implicit), _values(b, implicit)
+    key = (id(stored), implicit)
+    va = _ORIGINAL_VALUES[key] if key in _ORIGINAL_VALUES else _ORIGINAL_VALUES.setdefault(key, _values(a, implicit))
+    vb = _values(b, implicit)
     if va != vb:
         diff = sorted(f"{t:08X}" for t in set(va) ^ set(vb)) or sorted(f"{t:08X}" for t in va if va[t] != vb.get(t))
         return f"elements differ: {diff[:5]}"
