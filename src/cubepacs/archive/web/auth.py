@@ -143,7 +143,7 @@ async def authenticate(request: Request) -> Identity:
     if ident is None and not key:
         ident = session_of(request)
         if ident is not None and request.method not in _SAFE_METHODS \
-                and request.headers.get(CSRF_HEADER, "") != ident.csrf:
+                and not secrets.compare_digest(request.headers.get(CSRF_HEADER, "").encode(), ident.csrf.encode()):
             raise HTTPException(403, "a request made with the session cookie that changes data needs the "
                                      "session's X-CSRF-Token header")
     if ident is None:
