@@ -24,7 +24,7 @@ import jwt
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 from cubepacs.archive import apikeys, roles
 from cubepacs.archive.accounts import Accounts
@@ -103,10 +103,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def _endpoints(app: Any) -> list[tuple[str, str]]:
+    """(method, path) of every route of the app — FastAPI's and plain Starlette ones (``/openapi.json``) alike."""
     out = []
     for route in app.routes:
-        if isinstance(route, APIRoute):
-            out.extend((m, route.path) for m in sorted(route.methods))
+        assert isinstance(route, Route), f"a route of another kind ({type(route).__name__}): give it a role rule"
+        out.extend((m, route.path) for m in sorted(route.methods or ()) if m != "HEAD")
     return out
 
 
@@ -176,7 +177,8 @@ def test_without_credentials_only_public_routes_answer(site: Site) -> None:
             assert status == (303 if path.startswith("/ui") else 401), (method, path, status)
     # the public ones: health and metrics, the sign-in page; a failed sign-in, the viewer's configuration and
     # files without a session say so (401 or a redirect to the sign-in page)
-    assert public == {"GET /healthz": 200, "GET /readyz": 200, "GET /metrics": 200, "GET /login": 200,
+    assert public == {"GET /healthz": 200, "GET /readyz": 200, "GET /metrics": 200, "GET /openapi.json": 200,
+                      "GET /login": 200,
                       "POST /login": 401, "POST /logout": 303, "GET /app-config.js": 401, "GET /{path:path}": 303}
 
 

@@ -91,6 +91,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str]] = {
     ("GET", "/healthz"): (None, ""),
     ("GET", "/readyz"): (None, ""),
     ("GET", "/metrics"): (None, ""),
+    ("GET", "/openapi.json"): (None, ""),  # FastAPI's description of the routes (web/openapi.py)
     ("GET", "/login"): (None, ""),
     ("POST", "/login"): (None, ""),
     ("POST", "/logout"): (None, ""),
