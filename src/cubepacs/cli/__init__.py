@@ -16,30 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import TaskID
 from rich.table import Table
 
+from cubepacs.cli._common import _fail, _progress, app, out
 from cubepacs.cube import api
 from cubepacs.cube.codecs import CODEC_NAMES, DEFAULT_CODEC
 from cubepacs.cube.reader import CubeReader, is_cube
 from cubepacs.errors import CubepacsError
-
-app = typer.Typer(help="cubepacs: DICOM series cubes (.dcbs), a PACS archive built on them, and a lake of headers.",
-                  no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
-out = Console()
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
-
-
-def _fail(msg: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)  # one line, however long
-    return typer.Exit(code)
 
 
 @app.command()

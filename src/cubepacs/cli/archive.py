@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cubepacs.cli import _fail, app, out
+from cubepacs.cli._common import _fail, app, out
 from cubepacs.errors import CubepacsError
 
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file ([cubepacs] table)")]

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cubepacs.cli import _fail, app, out
+from cubepacs.cli._common import _fail, app, out
 from cubepacs.errors import BackendError, CubepacsError
 
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file ([cubepacs] table)")]

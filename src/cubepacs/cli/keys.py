@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cubepacs.cli import _fail, app, console, out
+from cubepacs.cli._common import _fail, app, console, out
 
 keys_app = typer.Typer(help="API keys (kept as SHA-256 hashes; a new key is shown once).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")

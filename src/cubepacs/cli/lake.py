@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cubepacs.cli import _fail, _progress, app, out
+from cubepacs.cli._common import _fail, _progress, app, out
 
 
 @app.command()

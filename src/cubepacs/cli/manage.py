@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cubepacs.cli import _fail, _progress, app, console, out
+from cubepacs.cli._common import _fail, _progress, app, console, out
 from cubepacs.errors import CubepacsError
 
 Config = Annotated[Path | None, typer.Option("--config", help="TOML settings file ([cubepacs] table)")]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cubepacs.cli import _fail, _progress, app, console, out
+from cubepacs.cli._common import _fail, _progress, app, console, out
 
 PRIVATE = re.compile(r"(?P<creator>[^:]{1,64}):(0x)?(?P<element>[0-9A-Fa-f]{1,2})")
 

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from cubepacs.archive.web.session import load_users
-from cubepacs.cli import _fail, app, console, out
+from cubepacs.cli._common import _fail, app, console, out
 
 OHIF_PACKAGE = "@ohif/app"
 OHIF_VERSION = "3.13.2"  # pinned: the version the browser tests run
