@@ -243,3 +243,30 @@ def test_a_failure_a_decoder_swallows_is_a_codec_error_not_half_a_frame(ct_cube:
     blob[783], blob[8496] = 215, 132
     with pytest.raises(CodecError, match=r"htj2k decoder: RuntimeError: ojph error \(inside the decoder"):
         CubeReader(mutants.replace_blob(ct_cube, 0, bytes(blob))).frame(0)
+
+
+def test_a_truncated_jpegls_stream_is_refused_at_once() -> None:
+    """Found by the codestream harness: CharLS spent 4–8 s on a truncated JPEG-LS stream (no end marker) of a
+    384 × 384 frame. Crafted: a real CT's frame in a JPEG-LS cube, and the real JPEG-LS MR's frame in its DICOM
+    file, each cut in half."""
+    import pydicom
+    from pydicom.encaps import encapsulate, get_frame
+
+    from cubepacs.cube.reader import _decode_with_pydicom
+
+    data = mutants.JPEGLS_MR.read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frame = bytes(get_frame(ds.PixelData, 0, number_of_frames=1))
+    cube = mutants.cube_of(mutants.CT, codec="jpegls")
+    reader = CubeReader(cube)
+    codec, blob = reader.encoded(0)  # type: ignore[misc]
+    assert codec == "jpegls"
+    t0 = time.monotonic()
+    with pytest.raises(CodecError, match="does not end with its end marker"):
+        CubeReader(mutants.replace_blob(cube, 0, bytes(blob[:len(blob) // 2]))).frame(0)
+    ds.PixelData = encapsulate([frame[:len(frame) // 2]])
+    out = io.BytesIO()
+    ds.save_as(out)
+    with pytest.raises(CodecError, match="does not end with its end marker"):
+        _decode_with_pydicom(out.getvalue(), 0, "half.dcm")
+    assert time.monotonic() - t0 < 1

@@ -314,6 +314,8 @@ def _checked_plugin(uid: str, func: Callable[..., Any]) -> Callable[..., Any]:
         if uid == guard.RLE:
             guard.rle_header(src, spp * max(bits // 8, 1))
         elif uid in guard.J2K or uid in guard.JPEG:
+            if uid in guard.JPEG_LS:
+                guard.ends_complete(src, "JPEG-LS")
             got = guard.j2k_header(src) if uid in guard.J2K else guard.jpeg_header(src)
             if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
                 raise CodecError(f"codestream is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the dataset says "

@@ -195,6 +195,25 @@ def zstd_size(data: bytes | memoryview) -> int:
     return value + 256 if width == 2 else value
 
 
+def ends_complete(data: bytes | memoryview, what: str) -> None:
+    """A JPEG-LS (or JPEG 2000) codestream ends with its EOI (EOC) marker, ``FF D9``, maybe followed by a few bytes
+    of padding (``00`` or ``FF``: DICOM fragments have an even length). CharLS spent 4–8 s on a truncated 7 KB
+    JPEG-LS stream of a 384 × 384 frame (found by the codestream harness) and fails at once when the stream is
+    complete, so an incomplete one is refused before it is decoded.
+
+    Example
+    -------
+    >>> ends_complete(bytes.fromhex("ffd8 0102 ffd9 00"), "JPEG-LS")
+    >>> ends_complete(bytes.fromhex("ffd8 0102 1234"), "JPEG-LS")
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: JPEG-LS codestream does not end with its end marker (truncated?)
+    """
+    tail = bytes(data[-16:]).rstrip(b"\x00\xff") if len(data) >= 2 else b""
+    if not tail.endswith(b"\xff\xd9") and not bytes(data[-16:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise CodecError(f"{what} codestream does not end with its end marker (truncated?)")
+
+
 def work_bound(frame_bytes: int, factor: int) -> int:
     """The largest codestream a decoder is given for a frame of ``frame_bytes`` bytes: ``factor`` times the frame
     and 64 KB of headers. A decoder's work grows with its input; a corrupted stream far larger than any encoder
@@ -219,11 +238,13 @@ def check(codec_id: int, data: bytes | memoryview, shape: tuple[int, ...], bits:
         raise CodecError(f"a {len(data)}-byte codestream for a frame of {nbytes} bytes: a lossless encoder never "
                          "writes that much")
     if codec_id == 2:
+        ends_complete(data, "HTJ2K")
         got = j2k_header(data)
         if got[:3] != (rows, cols, spp) or got[3] > bits:
             raise CodecError(f"HTJ2K codestream is {got[0]} rows × {got[1]} columns × {got[2]} samples, "
                              f"{got[3]} bits; expected {rows} × {cols} × {spp}")
     elif codec_id == 3:
+        ends_complete(data, "JPEG-LS")
         got = jpeg_header(data)
         if got[:3] != (rows, cols, spp) or got[3] > bits:
             raise CodecError(f"JPEG-LS codestream is {got[0]} × {got[1]} × {got[2]}; expected {rows} × {cols} × {spp}")
@@ -245,6 +266,7 @@ J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.
 JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
          "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 RLE = "1.2.840.10008.1.2.5"
+JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 
 
 def check_dicom_frame(ds: object, index: int) -> None:
@@ -277,6 +299,8 @@ def check_dicom_frame(ds: object, index: int) -> None:
     if ts == RLE:
         rle_header(data, spp * max(bits // 8, 1))
         return
+    if ts in JPEG_LS:
+        ends_complete(data, "JPEG-LS")
     got = j2k_header(data) if ts in J2K else jpeg_header(data)
     if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
         raise CodecError(f"codestream of frame {index + 1} is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the "
