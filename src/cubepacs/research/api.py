@@ -66,7 +66,7 @@ def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
     """The extension registering ``POST /api/export`` (``export_dir``, project ``secret`` from the settings)."""
 
     def add(app: FastAPI, services: Any) -> None:
-        from cubepacs.archive.web.app import tenant_of
+        from cubepacs.archive.web.context import tenant_of
 
         @app.post("/api/export")
         async def export(request: Request, tenant: str = Depends(tenant_of)) -> StreamingResponse:

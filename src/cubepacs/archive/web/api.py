@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from cubepacs.archive import manage
-from cubepacs.archive.web.app import Services, tenant_of
+from cubepacs.archive.web.context import Services, tenant_of
 from cubepacs.archive.web.jsonbody import read_json
 from cubepacs.archive.web.wado import _uids
 from cubepacs.errors import ConfigError, CubepacsError

@@ -27,7 +27,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive.web import wado
-from cubepacs.archive.web.app import ROOT, Services, tenant_of
+from cubepacs.archive.web.context import ROOT, Services, tenant_of
 
 FRAMES_PATH = re.compile(re.escape(ROOT) + r"/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/frames/([^/]+)")
 

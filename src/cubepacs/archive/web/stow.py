@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from cubepacs.archive.ingest import RejectedInstance, StudyMismatch, ingest
 from cubepacs.archive.keys import check_uid
 from cubepacs.archive.web import multipart
-from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, tenant_of
+from cubepacs.archive.web.context import DICOM_JSON, ROOT, Services, tenant_of
 from cubepacs.errors import ConfigError
 
 FAILURE_PROCESSING = 0x0110

@@ -28,8 +28,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive.apikeys import hash_key
-from cubepacs.archive.web.app import ROOT, Services
 from cubepacs.archive.web.auth import Identity, key_identity, session_of, user_identity
+from cubepacs.archive.web.context import ROOT, Services
 from cubepacs.archive.web.session import COOKIE
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>cubepacs</title>
@@ -180,7 +180,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
 
     @app.get("/app-config.js")
     def config_js(request: Request) -> Response:
-        from cubepacs.archive.web.app import public_base
+        from cubepacs.archive.web.context import public_base
 
         session = session_of(request)
         if session is None:

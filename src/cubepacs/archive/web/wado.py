@@ -24,7 +24,7 @@ from cubepacs.archive.keys import check_uid, cube_key, instance_key
 from cubepacs.archive.metadata import bulk_value, series_json
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import asstored, multipart
-from cubepacs.archive.web.app import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
+from cubepacs.archive.web.context import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
 from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows, file_mark
 from cubepacs.archive.web.readahead import ReadAhead
 from cubepacs.cube.pixels import PixelDesc, native_layout
