@@ -67,8 +67,14 @@ def ct_cube() -> bytes:
     return mutants.cube_of(mutants.CT)
 
 
-def test_a_rust_panic_in_a_decoder_is_a_codec_error_naming_instance_and_frame(tmp_path: Path) -> None:
+def test_a_rust_panic_in_a_decoder_is_a_codec_error_naming_instance_and_frame(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture
+                                                                             ) -> None:
+    import logging
+
     import pydicom
+
+    caplog.set_level(logging.INFO, logger="pydicom")
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "panic.dcm").write_bytes(mutants.rle_panic())
@@ -80,6 +86,8 @@ def test_a_rust_panic_in_a_decoder_is_a_codec_error_naming_instance_and_frame(tm
     with pytest.raises(RuntimeError) as err:  # pydicom itself, as transcoding calls it: an Exception, not a panic
         ds.decompress()
     assert "PanicException" in str(err.value)
+    plugins = [r for r in caplog.records if r.name == "pydicom.pixels.decoders.base"]
+    assert plugins and all(r.exc_info is None and "\n" not in r.getMessage() for r in plugins)  # one line each
 
 
 def test_the_rle_header_is_checked_before_any_decoder() -> None:

@@ -329,7 +329,7 @@ def _checked_plugin(uid: str, func: Callable[..., Any]) -> Callable[..., Any]:
 def _one_line(record: logging.LogRecord) -> bool:
     """pydicom logs every failed decoding plugin with its traceback (``LOGGER.exception``): one line each here, the
     error itself being raised to the caller."""
-    if record.exc_info and record.pathname.endswith(("decoders/base.py", "decoders\\base.py")):
+    if record.exc_info:
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.INFO, "INFO"
     return True
@@ -347,10 +347,9 @@ def harden_pydicom() -> None:
     """
     if _HARDENED:
         return
-    from pydicom.config import logger
     from pydicom.pixels.decoders import base
 
-    logger.addFilter(_one_line)
+    base.LOGGER.addFilter(_one_line)  # the module's own logger: a parent's filters do not see its records
 
     for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
         available: dict[str, Callable[..., Any]] = decoder._available
