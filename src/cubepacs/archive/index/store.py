@@ -108,6 +108,8 @@ class Index:
         self.engine = engine
         self.url = mask_url(url)
         self.pn_case_sensitive = pn_case_sensitive  # PS3.4 C.2.2.2.1 leaves PN case to the archive: a setting
+        with engine.connect():  # a database that cannot be reached is said at once, not after the retries below
+            pass
         for attempt in range(10):  # services started together race to create the schema: the losers retry
             try:
                 self.migrate()
