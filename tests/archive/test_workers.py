@@ -71,6 +71,7 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     finally:
         stop_server(server)
     assert all(not Path(f"/proc/{w}").exists() for w in workers)  # stopped with serve
+    assert not folder.exists()  # the metrics files (in RAM) removed when serve ended
 
 
 def _owners(port: int) -> dict[int, int]:

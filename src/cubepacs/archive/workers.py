@@ -22,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import gc
 import logging
@@ -126,7 +127,21 @@ def metrics_across_processes(data_dir: str, run_dir: str = "", xdg_runtime_dir: 
         stale.unlink(missing_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     preallocate_metrics()
+    atexit.register(_remove_metrics, folder, os.getpid())  # RAM: given back when serve ends
     return folder
+
+
+def _remove_metrics(folder: Path, owner: int) -> None:
+    """Remove the multiprocess metrics folder (and its parent when empty) — in the process that made it only."""
+    if os.getpid() != owner:
+        return
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:  # not empty (an operator's files) or gone
+        pass
 
 
 def preallocate_metrics() -> None:
