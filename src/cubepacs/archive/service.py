@@ -129,12 +129,21 @@ def in_flight(parts: set[str], dimse_workers: Any, queue: Queue) -> str:
                     else int(next(iter(metrics.ASSOCIATIONS_OPEN.collect())).samples[0].value))
         said.append(f"{open_now} DIMSE association(s) open")
     if "indexer" in parts:
-        try:
-            lag = queue.lag(STORAGE_TOPIC, GROUP)
-            said.append(f"{lag[0]} storage event(s) not yet indexed" if lag is not None
-                        else "storage events not yet indexed: unknown")
-        except Exception as exc:
-            said.append(f"storage events not yet indexed: unknown ({type(exc).__name__})")
+        got: list[Any] = []
+
+        def ask() -> None:
+            try:
+                got.append(queue.lag(STORAGE_TOPIC, GROUP))
+            except Exception as exc:
+                got.append(exc)
+
+        asking = threading.Thread(target=ask, name="stop-lag", daemon=True)
+        asking.start()
+        asking.join(3.0)  # a queue that is away must not hold the stop
+        lag = got[0] if got else TimeoutError()
+        said.append(f"{lag[0]} storage event(s) not yet indexed" if isinstance(lag, tuple)
+                    else f"storage events not yet indexed: unknown ({type(lag).__name__})" if lag is not None
+                    else "storage events not yet indexed: unknown")
     return ", ".join(said) or "nothing"
 
 
