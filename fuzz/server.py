@@ -2,11 +2,13 @@
 read back again — each mutant in a series with a good twin (the same real file, new UIDs), whose answers must not
 change when the series is compacted.
 
-``python fuzz/server.py [--minutes M | --mutants N] [--batch B] [--seed S]``. Starts ``cubepacs serve`` on free
-127.0.0.1 ports (quiet series compacted after 1 s), then per batch: B mutants of real files of ../shared/data and
-their twins in one new series, one STOW; every route of each instance; the series' cube awaited; every route
-again. Findings: a 5xx, a route slower than 2 s, a twin whose answer changed after compaction (a poisoned series);
-each is written to fuzz/crashes/server/ with what was asked. The last lines are the counts.
+``python fuzz/server.py [--minutes M | --mutants N] [--batch B] [--seed S] [--dimse]``. Starts ``cubepacs serve``
+on free 127.0.0.1 ports (quiet series compacted after 1 s), then per batch: B mutants of real files of
+../shared/data and their twins in one new series, one STOW (with ``--dimse``, every other batch's mutants go by
+C-STORE, their bytes as they are, and the twins by STOW); every route of each instance; the series' cube awaited;
+every route again. Findings: a 5xx, a route slower than 2 s, a twin whose answer changed after compaction (a
+poisoned series), the server gone; each is written to fuzz/crashes/server/ with what was asked. The last lines
+are the counts.
 
 Mutations (``mutate``): a pixel attribute set to an odd value (Bits Allocated, Rows, Samples per Pixel, Number of
 Frames, …), bytes of the first encapsulated fragment changed, bytes after the file meta changed, the file cut
@@ -77,6 +79,53 @@ def mutate(seed: Path, study: str, series: str, rng: random.Random) -> tuple[byt
     return mutants.bad_charset(seed, study, series) if seed.name.startswith("ct_") else data, "charset VR"
 
 
+def c_store(port: int, datas: list[bytes], folder: Path) -> list[int | None]:
+    """Send each file by C-STORE (its bytes as they are: pynetdicom's chunked sending) on one association; the
+    statuses (None: not sendable — no readable file meta — or the association refused)."""
+    from pynetdicom import AE, _config
+
+    from cubepacs.archive.web.stow import _uids_of
+
+    paths, contexts = [], set()
+    for k, data in enumerate(datas):
+        sop_class, _, implicit = _uids_of(data)
+        path = folder / f"{k}.dcm"
+        path.write_bytes(data)
+        syntax = ""
+        try:
+            import pydicom
+
+            syntax = str(pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.TransferSyntaxUID)
+        except Exception:
+            pass
+        paths.append(path if sop_class and syntax and implicit is None else None)
+        if paths[-1] is not None:
+            contexts.add((sop_class, syntax))
+    ae = AE(ae_title="FUZZ")
+    for sop_class, syntax in sorted(contexts)[:128]:
+        ae.add_requested_context(sop_class, syntax)
+    statuses: list[int | None] = [None] * len(datas)
+    if not contexts:
+        return statuses
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes, not pydicom's re-encoding of them
+    assoc = ae.associate("127.0.0.1", port, ae_title="CUBEPACS")
+    try:
+        if assoc.is_established:
+            for k, path in enumerate(paths):
+                if path is None:
+                    continue
+                try:
+                    status = assoc.send_c_store(path)
+                    statuses[k] = int(status.Status) if status else None
+                except Exception:
+                    statuses[k] = None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    return statuses
+
+
 def _get(client: Any, url: str, headers: dict[str, str], ctype: list[str]) -> tuple[int, bytes, float]:
     t0 = time.monotonic()
     r = client.get(url, headers=headers)
@@ -111,6 +160,7 @@ def main() -> None:
     parser.add_argument("--mutants", type=int, default=0)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dimse", action="store_true", help="every other batch's mutants by C-STORE")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import tempfile
@@ -128,7 +178,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="cubepacs-fuzz-server-"))
     server: Server = start_server(root / "data")
     headers = server.headers()
-    counts = {"mutants": 0, "stored": 0, "requests": 0, "5xx": 0, "slow": 0, "poisoned": 0, "not_compacted": 0}
+    counts = {"batches": 0, "mutants": 0, "c_store": 0, "stored": 0, "requests": 0, "5xx": 0, "slow": 0,
+              "poisoned": 0, "not_compacted": 0}
     slowest = 0.0
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else float("inf")
 
@@ -152,7 +203,17 @@ def main() -> None:
                     batch.append(("mutant", data, what))
                     batch.append(("twin", mutants.renamed(seed, study, series), seed.name))
                 counts["mutants"] += sum(1 for k, _, _ in batch if k == "mutant")
-                body, ctype = multipart.encode([d for _, d, _ in batch], "application/dicom")
+                if args.dimse and counts["batches"] % 2:  # every other batch by C-STORE, its twins by STOW
+                    statuses = c_store(server.dimse_port, [d for k, d, _ in batch if k == "mutant"], root)
+                    counts["c_store"] += sum(s is not None for s in statuses)
+                    if server.proc.poll() is not None:
+                        finding("server-died", {"after": "C-STORE"}, b"")
+                        break
+                    sent = [(k, d) for k, d, _ in batch if k == "twin"]
+                else:
+                    sent = [(k, d) for k, d, _ in batch]
+                counts["batches"] += 1
+                body, ctype = multipart.encode([d for _, d in sent], "application/dicom")
                 r = client.post(f"{server.url}/studies", content=body, headers={**headers, "Content-Type": ctype},
                                 timeout=120)
                 counts["requests"] += 1

@@ -85,13 +85,14 @@ def test_codestream_harness_takes_the_crafted_panic() -> None:
 
 
 def test_server_harness_smoke_run() -> None:
-    """fuzz/server.py against a real archive: two mutants and their twins, every route before and after compaction;
-    no 5xx, nothing slow, no twin's answer changed."""
-    out = subprocess.run([sys.executable, str(ROOT / "fuzz" / "server.py"), "--mutants", "2", "--batch", "2"],
+    """fuzz/server.py against a real archive: four mutants and their twins (one batch by STOW, one by C-STORE),
+    every route before and after compaction; no 5xx, nothing slow, no twin's answer changed."""
+    out = subprocess.run([sys.executable, str(ROOT / "fuzz" / "server.py"), "--mutants", "4", "--batch", "2",
+                          "--dimse"],
                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
 
     counts = json.loads(out.stdout.strip().splitlines()[-1].removeprefix("done: "))
-    assert counts["mutants"] == 2 and counts["requests"] > 20, counts
+    assert counts["mutants"] == 4 and counts["batches"] == 2 and counts["requests"] > 20, counts
     assert counts["5xx"] == counts["slow"] == counts["poisoned"] == 0, out.stdout[-2000:]
