@@ -27,12 +27,9 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from cubepacs.errors import StorageFullError
-
-if TYPE_CHECKING:
-    from cubepacs.archive.storage.base import Storage
 
 log = logging.getLogger("cubepacs.storage")
 
@@ -53,8 +50,11 @@ class DiskGuard:
         self._reason: str | None = None
 
     @classmethod
-    def attach(cls, storage: Storage, data_dir: str, min_free_mb: int) -> DiskGuard:
-        """A guard of ``data_dir`` and (for ``file://``) the storage root, set as ``storage.guard``."""
+    def attach(cls, storage: Any, data_dir: str, min_free_mb: int) -> DiskGuard:
+        """A guard of ``data_dir`` and (for ``file://``) the storage root, set as ``storage.guard``.
+
+        ``storage`` is any ``storage.base.Storage`` (not named here: base.py imports this module).
+        """
         root = getattr(storage, "root", None)
         guard = cls([data_dir, *([str(root)] if root is not None else [])], min_free_mb)
         storage.guard = guard
