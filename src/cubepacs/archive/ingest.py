@@ -18,7 +18,6 @@ Example
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import warnings
@@ -33,8 +32,9 @@ from cubepacs.archive.keys import WEB_ROOT, check_tenant, check_uid, instance_ke
 from cubepacs.archive.metadata import instance_metadata
 from cubepacs.archive.queue.base import STORAGE_TOPIC, Queue
 from cubepacs.archive.storage.base import Storage
-from cubepacs.dicom.dicomjson import _dictionary_vr, dataset_to_json, pn_string
-from cubepacs.dicom.rawfile import MAX_DEPTH, PIXEL_TAGS, UNDEFINED, Scan, _Cursor, scan_file
+from cubepacs.dicom.dicomjson import dataset_to_json, pn_string
+from cubepacs.dicom.nesting import too_deep
+from cubepacs.dicom.rawfile import PIXEL_TAGS, Scan, scan_file
 from cubepacs.errors import DicomReadError
 
 INDEX_KEYWORDS = (
@@ -70,7 +70,9 @@ def _describe(data: bytes, source: str) -> tuple[dict[str, Any], Scan]:
         raise RejectedInstance(source, exc.reason, exc.offset) from exc
     if not scan.has_transfer_syntax:
         raise RejectedInstance(source, "no file meta information / Transfer Syntax UID")
-    _check_nesting(data, scan, source)
+    deep = too_deep(data, scan, source)
+    if deep is not None:
+        raise RejectedInstance(source, deep[1], deep[0])
     try:
         uids, attrs = _fast_attrs(data, scan)
     except Exception:  # unusual character set, deflated, odd values: pydicom decides
@@ -113,72 +115,6 @@ def _fast_attrs(data: bytes, scan: Scan) -> tuple[dict[str, str], dict[str, Any]
     values.pop("SpecificCharacterSet", None)
     uids = {k: str(values.pop(k, "") or "") for k in _UID_KEYWORDS}
     return uids, {k: v for k, v in values.items() if v not in (None, "")}
-
-
-_SEQUENCE_VRS = frozenset({b"SQ", b"UN"})
-
-
-class _TooDeep(Exception):
-    pass
-
-
-def _check_nesting(data: bytes, scan: Scan, source: str) -> None:
-    """Refuse sequences nested deeper than MAX_DEPTH (every reader of the instance would have to walk them).
-
-    Undefined-length sequences were walked to that depth by the scan already; this walks the structure (items
-    and element headers, no values) of the defined-length ones. Other oddities inside a sequence are served as
-    they are, not refused: the walk of that sequence just stops.
-    """
-    if scan.deflated_body is not None:
-        return  # pydicom reads those; its failure is a refusal too
-    cur = _Cursor(data, scan.little_endian, source)
-    implicit = scan.implicit
-    for tag, vr, start, hsize, end in scan.spans:
-        if tag >> 16 == 2 or not _is_sequence(tag, vr, implicit):
-            continue
-        try:
-            _walk_items(cur, start + hsize, end, implicit or vr == b"UN", 1)
-        except _TooDeep:
-            raise RejectedInstance(source, f"sequences nested deeper than {MAX_DEPTH} levels in "
-                                   f"({tag >> 16:04X},{tag & 0xFFFF:04X})", start) from None
-        except DicomReadError as exc:  # an undefined-length sequence inside a defined-length one
-            if "nested deeper" in exc.reason:
-                raise RejectedInstance(source, exc.reason, exc.offset) from None
-
-
-def _is_sequence(tag: int, vr: bytes | None, implicit: bool) -> bool:
-    if vr is not None:
-        return vr in _SEQUENCE_VRS
-    return implicit and _implicit_sequence(tag)
-
-
-@functools.lru_cache(maxsize=8192)
-def _implicit_sequence(tag: int) -> bool:
-    """Whether an implicit-VR element may hold items (its dictionary VR is SQ, or unknown)."""
-    return _dictionary_vr(tag, {}) in ("SQ", "UN")
-
-
-def _walk_items(cur: _Cursor, pos: int, end: int, implicit: bool, depth: int) -> None:
-    """Walk the items of a sequence value in ``[pos, end)`` down to its deepest level (_TooDeep past MAX_DEPTH)."""
-    if depth > MAX_DEPTH:
-        raise _TooDeep
-    while pos + 8 <= end:
-        tag, _, length, _ = cur.header(pos, implicit)
-        pos += 8
-        if tag != 0xFFFEE000:
-            return  # a delimiter, or not an item (an UN value that is not a sequence): nothing more to walk
-        stop = end if length == UNDEFINED else min(end, pos + length)
-        while pos + 8 <= stop:
-            etag, evr, elen, ehsize = cur.header(pos, implicit)
-            if etag == 0xFFFEE00D:
-                pos += 8
-                break
-            eend = cur.end_of(pos, implicit, etag, evr, elen, ehsize, depth)
-            if elen == UNDEFINED or _is_sequence(etag, evr, implicit):
-                _walk_items(cur, pos + ehsize, eend, implicit or evr == b"UN", depth + 1)
-            pos = eend
-        if length != UNDEFINED:
-            pos = stop
 
 
 def _plain(value: Any) -> Any:

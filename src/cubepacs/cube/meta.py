@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag, TagType
 
 from cubepacs.cube.columns import COLUMNS, INT_MISSING
-from cubepacs.dicom.rawfile import DEFLATED, KEY_OPAQUE, _encoding_of
+from cubepacs.dicom.rawfile import DEFLATED, KEY_OPAQUE, encoding_of
 from cubepacs.dicom.values import json_value, parse_elements
 from cubepacs.errors import CubepacsError, InvalidCubeError
 
@@ -137,7 +137,7 @@ class DicomMeta:
             charset = int(cs)
         key = (p, charset, syntax)
         if key not in self._cache:
-            implicit, little = (False, True) if tag >> 16 == 0x0002 else _encoding_of(syntax)
+            implicit, little = (False, True) if tag >> 16 == 0x0002 else encoding_of(syntax)
             parts = ([self.chunk(charset)] if charset >= 0 else []) + [self.chunk(p)]
             ds = parse_elements(parts, implicit, little)
             self._cache[key] = json_value(ds[tag])
@@ -213,7 +213,7 @@ class DicomMeta:
         t = _tag(tag)
         for i, p in enumerate(self._tag_refs(t).tolist()):
             if p >= 0:
-                implicit, little = (False, True) if t >> 16 == 0x0002 else _encoding_of(self.syntaxes[i])
+                implicit, little = (False, True) if t >> 16 == 0x0002 else encoding_of(self.syntaxes[i])
                 return str(parse_elements([self.chunk(p)], implicit, little)[t].VR)
         return None
 
@@ -245,7 +245,7 @@ class DicomMeta:
         """Instance ``i``'s top-level elements (no pixel data) as a pydicom Dataset."""
         if self.syntaxes[i] in DEFLATED:
             return self._deflated_dataset(i)
-        implicit, little = _encoding_of(self.syntaxes[i])
+        implicit, little = encoding_of(self.syntaxes[i])
         parts = [self.chunk(int(p)) for p in self.instance_refs(i).tolist()
                  if self.pool_key(int(p)) >= 0 and self.pool_key(int(p)) >> 16 not in (0x0002, 0x7FE0)]
         ds = parse_elements(parts, implicit, little)

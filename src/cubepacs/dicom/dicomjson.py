@@ -23,7 +23,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 
-from cubepacs.dicom.rawfile import MAX_DEPTH, PIXEL_TAGS, UNDEFINED, _Cursor
+from cubepacs.dicom.rawfile import MAX_DEPTH, PIXEL_TAGS, UNDEFINED, Cursor
 from cubepacs.errors import DicomReadError
 
 _NUMERIC = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
@@ -160,7 +160,7 @@ class _Walker:
 
     def dataset(self, pos: int, end: int | None, implicit: bool, path: str) -> tuple[dict[str, Any], int]:
         """Elements from ``pos`` to ``end`` (or to an Item Delimitation Item when ``end`` is None)."""
-        cur = _Cursor(self.buf, self.little, "")
+        cur = Cursor(self.buf, self.little, "")
         out: dict[str, Any] = {}
         creators: dict[tuple[int, int], str] = {}
         limit = len(self.buf) if end is None else end
@@ -230,7 +230,7 @@ class _Walker:
             self.depth -= 1
 
     def _items(self, pos: int, length: int, implicit: bool, path: str) -> tuple[list[Any], int]:
-        cur = _Cursor(self.buf, self.little, "")
+        cur = Cursor(self.buf, self.little, "")
         end = None if length == UNDEFINED else pos + length
         items: list[Any] = []
         while end is None or pos < end:

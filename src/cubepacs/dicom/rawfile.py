@@ -93,7 +93,17 @@ _PLAIN_LE = struct.Struct("<HHI").unpack_from
 _PLAIN_BE = struct.Struct(">HHI").unpack_from
 
 
-class _Cursor:
+class Cursor:
+    """Reads element headers and finds element ends in encoded bytes, failing with ``DicomReadError`` (naming
+    ``source`` and the offset) on anything malformed — the one reader every walk over encoded bytes uses.
+
+    Example
+    -------
+    >>> cur = Cursor(bytes.fromhex("10001000") + b"PN" + (4).to_bytes(2, "little") + b"DOE^", True, "x.dcm")
+    >>> cur.header(0, implicit=False)  # tag, VR, value length, header size
+    (1048592, b'PN', 4, 8)
+    """
+
     __slots__ = ("_tag", "_u16", "_u32", "buf", "little", "source")
 
     def __init__(self, buf: bytes | memoryview, little: bool, source: str) -> None:
@@ -177,8 +187,14 @@ def _fmt_tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _guess_encoding(buf: bytes, pos: int) -> tuple[bool, bool]:
-    """Guess (implicit, little_endian) of a dataset with no file meta, from its first element."""
+def guess_encoding(buf: bytes, pos: int) -> tuple[bool, bool]:
+    """Guess (implicit, little_endian) of a dataset with no file meta, from its first element.
+
+    Example
+    -------
+    >>> guess_encoding(bytes.fromhex("08001600") + b"UI" + bytes(2), 0)
+    (False, True)
+    """
     if len(buf) - pos < 8:
         return True, True
     vr = buf[pos + 4 : pos + 6]
@@ -189,7 +205,14 @@ def _guess_encoding(buf: bytes, pos: int) -> tuple[bool, bool]:
     return (not explicit), little
 
 
-def _encoding_of(ts: str) -> tuple[bool, bool]:
+def encoding_of(ts: str) -> tuple[bool, bool]:
+    """(implicit, little_endian) of a transfer syntax's dataset (every syntax not named here is explicit LE).
+
+    Example
+    -------
+    >>> encoding_of("1.2.840.10008.1.2"), encoding_of("1.2.840.10008.1.2.2")
+    ((True, True), (False, False))
+    """
     if ts == IMPLICIT_LE:
         return True, True
     if ts == EXPLICIT_BE:
@@ -229,11 +252,11 @@ def read_meta(buf: bytes, source: str = "<bytes>") -> tuple[Scan, int]:
     has_preamble = len(buf) >= 132 and buf[128:132] == b"DICM"
     if has_preamble:
         pos = 132
-    elif len(buf) < 8 or not _plausible_start(buf):
+    elif len(buf) < 8 or not plausible_start(buf):
         raise DicomReadError(source, "not a DICOM file (no DICM prefix, and no element at the start)")
     spans: list[tuple[int, bytes | None, int, int, int]] = []
     # File meta group (always explicit VR little endian).
-    meta = _Cursor(buf, True, source)
+    meta = Cursor(buf, True, source)
     ts: str | None = None
     while pos + 6 <= len(buf) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
         tag, vr, length, hsize = meta.header(pos, False)
@@ -244,10 +267,10 @@ def read_meta(buf: bytes, source: str = "<bytes>") -> tuple[Scan, int]:
         pos = end
     has_ts = ts is not None
     if ts is None:
-        implicit, little = _guess_encoding(buf, pos)
+        implicit, little = guess_encoding(buf, pos)
         ts = IMPLICIT_LE if implicit else (EXPLICIT_LE if little else EXPLICIT_BE)
     else:
-        implicit, little = _encoding_of(ts)
+        implicit, little = encoding_of(ts)
     return Scan(ts, implicit, little, has_preamble, has_ts, spans, len(buf)), pos
 
 
@@ -262,7 +285,7 @@ def scan_spans(buf: bytes, pos: int, implicit: bool, little: bool, source: str,
     >>> [(hex(tag), vr, end) for tag, vr, _, _, end in spans]
     [('0x80060', b'CS', 10)]
     """
-    cur = _Cursor(buf, little, source)
+    cur = Cursor(buf, little, source)
     header, end_of, size = cur.header, cur.end_of, len(buf)
     # the common cases read in one unpack: tag, VR, 16-bit length (explicit) or tag, 32-bit length (implicit)
     short, plain = (_SHORT_LE, _PLAIN_LE) if little else (_SHORT_BE, _PLAIN_BE)
@@ -340,7 +363,7 @@ def split_file(buf: bytes, source: str = "<bytes>", pixel_view: bool = False) ->
         if tag in PIXEL_TAGS and raw.pixel_tag is None:
             raw.pixel_tag = tag
             raw.pixel_vr = vr.decode("ascii") if vr else None
-            raw.encapsulated = _Cursor(buf, scan.little_endian, source).header(pos, scan.implicit)[2] == UNDEFINED
+            raw.encapsulated = Cursor(buf, scan.little_endian, source).header(pos, scan.implicit)[2] == UNDEFINED
             chunks.append(Chunk(tag, buf[pos : pos + hsize]))
             chunks.append(Chunk(KEY_PIXEL_VALUE, b""))
             raw.pixel_value = memoryview(buf)[pos + hsize : end] if pixel_view else buf[pos + hsize : end]
@@ -352,7 +375,13 @@ def split_file(buf: bytes, source: str = "<bytes>", pixel_view: bool = False) ->
     return raw
 
 
-def _plausible_start(buf: bytes) -> bool:
-    """True when the bytes start like a raw dataset (group 0x0002 or 0x0008 in either byte order)."""
+def plausible_start(buf: bytes) -> bool:
+    """True when the bytes start like a raw dataset (group 0x0002 or 0x0008 in either byte order).
+
+    Example
+    -------
+    >>> plausible_start(bytes.fromhex("08000500")), plausible_start(b"%PDF")
+    (True, False)
+    """
     g_le, g_be = struct.unpack_from("<H", buf, 0)[0], struct.unpack_from(">H", buf, 0)[0]
     return g_le in (0x0002, 0x0008) or g_be in (0x0002, 0x0008)

@@ -30,7 +30,7 @@ import pydicom
 from pydicom.dataelem import DataElement
 
 from cubepacs.dicom.dicomjson import InvalidValue, Unsupported, dataset_to_json
-from cubepacs.dicom.rawfile import DEFLATED, PIXEL_TAGS, _Cursor, _encoding_of, _guess_encoding, _plausible_start
+from cubepacs.dicom.rawfile import DEFLATED, PIXEL_TAGS, Cursor, encoding_of, guess_encoding, plausible_start
 from cubepacs.errors import DicomReadError
 from cubepacs.lake.partitions import WorkItem, zip_entries
 
@@ -74,7 +74,7 @@ def file_meta(buf: bytes, eof: bool, source: str = "") -> tuple[int, str | None]
     Raises :class:`NeedMore` when the file meta runs past ``buf`` and more bytes exist.
     """
     pos = 132 if len(buf) >= 132 and buf[128:132] == b"DICM" else 0
-    cur = _Cursor(buf, True, source)
+    cur = Cursor(buf, True, source)
     ts = None
     while pos + 6 <= len(buf) and buf[pos : pos + 2] == b"\x02\x00":
         try:
@@ -114,13 +114,13 @@ class _HeaderScan:
         if self.pos is None:
             pos, ts = file_meta(buf, eof, self.source)
             self.deflated = ts in DEFLATED
-            self.implicit, self.little = _guess_encoding(buf, pos) if ts is None else _encoding_of(ts)
+            self.implicit, self.little = guess_encoding(buf, pos) if ts is None else encoding_of(ts)
             self.pos = pos
         if self.deflated:  # the dataset is one deflate stream: the whole entry is needed
             if not eof:
                 raise NeedMore()
             return len(buf), None
-        cur = _Cursor(buf, self.little, self.source)
+        cur = Cursor(buf, self.little, self.source)
         while self.pos < len(buf):
             tag = -1
             try:
@@ -145,7 +145,7 @@ def read_and_parse(stream: IO[bytes], row: Row, source: str, bulk_threshold: int
     """Read one entry's header (more bytes only while needed, at most ``max_header``) and fill ``row``; None when
     it is not DICOM."""
     buf = stream.read(_FIRST_READ)
-    if not (len(buf) >= 132 and buf[128:132] == b"DICM") and not (len(buf) >= 8 and _plausible_start(buf)):
+    if not (len(buf) >= 132 and buf[128:132] == b"DICM") and not (len(buf) >= 8 and plausible_start(buf)):
         return None
     eof = len(buf) < _FIRST_READ
     scan = _HeaderScan(source)
@@ -215,7 +215,7 @@ def _fast_parse(header: bytes, eof: bool, row: Row, bulk_threshold: int) -> None
         raise NeedMore()  # the file meta may be cut off (or absent: then the general path reads it all)
     if ts is None or ts in DEFLATED:
         raise Unsupported("no file meta or a deflated dataset")
-    implicit, little = _encoding_of(ts)
+    implicit, little = encoding_of(ts)
     try:
         doc, bulk, stop, pixel = dataset_to_json(header[pos:], implicit, little, bulk_threshold, stop_at_pixels=True)
     except (DicomReadError, IndexError, struct.error):
