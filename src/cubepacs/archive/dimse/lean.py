@@ -279,7 +279,7 @@ class LeanDUL(DULServiceProvider):
                         pass
             idle = False
             if event == "Evt17" and before == "Sta2":  # closed before any A-ASSOCIATE-RQ: the association, which
-                self.to_user_queue.put(None)  # type: ignore[arg-type]  # waits up to the ACSE timeout (30 s) for one, gives up now
+                self.to_user_queue.put(None)  # waits up to the ACSE timeout (30 s) for one, gives up now
 
 
 _LOCAL_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})  # from the user's primitives
