@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from cubepacs.archive import metrics
-from cubepacs.archive.builder import compact
+from cubepacs.archive.compaction import compact
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import cube_key
 from cubepacs.archive.metadata import series_json
