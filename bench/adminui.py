@@ -26,8 +26,8 @@ import uvicorn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cubepacs.archive import apikeys  # noqa: E402
-from cubepacs.archive.accounts import Accounts  # noqa: E402
+from cubepacs.archive.auth import apikeys  # noqa: E402
+from cubepacs.archive.auth.accounts import Accounts  # noqa: E402
 from cubepacs.archive.index.store import Index  # noqa: E402
 from cubepacs.archive.queue.embedded import EmbeddedQueue  # noqa: E402
 from cubepacs.archive.storage.file import FileStorage  # noqa: E402

@@ -1,5 +1,5 @@
 -- Apache Doris tables fed by cubepacs (Kafka/Redpanda topics with JSON rows, one row per message).
--- Field names are the JSON keys the indexer publishes (cubepacs/archive/accesslog.py: object_row, image_row;
+-- Field names are the JSON keys the indexer publishes (cubepacs/archive/observability/accesslog.py: object_row, image_row;
 -- the state row is the index's dicom_state_meta row).
 CREATE DATABASE IF NOT EXISTS cubepacs;
 USE cubepacs;

@@ -18,7 +18,7 @@ import httpx
 import pydicom
 import pytest
 
-from cubepacs.archive import apikeys
+from cubepacs.archive.auth import apikeys
 from cubepacs.archive.web.session import COOKIE, remove_user, save_user
 from tests.archive.conftest import Server, dcmtk, free_port, start_server, stop_all, stop_server, wait_port, wait_until
 from tests.conftest import SINGLES

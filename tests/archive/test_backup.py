@@ -176,7 +176,7 @@ def test_backup_and_restore_with_a_postgresql_index(tmp_path: Path) -> None:
     """The services layout's index: pg_dump into the backup, pg_restore into another empty database, verified."""
     from cubepacs.archive import backup
     from cubepacs.archive.ingest import ingest
-    from cubepacs.archive.service import open_backends
+    from cubepacs.archive.services.service import open_backends
     from cubepacs.archive.settings import load_settings
 
     admin_url = os.environ.get("CUBEPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

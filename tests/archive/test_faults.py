@@ -22,9 +22,9 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from cubepacs._registry import mask_url, open_backend
 from cubepacs.archive.dimse.scp import start_scp
 from cubepacs.archive.index.store import Index
+from cubepacs.archive.services.workers import METRICS_FILE_BYTES
 from cubepacs.archive.storage.file import FileStorage
 from cubepacs.archive.web import multipart
-from cubepacs.archive.workers import METRICS_FILE_BYTES
 from cubepacs.errors import BackendError
 from tests.archive.conftest import free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SERIES, SINGLES, dicom_files
@@ -301,8 +301,8 @@ def test_series_builds_wait_for_space_instead_of_spending_their_retries(tmp_path
     retries untouched, and is built once there is room."""
     from cubepacs.archive.ingest import ingest
     from cubepacs.archive.queue.embedded import EmbeddedQueue
+    from cubepacs.archive.services.webworker import WebWorker
     from cubepacs.archive.storage.guard import DiskGuard
-    from cubepacs.archive.webworker import WebWorker
 
     storage, index = FileStorage(tmp_path / "objects"), Index.from_url("sqlite://")
     queue = EmbeddedQueue(str(tmp_path / "q.db"))

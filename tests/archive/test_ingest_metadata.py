@@ -14,12 +14,12 @@ from dicomweb_client.api import DICOMwebClient
 
 from cubepacs.archive import metadata
 from cubepacs.archive.index.store import Index
-from cubepacs.archive.indexer import Indexer
 from cubepacs.archive.ingest import RejectedInstance, ingest
 from cubepacs.archive.keys import WEB_ROOT
 from cubepacs.archive.queue.embedded import EmbeddedQueue
+from cubepacs.archive.services.indexer import Indexer
+from cubepacs.archive.services.webworker import WebWorker
 from cubepacs.archive.storage.file import FileStorage
-from cubepacs.archive.webworker import WebWorker
 from tests.archive.conftest import dcmtk, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import MALFORMED, SERIES, SINGLES, dicom_files
 

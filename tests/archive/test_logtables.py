@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from cubepacs.archive.accesslog import OBJECT_SCHEMA, AccessLog, DeltaLog
+from cubepacs.archive.observability.accesslog import OBJECT_SCHEMA, AccessLog, DeltaLog
 from tests.archive.conftest import wait_until
 
 
 def _logging(table: Path, rows: int, interval: float | None, pause: float, end: str) -> str:
     """A Python script logging ``rows`` access rows (tenant: its first argument) to ``table``, then ``end``."""
-    return (f"import sys, time\nfrom cubepacs.archive.accesslog import AccessLog\n"
+    return (f"import sys, time\nfrom cubepacs.archive.observability.accesslog import AccessLog\n"
             f"log = AccessLog({str(table)!r}, interval={interval})\n"
             f"for n in range({rows}):\n"
             f"    log.add(tenant=sys.argv[1], method='GET', path=f'/{{n}}', status=200, bytes=n, duration_ms=1.0)\n"
@@ -71,7 +71,8 @@ def test_batch_wakes_the_writer_and_a_torn_line_is_skipped(tmp_path: Path) -> No
 
 
 def test_the_server_process_never_loads_delta_rs(tmp_path: Path) -> None:
-    script = ("import sys\nfrom cubepacs.archive import service, indexer\nfrom cubepacs.archive.web import app\n"
+    script = ("import sys\nfrom cubepacs.archive.services import service, indexer\n"
+              "from cubepacs.archive.web import app\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('deltalake', 'pyarrow')))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -92,7 +93,7 @@ def test_the_tables_of_a_process_are_written_by_one_writer_run(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """``flush_logs`` starts one writer process for several tables (pyarrow and delta-rs loaded once); a table
     whose write fails keeps its rows, the others are written."""
-    from cubepacs.archive import accesslog
+    from cubepacs.archive.observability import accesslog
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where a table's folder should be")
@@ -112,7 +113,7 @@ def test_the_tables_of_a_process_are_written_by_one_writer_run(tmp_path: Path,
     monkeypatch.setattr(accesslog.subprocess, "run", counting_run)
     accesslog.flush_logs(logs)
     monkeypatch.undo()
-    assert len(runs) == 1 and runs[0][-1] == "cubepacs.archive.logwriter"
+    assert len(runs) == 1 and runs[0][-1] == "cubepacs.archive.observability.logwriter"
     assert [lg.rows_written for lg in logs] == [1, 1, 0]
     assert DeltaTable(str(tmp_path / "objects")).to_pyarrow_table().column("size").to_pylist() == [7]
     assert len(list((tmp_path / "spool").glob("[0-9]*.jsonl"))) == 1  # the failed table's row stays spooled

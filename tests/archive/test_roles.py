@@ -26,8 +26,8 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.routing import Route
 
-from cubepacs.archive import apikeys, roles
-from cubepacs.archive.accounts import Accounts
+from cubepacs.archive.auth import apikeys, roles
+from cubepacs.archive.auth.accounts import Accounts
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.embedded import EmbeddedQueue
 from cubepacs.archive.storage.file import FileStorage

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cubepacs.archive.workers import runtime_folder
+from cubepacs.archive.services.workers import runtime_folder
 from tests.archive.conftest import dcmtk, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SERIES, dicom_files
 

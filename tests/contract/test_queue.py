@@ -169,8 +169,8 @@ class TestKafka(QueueContract):
 @pytest.mark.kafka
 def test_indexer_feeds_the_doris_topics(kafka_url: str) -> None:
     from cubepacs.archive.index.store import Index
-    from cubepacs.archive.indexer import Indexer
     from cubepacs.archive.queue.base import IMAGE_TOPIC, LOG_TOPIC, STATE_TOPIC, STORAGE_TOPIC
+    from cubepacs.archive.services.indexer import Indexer
 
     prefix = f"p{uuid.uuid4().hex[:6]}_"
     q = open_backend("queue", kafka_url, topic_prefix=prefix)

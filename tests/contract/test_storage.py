@@ -142,7 +142,7 @@ def test_log_tables_on_object_storage(seaweedfs: str) -> None:
     import duckdb
     from deltalake import DeltaTable
 
-    from cubepacs.archive.accesslog import OBJECT_SCHEMA, DeltaLog
+    from cubepacs.archive.observability.accesslog import OBJECT_SCHEMA, DeltaLog
 
     storage = open_backend("storage", seaweedfs, access_key="test", secret_key="test")
     uri, options = storage.delta_location("dicom_object_meta")

@@ -194,7 +194,7 @@ def test_instance_names_are_safe_file_names_at_load(ct_cube: bytes, name: str) -
 
 
 def test_the_builder_leaves_out_what_its_cube_cannot_hold_and_keeps_the_rest() -> None:
-    from cubepacs.archive.compaction import compact
+    from cubepacs.archive.services.compaction import compact
 
     good = [mutants.renamed(series="1.2.3.4") for _ in range(2)]
     files = [("good0.dcm", good[0]), ("bits24.dcm", mutants.bits24(series="1.2.3.4")), ("good1.dcm", good[1]),

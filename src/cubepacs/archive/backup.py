@@ -24,7 +24,7 @@ Example
 >>> from cubepacs.archive.settings import load_settings
 >>> root = tempfile.mkdtemp()
 >>> s = load_settings(overrides={"data_dir": os.path.join(root, "a")})
->>> from cubepacs.archive.service import open_backends
+>>> from cubepacs.archive.services.service import open_backends
 >>> b = open_backends(s); b.queue.close(); b.index.close()  # an empty archive
 >>> manifest = backup(s, os.path.join(root, "b"))
 >>> manifest["objects"], manifest["index"]

@@ -142,7 +142,7 @@ def ensure_api_key(settings: Settings) -> tuple[Settings, str | None]:
     ``data_dir/api-keys.json`` (which the web re-reads as it changes), one is created there for tenant ``default``
     and returned once so that it can be shown (only its hash is kept); it is an ``admin`` key. Never a built-in
     default key."""
-    from cubepacs.archive import apikeys
+    from cubepacs.archive.auth import apikeys
 
     keys = apikeys.normalize(settings.api_keys)
     if keys or apikeys.load(settings.data_dir):

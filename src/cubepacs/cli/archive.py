@@ -27,9 +27,9 @@ EXIT_SETTING, EXIT_LISTEN, EXIT_BACKEND = 2, 3, 4  # documented in docs/operatio
 
 
 def _run(parts: set[str], config: Path | None, check: bool = False, **overrides: Any) -> None:
-    from cubepacs.archive.logs import configure
+    from cubepacs.archive.observability.logs import configure
+    from cubepacs.archive.services.workers import builds_in_children, metrics_across_processes, worker_count
     from cubepacs.archive.settings import ensure_api_key, load_settings
-    from cubepacs.archive.workers import builds_in_children, metrics_across_processes, worker_count
     from cubepacs.errors import BackendError, ListenError
 
     names = {"storage": "storage_url", "queue": "queue_url", "index": "index_url", "cache": "cache_url"}
@@ -40,8 +40,8 @@ def _run(parts: set[str], config: Path | None, check: bool = False, **overrides:
         if ("storescp" in parts and worker_count(settings.dimse_workers) > 1) or builds_in_children(parts):
             # before prometheus-client is imported (below); on a RAM-backed folder (a full disk: no SIGBUS)
             metrics_across_processes(settings.data_dir, settings.run_dir, os.environ.get("XDG_RUNTIME_DIR"))
-        from cubepacs.archive.service import check as check_backends
-        from cubepacs.archive.service import run
+        from cubepacs.archive.services.service import check as check_backends
+        from cubepacs.archive.services.service import run
 
         if check:
             results = check_backends(settings)

@@ -20,7 +20,7 @@ def create(tenant: Annotated[str, typer.Option(help="the tenant the key gives ac
            role: Annotated[str, typer.Option(help="admin, user (view, upload, send, export) or viewer")] = "user",
            data_dir: DataDir = Path("./cubepacs-data")) -> None:
     """Create a key; it is printed once (to standard output) and only its hash is stored."""
-    from cubepacs.archive import apikeys
+    from cubepacs.archive.auth import apikeys
     from cubepacs.errors import ConfigError
 
     try:
@@ -34,7 +34,7 @@ def create(tenant: Annotated[str, typer.Option(help="the tenant the key gives ac
 @keys_app.command("list")
 def list_keys(data_dir: DataDir = Path("./cubepacs-data")) -> None:
     """Key ids, tenants and roles (the keys themselves are not stored)."""
-    from cubepacs.archive import apikeys
+    from cubepacs.archive.auth import apikeys
 
     for hashed, value in sorted(apikeys.load(data_dir).items(), key=lambda kv: kv[1]):
         tenant, role = apikeys.split_value(value)
@@ -45,7 +45,7 @@ def list_keys(data_dir: DataDir = Path("./cubepacs-data")) -> None:
 def revoke(key_id: Annotated[str, typer.Argument(help="the id `keys list` shows (at least 6 characters)")],
            data_dir: DataDir = Path("./cubepacs-data")) -> None:
     """Revoke a key: running services stop accepting it at once (and end the sessions opened with it)."""
-    from cubepacs.archive import apikeys
+    from cubepacs.archive.auth import apikeys
 
     if apikeys.revoke(data_dir, key_id) == 0:
         raise _fail(f"no key with id {key_id!r} (ids have at least 6 characters; see `cubepacs keys list`)")

@@ -49,7 +49,7 @@ def send(level: LevelArg, uid: UidArg,
     their transfer syntax, else re-encoded losslessly (every UID kept) in one it accepts. Exit 1 when any instance
     failed."""
     from cubepacs.archive import manage
-    from cubepacs.archive.service import open_backends
+    from cubepacs.archive.services.service import open_backends
     from cubepacs.archive.settings import Settings
 
     try:
@@ -83,7 +83,7 @@ def delete(level: LevelArg, uid: UidArg, config: Config = None, tenant: Tenant =
     """Delete a study, series or instance: files, index rows, pre-built metadata, cubes and cached answers.
     Deleting what is already gone does nothing."""
     from cubepacs.archive import manage
-    from cubepacs.archive.service import open_backends
+    from cubepacs.archive.services.service import open_backends
     from cubepacs.archive.settings import Settings
 
     try:

@@ -61,7 +61,7 @@ def export_cohort(
     The original → new mapping goes to TO/mapping.json (mode 0600), apart from the manifest. Every parameter is
     checked, and the cohort counted, before anything is written; exit 2 on a bad parameter, 1 when instances failed.
     """
-    from cubepacs.archive.service import open_backends
+    from cubepacs.archive.services.service import open_backends
     from cubepacs.archive.settings import load_settings
     from cubepacs.errors import CubepacsError
     from cubepacs.research.deid import Options

@@ -80,8 +80,8 @@ def add_user(name: str, tenant: Annotated[str, typer.Option(help="the tenant thi
              ) -> None:
     """Add a user who signs in with a password, or change one (its open sessions end). Running services take it
     at once."""
+    from cubepacs.archive.auth.roles import check_role
     from cubepacs.archive.keys import check_tenant
-    from cubepacs.archive.roles import check_role
     from cubepacs.archive.web.session import save_user
     from cubepacs.errors import ConfigError
 

@@ -19,11 +19,11 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from cubepacs.archive import metrics
 from cubepacs.archive.dimse import store
 from cubepacs.archive.dimse.filemeta import encode_file_meta
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.ingest import RejectedInstance, ingest
+from cubepacs.archive.observability import metrics
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
 from cubepacs.errors import StorageFullError
@@ -100,7 +100,7 @@ def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, lis
 
     from pynetdicom import evt
 
-    from cubepacs.archive.logs import ASSOCIATION_ID, TENANT
+    from cubepacs.archive.observability.logs import ASSOCIATION_ID, TENANT
 
     assoc = event.assoc
     called, calling = called_ae(event), calling_ae(event)

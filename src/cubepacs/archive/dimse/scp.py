@@ -29,14 +29,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from cubepacs.archive.accounts import Accounts
+from cubepacs.archive.auth.accounts import Accounts
+from cubepacs.archive.auth.roles import guard_dimse
 from cubepacs.archive.dimse import handlers as h
 from cubepacs.archive.dimse import handshake, lean, retrieve
 from cubepacs.archive.dimse.balance import Shared
 from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.queue.base import Queue
-from cubepacs.archive.roles import guard_dimse
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.errors import ListenError

@@ -108,7 +108,7 @@ class DiskGuard:
 
     @staticmethod
     def _publish(free: dict[str, int], refusing: bool) -> None:
-        from cubepacs.archive.metrics import DISK_FREE, DISK_REFUSING
+        from cubepacs.archive.observability.metrics import DISK_FREE, DISK_REFUSING
 
         for path, left in free.items():
             DISK_FREE.labels(path=path).set(left)

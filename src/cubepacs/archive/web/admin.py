@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from cubepacs.archive import apikeys
+from cubepacs.archive.auth import apikeys
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.jsonbody import read_json
 from cubepacs.archive.web.session import describe, remove_user, save_user

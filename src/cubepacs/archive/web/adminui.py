@@ -33,7 +33,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from cubepacs.archive import apikeys, manage, roles
+from cubepacs.archive import manage
+from cubepacs.archive.auth import apikeys, roles
 from cubepacs.archive.keys import check_uid
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.session import describe, remove_user, save_user

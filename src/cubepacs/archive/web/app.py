@@ -30,9 +30,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from cubepacs.archive import metrics
-from cubepacs.archive.apikeys import normalize
-from cubepacs.archive.logs import REQUEST_ID
+from cubepacs.archive.auth.apikeys import normalize
+from cubepacs.archive.observability import metrics
+from cubepacs.archive.observability.logs import REQUEST_ID
 from cubepacs.archive.web.auth import record
 from cubepacs.archive.web.context import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of
 

@@ -4,7 +4,7 @@
 finds the credential — ``Authorization: Bearer <api key or OIDC token>``, ``X-Api-Key``, HTTP Basic with the key
 as password, or the session cookie (then a state-changing request needs the session's ``X-CSRF-Token``) — and
 its tenant, role and principal (``key:ID``, ``user:NAME``, ``oidc:SUB``), then the permission the matched route
-needs (:data:`cubepacs.archive.roles.ROUTES`): 401 without a valid credential, 403 when the role lacks it. A
+needs (:data:`cubepacs.archive.auth.roles.ROUTES`): 401 without a valid credential, 403 when the role lacks it. A
 request answered before routing (the frame fast path, GET only) needs ``view``. Keys and users are read again
 as their files change and sessions live in the shared accounts database, so every change takes effect at once
 in every process.
@@ -26,8 +26,8 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from cubepacs.archive import roles
-from cubepacs.archive.apikeys import entry_of_key, hash_key, key_id_of, split_value
+from cubepacs.archive.auth import roles
+from cubepacs.archive.auth.apikeys import entry_of_key, hash_key, key_id_of, split_value
 from cubepacs.archive.web.session import COOKIE, CSRF_HEADER, fingerprint, user_role
 from cubepacs.archive.web.tokens import looks_like_jwt
 

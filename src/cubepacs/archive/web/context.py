@@ -22,9 +22,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from cubepacs.archive import metrics
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import WEB_ROOT
+from cubepacs.archive.observability import metrics
 from cubepacs.archive.queue.base import Queue
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.web.auth import authenticate
@@ -73,7 +73,7 @@ class Services:
         except OSError:
             return
         if mtime != self._keys_mtime:
-            from cubepacs.archive import apikeys
+            from cubepacs.archive.auth import apikeys
 
             self._keys_mtime = mtime
             self.api_keys = {**apikeys.load(os.path.dirname(self.keys_file)),

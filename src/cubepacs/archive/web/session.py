@@ -2,7 +2,7 @@
 
 The cookie (``cubepacs_session``) is HttpOnly, SameSite=Strict, Secure when the site is served over HTTPS, and
 holds a random token; the session itself — tenant, role, CSRF token, expiry — lives in the accounts database
-(:mod:`cubepacs.archive.accounts`) shared by every process, so that ending it takes effect at once everywhere.
+(:mod:`cubepacs.archive.auth.accounts`) shared by every process, so that ending it takes effect at once everywhere.
 Requests authenticated by the cookie that change state must also carry the CSRF token in ``X-CSRF-Token``; the
 viewer's configuration, served only to a signed-in browser, adds it to its requests.
 
@@ -64,7 +64,7 @@ def fingerprint(user: dict[str, str]) -> str:
 
 def user_role(user: dict[str, str]) -> str:
     """A user's role (an entry written before roles existed is ``admin``: it could do everything)."""
-    from cubepacs.archive.roles import LEGACY_ROLE
+    from cubepacs.archive.auth.roles import LEGACY_ROLE
 
     return user.get("role") or LEGACY_ROLE
 
@@ -123,15 +123,15 @@ def _locked(data_dir: str | os.PathLike[str]) -> Iterator[dict[str, dict[str, st
 
 
 def _end_sessions(data_dir: str | os.PathLike[str], name: str) -> None:
-    from cubepacs.archive.accounts import Accounts
+    from cubepacs.archive.auth.accounts import Accounts
 
     Accounts(Path(data_dir) / "accounts.db").end_principal(None, f"user:{name}")
 
 
 def save_user(data_dir: str | os.PathLike[str], name: str, password: str, tenant: str, role: str) -> None:
     """Add a user or change one (its password, tenant, role); a changed user's sessions end."""
+    from cubepacs.archive.auth.roles import check_role
     from cubepacs.archive.keys import check_tenant
-    from cubepacs.archive.roles import check_role
     from cubepacs.errors import ConfigError
 
     check_tenant(tenant)

@@ -22,7 +22,7 @@ ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 def role_of(claims: dict[str, Any], claim: str) -> str:
     """The role a token's ``claim`` names (the most privileged of a list; ``viewer`` when it names none)."""
-    from cubepacs.archive.roles import ROLES
+    from cubepacs.archive.auth.roles import ROLES
 
     value = claims.get(claim)
     named = {value} if isinstance(value, str) else set(value) if isinstance(value, list) else set()

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from cubepacs.archive.apikeys import hash_key
+from cubepacs.archive.auth.apikeys import hash_key
 from cubepacs.archive.web.auth import Identity, key_identity, session_of, user_identity
 from cubepacs.archive.web.context import ROOT, Services
 from cubepacs.archive.web.session import COOKIE

@@ -19,9 +19,9 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
-from cubepacs.archive import metrics
 from cubepacs.archive.keys import check_uid, cube_key, instance_key
 from cubepacs.archive.metadata import bulk_value, series_json
+from cubepacs.archive.observability import metrics
 from cubepacs.archive.storage.base import StorageFile
 from cubepacs.archive.web import asstored, multipart
 from cubepacs.archive.web.context import DICOM_JSON, ROOT, Services, cached, public_base, tenant_of

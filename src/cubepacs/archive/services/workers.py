@@ -51,7 +51,7 @@ def worker_count(setting: int) -> int:
 
 
 def builds_in_children(parts: set[str]) -> bool:
-    """Whether the web worker's builds run in builder processes (``archive/builder.py``): in ``serve``, beside
+    """Whether the web worker's builds run in builder processes (``archive/services/builder.py``): in ``serve``, beside
     other services; ``cubepacs webworker`` alone builds in its own process.
 
     Example
@@ -287,7 +287,7 @@ def _worker(settings: Settings, k: int, ready: Connection, parent: int, sockets:
     from cubepacs._registry import open_backend
     from cubepacs.archive.dimse.balance import Balance, Shared
     from cubepacs.archive.dimse.scp import start_from_settings  # not the service module: no web, lake tables
-    from cubepacs.archive.logs import configure
+    from cubepacs.archive.observability.logs import configure
     from cubepacs.archive.storage.guard import DiskGuard
 
     die_with(parent, f"cubepacs-dimse{k}")  # (and its metrics files preallocated)

@@ -3,9 +3,9 @@ role, tenant, endpoint, the action and study it concerned, status, bytes, durati
 and the per-object and per-image rows of the reference design (``dicom_object_meta``, ``dicom_image_meta``).
 
 Rows are appended as JSON lines to a local spool (one file write per row, so a killed server keeps them) and a
-short-lived writer process (:mod:`cubepacs.archive.logwriter`) appends the spooled rows to the Delta table every
-``interval`` seconds, when ``batch`` rows wait, and at close. The server itself never loads pyarrow or delta-rs:
-their libraries are ≈ 130 MB of resident pages, more than the rest of the archive (``docs/design.md``).
+short-lived writer process (:mod:`cubepacs.archive.observability.logwriter`) appends the spooled rows to the Delta
+table every ``interval`` seconds, when ``batch`` rows wait, and at close. The server itself never loads pyarrow or
+delta-rs: their libraries are ≈ 130 MB of resident pages, more than the rest of the archive (``docs/design.md``).
 
 Example
 -------
@@ -204,7 +204,7 @@ def flush_logs(logs: Sequence[DeltaLog]) -> None:
         payload = [{"uri": lg.table_uri, "options": lg.storage_options, "columns": lg.schema, "files": files}
                    for lg, files in jobs]
         try:  # storage options (credentials) go on stdin, never on a command line
-            done = subprocess.run([sys.executable, "-m", "cubepacs.archive.logwriter"],
+            done = subprocess.run([sys.executable, "-m", "cubepacs.archive.observability.logwriter"],
                                   input=json.dumps({"jobs": payload}), capture_output=True, text=True,
                                   timeout=WRITER_TIMEOUT, check=False)
             results = json.loads(done.stdout) if done.returncode == 0 else None

@@ -1,9 +1,10 @@
 """The log-table writer: spooled JSON-line rows appended to a Delta table, in a process of its own.
 
-:class:`cubepacs.archive.accesslog.DeltaLog` runs ``python -m cubepacs.archive.logwriter`` with its jobs on stdin
-— ``{"jobs": [{"uri", "options", "columns", "files"}, …]}``, every table of the process in one run — and reads
-one result per job from stdout (rows written, or the one-line reason that table's write failed). pyarrow and
-delta-rs are loaded here only, so the long-running server never maps them.
+:class:`cubepacs.archive.observability.accesslog.DeltaLog` runs ``python -m
+cubepacs.archive.observability.logwriter`` with its jobs on stdin — ``{"jobs": [{"uri", "options", "columns",
+"files"}, …]}``, every table of the process in one run — and reads one result per job from stdout (rows written, or
+the one-line reason that table's write failed). pyarrow and delta-rs are loaded here only, so the long-running
+server never maps them.
 
 Example
 -------

@@ -43,7 +43,7 @@ def normalize(keys: dict[str, str]) -> dict[str, str]:
 
 def split_value(value: str) -> tuple[str, str]:
     """(tenant, role) of a stored value ``tenant`` or ``tenant:role``."""
-    from cubepacs.archive.roles import LEGACY_ROLE
+    from cubepacs.archive.auth.roles import LEGACY_ROLE
 
     tenant, _, role = value.partition(":")
     return tenant, role or LEGACY_ROLE
@@ -95,8 +95,8 @@ def _locked(data_dir: str | os.PathLike[str]) -> Iterator[None]:
 
 def create(data_dir: str | os.PathLike[str], tenant: str, role: str = "user") -> str:
     """A new key for ``tenant`` with ``role``; only its hash is kept. Returns the key (show it once)."""
+    from cubepacs.archive.auth.roles import check_role
     from cubepacs.archive.keys import check_tenant
-    from cubepacs.archive.roles import check_role
 
     check_tenant(tenant)
     check_role(role)
@@ -120,7 +120,7 @@ def revoke(data_dir: str | os.PathLike[str], key_id: str, tenant: str | None = N
         if gone:
             _save(data_dir, keys)
     if gone:
-        from cubepacs.archive.accounts import Accounts
+        from cubepacs.archive.auth.accounts import Accounts
 
         accounts = Accounts(Path(data_dir) / "accounts.db")
         for k in gone:

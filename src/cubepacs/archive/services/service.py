@@ -21,17 +21,17 @@ from types import FrameType
 from typing import Any
 
 from cubepacs._registry import mask_url, open_backend
-from cubepacs.archive.accesslog import IMAGE_SCHEMA, OBJECT_SCHEMA, Columns, DeltaLog, close_logs
-from cubepacs.archive.accesslog import SCHEMA as ACCESS_SCHEMA
 from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
-from cubepacs.archive.indexer import Indexer
+from cubepacs.archive.observability.accesslog import IMAGE_SCHEMA, OBJECT_SCHEMA, Columns, DeltaLog, close_logs
+from cubepacs.archive.observability.accesslog import SCHEMA as ACCESS_SCHEMA
 from cubepacs.archive.queue.base import Queue
+from cubepacs.archive.services.indexer import Indexer
+from cubepacs.archive.services.webworker import WebWorker
+from cubepacs.archive.services.workers import builds_in_children, listen, settle_heap, worker_count
 from cubepacs.archive.settings import Settings
 from cubepacs.archive.storage.base import Storage
 from cubepacs.archive.storage.guard import DiskGuard
-from cubepacs.archive.webworker import WebWorker
-from cubepacs.archive.workers import builds_in_children, listen, settle_heap, worker_count
 from cubepacs.errors import ListenError
 
 log = logging.getLogger("cubepacs")
@@ -88,7 +88,7 @@ def open_log(storage: Storage, settings: Settings, name: str, schema: Columns) -
 
 def check(settings: Settings) -> dict[str, str]:
     """``serve --check``: open every backend and reach it; each one "ok" or the reason it is not usable."""
-    from cubepacs.archive.metrics import readiness
+    from cubepacs.archive.observability.metrics import readiness
 
     b = open_backends(settings, settings.cache_url or None)
     try:
@@ -119,9 +119,9 @@ def in_flight(parts: set[str], dimse_workers: Any, queue: Queue) -> str:
     >>> in_flight({"indexer"}, None, EmbeddedQueue(os.path.join(tempfile.mkdtemp(), "q.db")))
     '0 storage event(s) not yet indexed'
     """
-    from cubepacs.archive import metrics
-    from cubepacs.archive.indexer import GROUP
+    from cubepacs.archive.observability import metrics
     from cubepacs.archive.queue.base import STORAGE_TOPIC
+    from cubepacs.archive.services.indexer import GROUP
 
     said = []
     if "storescp" in parts:
@@ -166,7 +166,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     stoppers.append(lambda: close_logs(open_logs))
     workers = worker_count(settings.dimse_workers) if "storescp" in parts else 0
     if workers > 1:  # first, while this process has no thread and no connection: they can be forked
-        from cubepacs.archive.workers import Workers
+        from cubepacs.archive.services.workers import Workers
 
         dimse_workers = Workers(settings, workers)
         stoppers.append(dimse_workers.shutdown)
@@ -205,7 +205,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
 
         stoppers.append(stop_indexer)
     if builds_in_children(parts):
-        from cubepacs.archive.builder import BuildLauncher
+        from cubepacs.archive.services.builder import BuildLauncher
 
         stoppers.append(BuildLauncher(settings, b.index).shutdown)
     elif "webworker" in parts:
@@ -217,7 +217,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     if "web" in parts:
         import uvicorn
 
-        from cubepacs.archive.accounts import Accounts
+        from cubepacs.archive.auth.accounts import Accounts
         from cubepacs.archive.web.app import Services, create_app
         from cubepacs.archive.web.session import LiveUsers
         from cubepacs.archive.web.tokens import OidcVerifier
@@ -259,7 +259,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     elif settings.metrics_port:  # services without the web: Prometheus on their own listener
         from prometheus_client import start_http_server
 
-        from cubepacs.archive import metrics
+        from cubepacs.archive.observability import metrics
 
         try:
             start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry())

@@ -16,11 +16,11 @@ import logging
 import threading
 from typing import Any
 
-from cubepacs.archive import metrics
-from cubepacs.archive.compaction import compact
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import cube_key
 from cubepacs.archive.metadata import series_json
+from cubepacs.archive.observability import metrics
+from cubepacs.archive.services.compaction import compact
 from cubepacs.archive.storage.base import Storage
 
 log = logging.getLogger("cubepacs.webworker")

@@ -22,10 +22,10 @@ import threading
 import time
 from typing import Any
 
-from cubepacs.archive import metrics
-from cubepacs.archive.accesslog import DeltaLog, image_row, object_row
 from cubepacs.archive.cache.base import Cache
 from cubepacs.archive.index.store import Index
+from cubepacs.archive.observability import metrics
+from cubepacs.archive.observability.accesslog import DeltaLog, image_row, object_row
 from cubepacs.archive.queue.base import IMAGE_TOPIC, LOG_TOPIC, STATE_TOPIC, STORAGE_TOPIC, Queue
 
 log = logging.getLogger("cubepacs.indexer")

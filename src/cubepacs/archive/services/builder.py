@@ -1,13 +1,13 @@
 """Series builds (metadata JSON and cubes) in a short-lived process, for ``serve``.
 
-A build is CPU work on a whole series — pure-Python metadata conversion and codec work — and holds about three
-times the series' size in memory. In a thread of ``serve`` it held the web's GIL (frame requests waited on it)
-and left its memory in the server (66 → 207 MB after compacting four 100-slice series). So ``serve`` only looks
-for due series (one indexed query a second) and, when there are some, runs ``python -m cubepacs.archive.builder``,
+A build is CPU work on a whole series — pure-Python metadata conversion and codec work — and holds about three times
+the series' size in memory. In a thread of ``serve`` it held the web's GIL (frame requests waited on it) and left
+its memory in the server (66 → 207 MB after compacting four 100-slice series). So ``serve`` only looks for due
+series (one indexed query a second) and, when there are some, runs ``python -m cubepacs.archive.services.builder``,
 which builds until nothing has been due for ``LINGER`` seconds and exits: no memory is kept between bursts of
-builds, no process waits idle for long, and another core does the work where there is one. The settings (URLs
-with credentials among them) go to it on stdin, never on a command line. ``cubepacs webworker`` run alone keeps
-building in its own process as before.
+builds, no process waits idle for long, and another core does the work where there is one. The settings (URLs with
+credentials among them) go to it on stdin, never on a command line. ``cubepacs webworker`` run alone keeps building
+in its own process as before.
 
 A cube is published only once it reads back (``compaction.py``); an instance it cannot hold stays served from its
 own file, named in one log line and counted (``cubepacs_instances_not_compacted``).
@@ -83,7 +83,7 @@ class BuildLauncher:
             if self._stop.is_set():
                 return True
             try:
-                self._proc = subprocess.Popen([sys.executable, "-m", "cubepacs.archive.builder"],
+                self._proc = subprocess.Popen([sys.executable, "-m", "cubepacs.archive.services.builder"],
                                               stdin=subprocess.PIPE, text=True)
             except OSError as exc:  # no process can be started now (limits, memory): try again later
                 log.warning("the builder process cannot start: %s", exc)
@@ -122,10 +122,10 @@ def main() -> int:
     import os
 
     from cubepacs._registry import open_backend
-    from cubepacs.archive.logs import configure
+    from cubepacs.archive.observability.logs import configure
+    from cubepacs.archive.services.webworker import WebWorker
+    from cubepacs.archive.services.workers import die_with
     from cubepacs.archive.storage.guard import DiskGuard
-    from cubepacs.archive.webworker import WebWorker
-    from cubepacs.archive.workers import die_with
 
     settings = settings_from_json(sys.stdin.read())
     die_with(os.getppid(), "cubepacs-build")

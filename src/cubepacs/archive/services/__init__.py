@@ -1,0 +1,1 @@
+"""The archive's processes: ``serve`` and its DIMSE workers, the indexer, the web worker and the series builder."""
