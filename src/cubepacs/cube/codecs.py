@@ -320,7 +320,14 @@ def _checked_plugin(uid: str, func: Callable[..., Any]) -> Callable[..., Any]:
             if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
                 raise CodecError(f"codestream is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the dataset says "
                                  f"{rows} × {cols} × {spp}, {bits} bits")
-        return native_call(f"{getattr(func, '__module__', 'plugin')}", func, src, runner)
+        out = native_call(f"{getattr(func, '__module__', 'plugin')}", func, src, runner)
+        # pydicom puts the frame into an array of exactly this size (the plugin may have lowered bits_allocated):
+        # a codestream that decodes to another size (its header agreed) is the codestream's fault, not a ValueError
+        want = int(runner.frame_length(unit="pixels")) * runner.pixel_dtype.itemsize
+        if len(out) != want:
+            raise CodecError(f"the codestream decoded to {len(out)} bytes; its frame of {rows} × {cols} × {spp}, "
+                             f"{bits} bits holds {want}")
+        return out
 
     plugin.__wrapped__ = func  # type: ignore[attr-defined]
     return plugin
