@@ -10,6 +10,7 @@ also subclasses it::
     ├── CodecError (ValueError)          a codec that cannot encode or decode a frame losslessly
     ├── ConfigError (ValueError)         a bad setting or URL (unknown scheme, missing driver)
     ├── TenantError (PermissionError)    a request or association without a (known) tenant
+    ├── MissingObjectError (KeyError)    a stored object the index names but the storage does not hold
     ├── BackendError (ConnectionError)   a storage, queue or index backend that does not answer
     │   └── StorageFullError             the disk is below its free-space watermark: new instances refused
     └── ListenError (OSError)            a port that cannot be listened on (taken, not permitted)
@@ -77,6 +78,13 @@ class ConfigError(CubepacsError, ValueError):
 
 class TenantError(CubepacsError, PermissionError):
     """No tenant, or an unknown one, for a request or an association."""
+
+
+class MissingObjectError(CubepacsError, KeyError):
+    """A storage key that names no object (a ``KeyError``, as the storage contract says)."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes its argument
+        return f"no stored object {self.args[0]!r}" if self.args else "no stored object"
 
 
 class BackendError(CubepacsError, ConnectionError):

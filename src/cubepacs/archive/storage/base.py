@@ -67,7 +67,7 @@ class Storage(ABC):
 
     @abstractmethod
     def get(self, key: str) -> bytes:
-        """The object's bytes; KeyError when absent."""
+        """The object's bytes; ``MissingObjectError`` (a KeyError) when absent."""
 
     def view(self, key: str) -> bytes:
         """The object's bytes for a reader that looks at a part of them (a header); KeyError when absent.

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cubepacs._atomic import atomic_write
 from cubepacs.archive.storage.base import Storage
-from cubepacs.errors import BackendError, ConfigError
+from cubepacs.errors import BackendError, ConfigError, MissingObjectError
 
 log = logging.getLogger("cubepacs.storage")
 
@@ -85,7 +85,7 @@ class FileStorage(Storage):
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise KeyError(key) from None
+            raise MissingObjectError(key) from None
 
     def view(self, key: str) -> bytes:
         """The file mapped read-only, read ahead of nothing (``MADV_RANDOM``): a reader of its header reads just
@@ -97,7 +97,7 @@ class FileStorage(Storage):
                     return b""
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
-            raise KeyError(key) from None
+            raise MissingObjectError(key) from None
         if hasattr(mmap, "MADV_RANDOM"):
             mapped.madvise(mmap.MADV_RANDOM)
         return cast(bytes, mapped)  # bytes-like: slicing, find, struct, memoryview — what the DICOM readers use
@@ -108,7 +108,7 @@ class FileStorage(Storage):
                 f.seek(offset)
                 return f.read(length)
         except FileNotFoundError:
-            raise KeyError(key) from None
+            raise MissingObjectError(key) from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cubepacs.archive.storage.base import Storage
-from cubepacs.errors import BackendError, ConfigError
+from cubepacs.errors import BackendError, ConfigError, MissingObjectError
 
 
 def _reason(exc: Exception) -> str:
@@ -159,7 +159,7 @@ class S3Storage(Storage):
         try:
             body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
-            raise KeyError(key) from None
+            raise MissingObjectError(key) from None
         return body
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
@@ -170,7 +170,7 @@ class S3Storage(Storage):
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
                                           Range=f"bytes={offset}-{offset + length - 1}")
         except self.client.exceptions.NoSuchKey:
-            raise KeyError(key) from None
+            raise MissingObjectError(key) from None
         data: bytes = resp["Body"].read()
         return data
 

@@ -7,6 +7,7 @@ ConfigError, a 500). The answer is ``{"detail": message}`` with:
 =============================  ====
 ConfigError, DicomReadError     400  the request names or sends something malformed
 TenantError                     403
+MissingObjectError              404  the index names an object the storage does not hold
 InvalidCubeError, CodecError    422  stored data that cannot be decoded
 BackendError                    503  a backend is away
 any other CubepacsError         400
@@ -24,10 +25,18 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from cubepacs.errors import BackendError, CodecError, CubepacsError, InvalidCubeError, TenantError
+from cubepacs.errors import (
+    BackendError,
+    CodecError,
+    CubepacsError,
+    InvalidCubeError,
+    MissingObjectError,
+    TenantError,
+)
 
 _STATUS: tuple[tuple[type[CubepacsError], int], ...] = (
-    (BackendError, 503), (TenantError, 403), (InvalidCubeError, 422), (CodecError, 422), (CubepacsError, 400))
+    (BackendError, 503), (TenantError, 403), (MissingObjectError, 404), (InvalidCubeError, 422), (CodecError, 422),
+    (CubepacsError, 400))
 
 
 def status_of(exc: BaseException) -> int | None:

@@ -29,7 +29,7 @@ from cubepacs.archive.web.hot import HotFrames, HotInstances, HotRows, file_mark
 from cubepacs.archive.web.readahead import ReadAhead
 from cubepacs.cube.pixels import PixelDesc, native_layout
 from cubepacs.cube.reader import CubeReader
-from cubepacs.errors import CubepacsError
+from cubepacs.errors import CubepacsError, MissingObjectError
 
 UNDECODABLE = 422  # the request is fine, the stored pixel data is not: named instance and frame in the reason
 _CUBES: dict[tuple[str, str, str], CubeReader] = {}
@@ -162,6 +162,8 @@ def _arrays(services: Services, row: dict[str, Any], frames: list[int], hot_only
                 return None
             start, count = 0, source.num_frames
         desc = source.desc(i if cube is not None and i is not None else 0)
+    except MissingObjectError as exc:  # the index names a file the storage does not hold
+        raise HTTPException(404, f"instance {row['sop_uid']}: {exc}") from None
     except CubepacsError as exc:
         raise HTTPException(UNDECODABLE, f"instance {row['sop_uid']}: pixel data cannot be read: {exc}") from None
     if max(frames) > count:
