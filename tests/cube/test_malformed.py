@@ -278,3 +278,53 @@ def test_a_truncated_jpegls_stream_is_refused_at_once() -> None:
     with pytest.raises(CodecError, match="does not end with its end marker"):
         _decode_with_pydicom(out.getvalue(), 0, "half.dcm")
     assert time.monotonic() - t0 < 1
+
+
+def test_a_whole_value_out_of_its_place_is_refused_before_pydicom_parses_anything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 27's 36 s frame, crafted here from a real file (the SEG of ../shared/data, kept as one opaque value):
+    its whole value a zero-filled 16 MiB region, its description 16,777,215 frames (so the value's size bound
+    admits it), and the instance's element list referencing the value twice and its Pixel Data header not at all.
+    pydicom parsed the rebuilt instance as millions of empty elements; now the reader refuses the element list
+    before any value is decompressed or a byte reaches pydicom."""
+    import imagecodecs
+    import pydicom
+
+    handed: list[int] = []  # bytes handed to pydicom.dcmread (the real one, called through)
+    real = pydicom.dcmread
+
+    def spy(fp: Any, *args: Any, **kwargs: Any) -> Any:
+        handed.append(len(fp.getbuffer()))
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", spy)
+    cube = mutants.cube_of(mutants.SEG)
+    CubeReader(cube).frame(0)  # the real cube: decoded through pydicom, the spy sees it
+    assert len(handed) == 1 and handed[0] < 1 << 20
+
+    def many_frames(doc: dict[str, Any]) -> None:
+        doc["pixel_descs"][0]["frames"] = (1 << 24) - 1
+
+    def value_twice_no_header(b: bytearray) -> None:
+        refs = np.frombuffer(b, "<u4").copy()
+        refs[-2] = refs[-1]  # the Pixel Data header's entry now the value's: referenced twice, headerless
+        b[:] = refs.tobytes()
+
+    zeros = mutants.replace_blob(cube, 0, bytes(imagecodecs.zstd_encode(bytes(1 << 24))))
+    crafted = mutants.edit_area(mutants.edit_meta(zeros, many_frames), "refs", value_twice_no_header)
+    reader = CubeReader(crafted)
+    assert reader.desc(0).frames == (1 << 24) - 1  # type: ignore[union-attr]
+    handed.clear()
+    with pytest.raises(InvalidCubeError, match=r"instance 0.*references an entry more than once"):
+        reader.frame(0)
+    with pytest.raises(InvalidCubeError, match="references an entry more than once"):
+        reader.instance_bytes(0)
+
+    def header_elsewhere(b: bytearray) -> None:  # each entry once, the value after another element
+        refs = np.frombuffer(b, "<u4").copy()
+        refs[[-2, -3]] = refs[[-3, -2]]
+        b[:] = refs.tobytes()
+
+    with pytest.raises(InvalidCubeError, match="referenced 1 times, not once directly after its Pixel Data"):
+        CubeReader(mutants.edit_area(zeros, "refs", header_elsewhere)).frame(0)
+    assert handed == []  # nothing reached pydicom

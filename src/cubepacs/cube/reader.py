@@ -377,9 +377,11 @@ class CubeReader:
             raise InvalidCubeError(self.source, f"instance {i}", f"{type(exc).__name__}: {exc}") from None
 
     def _instance_bytes(self, i: int) -> bytes:
+        refs = self.meta.instance_refs(i).tolist()
+        keys = [self.meta.pool_key(p) for p in refs]
+        validate.check_element_list(refs, keys, self.source, i)  # before a value is decompressed or parsed
         parts = []
-        for p in self.meta.instance_refs(i).tolist():
-            key = self.meta.pool_key(p)
+        for p, key in zip(refs, keys, strict=True):
             parts.append(self.pixel_value(i) if key == KEY_PIXEL_VALUE else self.meta.chunk(p))
         data = b"".join(parts)
         self._last = (i, data)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cubepacs.dicom.rawfile import KEY_OPAQUE, KEY_PIXEL_VALUE, KEY_PREAMBLE, PIXEL_TAGS
 from cubepacs.errors import InvalidCubeError
 
 _DTYPES = {f"{o}{k}{n}" for o in "<>|" for k in "iuf" for n in (1, 2, 4, 8)} | {"|b1", "|u1", "|i1"}
@@ -176,3 +177,35 @@ def check_meta(meta: Any, source: str) -> None:
         shape = (n,) if width == 1 else (n, width)
         if col is None or col.dtype.kind != dtype[0] or col.dtype.itemsize != 8 or tuple(col.shape) != shape:
             raise InvalidCubeError(source, "meta", f"column {name}: missing, or not {dtype} × {shape}")
+
+
+def check_element_list(refs: list[int], keys: list[int], source: str, i: int) -> None:
+    """Refuse instance ``i``'s element list (pool entries ``refs``, their ``keys``) unless a file split by
+    :func:`cubepacs.dicom.rawfile.split_file` could have it: no pool entry referenced twice, the preamble only
+    first, the kept tail only last, the whole pixel value at most once and directly after the first Pixel Data
+    element header (whose defined length the reader then compares with the value). Otherwise a small cube rebuilds
+    a large instance (one entry, or a zero-filled value, repeated) that pydicom parses as millions of empty
+    elements (issue 27). No file of ../shared/data repeats an element (tests/cube/test_roundtrip.py).
+
+    Example
+    -------
+    >>> check_element_list([0, 1, 2, 3], [KEY_PREAMBLE, 0x00080018, 0x7FE00010, KEY_PIXEL_VALUE], "x", 0)
+    >>> check_element_list([0, 1, 2, 1], [KEY_PREAMBLE, 0x00080018, 0x7FE00010, 0x00080018], "x", 0)
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.InvalidCubeError: x: invalid cube (instance 0): its element list references an entry more \
+than once (4 references, 3 entries)
+    """
+    def bad(what: str) -> InvalidCubeError:
+        return InvalidCubeError(source, f"instance {i}", what)
+
+    if len(set(refs)) != len(refs):
+        raise bad(f"its element list references an entry more than once ({len(refs)} references, "
+                  f"{len(set(refs))} entries)")
+    if KEY_PREAMBLE in keys[1:] or KEY_OPAQUE in keys[:-1]:
+        raise bad("its preamble is not first, or its kept tail not last")
+    at = [n for n, k in enumerate(keys) if k == KEY_PIXEL_VALUE]
+    heads = [n for n, k in enumerate(keys) if k in PIXEL_TAGS]
+    if len(at) > 1 or (at and (not heads or at[0] != heads[0] + 1)):
+        raise bad(f"its pixel value is referenced {len(at)} times, not once directly after its Pixel Data "
+                  "element header")
