@@ -5,12 +5,15 @@ refused."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,31 +54,47 @@ def _count(server: Server) -> int:
     return 0 if r.status_code == 204 else len(r.json())
 
 
+def _stow_all(server: Server, files: list[Path]) -> tuple[list[Path], Any]:
+    """STOW-RS every file, one request each; the files stored (two files of the data share one SOP Instance UID:
+    the first is kept. STOW-RS keeps the bytes as sent: what comes back must be them) once all are indexed and the
+    last one's series has its metadata, and that last file's header."""
+    first: dict[str, Path] = {}
+    for f in files:
+        body, ctype = multipart.encode([f.read_bytes()], "application/dicom")
+        r = httpx.post(f"{server.url}/studies", content=body,
+                       headers={**server.headers(), "Content-Type": ctype}, timeout=60)
+        if r.status_code == 200:
+            first.setdefault(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID), f)
+    stored = list(first.values())
+    assert len(stored) >= len(files) - 4, "nearly every real file is stored (3 lack a UID, 2 share one)"
+    wait_until(lambda: _count(server) == len(stored))
+    series = dcmread(stored[-1], stop_before_pixels=True)
+    wait_until(lambda: httpx.get(f"{server.url}/studies/{series.StudyInstanceUID}/series/"
+                                 f"{series.SeriesInstanceUID}/metadata", headers=server.headers()
+                                 ).status_code == 200)
+    return stored, series
+
+
+def _back_up_while_serving(cfg: Path, data: Path, dimse: int, http: int, files: list[Path],
+                           target: Path) -> tuple[list[Path], Any, str]:
+    """Start the archive of ``cfg``, STOW-RS ``files`` into it, ``cubepacs backup`` into ``target`` while it serves,
+    stop it; the files stored, the last one's header, and what the backup said."""
+    server = start_server(data, cfg, dimse, http)
+    try:
+        stored, series = _stow_all(server, files)
+        made = _cli("backup", str(target), "--config", str(cfg))
+        assert made.returncode == 0, _words(made)
+    finally:
+        stop_server(server)
+    return stored, series, _words(made)
+
+
 def test_backup_beside_a_running_archive_restores_into_an_empty_folder_byte_identical(tmp_path: Path) -> None:
     files = [*SINGLES, *dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))[:20]]
     data, dimse, http = tmp_path / "data", free_port(), free_port()
     cfg = write_config(tmp_path / "a.toml", data, dimse, http)
-    server = start_server(data, cfg, dimse, http)
-    try:
-        first: dict[str, Path] = {}  # SOP Instance UID → the file stored (two files of the data share one UID:
-        for f in files:  # the first is kept). STOW-RS keeps the bytes as sent: what comes back must be them
-            body, ctype = multipart.encode([f.read_bytes()], "application/dicom")
-            r = httpx.post(f"{server.url}/studies", content=body,
-                           headers={**server.headers(), "Content-Type": ctype}, timeout=60)
-            if r.status_code == 200:
-                first.setdefault(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID), f)
-        stored = list(first.values())
-        assert len(stored) >= len(files) - 4, "nearly every real file is stored (3 lack a UID, 2 share one)"
-        wait_until(lambda: _count(server) == len(stored))
-        series = dcmread(stored[-1], stop_before_pixels=True)
-        wait_until(lambda: httpx.get(f"{server.url}/studies/{series.StudyInstanceUID}/series/"
-                                     f"{series.SeriesInstanceUID}/metadata", headers=server.headers()
-                                     ).status_code == 200)
-        made = _cli("backup", str(tmp_path / "backup"), "--config", str(cfg))  # while it serves
-        assert made.returncode == 0, _words(made)
-    finally:
-        stop_server(server)
-    assert f"{len(stored)} object(s)" not in _words(made)  # more objects than instances: metadata, cubes
+    stored, series, made = _back_up_while_serving(cfg, data, dimse, http, files, tmp_path / "backup")
+    assert f"{len(stored)} object(s)" not in made  # more objects than instances: metadata, cubes
     checked = _cli("verify-backup", str(tmp_path / "backup"))
     assert checked.returncode == 0 and f"{len(stored)} instance(s)" in _words(checked) and "ok" in _words(checked), \
         _words(checked)
@@ -171,6 +190,24 @@ def test_an_index_of_the_previous_schema_is_migrated_postgresql() -> None:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def _two_databases() -> Iterator[list[str]]:
+    """Two new empty PostgreSQL databases (their URLs), dropped afterwards."""
+    admin_url = os.environ.get("CUBEPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    names = [f"cubepacs_backup_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    with admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield [admin_url.rsplit("/", 1)[0] + f"/{name}" for name in names]
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 @pytest.mark.postgres
 def test_backup_and_restore_with_a_postgresql_index(tmp_path: Path) -> None:
     """The services layout's index: pg_dump into the backup, pg_restore into another empty database, verified."""
@@ -179,16 +216,9 @@ def test_backup_and_restore_with_a_postgresql_index(tmp_path: Path) -> None:
     from cubepacs.archive.services.service import open_backends
     from cubepacs.archive.settings import load_settings
 
-    admin_url = os.environ.get("CUBEPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-    names = [f"cubepacs_backup_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    with admin.connect() as conn:
-        for name in names:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        first, second = (load_settings(overrides={"data_dir": str(tmp_path / d),
-                                                  "index_url": admin_url.rsplit("/", 1)[0] + f"/{name}"})
-                         for d, name in zip(("a", "b"), names, strict=True))
+    with _two_databases() as urls:
+        first, second = (load_settings(overrides={"data_dir": str(tmp_path / d), "index_url": url})
+                         for d, url in zip(("a", "b"), urls, strict=True))
         b = open_backends(first)
         for f in SINGLES[:5]:
             b.index.add_instances([ingest(f.read_bytes(), "t", b.storage, b.queue)])
@@ -198,8 +228,45 @@ def test_backup_and_restore_with_a_postgresql_index(tmp_path: Path) -> None:
         assert manifest["index"] == "index.pgdump" and len(manifest["objects"]) == 5
         report = backup.restore(tmp_path / "backup", second)
         assert report.ok and report.instances == 5, report.problems
-    finally:
-        with admin.connect() as conn:
-            for name in names:
-                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+
+
+@pytest.mark.s3
+@pytest.mark.postgres
+def test_backup_of_the_services_layout_restores_into_an_empty_bucket_and_database_byte_identical(
+        tmp_path: Path, seaweedfs: str) -> None:
+    """S3 storage (SeaweedFS) and a PostgreSQL index: a backup taken while the archive serves, restored into a
+    bucket that did not exist (``create_bucket=true``) and another empty database, serves every instance
+    byte-identical to the file sent."""
+    from cubepacs._registry import open_backend
+    from cubepacs.archive import backup
+
+    endpoint = seaweedfs.split("endpoint=", 1)[1]
+    s3 = f"?endpoint={endpoint}&access_key=test&secret_key=test&create_bucket=true"
+    buckets = [f"{role}-{uuid.uuid4().hex[:8]}" for role in ("pacs", "restored")]
+    files = [*SINGLES, *dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))[:10]]
+    with _two_databases() as urls:
+        data, dimse, http = tmp_path / "data", free_port(), free_port()
+        cfg = write_config(tmp_path / "a.toml", data, dimse, http, storage_url=f"s3://{buckets[0]}/prod{s3}",
+                           index_url=urls[0])
+        stored, _, _ = _back_up_while_serving(cfg, data, dimse, http, files, tmp_path / "backup")
+        checked = _cli("verify-backup", str(tmp_path / "backup"))  # (a pg_dump is checked by the restore)
+        assert checked.returncode == 0 and "ok" in _words(checked), _words(checked)
+
+        restored, dimse2, http2 = tmp_path / "restored", free_port(), free_port()
+        cfg2 = write_config(tmp_path / "r.toml", restored, dimse2, http2, storage_url=f"s3://{buckets[1]}{s3}",
+                            index_url=urls[1])
+        done = _cli("restore", str(tmp_path / "backup"), "--config", str(cfg2))
+        assert done.returncode == 0 and f"{len(stored)} instance(s)" in _words(done) and "ok" in _words(done), \
+            _words(done)
+        saved = backup.load_manifest(tmp_path / "backup")["objects"]
+        assert len(saved) > len(stored) and set(saved) <= set(  # instances, series metadata, cubes: in the bucket
+            open_backend("storage", f"s3://{buckets[1]}{s3}").keys())
+        again = _cli("verify-backup", str(tmp_path / "backup"), "--archive", "--config", str(cfg2))
+        assert again.returncode == 0 and f"{len(stored)} instance(s)" in _words(again), _words(again)
+        server = start_server(restored, cfg2, dimse2, http2)
+        try:
+            assert _count(server) == len(stored)
+            for f in stored:
+                assert _retrieve(server, f) == f.read_bytes(), f.name
+        finally:
+            stop_server(server)
