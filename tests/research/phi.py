@@ -46,12 +46,18 @@ NESTED_PRIVATE_TEXT = "NESTED-PRIVATE-PHI-4242"
 RAW_DATE_TIME = "20230416083000"  # RadiopharmaceuticalStartDateTime, nested
 CONTRIBUTION = "20230415120000"
 PPS_UID = "1.2.826.0.1.3680043.10.543.777001"  # in Referenced Performed Procedure Step Sequence
+OTHER_ID = "OPID-5550001"  # a second value of the multi-valued Other Patient IDs
+RETRIEVE_URL = "https://pacs.phineas-hospital.example/wado"  # RetrieveURL: top level and in a reference's item
+FILE_META = {"SourceApplicationEntityTitle": "PHISRCAE77", "SendingApplicationEntityTitle": "PHISENDAE77",
+             "ReceivingApplicationEntityTitle": "PHIRECVAE77",
+             "SourcePresentationAddress": "http://modality.phineas-hospital.example"}
 
 
 def needles() -> list[str]:
     """Every injected value (and the parts of the patient's name) that must not be found in any output."""
     values = [PATIENT, "Qwertzuiop", "Xylophania", DEEP_CODE, PRIVATE_TEXT, NESTED_PRIVATE_TEXT, RAW_DATE_TIME,
-              CONTRIBUTION, PPS_UID, *NEEDLES.values(), *NESTED.values()]
+              CONTRIBUTION, PPS_UID, OTHER_ID, RETRIEVE_URL, *FILE_META.values(), *NEEDLES.values(),
+              *NESTED.values()]
     return sorted(set(values))
 
 
@@ -105,6 +111,10 @@ def inject(ds: Dataset, group_index: int, referenced: str | None, empty_id: bool
     """Put the synthetic PHI into ``ds`` (in place)."""
     for keyword, value in NEEDLES.items():
         setattr(ds, keyword, value)
+    ds.OtherPatientIDs = [NEEDLES["OtherPatientIDs"], OTHER_ID]
+    ds.RetrieveURL = RETRIEVE_URL
+    for keyword, value in FILE_META.items():  # who sent it, from where: in the file meta
+        setattr(ds.file_meta, keyword, value)
     ds.PatientName = f"{PATIENT}{group_index:03d}" if empty_id else PATIENT
     ds.PatientID = "" if empty_id else f"PHI-ID-{group_index:05d}"
     equipment = Dataset()
@@ -130,6 +140,7 @@ def inject(ds: Dataset, group_index: int, referenced: str | None, empty_id: bool
         ref = Dataset()
         ref.ReferencedSOPClassUID = ds.SOPClassUID
         ref.ReferencedSOPInstanceUID = referenced
+        ref.RetrieveURL = RETRIEVE_URL  # a kept sequence: its items are walked, the URL must go
         ds.ReferencedImageSequence = Sequence([ref])
     elif "ReferencedImageSequence" in ds:  # references to instances not in the data set: followed nowhere
         del ds.ReferencedImageSequence

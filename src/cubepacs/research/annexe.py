@@ -215,6 +215,8 @@ class Walker:
                 values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
                 shifted = [shift_date(str(v), self.days) for v in values]
                 elem.value = shifted if len(shifted) > 1 else shifted[0]
+        elif action is None and elem.VR == "UR":
+            del ds[tag]  # a URL not in the table (RetrieveURL, RetrieveURI): it names the host and the original UIDs
         elif action is None:
             return
         elif elem.VR == "TM" and self.days is not None:

@@ -39,6 +39,7 @@ from io import BytesIO
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from cubepacs.research.annexe import DESCRIPTORS, DEVICE_IDENTITY, PATIENT_CHARACTERISTICS, Walker
@@ -204,9 +205,23 @@ def even_fragments(value: bytes) -> bytes | None:
     return b"".join(itemize_fragment(f + b"\0" * (len(f) % 2)) for f in [bot, *fragments])
 
 
+# file meta kept in an export (PS3.10 7.1): version, SOP class/instance, transfer syntax, implementation — not the
+# sending/receiving AE titles (0002,0016–0018) or presentation addresses (0002,0026–0028), not private information
+_FILE_META_KEPT = frozenset({0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
+
+
 def _identifiers(ds: Dataset) -> tuple[str, ...]:
-    words = [p for p in re.split(r"[\s^=,]+", str(ds.get("PatientName", "") or "")) if p]
-    return tuple(words + [str(ds.get(k, "") or "") for k in ("PatientID", "OtherPatientIDs", "AccessionNumber")])
+    """The words of the patient's names and every identifier of the patient and the study, each value on its own
+    (multi-valued elements and Other Patient IDs Sequence included): what Clean Descriptors removes from text."""
+    words: list[str] = []
+    for keyword in ("PatientName", "PatientBirthName", "PatientMotherBirthName"):
+        words += [p for p in re.split(r"[\s^=,]+", str(ds.get(keyword, "") or "")) if p]
+    values: list[str] = []
+    for keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber"):
+        value = ds.get(keyword)
+        values += [str(v) for v in (value if isinstance(value, MultiValue) else [value]) if v]
+    values += [str(item.get("PatientID", "")) for item in ds.get("OtherPatientIDsSequence", []) or []]
+    return tuple(words + [v for v in values if v])
 
 
 def deidentify(data: bytes, options: Options) -> Result:
@@ -237,8 +252,8 @@ def deidentify(data: bytes, options: Options) -> Result:
                         frozenset(keep), frozenset(DESCRIPTORS if options.clean_descriptors else ()),
                         _identifiers(ds), frozenset(options.safe_private))
         walker.dataset(ds)
-        for tag in list(ds.file_meta.keys()):  # the sender's AE title and private meta information go too
-            if tag in (0x00020016, 0x00020100, 0x00020102):
+        for tag in list(ds.file_meta.keys()):  # an allow-list: AE titles, addresses, private meta information go
+            if tag not in _FILE_META_KEPT:
                 del ds.file_meta[tag]
         ds.file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID  # we wrote this file
         ds.file_meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]

@@ -39,7 +39,7 @@ AUTH = Depends(authenticate)  # the caller, its role checked against roles.ROUTE
 def _limit(text: str | None, default: int = 100, high: int = 1000) -> int:
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= high:
         raise HTTPException(400, f"limit must be an integer from 1 to {high}, not {text[:20]!r}")
     return int(text)
 
@@ -153,8 +153,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
     def audit(request: Request, ident: Identity = AUTH) -> JSONResponse:
         q = request.query_params
         offset = q.get("offset", "0")
-        if not offset.isdigit():
-            raise HTTPException(400, f"offset must be a non-negative integer, not {offset[:20]!r}")
+        if not (offset.isascii() and offset.isdigit() and int(offset) < 2**31):
+            raise HTTPException(400, f"offset must be an integer from 0 to {2**31 - 1}, not {offset[:20]!r}")
         rows = accounts().audit_rows(ident.tenant, q.get("study", ""), q.get("who", ""), q.get("action", ""),
                                      _limit(q.get("limit")), int(offset))
         return JSONResponse(rows)

@@ -84,6 +84,19 @@ async def _form_who(request: Request, csrf: str | None = None) -> tuple[Identity
     return await _who(Request(scope)), form
 
 
+
+def _paging(text: str, low: int, high: int, default: int) -> int:
+    """A paging parameter of a page's query: an ASCII integer within [low, high], else the default.
+
+    Example
+    -------
+    >>> _paging("25", 1, 200, 50), _paging("²", 1, 200, 50), _paging("9" * 30, 0, 2**31 - 1, 0)
+    (25, 50, 0)
+    """
+    if text.isascii() and text.isdigit() and len(text) <= 12 and low <= int(text) <= high:
+        return int(text)
+    return default
+
 def add_routes(app: FastAPI, services: Any) -> None:
     """Register the ``/ui`` pages (before the viewer's catch-all)."""
 
@@ -108,8 +121,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if not isinstance(ident, Identity):
             return ident
         q = dict(request.query_params)
-        limit = int(q["limit"]) if q.get("limit", "").isdigit() and 0 < int(q["limit"]) <= 200 else 50
-        offset = int(q["offset"]) if q.get("offset", "").isdigit() else 0
+        limit, offset = _paging(q.get("limit", ""), 1, 200, 50), _paging(q.get("offset", ""), 0, 2**31 - 1, 0)
         try:
             rows = await run_in_threadpool(services.index.search_studies, ident.tenant, _query_filters(q),
                                            limit + 1, offset, False, True)
@@ -302,6 +314,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if not isinstance(ident, Identity):
             return ident
         name = form.get("name", "")
+        if name in getattr(services.users, "configured", {}):  # the settings file wins over users.json
+            return failure(ident, f"user {name!r} is configured in the settings file: change it there", 409)
         current = services.users.get(name)
         if current is not None and current.get("tenant") != ident.tenant:
             return failure(ident, f"user {name!r} belongs to another tenant", 409)
@@ -321,6 +335,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
         current = services.users.get(name)
         if current is None or current.get("tenant") != ident.tenant:
             return failure(ident, f"no user {name!r} in this tenant", 404)
+        if name in getattr(services.users, "configured", {}):
+            return failure(ident, f"user {name!r} is configured in the settings file: remove it there", 409)
         remove_user(data_dir(), name)
         request.state.detail = f"user {name} removed"
         return RedirectResponse(UI + "/admin", status_code=303)

@@ -52,7 +52,7 @@ def _raw_uid(ds: Any, tag: int) -> str:
     except Exception:
         return ""
     text = value.decode("ascii", "replace").strip(" \0") if isinstance(value, bytes) else str(value or "")
-    return text if 0 < len(text) <= 64 and all(c.isdigit() or c == "." for c in text) else ""
+    return text if 0 < len(text) <= 64 and all(c in "0123456789." for c in text) else ""
 
 
 def _uids_of(data: bytes) -> tuple[str, str, bool | None]:
