@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -95,6 +97,8 @@ def test_backup_beside_a_running_archive_restores_into_an_empty_folder_byte_iden
     cfg = write_config(tmp_path / "a.toml", data, dimse, http)
     stored, series, made = _back_up_while_serving(cfg, data, dimse, http, files, tmp_path / "backup")
     assert f"{len(stored)} object(s)" not in made  # more objects than instances: metadata, cubes
+    assert (tmp_path / "backup").stat().st_mode & 0o777 == 0o700  # the owner's only
+    assert not list((tmp_path / "backup").rglob("initial-api-key"))  # a key in clear is never copied
     checked = _cli("verify-backup", str(tmp_path / "backup"))
     assert checked.returncode == 0 and f"{len(stored)} instance(s)" in _words(checked) and "ok" in _words(checked), \
         _words(checked)
@@ -104,6 +108,14 @@ def test_backup_beside_a_running_archive_restores_into_an_empty_folder_byte_iden
     done = _cli("restore", str(tmp_path / "backup"), "--config", str(cfg2))
     assert done.returncode == 0 and "ok" in _words(done), _words(done)
     assert _cli("restore", str(tmp_path / "backup"), "--config", str(cfg2)).returncode == 2  # not into a used one
+    assert all(p.stat().st_mode & 0o077 == 0 for p in restored.glob("*.db"))  # accounts.db stays 0600
+    forged = json.loads((tmp_path / "backup" / "manifest.json").read_text())  # a manifest naming ../ is refused
+    forged["data"] = ["../../outside.txt"]
+    shutil.copytree(tmp_path / "backup", tmp_path / "forged")
+    (tmp_path / "forged" / "manifest.json").write_text(json.dumps(forged))
+    cfg3 = write_config(tmp_path / "f.toml", tmp_path / "f-data", free_port(), free_port())
+    refused = _cli("restore", str(tmp_path / "forged"), "--config", str(cfg3))
+    assert refused.returncode == 2 and "outside" in _words(refused) and not (tmp_path / "outside.txt").exists()
     server = start_server(restored, cfg2, dimse2, http2)
     try:
         assert _count(server) == len(stored)

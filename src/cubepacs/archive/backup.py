@@ -82,6 +82,21 @@ def _online_copy(source: Path, target: Path) -> None:
     finally:
         dst.close()
         src.close()
+    os.chmod(target, 0o600)  # accounts.db holds sessions and the audit log: as private as the original
+
+
+def _inside(base: Path, rel: str) -> Path:
+    """``base / rel``, refused (ConfigError) when a manifest entry would lead outside ``base``.
+
+    Example
+    -------
+    >>> _inside(Path("/b"), "data/x.json").as_posix()
+    '/b/data/x.json'
+    """
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base.resolve()):
+        raise ConfigError(f"backup manifest names {rel!r}, outside {base}")
+    return path
 
 
 def _sha256(data: bytes) -> str:
@@ -95,7 +110,8 @@ def _data_files(data_dir: Path, skip: set[Path]) -> Iterable[Path]:
         dirs[:] = [d for d in dirs if (here / d).resolve() not in skip and not (here == data_dir and d == "run")]
         for name in files:
             path = here / name
-            if path.resolve() not in skip and not name.endswith(_SQLITE_SIDE) and not name.endswith(".tmp"):
+            if path.resolve() not in skip and not name.endswith(_SQLITE_SIDE) and not name.endswith(".tmp") and \
+                    name != "initial-api-key":  # a key in clear, to be read once and deleted: never copied
                 yield path
 
 
@@ -109,6 +125,7 @@ def backup(settings: Settings, target: str | os.PathLike[str]) -> dict[str, Any]
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"backup folder {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)  # a backup holds every instance, the accounts and the keys' hashes: its owner's only
     data_dir = Path(settings.data_dir).resolve()
     manifest: dict[str, Any] = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "schema_version": SCHEMA_VERSION, "objects": {}}
@@ -189,6 +206,11 @@ def restore(source: str | os.PathLike[str], settings: Settings) -> Report:
     src = Path(source)
     manifest = load_manifest(src)
     data_dir = Path(settings.data_dir).resolve()
+    for folder, names in (("sqlite", manifest["sqlite"]), ("data", manifest["data"]), ("objects", manifest["objects"])):
+        for rel in names:  # every entry checked before anything is written
+            _inside(src / folder, rel)
+            if folder != "objects":
+                _inside(data_dir, rel)
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ConfigError(f"restore target data_dir {data_dir} is not empty")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -204,15 +226,15 @@ def restore(source: str | os.PathLike[str], settings: Settings) -> Report:
         _pg("pg_restore", "--no-owner", "--exit-on-error", f"--dbname={settings.index_url}",
             str(src / "index.pgdump"))
     for rel in manifest["sqlite"]:
-        _online_copy(src / "sqlite" / rel, data_dir / rel)
+        _online_copy(_inside(src / "sqlite", rel), _inside(data_dir, rel))
     for rel in manifest["data"]:
-        (data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / "data" / rel, data_dir / rel)
+        _inside(data_dir, rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(_inside(src / "data", rel), _inside(data_dir, rel))
     storage = open_backend("storage", settings.storage_url)
     if storage.keys():
         raise ConfigError(f"restore target storage {settings.storage_url.split('?')[0]} is not empty")
     for key in manifest["objects"]:
-        storage.put(key, (src / "objects" / key).read_bytes())
+        storage.put(key, _inside(src / "objects", key).read_bytes())
     log.info("restored %s into %s: %d object(s)", src, data_dir, len(manifest["objects"]))
     return verify(settings, manifest)
 
