@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,3 +158,23 @@ def stop_all(procs: list[subprocess.Popen[bytes]], logs: list[Any]) -> None:
             p.wait()
     for log in logs:
         log.close()
+
+
+def serve_jwks(doc: dict[str, Any]) -> http.server.ThreadingHTTPServer:
+    """A JWKS endpoint on 127.0.0.1 serving ``doc`` at any path, in a thread (shut it down with ``shutdown()`` and
+    ``server_close()``): the identity provider's keys for the OIDC tests."""
+    body = json.dumps(doc).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -5,13 +5,11 @@ made here with the ``cryptography`` package."""
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import ipaddress
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.archive.conftest import KEYS, Server, dcmtk, free_port, start_server, stop_server, wait_until, write_config
+from tests.archive.conftest import (
+    KEYS,
+    Server,
+    dcmtk,
+    free_port,
+    serve_jwks,
+    start_server,
+    stop_server,
+    wait_until,
+    write_config,
+)
 from tests.conftest import SINGLES
 
 CT = next(s for s in SINGLES if s.name == "ct_ge_small_signed.dcm")
@@ -69,30 +77,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"ca": ca_pem, "cert": cert, "key": key, "client_cert": ccert, "client_key": ckey}
 
 
-class _Jwks(http.server.BaseHTTPRequestHandler):
-    body = b""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def idp() -> Iterator[dict[str, Any]]:
     """A local JWKS endpoint (127.0.0.1) and the RSA key whose public half it serves."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="test-key-1", use="sig", alg="RS256")
-    _Jwks.body = json.dumps({"keys": [jwk]}).encode()
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Jwks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"url": f"http://127.0.0.1:{port}/jwks.json", "key": key}
+    server = serve_jwks({"keys": [jwk]})
+    yield {"url": f"http://127.0.0.1:{server.server_address[1]}/jwks.json", "key": key}
     server.shutdown()
     server.server_close()
 

@@ -10,7 +10,6 @@ check (any answer but 401/403), and no credential gets 401.
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import threading
@@ -34,7 +33,7 @@ from cubepacs.archive.storage.file import FileStorage
 from cubepacs.archive.web.app import Services, create_app
 from cubepacs.archive.web.session import COOKIE, LiveUsers
 from cubepacs.archive.web.tokens import OidcVerifier
-from tests.archive.conftest import free_port, wait_until
+from tests.archive.conftest import free_port, serve_jwks, wait_until
 
 SAMPLE = {"study": "1.2.3", "series": "1.2.3.4", "sop": "1.2.3.4.5", "frames": "1", "path": "7FE00010",
           "name": "nobody", "key_id": "abcdef123456", "path:path": "7FE00010"}
@@ -55,19 +54,6 @@ class Site:
         return jwt.encode(body, self.idp, algorithm="RS256", headers={"kid": "k1"})
 
 
-class _Jwks(http.server.BaseHTTPRequestHandler):
-    body = b""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     from cubepacs.research.api import routes
@@ -79,9 +65,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     accounts = Accounts(data / "accounts.db")
     signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing.public_key()))
-    _Jwks.body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
-    jwks = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Jwks)
-    threading.Thread(target=jwks.serve_forever, daemon=True).start()
+    jwks = serve_jwks({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
     oidc = OidcVerifier(f"http://127.0.0.1:{jwks.server_address[1]}/jwks.json", "https://idp.test", "cubepacs", "org")
     services = Services(FileStorage(str(data / "storage")), EmbeddedQueue(str(data / "queue.db")),
                         Index.from_url(f"sqlite:///{data}/index.db"), {}, sessions=accounts,

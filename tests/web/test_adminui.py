@@ -33,7 +33,7 @@ from tests.archive.conftest import (
     write_config,
 )
 from tests.conftest import SERIES, dicom_files
-from tests.web.test_browser import ARGS, ARTIFACTS, CHROMIUM
+from tests.web.test_browser import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 CT = next(s for s in SERIES if s.name.startswith("ct_philips_ingenuity"))
@@ -61,16 +61,6 @@ def dest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     wait_port(DEST_PORT, proc)
     yield out
     stop_all([proc], [log])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def base(site: Server) -> str:

@@ -28,9 +28,6 @@ from tests.conftest import SERIES, dicom_files
 pytestmark = [pytest.mark.browser, pytest.mark.dcmtk]
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 T1 = next(s for s in SERIES if s.name.startswith("mr_ge_signa_3dt1"))
 
 
@@ -81,16 +78,6 @@ class Watch:
         page.on("requestfailed", lambda r: self.failed.append((r.url, r.failure))
                 if "ERR_ABORTED" not in str(r.failure) else None)
         page.on("response", lambda r: self.failed.append((r.url, r.status)) if r.status >= 400 else None)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def sign_in(browser: Any, site: Server, tenant: str = "alpha") -> tuple[Any, Any, Watch]:

@@ -351,13 +351,6 @@ def absolute(response: Response, request: Request) -> Response:
     return Response(body, media_type=DICOM_JSON)
 
 
-def transcoded(data: bytes, syntax: str, sop: str) -> bytes:
-    """``in_syntax`` with the syntax asked for: any failure to read or re-encode the stored instance (a malformed
-    Specific Character Set, a codec's error) a 406 naming the instance, never a 500 (``sop``: kept for callers;
-    the reason names the instance already)."""
-    return in_syntax(data, [syntax])[0]
-
-
 def add_routes(app: FastAPI, services: Services) -> None:
     """Register the WADO-RS routes."""
 
