@@ -149,6 +149,14 @@ def test_each_role_is_refused_what_it_may_not_do(site: Site, credential: str) ->
     assert {"POST /dicom-web/studies", "POST /api/send", "POST /api/export", "DELETE /api/studies/{study}"} \
         <= set(refused["viewer"])
     assert not [p for p in refused["viewer"] if p.startswith("GET /dicom-web")]
+    # the rules, read off the routes themselves and not off roles.ROUTES: a viewer only views (every request
+    # that may change something is refused to it), and only an admin manages users, keys, sessions and the audit log
+    endpoints = [e for e in _endpoints(site.app) if roles.required(*e) is not None]
+    changing = {f"{m} {p}" for m, p in endpoints if m in ("POST", "PUT", "PATCH", "DELETE")}
+    assert changing <= set(refused["viewer"]), changing - set(refused["viewer"])
+    administering = {f"{m} {p}" for m, p in endpoints
+                     if p.startswith(("/api/users", "/api/keys", "/api/audit", "/ui/admin", "/ui/audit"))}
+    assert administering and administering <= set(refused["user"]), administering - set(refused["user"])
 
 
 def test_without_credentials_only_public_routes_answer(site: Site) -> None:
