@@ -238,12 +238,15 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
                               settings.oidc_tenant_claim, settings.oidc_leeway, settings.oidc_role_claim)
             if settings.oidc_jwks_url else None))
         plain_socket = listen(settings.host, settings.http_port, "HTTP")
-        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        from cubepacs.archive.web.proxies import uvicorn_allow_ips
+
+        allow = uvicorn_allow_ips(settings.trusted_proxies)  # uvicorn's default would believe any local process
+        config = uvicorn.Config(app, log_level="warning", access_log=False, forwarded_allow_ips=allow)
         uvicorn_server = uvicorn.Server(config)
         if settings.https_port:
             secure_socket = listen(settings.host, settings.https_port, "HTTPS")
             tls_server = uvicorn.Server(uvicorn.Config(
-                app, log_level="warning", access_log=False, ssl_certfile=settings.tls_cert,
+                app, log_level="warning", access_log=False, forwarded_allow_ips=allow, ssl_certfile=settings.tls_cert,
                 ssl_keyfile=settings.tls_key, ssl_ca_certs=settings.tls_ca or None,
                 ssl_cert_reqs=2 if settings.tls_ca else 0))  # ssl.CERT_REQUIRED / CERT_NONE
             secure_thread = threading.Thread(target=tls_server.run, kwargs={"sockets": [secure_socket]},

@@ -297,7 +297,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
                       key=lambda k: k["id"])
         return _page("admin.html", status, title="Users, keys, sessions", ident=ident, csrf=ident.csrf,
                      users=describe(services.users, ident.tenant), keys=keys, roles=roles.ROLES,
-                     sessions=services.sessions.sessions(ident.tenant), new_key=new_key)
+                     sessions=None if services.sessions is None else services.sessions.sessions(ident.tenant),
+                     new_key=new_key)
 
     @app.get(UI + "/admin")
     async def admin(request: Request) -> Response:
@@ -370,6 +371,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if not isinstance(ident, Identity):
             return ident
         db = services.sessions
+        if db is None:  # an archive run without its accounts database has no session to end
+            return failure(ident, "this archive keeps no sessions (no accounts database)", 409)
         if form.get("all"):
             n = db.end_tenant(ident.tenant)
         elif form.get("user"):
@@ -385,6 +388,9 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if not isinstance(ident, Identity):
             return ident
         q = dict(request.query_params)
+        if services.sessions is None:
+            return _page("message.html", 409, title="Audit log", kind="err", ident=ident, back=UI,
+                         message="this archive keeps no audit log (no accounts database)")
         rows = services.sessions.audit_rows(ident.tenant, q.get("study", ""), q.get("who", ""), q.get("action", ""),
                                             500)
         return _page("audit.html", title="Audit log", ident=ident, rows=rows, q=q)

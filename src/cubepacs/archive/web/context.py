@@ -88,13 +88,14 @@ async def tenant_of(request: Request) -> str:
 
 def public_base(request: Request) -> str:
     """The archive's public base URL (no trailing slash): ``public_url``, else the request's scheme and host —
-    a proxy's X-Forwarded-Proto/Host only when it is one of ``trusted_proxies``."""
+    a proxy's X-Forwarded-Proto/Host only when it is one of ``trusted_proxies`` (``web/proxies.py``)."""
+    from cubepacs.archive.web.proxies import forwarded
+
     services: Services = request.app.state.services
     if services.public_url:
         return services.public_url.rstrip("/")
     scheme, host = request.url.scheme, request.headers.get("host") or request.url.netloc
-    client = request.client.host if request.client else ""
-    if client and client in services.trusted_proxies:
+    if forwarded(request, services.trusted_proxies):
         scheme = request.headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
         host = request.headers.get("x-forwarded-host", host).split(",")[0].strip()
     return f"{scheme}://{host}"

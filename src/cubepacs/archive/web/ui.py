@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from cubepacs.archive.auth.apikeys import hash_key
 from cubepacs.archive.web.auth import Identity, key_identity, session_of, user_identity
 from cubepacs.archive.web.context import ROOT, Services
+from cubepacs.archive.web.proxies import client_address
 from cubepacs.archive.web.session import COOKIE
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>cubepacs</title>
@@ -132,7 +133,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
     async def login(request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body())[:8192].decode("utf-8", "replace")).items()}
         accounts = services.sessions
-        address = request.client.host if request.client else ""
+        address = client_address(request, services.trusted_proxies)  # behind a proxy: the browser's own
         key, name = form.get("api_key", "").strip(), form.get("user", "").strip()
         if accounts is None:
             return _page(LOGIN.format(error='<p class="err">Sign-in is off on this server.</p>'), 503)

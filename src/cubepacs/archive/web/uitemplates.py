@@ -148,7 +148,9 @@ ADMIN = """{% extends "base.html" %}{% block body %}
 <button class="danger">Revoke</button></form></td></tr>{% endfor %}</table>
 <form method="post" action="/ui/admin/keys" id="add-key"><input type="hidden" name="csrf" value="{{ csrf }}">
 <select name="role">{% for r in roles %}<option>{{ r }}</option>{% endfor %}</select><button>Create key</button></form>
-<h2>Sessions</h2><table id="sessions"><tr><th>Who</th><th>Role</th><th>Since</th><th>Until</th><th></th></tr>
+<h2>Sessions</h2>{% if sessions is none %}<p id="no-sessions">This archive keeps no sessions (it runs without its
+accounts database): nothing to end.</p>{% else %}
+<table id="sessions"><tr><th>Who</th><th>Role</th><th>Since</th><th>Until</th><th></th></tr>
 {% for s in sessions %}<tr><td>{{ s.principal }}{% if s.id == ident.session %} (this one){% endif %}</td>
 <td>{{ s.role }}</td>
 <td>{{ when(s.created) }}</td><td>{{ when(s.expires) }}</td><td>
@@ -157,7 +159,7 @@ ADMIN = """{% extends "base.html" %}{% block body %}
 <button>End</button></form></td></tr>{% endfor %}</table>
 <form method="post" action="/ui/admin/sessions/end"><input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="all" value="1"><button class="danger" id="end-all">End all sessions</button>
-</form>{% endblock %}"""
+</form>{% endif %}{% endblock %}"""
 
 SENT = """{% extends "base.html" %}{% block body %}<p>To {{ to }}: {{ count }} instance(s).</p>
 <table id="sent"><tr><th>SOP Instance UID</th><th>Status</th><th>Sent as</th></tr><!--rows--></table>
