@@ -2,13 +2,21 @@
 read back again — each mutant in a series with a good twin (the same real file, new UIDs), whose answers must not
 change when the series is compacted.
 
-``python fuzz/server.py [--minutes M | --mutants N] [--batch B] [--seed S] [--dimse]``. Starts ``cubepacs serve``
-on free 127.0.0.1 ports (quiet series compacted after 1 s), then per batch: B mutants of real files of
-../shared/data and their twins in one new series, one STOW (with ``--dimse``, every other batch's mutants go by
-C-STORE, their bytes as they are, and the twins by STOW); every route of each instance; the series' cube awaited;
-every route again. Findings: a 5xx, a route slower than 2 s, a twin whose answer changed after compaction (a
-poisoned series), the server gone; each is written to fuzz/crashes/server/ with what was asked. The last lines
-are the counts.
+``python fuzz/server.py [--minutes M | --mutants N] [--batch B] [--series S] [--seed X] [--dimse]``. The archive
+runs in this process, built as ``cubepacs serve`` builds it (``load_settings``, ``open_backends``,
+``service.web_app``, the ``Indexer`` and the ``WebWorker`` with the settings' codec): requests are ASGI calls into
+the same application uvicorn serves (httpx's ASGI transport: routing, middlewares, authentication, access log and
+handlers as a socket request takes them; an exception escaping the application is the 500 uvicorn would answer),
+the indexer takes the queue's events after each STOW, and compaction is the web worker's pass, run once every S
+series. One archive serves the whole run. Per round: S series, each of B mutants of real files of ../shared/data
+and their twins, one STOW each (with ``--dimse``, every other series' mutants go by C-STORE to the archive's
+DIMSE SCP on a free 127.0.0.1 port, their bytes as they are, and the twins by STOW); every route of each instance;
+one compaction pass over the S series; every route again.
+
+Findings: a 5xx, a route taking more than 2 s of CPU (the process' CPU time: the campaign runs at the lowest
+priority on a shared core, where wall time measures the neighbours), a twin whose answer changed after compaction
+(a poisoned series), a series left without a cube, a log record carrying a traceback; each is written to
+fuzz/crashes/server/ with what was asked. The last lines are the counts (``mutants`` is the executions).
 
 Mutations (``mutate``): a pixel attribute set to an odd value (Bits Allocated, Rows, Samples per Pixel, Number of
 Frames, …), bytes of the first encapsulated fragment changed, bytes after the file meta changed, the file cut
@@ -18,8 +26,10 @@ short, the Specific Character Set given another VR.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
+import logging
 import random
 import sys
 import time
@@ -126,62 +136,142 @@ def c_store(port: int, datas: list[bytes], folder: Path) -> list[int | None]:
     return statuses
 
 
-def _get(client: Any, url: str, headers: dict[str, str], ctype: list[str]) -> tuple[int, bytes, float]:
-    t0 = time.monotonic()
-    r = client.get(url, headers=headers)
-    ctype[:] = [r.headers.get("content-type", "")]
-    return r.status_code, r.content, time.monotonic() - t0
+async def _get(client: Any, url: str, headers: dict[str, str]) -> tuple[int, bytes, str, float, float]:
+    t0, c0 = time.monotonic(), time.process_time()
+    r = await client.get(url, headers=headers)
+    return (r.status_code, r.content, r.headers.get("content-type", ""), time.monotonic() - t0,
+            time.process_time() - c0)
 
 
-def routes(client: Any, base: str, headers: dict[str, str], uids: tuple[str, str, str]) -> dict[str, Any]:
-    """Every route of one instance: {route: (status, body digest, seconds)}."""
+async def routes(client: Any, headers: dict[str, str], uids: tuple[str, str, str]) -> dict[str, Any]:
+    """Every route of one instance: {route: (status, frame digest, wall seconds, CPU seconds)}."""
     import hashlib
 
     from cubepacs.archive.web import multipart
 
-    url = f"{base}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
+    url = f"/dicom-web/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
     out = {}
     for route in ROUTES:
         variants = [("", {})] + ([(ts, {"Accept": f'multipart/related; type="application/dicom"; '
                                           f"transfer-syntax={ts}"}) for ts in SYNTAXES] if route == "" else [])
         for ts, accept in variants:
-            ctype: list[str] = []
-            status, body, secs = _get(client, url + route, {**headers, **accept}, ctype)
+            status, body, ctype, wall, cpu = await _get(client, url + route, {**headers, **accept})
             digest = ""
             if route == "/frames/1" and status == 200:  # the frame's values (the boundary differs every time)
-                digest = hashlib.sha256(b"".join(multipart.parse(body, ctype[0]))).hexdigest()
-            out[f"{route}|{ts}"] = (status, digest, secs)
+                digest = hashlib.sha256(b"".join(multipart.parse(body, ctype))).hexdigest()
+            out[f"{route}|{ts}"] = (status, digest, wall, cpu)
     return out
+
+
+class Archive:
+    """One archive in this process, assembled as ``cubepacs serve`` assembles it, over a data folder in ``root``."""
+
+    def __init__(self, root: Path, dimse: bool) -> None:
+        from cubepacs.archive.services.indexer import Indexer
+        from cubepacs.archive.services.service import open_backends, web_app
+        from cubepacs.archive.services.webworker import WebWorker
+        from cubepacs.archive.settings import ensure_api_key, load_settings
+        from tests.archive.conftest import KEYS, free_port
+
+        self.key = KEYS["alpha"]
+        settings, _ = ensure_api_key(load_settings(overrides={
+            "data_dir": str(root / "data"), "api_keys": {self.key: "alpha"}, "ae_tenants": {"CUBEPACS": "alpha"},
+            "dimse_port": free_port(), "log_tables": False}))
+        self.settings = settings
+        self.backends = b = open_backends(settings, "memory://")  # serve's in-process cache, as indexer + web run
+        self.app, self.access = web_app(settings, b)
+        self.indexer = Indexer(b.queue, b.index, cache=b.cache)
+        self.worker = WebWorker(b.index, b.storage, 0.0, settings.max_retries, settings.codec, settings.compact)
+        self.scp = None
+        if dimse:
+            from cubepacs.archive.dimse.scp import start_from_settings
+
+            self.scp = start_from_settings(settings, b.storage, b.queue, b.index)
+
+    def index(self) -> None:
+        """Index every event waiting in the queue (what the indexer thread does, now)."""
+        self.indexer.run_once()
+        while self.indexer.polled:
+            self.indexer.run_once()
+
+    def cube(self, study: str, series: str) -> bool:
+        """Whether the series has a published cube."""
+        from cubepacs.archive.keys import cube_key
+
+        return bool(self.backends.storage.exists(cube_key("alpha", study, series)))
+
+    def close(self) -> None:
+        from cubepacs.archive.observability.accesslog import close_logs
+
+        if self.scp is not None:
+            self.scp.shutdown()
+        close_logs([self.access])
+        self.backends.queue.close()
+        self.backends.index.close()
+
+
+class Tracebacks(logging.Handler):
+    """Counts log records that carry a traceback (the archive promises one line per failure)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info or (record.exc_text or "") or "Traceback (most recent call last)" in record.getMessage():
+            self.records.append(f"{record.name}: {record.getMessage()[:300]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=0)
     parser.add_argument("--mutants", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="mutants per series (each with its twin)")
+    parser.add_argument("--series", type=int, default=4, help="series per compaction pass")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dimse", action="store_true", help="every other batch's mutants by C-STORE")
+    parser.add_argument("--dimse", action="store_true", help="every other series' mutants by C-STORE")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
+    asyncio.run(campaign(args))
+
+
+async def campaign(args: argparse.Namespace) -> None:
+    """The loop of :func:`main`."""
+    import resource
+    import shutil
     import tempfile
+    import traceback
 
     import httpx
     from pydicom.uid import generate_uid
 
     from cubepacs.archive.ingest import describe
     from cubepacs.archive.web import multipart
-    from tests.archive.conftest import Server, start_server, stop_server
 
+    warnings.filterwarnings("ignore")
     crashes = HERE / "crashes" / "server"
     crashes.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="cubepacs-fuzz-server-"))
-    server: Server = start_server(root / "data")
-    headers = server.headers()
-    counts = {"batches": 0, "mutants": 0, "c_store": 0, "stored": 0, "requests": 0, "5xx": 0, "slow": 0,
-              "poisoned": 0, "not_compacted": 0}
-    slowest = 0.0
-    deadline = time.monotonic() + args.minutes * 60 if args.minutes else float("inf")
+    logging.basicConfig(filename=str(root / "archive.log"), level=logging.WARNING)
+    tracebacks = Tracebacks()
+    logging.getLogger().addHandler(tracebacks)
+    archive = Archive(root, args.dimse)
+    escaped: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # what escapes is uvicorn's 500; keep its text
+        try:
+            await archive.app(scope, receive, send)
+        except Exception:
+            escaped.append(traceback.format_exc()[-2000:])
+            raise
+
+    headers = {"Authorization": f"Bearer {archive.key}"}
+    counts = {"rounds": 0, "batches": 0, "mutants": 0, "twins": 0, "c_store": 0, "stored": 0, "requests": 0,
+              "5xx": 0, "slow": 0, "poisoned": 0, "not_compacted": 0, "tracebacks": 0}
+    slowest = {"cpu_s": 0.0, "wall_s": 0.0}
+    route_cpu: dict[str, float] = {}  # CPU seconds spent per route, all instances
+    started = time.monotonic()
+    deadline = started + args.minutes * 60 if args.minutes else float("inf")
 
     def finding(kind: str, detail: dict[str, Any], data: bytes) -> None:
         name = f"{kind}-{counts['mutants']}-{int(time.time())}"
@@ -189,67 +279,79 @@ def main() -> None:
         (crashes / f"{name}.json").write_text(json.dumps(detail, indent=1))
         print("FINDING", kind, json.dumps(detail)[:400], flush=True)
 
+    def status() -> str:
+        elapsed = time.monotonic() - started
+        return json.dumps({**counts, "slowest_cpu_s": round(slowest["cpu_s"], 3),
+                           "slowest_wall_s": round(slowest["wall_s"], 3), "seconds": round(elapsed),
+                           "mutants_per_s": round(counts["mutants"] / max(elapsed, 1e-9), 2),
+                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("127.0.0.1", 40000))
     try:
-        with httpx.Client(timeout=60) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=120) as client:
             while time.monotonic() < deadline and (not args.mutants or counts["mutants"] < args.mutants):
-                study, series = generate_uid(), generate_uid()
-                batch = []
-                for _ in range(args.batch):
-                    seed = rng.choice(SEEDS)
-                    try:
-                        data, what = mutate(seed, study, series, rng)
-                    except Exception:
-                        continue
-                    batch.append(("mutant", data, what))
-                    batch.append(("twin", mutants.renamed(seed, study, series), seed.name))
-                counts["mutants"] += sum(1 for k, _, _ in batch if k == "mutant")
-                if args.dimse and counts["batches"] % 2:  # every other batch by C-STORE, its twins by STOW
-                    statuses = c_store(server.dimse_port, [d for k, d, _ in batch if k == "mutant"], root)
-                    counts["c_store"] += sum(s is not None for s in statuses)
-                    if server.proc.poll() is not None:
-                        finding("server-died", {"after": "C-STORE"}, b"")
-                        break
-                    sent = [(k, d) for k, d, _ in batch if k == "twin"]
-                else:
-                    sent = [(k, d) for k, d, _ in batch]
-                counts["batches"] += 1
-                body, ctype = multipart.encode([d for _, d in sent], "application/dicom")
-                r = client.post(f"{server.url}/studies", content=body, headers={**headers, "Content-Type": ctype},
-                                timeout=120)
-                counts["requests"] += 1
-                if r.status_code >= 500:
-                    counts["5xx"] += 1
-                    finding("stow-5xx", {"status": r.status_code, "body": r.text[:500]}, body)
-                    continue
-                stored = {}
-                for kind, data, what in batch:
-                    try:
-                        ev = describe(data)
-                    except Exception:
-                        continue
-                    stored[(kind, ev["sop_uid"])] = (data, what, (ev["study_uid"], ev["series_uid"], ev["sop_uid"]))
-                time.sleep(0.5)  # indexed (STOW answers once stored and queued)
-                before = {k: routes(client, server.url, headers, v[2]) for k, v in stored.items()}
+                stored: dict[tuple[str, str], tuple[bytes, str, tuple[str, str, str]]] = {}
+                series_of_round = []
+                for _ in range(args.series):
+                    study, series = generate_uid(), generate_uid()
+                    series_of_round.append((study, series))
+                    batch = []
+                    for _ in range(args.batch):
+                        seed = rng.choice(SEEDS)
+                        try:
+                            data, what = mutate(seed, study, series, rng)
+                        except Exception:
+                            continue
+                        batch.append(("mutant", data, what))
+                        batch.append(("twin", mutants.renamed(seed, study, series), seed.name))
+                    counts["mutants"] += sum(1 for k, _, _ in batch if k == "mutant")
+                    counts["twins"] += sum(1 for k, _, _ in batch if k == "twin")
+                    if archive.scp is not None and counts["batches"] % 2:  # mutants by C-STORE, twins by STOW
+                        statuses = c_store(archive.settings.dimse_port, [d for k, d, _ in batch if k == "mutant"],
+                                           root)
+                        counts["c_store"] += sum(s is not None for s in statuses)
+                        sent = [d for k, d, _ in batch if k == "twin"]
+                    else:
+                        sent = [d for _, d, _ in batch]
+                    counts["batches"] += 1
+                    body, ctype = multipart.encode(sent, "application/dicom")
+                    r = await client.post("/dicom-web/studies", content=body,
+                                          headers={**headers, "Content-Type": ctype})
+                    counts["requests"] += 1
+                    if r.status_code >= 500:
+                        counts["5xx"] += 1
+                        finding("stow-5xx", {"status": r.status_code, "body": r.text[:500],
+                                             "escaped": escaped[-1:]}, body)
+                    for kind, data, what in batch:
+                        try:
+                            ev = describe(data)
+                        except Exception:
+                            continue
+                        stored[(kind, ev["sop_uid"])] = (data, what,
+                                                         (ev["study_uid"], ev["series_uid"], ev["sop_uid"]))
+                archive.index()
+                before = {k: await routes(client, headers, v[2]) for k, v in stored.items()}
                 counts["stored"] += len(stored)
-                cube = server.data_dir / "storage" / "alpha" / study / f"{series}.dcbs"
-                waited = time.monotonic()
-                while not cube.exists() and time.monotonic() - waited < 30:
-                    time.sleep(0.5)
-                if not cube.exists():
-                    counts["not_compacted"] += 1
-                after = {k: routes(client, server.url, headers, v[2]) for k, v in stored.items()}
+                archive.worker.run_once()  # the web worker's pass: every series of the round is due
+                for study, series in series_of_round:
+                    if not archive.cube(study, series):
+                        counts["not_compacted"] += 1
+                        finding("not-compacted", {"series": series}, b"")
+                after = {k: await routes(client, headers, v[2]) for k, v in stored.items()}
+                counts["rounds"] += 1
                 for key, answers in list(before.items()) + list(after.items()):
-                    for route, (status, _, secs) in answers.items():
+                    for route, (code, _, wall, cpu) in answers.items():
                         counts["requests"] += 1
-                        slowest = max(slowest, secs)
-                        if status >= 500:
+                        slowest["cpu_s"], slowest["wall_s"] = max(slowest["cpu_s"], cpu), max(slowest["wall_s"], wall)
+                        route_cpu[route] = route_cpu.get(route, 0.0) + cpu
+                        if code >= 500:
                             counts["5xx"] += 1
-                            finding("5xx", {"route": route, "status": status, "what": stored[key][1]},
-                                    stored[key][0])
-                        if secs > SLOW:
+                            finding("5xx", {"route": route, "status": code, "what": stored[key][1],
+                                            "escaped": escaped[-1:]}, stored[key][0])
+                        if cpu > SLOW:
                             counts["slow"] += 1
-                            finding("slow", {"route": route, "seconds": secs, "what": stored[key][1]},
-                                    stored[key][0])
+                            finding("slow", {"route": route, "cpu_seconds": cpu, "wall_seconds": wall,
+                                             "what": stored[key][1]}, stored[key][0])
                 for key, answers in before.items():
                     if key[0] == "twin" and any(after[key][route][:2] != a[:2] for route, a in answers.items()):
                         counts["poisoned"] += 1
@@ -257,13 +359,15 @@ def main() -> None:
                                    if after[key][route][:2] != a[:2]}
                         finding("poisoned", {"changed": changed, "series": [v[1] for v in stored.values()]},
                                 stored[key][0])
-                print(json.dumps({**counts, "slowest_s": round(slowest, 3)}), flush=True)
+                if len(tracebacks.records) > counts["tracebacks"]:
+                    finding("traceback", {"records": tracebacks.records[counts["tracebacks"]:][:20]}, b"")
+                    counts["tracebacks"] = len(tracebacks.records)
+                print(status(), flush=True)
     finally:
-        stop_server(server)
-        import shutil
-
+        archive.close()
         shutil.rmtree(root, ignore_errors=True)
-    print("done:", json.dumps({**counts, "slowest_s": round(slowest, 3)}))
+    print("cpu per route:", json.dumps({k: round(v, 1) for k, v in sorted(route_cpu.items())}))
+    print("done:", status())
 
 
 if __name__ == "__main__":

@@ -85,14 +85,17 @@ def test_codestream_harness_takes_the_crafted_panic() -> None:
 
 
 def test_server_harness_smoke_run() -> None:
-    """fuzz/server.py against a real archive: four mutants and their twins (one batch by STOW, one by C-STORE),
-    every route before and after compaction; no 5xx, nothing slow, no twin's answer changed."""
+    """fuzz/server.py against a real archive in its process: four mutants and their twins in two series (one by
+    STOW, one by C-STORE to the archive's DIMSE SCP), every route before and after one compaction pass; no 5xx,
+    nothing slow, no twin's answer changed, every series compacted, no traceback logged."""
     out = subprocess.run([sys.executable, str(ROOT / "fuzz" / "server.py"), "--mutants", "4", "--batch", "2",
-                          "--dimse"],
+                          "--series", "2", "--dimse"],
                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
 
     counts = json.loads(out.stdout.strip().splitlines()[-1].removeprefix("done: "))
     assert counts["mutants"] == 4 and counts["batches"] == 2 and counts["requests"] > 20, counts
-    assert counts["5xx"] == counts["slow"] == counts["poisoned"] == 0, out.stdout[-2000:]
+    assert counts["c_store"] >= 1, counts
+    assert counts["5xx"] == counts["slow"] == counts["poisoned"] == counts["not_compacted"] == 0, out.stdout[-2000:]
+    assert counts["tracebacks"] == 0, out.stdout[-2000:]

@@ -153,6 +153,41 @@ def _thread(target: Any, name: str) -> threading.Thread:
     return t
 
 
+def web_app(settings: Settings, b: Backends,
+            extensions: Sequence[Callable[[Any, Any], None]] = ()) -> tuple[Any, DeltaLog]:
+    """The web application ``serve`` runs on ``b`` (an ASGI app), and its access log (close it with
+    :func:`close_logs`): what ``run`` hands to uvicorn, and what ``fuzz/server.py`` calls in process.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from cubepacs.archive.settings import load_settings
+    >>> s = load_settings(overrides={"data_dir": tempfile.mkdtemp()})
+    >>> app, access = web_app(s, open_backends(s)); close_logs([access]); app.title
+    'cubepacs DICOMweb'
+    """
+    from cubepacs.archive.auth.accounts import Accounts
+    from cubepacs.archive.web.app import Services, create_app
+    from cubepacs.archive.web.session import LiveUsers
+    from cubepacs.archive.web.tokens import OidcVerifier
+
+    access = open_log(b.storage, settings, "access", ACCESS_SCHEMA)
+    data_dir = Path(settings.data_dir)
+    app = create_app(extensions=extensions, services=Services(
+        b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,
+        metadata_at_ingest=settings.metadata_at_ingest,
+        max_request_bytes=settings.max_request_bytes, remote_aes=settings.remote_aes, ae_title=settings.ae_title,
+        sessions=Accounts(data_dir / "accounts.db"),
+        users=LiveUsers(data_dir / "users.json", settings.users), session_hours=settings.session_hours,
+        cors_origins=settings.cors_origins, public_url=settings.public_url,
+        trusted_proxies=settings.trusted_proxies, viewer_dir=settings.viewer_dir or str(data_dir / "viewer"),
+        keys_file=str(data_dir / "api-keys.json"), configured_keys=settings.api_keys,
+        oidc=OidcVerifier(settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience,
+                          settings.oidc_tenant_claim, settings.oidc_leeway, settings.oidc_role_claim)
+        if settings.oidc_jwks_url else None))
+    return app, access
+
+
 def run(settings: Settings, parts: set[str], ready: threading.Event | None = None,
         extensions: Sequence[Callable[[Any, Any], None]] = ()) -> None:
     """Run ``parts`` (any of ``storescp``, ``indexer``, ``webworker``, ``web``) until SIGINT/SIGTERM.
@@ -217,26 +252,8 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
     if "web" in parts:
         import uvicorn
 
-        from cubepacs.archive.auth.accounts import Accounts
-        from cubepacs.archive.web.app import Services, create_app
-        from cubepacs.archive.web.session import LiveUsers
-        from cubepacs.archive.web.tokens import OidcVerifier
-
-        access = open_log(b.storage, settings, "access", ACCESS_SCHEMA)
+        app, access = web_app(settings, b, extensions)
         open_logs.append(access)
-        data_dir = Path(settings.data_dir)
-        app = create_app(extensions=extensions, services=Services(
-            b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,
-            metadata_at_ingest=settings.metadata_at_ingest,
-            max_request_bytes=settings.max_request_bytes, remote_aes=settings.remote_aes, ae_title=settings.ae_title,
-            sessions=Accounts(data_dir / "accounts.db"),
-            users=LiveUsers(data_dir / "users.json", settings.users), session_hours=settings.session_hours,
-            cors_origins=settings.cors_origins, public_url=settings.public_url,
-            trusted_proxies=settings.trusted_proxies, viewer_dir=settings.viewer_dir or str(data_dir / "viewer"),
-            keys_file=str(data_dir / "api-keys.json"), configured_keys=settings.api_keys,
-            oidc=OidcVerifier(settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience,
-                              settings.oidc_tenant_claim, settings.oidc_leeway, settings.oidc_role_claim)
-            if settings.oidc_jwks_url else None))
         plain_socket = listen(settings.host, settings.http_port, "HTTP")
         from cubepacs.archive.web.proxies import uvicorn_allow_ips
 
