@@ -181,7 +181,8 @@ class Archive:
         self.backends = b = open_backends(settings, "memory://")  # serve's in-process cache, as indexer + web run
         self.app, self.access = web_app(settings, b)
         self.indexer = Indexer(b.queue, b.index, cache=b.cache)
-        self.worker = WebWorker(b.index, b.storage, 0.0, settings.max_retries, settings.codec, settings.compact)
+        self.worker = WebWorker(b.index, b.storage, 0.0, settings.max_retries, settings.codec, settings.compact,
+                                max_value_bytes=settings.max_value_bytes)
         self.scp = None
         if dimse:
             from cubepacs.archive.dimse.scp import start_from_settings

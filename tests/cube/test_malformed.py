@@ -328,3 +328,24 @@ def test_a_whole_value_out_of_its_place_is_refused_before_pydicom_parses_anythin
     with pytest.raises(InvalidCubeError, match="referenced 1 times, not once directly after its Pixel Data"):
         CubeReader(mutants.edit_area(zeros, "refs", header_elsewhere)).frame(0)
     assert handed == []  # nothing reached pydicom
+
+
+@pytest.mark.parametrize(("attr", "value", "message"), [
+    ("NumberOfFrames", 3, r"Pixel Data holds 32768 bytes; 3 frames of 128 × 128 × 1, 16 bits need 98304"),
+    ("SamplesPerPixel", 0, r"image geometry out of bounds: 128 × 128 × 0"),
+])
+def test_a_native_instance_whose_value_cannot_hold_its_frames_is_refused_before_pydicom(
+        attr: str, value: int, message: str) -> None:
+    """The real CT declaring 3 frames (its value holds one) or 0 samples per pixel (invalid, not 1): the cube keeps
+    it as an opaque value, and its frame is refused before pydicom decodes anything — frames × frame size must fit
+    the Pixel Data value, Samples per Pixel must be 1–4."""
+    import pydicom
+
+    ds = pydicom.dcmread(mutants.CT)
+    setattr(ds, attr, value)
+    out = io.BytesIO()
+    ds.save_as(out)
+    reader = CubeReader(mutants.cube_of(out.getvalue()))
+    assert reader.desc(0).mode == "opaque"  # type: ignore[union-attr]
+    with pytest.raises(CodecError, match=message):
+        reader.frame(0)

@@ -48,6 +48,7 @@ class Settings:
     metadata_at_ingest: bool = False  # keep each instance's DICOM JSON in the index as it is stored (docs/archive.md)
     pn_case_sensitive: bool = False  # C-FIND/QIDO Person Name matching case-sensitive (PS3.4 C.2.2.2.1)
     max_request_bytes: int = 4 * 1024**3  # largest STOW-RS body
+    max_value_bytes: int = 1 << 30  # largest whole (opaque) pixel value a cube reader decompresses (docs/format.md)
     min_free_mb: int = 1024  # free space kept on data_dir and file storage: below it new instances are refused
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call the API ([]: none)
     public_url: str = ""  # e.g. https://pacs.example.org (BulkDataURIs); "" → from the request

@@ -269,16 +269,52 @@ RLE = "1.2.840.10008.1.2.5"
 JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 
 
+def native_value_bytes(rows: int, cols: int, spp: int, bits: int, frames: int, photometric: str = "") -> int:
+    """The bytes ``frames`` native frames take in a Pixel Data value (PS3.5 8.1.1, 8.2): bits packed without gaps
+    across frames (Bits Allocated 1), a pair of pixels as four samples for YBR_FULL_422 / YBR_PARTIAL_422.
+
+    Example
+    -------
+    >>> native_value_bytes(512, 512, 1, 16, 2), native_value_bytes(3, 3, 1, 1, 1)
+    (1048576, 2)
+    >>> native_value_bytes(2, 4, 3, 8, 1, "YBR_FULL_422")
+    16
+    """
+    samples = 2 if spp == 3 and photometric in ("YBR_FULL_422", "YBR_PARTIAL_422") else spp
+    return (frames * rows * cols * samples * bits + 7) // 8
+
+
 def check_dicom_frame(ds: object, index: int) -> None:
-    """Before pydicom hands frame ``index`` of a dataset to a native decoder: bounded geometry and, for
-    encapsulated syntaxes, a codestream header that agrees with Rows, Columns, Samples per Pixel and Bits."""
+    """Before pydicom decodes frame ``index`` of a dataset: bounded geometry (Samples per Pixel 1–4: 0 is invalid,
+    not 1; only an absent one means 1); for native syntaxes a Pixel Data value that holds every frame the
+    attributes declare (frames × frame size ≤ its length); for encapsulated ones a codestream of a bounded size
+    whose header agrees with Rows, Columns, Samples per Pixel and Bits.
+
+    Example
+    -------
+    >>> from pydicom import Dataset
+    >>> from pydicom.dataset import FileMetaDataset
+    >>> ds = Dataset(); ds.file_meta = FileMetaDataset(); ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    >>> ds.Rows, ds.Columns, ds.BitsAllocated, ds.NumberOfFrames, ds.PixelData = 4, 4, 16, 2, bytes(32)
+    >>> check_dicom_frame(ds, 1)
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: Pixel Data holds 32 bytes; 2 frames of 4 × 4 × 1, 16 bits need 64
+    >>> ds.SamplesPerPixel = 0; check_dicom_frame(ds, 0)
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: image geometry out of bounds: 4 × 4 × 0, 16 bits, frame 1 of 2
+    """
     from pydicom.encaps import get_frame
 
     get = getattr(ds, "get")  # noqa: B009 - a pydicom Dataset, typed loosely to keep pydicom out of the signature
     try:
         rows, cols = int(get("Rows", 0) or 0), int(get("Columns", 0) or 0)
-        spp, bits = int(get("SamplesPerPixel", 1) or 1), int(get("BitsAllocated", 0) or 0)
+        spp_value = get("SamplesPerPixel")
+        spp = 1 if spp_value is None or spp_value == "" else int(spp_value)
+        bits = int(get("BitsAllocated", 0) or 0)
         frames = int(get("NumberOfFrames", 1) or 1)
+        photometric = str(get("PhotometricInterpretation", "") or "")
     except (TypeError, ValueError) as exc:
         raise CodecError(f"image pixel attributes cannot be read: {exc}") from None
     if not (0 < rows <= MAX_DIM and 0 < cols <= MAX_DIM and 1 <= spp <= 4 and bits in (1, 8, 16, 32, 64)
@@ -289,6 +325,12 @@ def check_dicom_frame(ds: object, index: int) -> None:
         raise CodecError("a frame larger than 2 GiB")
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if ts not in J2K and ts not in JPEG and ts != RLE:
+        value = next((v for v in (get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+                      if v is not None), None)
+        need = native_value_bytes(rows, cols, spp, bits, frames, photometric)
+        if value is None or len(value) < need:
+            raise CodecError(f"Pixel Data holds {0 if value is None else len(value)} bytes; {frames} frames of "
+                             f"{rows} × {cols} × {spp}, {bits} bits need {need}")
         return
     try:
         data = get_frame(get("PixelData"), index, number_of_frames=frames)

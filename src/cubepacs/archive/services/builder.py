@@ -138,7 +138,7 @@ def main() -> int:
         log.error("the builder cannot open its backends: %s: %s", type(exc).__name__, str(exc)[:300])
         return 1
     worker = WebWorker(index, storage, settings.quiet_seconds, settings.max_retries, settings.codec,
-                       settings.compact)
+                       settings.compact, max_value_bytes=settings.max_value_bytes)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
         idle_since = time.monotonic()

@@ -23,13 +23,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def read_back(cube: bytes, frames: int = CHECK_FRAMES) -> str | None:
-    """Why the cube in ``cube`` cannot be served (None when it can): opened, its index read, each instance read
-    back (:meth:`~cubepacs.cube.reader.CubeReader.check_instance` with ``frames`` native frames)."""
+def read_back(cube: bytes, frames: int = CHECK_FRAMES, max_value_bytes: int = 1 << 30) -> str | None:
+    """Why the cube in ``cube`` cannot be served (None when it can): opened as the web opens it (whole pixel values
+    bounded by ``max_value_bytes``, the setting), its index read, each instance read back
+    (:meth:`~cubepacs.cube.reader.CubeReader.check_instance` with ``frames`` native frames)."""
     from cubepacs.cube.reader import CubeReader
 
     try:
-        reader = CubeReader(cube)
+        reader = CubeReader(cube, max_value_bytes)
         reader.index  # noqa: B018 - loads and checks the frame index
         for i in range(len(reader.meta)):
             reader.check_instance(i, frames)
@@ -38,8 +39,8 @@ def read_back(cube: bytes, frames: int = CHECK_FRAMES) -> str | None:
     return None
 
 
-def compact(files: list[tuple[str, bytes]], codec: str,
-            frames: int = CHECK_FRAMES) -> tuple[bytes | None, list[tuple[str, str]]]:
+def compact(files: list[tuple[str, bytes]], codec: str, frames: int = CHECK_FRAMES,
+            max_value_bytes: int = 1 << 30) -> tuple[bytes | None, list[tuple[str, str]]]:
     """A cube of the instances in ``files`` ((name, file bytes)) that one can hold, read back before it is returned
     (:func:`read_back`), and the instances left out with the reason ((name, reason)). When the whole cube does not
     read back, each instance is tried alone and those at fault are left out; None when no cube can be made.
@@ -72,7 +73,7 @@ def compact(files: list[tuple[str, bytes]], codec: str,
         except Exception as exc:
             return None, _reason(exc)
         cube = buf.getvalue()
-        problem = read_back(cube, frames)
+        problem = read_back(cube, frames, max_value_bytes)
         return (cube, None) if problem is None else (None, problem)
 
     if not instances:

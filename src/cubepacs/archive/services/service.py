@@ -176,7 +176,8 @@ def web_app(settings: Settings, b: Backends,
     app = create_app(extensions=extensions, services=Services(
         b.storage, b.queue, b.index, settings.api_keys, access, b.cache, overwrite=settings.overwrite,
         metadata_at_ingest=settings.metadata_at_ingest,
-        max_request_bytes=settings.max_request_bytes, remote_aes=settings.remote_aes, ae_title=settings.ae_title,
+        max_request_bytes=settings.max_request_bytes, max_value_bytes=settings.max_value_bytes,
+        remote_aes=settings.remote_aes, ae_title=settings.ae_title,
         sessions=Accounts(data_dir / "accounts.db"),
         users=LiveUsers(data_dir / "users.json", settings.users), session_hours=settings.session_hours,
         cors_origins=settings.cors_origins, public_url=settings.public_url,
@@ -245,7 +246,7 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
         stoppers.append(BuildLauncher(settings, b.index).shutdown)
     elif "webworker" in parts:
         worker = WebWorker(b.index, b.storage, settings.quiet_seconds, settings.max_retries, settings.codec,
-                           settings.compact)
+                           settings.compact, max_value_bytes=settings.max_value_bytes)
         _thread(worker.run, "webworker")
         stoppers.append(worker.stop)
     uvicorn_server = None

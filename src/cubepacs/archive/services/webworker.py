@@ -55,7 +55,8 @@ class WebWorker:
     """Builds metadata JSON and cubes for quiet series."""
 
     def __init__(self, index: Index, storage: Storage, quiet_seconds: float = 30.0, max_retries: int = 3,
-                 codec: str = "htj2k", compact: bool = True, url_root: str = "/dicom-web") -> None:
+                 codec: str = "htj2k", compact: bool = True, url_root: str = "/dicom-web",
+                 max_value_bytes: int = 1 << 30) -> None:
         self.index = index
         self.storage = storage
         self.quiet_seconds = quiet_seconds
@@ -63,6 +64,7 @@ class WebWorker:
         self.codec = codec
         self.compact = compact
         self.url_root = url_root
+        self.max_value_bytes = max_value_bytes  # the readers' bound on a whole pixel value (settings)
         self.stopped = threading.Event()
 
     def build(self, row: dict[str, Any]) -> tuple[str, str | None, int]:
@@ -76,7 +78,8 @@ class WebWorker:
         self.storage.put(jkey, series_json(rows, kept, lambda r: data_of[r["sop_uid"]], self.url_root))
         ckey = None
         if self.compact:  # a cube only once it reads back; what it cannot hold is served from its files
-            cube, left = compact([(f"{r['sop_uid']}.dcm", d) for r, d in zip(rows, datas, strict=True)], self.codec)
+            cube, left = compact([(f"{r['sop_uid']}.dcm", d) for r, d in zip(rows, datas, strict=True)], self.codec,
+                                 max_value_bytes=self.max_value_bytes)
             for name, reason in left:
                 log.warning("series %s: instance %s not compacted (%s); served from its file", series,
                             name.removesuffix(".dcm"), reason)

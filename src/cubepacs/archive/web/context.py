@@ -47,6 +47,7 @@ class Services:
     overwrite: bool = False  # a re-sent SOP Instance UID replaces the stored one
     metadata_at_ingest: bool = False  # each instance's DICOM JSON kept in the index when it is stored
     max_request_bytes: int = 4 * 1024**3
+    max_value_bytes: int = 1 << 30  # the largest whole pixel value a cube reader decompresses (settings)
     remote_aes: dict[str, str] = field(default_factory=dict)  # peers for /api/send
     ae_title: str = "CUBEPACS"  # our calling AE title when sending
     sessions: Any = None  # an accounts.Accounts: browser sessions (cookie), sign-in failures, audit log when set

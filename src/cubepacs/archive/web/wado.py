@@ -85,7 +85,7 @@ def _cube_for(services: Services, state: dict[str, Any] | None,
             local = getattr(storage, "local_path", None)
             # a local file is memory-mapped; on object storage, each block and frame is one ranged read
             source: Any = local(state["cube_key"]) if local else StorageFile(storage, state["cube_key"])
-            reader = CubeReader(source)
+            reader = CubeReader(source, services.max_value_bytes)
             if len(_CUBES) > 64:
                 _CUBES.clear()
             _CUBES[key] = reader
