@@ -1,0 +1,122 @@
+"""Where the voxels of a cube are, from its metadata: slice order, spacing, origin, direction cosines, rescale, and
+the temporal position of each frame when a series repeats its slice positions (4D: fMRI, perfusion, dynamic).
+
+Frames are put in order along the slice normal (the cross product of the row and column cosines); frames at one
+position (within 0.001 mm) are put in temporal order: Temporal Position Identifier, then Trigger Time, Acquisition
+Time, Instance Number and the frame number. Where single-frame instances repeat their positions, the k-th frame at
+each position has temporal position k (``Geometry.phase``): the dataset makes one volume of each. Frames of one
+multi-frame instance are never split from each other, and frames without a position keep phase 0.
+
+Example
+-------
+>>> import cubepacs, io
+>>> from cubepacs.cube.reader import CubeReader
+>>> buf = io.BytesIO()
+>>> cubepacs.save(cubepacs.load_from_dicom_folder("../shared/data/series/mr_ge_mr750_epi_fmri_150img"), buf)
+>>> geo = geometry(CubeReader(buf.getvalue()))
+>>> int(geo.phase.max()) + 1, len(geo.order), [round(s, 2) for s in geo.spacing]   # 10 volumes of 15 slices
+(10, 150, [5.0, 3.75, 3.75])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cubepacs.cube.reader import CubeReader
+
+__all__ = ["Geometry", "geometry"]
+SAME_POSITION = 1e-3  # mm: frames closer than this along the normal are at one position
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the voxels of one cube are. Arrays with one entry per frame are in ``order`` (position) order."""
+
+    order: np.ndarray  # series frame numbers in position order (temporal order among frames at one position)
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    slope: np.ndarray  # per frame
+    intercept: np.ndarray
+    steps: tuple[float, float] = (0.0, 0.0)  # smallest and largest slice step (mm)
+    positions: np.ndarray | None = None  # (frames, 3) Image Position (Patient) of each frame, NaN where unknown
+    phase: np.ndarray | None = None  # temporal position of each frame (0 … m-1), 0 where positions do not repeat
+
+
+def _floats(value: Any, n: int, default: float) -> list[float]:
+    try:
+        values = [float(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    except (TypeError, ValueError):
+        values = []
+    return values[:n] if len(values) >= n else [default] * n
+
+
+def _number(values: list[Any], i: int) -> float:
+    """Instance ``i``'s value of a numeric (or HHMMSS time) attribute as a float; 0 where absent or unreadable."""
+    value = values[i] if i < len(values) else None
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    try:
+        number = float(value) if value is not None and value != "" else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _temporal_keys(reader: CubeReader) -> list[tuple[float, ...]]:
+    """Per instance: the key putting frames at one position in temporal order."""
+    meta = reader.meta
+    columns = [meta.get_values(name) for name in ("TemporalPositionIdentifier", "TriggerTime", "AcquisitionTime",
+                                                  "InstanceNumber")]
+    return [tuple(_number(values, i) for values in columns) for i in range(len(meta))]
+
+
+def geometry(reader: CubeReader) -> Geometry:
+    """The geometry of a cube from its metadata (typed columns, shared values)."""
+    meta = reader.meta
+    ipp = meta.get_array("ImagePositionPatient")
+    iop_values = meta.get_values("ImageOrientationPatient")
+    iop = _floats(iop_values[0] if iop_values else None, 6, 0.0)
+    if not any(iop):
+        iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    normal = np.cross(iop[:3], iop[3:])
+    keys = _temporal_keys(reader)
+    frames = []  # (position rounded, temporal key, series frame number, position, instance, position known)
+    for i in range(len(meta)):
+        known = i < len(ipp) and not np.isnan(ipp[i]).any()
+        pos = float(np.dot(ipp[i], normal)) if known else float(i)
+        for f in range(int(reader.frame_starts[i]), int(reader.frame_starts[i + 1])):
+            frames.append((round(pos / SAME_POSITION), keys[i], f, pos, i, known))
+    frames.sort()
+    order = np.array([f[2] for f in frames], np.int64)
+    inst_of_frame = np.array([f[4] for f in frames], np.int64)
+    positions = np.array([f[3] for f in frames])
+    steps = np.diff(positions)
+    steps = steps[steps > 1e-6]
+    thickness_values = meta.get_values("SliceThickness")
+    thickness = _floats(thickness_values[0] if thickness_values else None, 1, 1.0)[0]
+    dz = float(np.median(steps)) if len(steps) else thickness
+    ps_values = meta.get_values("PixelSpacing")
+    row, col = _floats(ps_values[0] if ps_values else None, 2, 1.0)
+    ipp_of_frame = np.array([ipp[i] if i < len(ipp) else [np.nan] * 3 for i in inst_of_frame], float).reshape(-1, 3)
+    first = ipp_of_frame[0] if frames and not np.isnan(ipp_of_frame[0]).any() else np.zeros(3)
+    slopes = meta.get_values("RescaleSlope")
+    intercepts = meta.get_values("RescaleIntercept")
+    per_instance_slope = np.array([_floats(slopes[i] if i < len(slopes) else None, 1, 1.0)[0]
+                                   for i in range(len(meta))])
+    per_instance_intercept = np.array([_floats(intercepts[i] if i < len(intercepts) else None, 1, 0.0)[0]
+                                       for i in range(len(meta))])
+    phase = np.zeros(len(frames), np.int64)
+    seen: dict[int, int] = {}  # rounded position → frames of single-frame instances met there
+    for n, (at, _, _, _, i, known) in enumerate(frames):
+        if known and reader.frame_starts[i + 1] - reader.frame_starts[i] == 1:
+            phase[n] = seen.get(at, 0)
+            seen[at] = phase[n] + 1
+    return Geometry(order, (dz, row, col), (float(first[0]), float(first[1]), float(first[2])), tuple(iop),
+                    per_instance_slope[inst_of_frame] if len(meta) else np.zeros(0),
+                    per_instance_intercept[inst_of_frame] if len(meta) else np.zeros(0),
+                    (float(steps.min()), float(steps.max())) if len(steps) else (dz, dz), ipp_of_frame, phase)

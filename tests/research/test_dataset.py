@@ -1,0 +1,190 @@
+"""The PyTorch dataset over cubes against pydicom's reading of the same files: voxels (pydicom's ``pixel_array`` ×
+slope + intercept), slice order, geometry, 4D series split by temporal position, what cannot form a volume, items
+through DataLoader workers."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from tests.conftest import SERIES, SINGLES, dicom_files
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")  # odd values of real files
+CT = next(s for s in SERIES if s.name.startswith("ct_ge"))
+T1 = next(s for s in SERIES if s.name.startswith("mr_ge_signa"))
+FMRI = next(s for s in SERIES if "fmri" in s.name)
+
+
+def _by_position(files: list[Path]) -> list[pydicom.Dataset]:
+    refs = [pydicom.dcmread(f) for f in files]
+    iop = np.array(refs[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    return sorted(refs, key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, float), normal)))
+
+
+def _rescaled(ds: pydicom.Dataset) -> np.ndarray:
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    return (ds.pixel_array * slope + intercept).astype(np.float32)
+
+
+def test_a_4d_series_gives_one_volume_per_temporal_position(tmp_path: Path) -> None:
+    """The GE fMRI series (150 files, 15 positions): its header says 10 temporal positions of 15 images
+    (Number of Temporal Positions, Images in Acquisition, instances numbered in acquisition order): volume t is
+    instances 15·t+1 … 15·t+15 in position order, as pydicom reads them."""
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset
+
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(FMRI)), tmp_path / "fmri.dcbs", codec="blosc2")
+    heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_files(FMRI)]
+    times, per = int(heads[0].NumberOfTemporalPositions), int(heads[0].ImagesInAcquisition)
+    by_time: dict[int, list[Path]] = {}
+    for f, ds in zip(dicom_files(FMRI), heads, strict=True):
+        by_time.setdefault((int(ds.InstanceNumber) - 1) // per, []).append(f)
+    with pytest.warns(UserWarning, match=f"{times} temporal positions, 4D"):
+        volumes = CubeDataset(tmp_path, mode="volume")
+    assert len(volumes) == times and volumes.split == {str(tmp_path / "fmri.dcbs"): times}
+    for t in range(times):
+        refs = _by_position(by_time[t])
+        item = volumes[t]
+        np.testing.assert_array_equal(item["image"].numpy(), np.stack([_rescaled(d) for d in refs]))
+        assert np.allclose(item["origin"].numpy(), [float(v) for v in refs[0].ImagePositionPatient])
+        steps = np.diff([float(d.SliceLocation) for d in refs])
+        assert np.isclose(item["spacing"][0].item(), np.median(steps), atol=1e-3)
+    with pytest.warns(UserWarning):
+        slices = CubeDataset(tmp_path, mode="slice")
+    assert len(slices) == times * per
+    np.testing.assert_array_equal(slices[per * 3 + 7]["image"].numpy(), _rescaled(_by_position(by_time[3])[7]))
+
+
+def test_items_cross_the_worker_boundary_whole() -> None:
+    """An item pickled as a DataLoader worker sends it: the same tensors come back (small ones packed)."""
+    from cubepacs.research.dataset import Item
+
+    item = Item(image=torch.arange(12.0).reshape(3, 4), spacing=torch.tensor([2.5, 0.7, 0.7]),
+                origin=torch.tensor([-1.5, 2.0, 3.25]), index=torch.tensor([4, 5, 6]), source="a.dcbs")
+    for back in (pickle.loads(pickle.dumps(item)), item.__copy__()):
+        assert type(back) is Item and list(back) == list(item) and back["source"] == "a.dcbs"
+        for key in ("image", "spacing", "origin", "index"):
+            assert back[key].dtype == item[key].dtype and torch.equal(back[key], item[key]), key
+
+
+def test_dataset_matches_pydicom_and_works_with_workers(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset
+
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(CT)), tmp_path / "ct.dcbs")
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(T1)), tmp_path / "t1.dcbs")
+    refs = [pydicom.dcmread(f) for f in dicom_files(CT)]
+    iop = np.array(refs[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    refs.sort(key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, float), normal)))
+    slices = CubeDataset(tmp_path, mode="slice")
+    assert len(slices) == 200
+    ct_index = next(i for i in range(len(slices.paths)) if slices.paths[i].endswith("ct.dcbs"))
+    offset = int(slices._starts[ct_index])
+    for s in (0, 37, 99):
+        item = slices[offset + s]
+        ref = refs[s].pixel_array * float(refs[s].RescaleSlope) + float(refs[s].RescaleIntercept)
+        np.testing.assert_array_equal(item["image"].numpy(), ref.astype(np.float32))
+    assert np.allclose(item["spacing"].numpy()[1:], [float(v) for v in refs[0].PixelSpacing])
+    assert np.allclose(item["origin"].numpy(), [float(v) for v in refs[0].ImagePositionPatient])
+    volume = CubeDataset([str(tmp_path / "t1.dcbs")], mode="volume")[0]
+    assert tuple(volume["image"].shape) == (100, 256, 256)
+    patches = CubeDataset(tmp_path, mode="patch", patch_size=(8, 32, 32), patches_per_volume=4)
+    loader = torch.utils.data.DataLoader(patches, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 2 and tuple(batches[0]["image"].shape) == (4, 8, 32, 32)
+    again = list(torch.utils.data.DataLoader(patches, batch_size=4, num_workers=0))
+    assert torch.equal(batches[1]["image"], again[1]["image"])  # patches depend on the index, not the worker
+
+
+@pytest.mark.s3
+def test_dataset_over_an_s3_prefix(tmp_path: Path, seaweedfs: str) -> None:
+    pytest.importorskip("torch")
+    import cubepacs
+    from cubepacs._registry import open_backend
+    from cubepacs.research.dataset import CubeDataset
+
+    cube = tmp_path / "ct.dcbs"
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(next(s for s in SERIES if s.name.startswith("ct_philips")))),
+                  cube)
+    import uuid
+
+    path, _, query = seaweedfs.partition("?")
+    url = f"{path}/loader-{uuid.uuid4().hex[:8]}?{query}"  # a prefix of its own in the shared bucket
+    storage = open_backend("storage", url, access_key="test", secret_key="test")
+    storage.put("cohort/ct.dcbs", cube.read_bytes())
+    remote = CubeDataset(url, mode="slice", storage_options={"access_key": "test", "secret_key": "test"})
+    local = CubeDataset(tmp_path, mode="slice")
+    assert len(remote) == len(local) == 54
+    assert np.array_equal(remote[20]["image"].numpy(), local[20]["image"].numpy())
+
+
+def test_dataset_on_cubes_that_cannot_form_one_volume(tmp_path: Path) -> None:
+    """Cubes made from real files, put together the ways a real cohort has them: no frame (an SR), frames of two
+    shapes (a CT series and a smaller CT), one slice, a gap in the slices (steps of 2.5 and 27.5 mm)."""
+    torch = pytest.importorskip("torch")
+    from cubepacs.cube.sources import read_instances
+    from cubepacs.cube.writer import write_cube
+    from cubepacs.research.dataset import CubeDataset, collate_list
+
+    ct = dicom_files(CT)
+    small = next(s for s in SINGLES if s.name == "ct_ge_small_signed.dcm")
+    sr = next(s for s in SINGLES if s.name == "sr_comprehensive_nested.dcm")
+    write_cube(read_instances([sr]), tmp_path / "a-empty.dcbs", codec="zstd")
+    write_cube(read_instances([*ct[:5], small]), tmp_path / "b-mixed.dcbs", codec="zstd")
+    write_cube(read_instances([small]), tmp_path / "c-one.dcbs", codec="zstd")
+    write_cube(read_instances(ct[:4] + ct[15:19]), tmp_path / "d-gap.dcbs", codec="zstd")
+    with pytest.warns(UserWarning) as caught:
+        data = CubeDataset(tmp_path, mode="patch", patch_size=(4, 96, 96), patches_per_volume=2)
+    said = " ".join(str(w.message) for w in caught)
+    assert "no frame" in said and "2 shapes" in said and "not uniform" in said
+    assert list(data.skipped.values()) == ["no frame"] and list(data.split.values()) == [2]
+    assert len(data.volumes) == 4 and len(data) == 8
+    shapes = {tuple(data[i]["image"].shape) for i in range(len(data))}
+    assert shapes == {(4, 96, 96)}  # padded where the volume is smaller than the patch
+    with pytest.warns(UserWarning):
+        cached = CubeDataset(tmp_path, mode="patch", patch_size=(4, 96, 96), patches_per_volume=2, cache_volumes=2)
+    for i in (*range(len(data)), 0, 5):  # decoded volumes kept (and dropped) give the same patches
+        assert torch.equal(cached[i]["image"], data[i]["image"])
+    assert len(cached._cache) == 2
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="smaller than the patch"):
+        CubeDataset(tmp_path, mode="patch", patch_size=(4, 96, 96), pad=None)
+    with pytest.warns(UserWarning):
+        volumes = CubeDataset(tmp_path, mode="volume", spacing=(5.0, 2.0, 2.0))
+    batch = next(iter(torch.utils.data.DataLoader(volumes, batch_size=4, collate_fn=collate_list)))
+    assert len(batch["image"]) == 4 and len({tuple(i.shape) for i in batch["image"]}) > 1
+    assert all(sp.tolist() == [5.0, 2.0, 2.0] for sp in batch["spacing"])
+    ref = pydicom.dcmread(ct[0], stop_before_pixels=True)
+    expected = round(512 * float(ref.PixelSpacing[0]) / 2.0)  # 512 pixels of the CT's spacing, at 2 mm
+    assert expected in {int(i.shape[1]) for i in batch["image"]}
+
+
+def test_dataset_gives_every_item_of_every_file_of_the_data_set(tmp_path: Path) -> None:
+    """One cube per series folder and per single file of ../shared/data: every patch and every 37th slice load;
+    what has no pixels (ECG, SR, an empty dataset) is skipped with a reason."""
+    pytest.importorskip("torch")
+    from cubepacs.cube.sources import read_instances
+    from cubepacs.cube.writer import write_cube
+    from cubepacs.research.dataset import CubeDataset
+
+    for source in [*SERIES, *SINGLES]:
+        write_cube(read_instances([source]), tmp_path / f"{source.stem}.dcbs", codec="zstd", threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patches = CubeDataset(tmp_path, mode="patch", patch_size=(4, 64, 64), patches_per_volume=1)
+        slices = CubeDataset(tmp_path, mode="slice")
+    assert sorted(Path(p).stem for p in patches.skipped) == [
+        "ecg_waveform_mortara", "nested_private_sequences_min", "sr_comprehensive_nested"]
+    fmri = pydicom.dcmread(dicom_files(FMRI)[0], stop_before_pixels=True)
+    assert len(patches) == len(SERIES) + len(SINGLES) - 3 + int(fmri.NumberOfTemporalPositions) - 1  # 4D: split
+    shapes = {tuple(patches[i]["image"].shape) for i in range(len(patches))}
+    assert shapes == {(4, 64, 64), (4, 64, 64, 3)}  # grey and colour, padded where smaller
+    assert all(slices[i]["image"].ndim in (2, 3) for i in range(0, len(slices), 37))
