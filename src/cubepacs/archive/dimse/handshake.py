@@ -15,7 +15,9 @@ UID validation results are kept too (``cache_uid_validation``): pydicom and pyne
 UIDs thousands of times per association.
 
 Requests carrying a User Identity item are never cached (its answer is the server's to give each time), nor
-anything while pynetdicom logs at DEBUG or a PDU-level event handler is bound (they expect real PDU objects).
+those offering the SCP role for a class (a C-GET requestor: which syntax the archive accepts to send in depends on
+what it stores, ``syntaxes.py``), nor anything while pynetdicom logs at DEBUG or a PDU-level event handler is
+bound (they expect real PDU objects).
 
 Example
 -------
@@ -84,11 +86,12 @@ def remembered(data: bytes) -> CachedRequest | None:
 
 def remember(data: bytes, pdu: Any) -> CachedRequest | None:
     """Keep a freshly decoded A-ASSOCIATE-RQ for the next association sending the same bytes (None when it
-    must not be cached: another protocol version, or a User Identity item)."""
+    must not be cached: another protocol version, a User Identity item, an SCP role offered)."""
     if pdu.protocol_version != 0x0001:
         return None
     primitive = pdu.to_primitive()
-    if any(type(item).__name__ == "UserIdentityNegotiation" for item in primitive.user_information):
+    if any(type(item).__name__ == "UserIdentityNegotiation" or getattr(item, "scp_role", False)
+           for item in primitive.user_information):
         return None
     cached = CachedRequest(primitive)
     with _LOCK:

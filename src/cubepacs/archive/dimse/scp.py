@@ -32,7 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from cubepacs.archive.auth.accounts import Accounts
 from cubepacs.archive.auth.roles import guard_dimse
 from cubepacs.archive.dimse import handlers as h
-from cubepacs.archive.dimse import handshake, lean, retrieve
+from cubepacs.archive.dimse import handshake, lean, retrieve, syntaxes
 from cubepacs.archive.dimse.balance import Shared
 from cubepacs.archive.dimse.scu import ArchiveAE
 from cubepacs.archive.index.store import Index
@@ -116,6 +116,8 @@ def start_scp(host: str, port: int, ae_title: str, tenants: dict[str, str], stor
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, functools.partial(h.handle_requested, tenants=tenants, allowed=allowed or {},
                                               cert_tenants=cert_tenants or {})),
+        # the called tenant's stored syntaxes, for the contexts a C-GET requestor lets the archive send on
+        (evt.EVT_REQUESTED, functools.partial(syntaxes.bind_stored, tenants=tenants, index=index)),
         (evt.EVT_CONN_OPEN, h.handle_conn_open),
         (evt.EVT_ESTABLISHED, h.handle_established),
         (evt.EVT_RELEASED, h.handle_closed),
@@ -161,6 +163,9 @@ class Listeners:
 def start_from_settings(settings: Settings, storage: Storage, queue: Queue, index: Index,
                         shared: Shared | None = None) -> Any:
     """The DIMSE SCP (and DICOM TLS listener) of ``settings`` over these backends, in background threads."""
+    from cubepacs.archive.observability import events
+
+    events.configure(Path(settings.data_dir) / "accounts.db")  # refused instances, failed associations
     limits = Limits(settings.max_associations, settings.acse_timeout, settings.dimse_timeout,
                     settings.network_timeout)
     tls = (settings.dimse_tls_port, tls_context(settings.tls_cert, settings.tls_key, settings.tls_ca)) \
