@@ -173,9 +173,16 @@ def ingest(data: bytes, tenant: str, storage: Storage, queue: Queue, source: str
     instance of another study is refused (StudyMismatch) before anything is written. With ``metadata``, the event
     carries the instance's DICOM JSON for the index (:func:`stored_metadata`).
     """
-    ev, scan = _describe(data, source)
-    if study is not None and ev["study_uid"] != study:
-        raise StudyMismatch(source, f"Study Instance UID {ev['study_uid']} is not the study of the request ({study})")
+    try:
+        ev, scan = _describe(data, source)
+        if study is not None and ev["study_uid"] != study:
+            raise StudyMismatch(source, f"Study Instance UID {ev['study_uid']} is not the study of the request "
+                                        f"({study})")
+    except RejectedInstance as exc:  # counted and kept for the operations page (observability/events.py)
+        from cubepacs.archive.observability import events
+
+        events.refused(tenant, source, str(exc))
+        raise
     ev["tenant"] = check_tenant(tenant)
     ev["key"] = instance_key(tenant, ev["study_uid"], ev["series_uid"], ev["sop_uid"])
     if storage.exists(ev["key"]):

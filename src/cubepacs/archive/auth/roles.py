@@ -86,6 +86,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str]] = {
     ("POST", "/ui/admin/keys/{key_id}/revoke"): ("admin", "key-change"),
     ("POST", "/ui/admin/sessions/end"): ("admin", "sessions-end"),
     ("GET", "/ui/audit"): ("admin", ""),
+    ("GET", "/ui/operations"): ("admin", ""),  # web/opsui.py
     # no credential: health and metrics (operations), the sign-in page; the viewer's files and configuration
     # check the session cookie themselves (any signed-in role may view)
     ("GET", "/healthz"): (None, ""),

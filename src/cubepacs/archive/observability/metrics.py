@@ -40,6 +40,8 @@ INDEXED = Counter("cubepacs_indexed_instances", "instances the indexer added or 
 BUILDS = Counter("cubepacs_webworker_builds", "series built by the web worker", ["result"])
 NOT_COMPACTED = Counter("cubepacs_instances_not_compacted", "instances left out of their series' cube (served "
                         "from their files): the builder could not put them in a cube that reads back")
+REFUSED = Counter("cubepacs_instances_refused", "instances refused, never stored (unreadable, no UIDs, another "
+                  "study than the request's)", ["tenant", "protocol"])
 HTTP = Counter("cubepacs_http_requests", "HTTP requests", ["route", "method", "status"])
 HTTP_SECONDS = Histogram("cubepacs_http_seconds", "HTTP request time", ["route"],
                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))

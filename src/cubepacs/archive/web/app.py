@@ -95,6 +95,10 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     declared.install(app)  # a declared error a route lets through is its 4xx/503, never a 500
     services.api_keys = normalize(services.api_keys)  # only hashes are kept in memory too
     app.state.services = services
+    if services.sessions is not None:  # refused STOW-RS parts kept next to the DIMSE ones (observability/events.py)
+        from cubepacs.archive.observability import events
+
+        events.configure(services.sessions.path)
     services.read_ahead = wado.read_ahead(services)
     app.add_middleware(fastframes.FrameFastPath, services=services)  # first added: innermost (inside CORS, access log)
     if services.cors_origins:
@@ -131,5 +135,8 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     for extend in extensions:
         extend(app, services)
     adminui.add_routes(app, services)  # /ui: the archive's own pages
+    from cubepacs.archive.web import opsui
+
+    opsui.add_routes(app, services)  # /ui/operations
     ui.add_routes(app, services)  # last: its catch-all serves the viewer's client-side routes
     return app

@@ -35,7 +35,7 @@ img.thumb{height:64px;background:#000}
 <nav><a href="/ui">Studies</a>{% if ident and ident.role in ('admin', 'user') %}<a href="/ui/upload">Upload</a>{%
 endif %}
 {% if ident and ident.role == 'admin' %}<a href="/ui/admin">Users, keys, sessions</a>
-<a href="/ui/audit">Audit log</a>{% endif %}
+<a href="/ui/audit">Audit log</a><a href="/ui/operations">Operations</a>{% endif %}
 <a href="/">Viewer (OHIF)</a>
 {% if ident %}<span class="who">{{ ident.principal }} · {{ ident.role }} · tenant {{ ident.tenant }}</span>
 <form class="inline" method="post" action="/logout"><button>Sign out</button></form>{% endif %}</nav>
