@@ -36,7 +36,7 @@ from cubepacs.archive.web.tokens import OidcVerifier
 from tests.archive.conftest import free_port, serve_jwks, wait_until
 
 SAMPLE = {"study": "1.2.3", "series": "1.2.3.4", "sop": "1.2.3.4.5", "frames": "1", "path": "7FE00010",
-          "name": "nobody", "key_id": "abcdef123456", "path:path": "7FE00010"}
+          "name": "nobody", "key_id": "abcdef123456", "path:path": "7FE00010", "label": "x", "job": "0123abcd"}
 # bodies that make an allowed request stop at validation (nothing is created or sent)
 BODY: dict[tuple[str, str], Any] = {("POST", "/api/keys"): {"role": "no-such-role"},
                                     ("POST", "/api/users"): {"name": ""}, ("POST", "/api/send"): {},
@@ -170,7 +170,7 @@ def test_without_credentials_only_public_routes_answer(site: Site) -> None:
     # the public ones: health and metrics, the sign-in page; a failed sign-in, the viewer's configuration and
     # files without a session say so (401 or a redirect to the sign-in page)
     assert public == {"GET /healthz": 200, "GET /readyz": 200, "GET /metrics": 200, "GET /openapi.json": 200,
-                      "GET /login": 200,
+                      "GET /login": 200, "GET /ui/static/htmx.min.js": 200,
                       "POST /login": 401, "POST /logout": 303, "GET /app-config.js": 401, "GET /{path:path}": 303}
 
 

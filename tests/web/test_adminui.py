@@ -94,7 +94,8 @@ def test_an_administrator_at_work(browser: Any, site: Server, dest: Path, tmp_pa
     # upload the series' folder with the browser's folder picker
     go(page, "text=Upload")
     page.set_input_files("#folder", str(CT))
-    go(page, "#send-folder")
+    page.click("#send-files")  # htmx posts it: the result comes into the page
+    page.wait_for_selector("#result")
     result = page.inner_text("#result")
     assert result == f"{len(files)} stored, 1 refused.", result  # the folder's DIRFILE is no instance
     page.screenshot(path=str(ARTIFACTS / "ui-upload.png"))
@@ -144,9 +145,10 @@ def test_an_administrator_at_work(browser: Any, site: Server, dest: Path, tmp_pa
         sop_uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
         assert split_file(raw).dataset_bytes() == split_file(got[sop_uid]).dataset_bytes(), f.name
     # send it to the peer: every instance's result on the page, every file there with its data set as sent
-    page.select_option("#send select", "DEST")
-    go(page, "#send button")
-    assert page.inner_text("#summary") == f"{len(files)} sent, 0 failed."
+    page.select_option("#send-to", "DEST")
+    go(page, "#send button")  # a send job: its page follows it
+    page.wait_for_selector("#job[data-state=done]", timeout=60_000)
+    assert page.inner_text("#summary") == f"{len(files)} sent, 0 failed of {len(files)}."
     assert page.locator("#sent tr").count() == len(files) + 1
     page.screenshot(path=str(ARTIFACTS / "ui-send.png"))
     arrived = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in dest.iterdir()}

@@ -151,3 +151,32 @@ def _range(col: Any, vr: str, item: str) -> Any:
     if hi:
         parts.append(value <= hi)
     return and_(*parts)
+
+
+# the study list's sort keys (``search_studies(order=…)``) → the aggregates they sort on
+STUDY_ORDERS = {"date": ("study_date", "study_time"), "patient": ("patient_name",), "patient_id": ("patient_id",),
+                "accession": ("accession_number",), "description": ("study_description",),
+                "modality": ("modality",), "series": (), "instances": (), "uid": ()}
+
+
+def study_order(order: str) -> list[Any]:
+    """ORDER BY terms of a study list order (``date``, ``-date``, …; "" → none). ValueError for an unknown one.
+
+    Example
+    -------
+    >>> [str(t) for t in study_order("-date")]
+    ['max(dicom_state_meta.study_date) DESC', 'max(dicom_state_meta.study_time) DESC']
+    """
+    from cubepacs.archive.index.models import dicom_state_meta as s
+
+    name = order.removeprefix("-")
+    if not order:
+        return []
+    if name not in STUDY_ORDERS:
+        raise ValueError(f"unknown sort order {order!r}: one of {', '.join(STUDY_ORDERS)} (- before it: descending)")
+    terms: list[Any] = ([func.min(s.c.modality)] if name == "modality" else
+                        [func.count()] if name == "series" else
+                        [func.sum(s.c.series_related_instances)] if name == "instances" else
+                        [s.c.study_uid] if name == "uid" else
+                        [func.max(s.c[c]) for c in STUDY_ORDERS[name]])
+    return [t.desc() if order.startswith("-") else t.asc() for t in terms]

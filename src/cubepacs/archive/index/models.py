@@ -24,7 +24,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 metadata = MetaData()
 
 schema_version = Table(
@@ -102,8 +102,17 @@ dicom_instance_json = Table(
     Column("doc", LargeBinary, nullable=False),  # zlib-compressed DICOM JSON, BulkDataURIs relative to the host
 )
 
-# version -> SQL statements bringing version-1 to version; version 2 only added a table (create_all makes it)
-MIGRATIONS: dict[int, list[str]] = {2: [], 3: []}
+# labels an admin UI user puts on a study (``index/labels.py``), per tenant; kept when the study's instances change
+study_label = Table(
+    "study_label", metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("study_uid", String(64), primary_key=True),
+    Column("label", String(64), primary_key=True),
+    Index("ix_label_tenant_label", "tenant_id", "label"),
+)
+
+# version -> SQL statements bringing version-1 to version; versions 2 and 4 only added a table (create_all makes it)
+MIGRATIONS: dict[int, list[str]] = {2: [], 3: [], 4: []}
 # the attributes C-FIND and QIDO match and answer: kept as stored, of any length (a malformed value is answered
 # unchanged, never cut: docs/archive.md, "Queries")
 QUERIED = ("patient_id", "patient_name", "patient_sex", "patient_birth_date", "study_date", "study_time",

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.sql import Select
 
 from cubepacs._registry import mask_url
-from cubepacs.archive.index.matching import condition
+from cubepacs.archive.index.matching import condition, study_order
 from cubepacs.archive.index.models import (
     DIALECT_MIGRATIONS,
     MIGRATIONS,
@@ -310,17 +310,25 @@ class Index:
         return _where(table, fields, filters, fuzzy, self.engine.dialect.name, qido, self.pn_case_sensitive)
 
     def search_studies(self, tenant: str, filters: dict[str, Any], limit: int = 100, offset: int = 0,
-                       fuzzy: bool = False, qido: bool = False) -> list[dict[str, Any]]:
+                       fuzzy: bool = False, qido: bool = False, order: str = "",
+                       label: str = "") -> list[dict[str, Any]]:
         """Studies of ``tenant`` matching ``filters`` (DICOM keywords → values, matched as PS3.4 C.2.2.2 says:
-        ``index/matching.py``; ``qido``: a comma separates values too), ordered by study UID."""
+        ``index/matching.py``; ``qido``: a comma separates values too), ordered by study UID, or by ``order``
+        (one of ``matching.STUDY_ORDERS``, ``-`` before it: descending; ties by study UID); ``label``: only studies
+        carrying it (``index/labels.py``)."""
+        from cubepacs.archive.index.labels import studies_with
+
         s = dicom_state_meta
         cond = [s.c.tenant_id == tenant, *self._conditions(s, STUDY_FIELDS, filters, fuzzy, qido)]
+        if label:
+            cond.append(s.c.study_uid.in_(studies_with(tenant, label)))
         cols = [func.max(s.c[c]).label(c) for c in STUDY_FIELDS.values() if c not in ("study_uid", "modality")]
         matching = select(s.c.study_uid).where(*cond).distinct()
+        keys = [*study_order(order), s.c.study_uid]
         q: Select[Any] = (select(s.c.study_uid, *cols, func.count().label("series"),
                                  func.sum(s.c.series_related_instances).label("instances"))
                           .where(s.c.tenant_id == tenant, s.c.study_uid.in_(matching))
-                          .group_by(s.c.study_uid).order_by(s.c.study_uid).limit(limit).offset(offset))
+                          .group_by(s.c.study_uid).order_by(*keys).limit(limit).offset(offset))
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
             if rows:
@@ -468,6 +476,10 @@ class Index:
             conn.execute(i.delete().where(*cond))
             for uid in {r.series_uid for r in rows}:
                 self._recount(conn, tenant, study, uid, now)
+            if series is None and sops is None:  # the study is gone: its labels too
+                from cubepacs.archive.index.labels import forget_study
+
+                forget_study(conn, tenant, study)
         return keys
 
     def close(self) -> None:

@@ -1,11 +1,11 @@
 """The archive's own web UI at ``/ui`` (server-rendered pages, same sign-in as the viewer; OHIF stays the viewer).
 
 * ``/ui``: the study list — filters (patient name with wildcards, ID, accession, description, modality, date
-  range), paging; ``/ui/studies/{study}``: its series with thumbnails (``/thumbnail``), "open in OHIF", download
-  as ZIP, send to a configured peer (user, admin; each instance's result shown as it is sent), delete with a
-  confirmation page (admin); ``…/series/{series}``: its instances; ``…/instances/{sop}``:
-  every tag of the stored file (sequences expandable, private tags named by their creator).
-* ``/ui/upload``: files or a whole folder (the browser's folder picker), stored as STOW-RS stores them.
+  range, label), sorting by any column (server side, ``?sort=date`` / ``-date``), paging;
+  ``/ui/studies/{study}``: its labels, its series with thumbnails (``/thumbnail``), "open in OHIF", downloads,
+  send, delete (those actions: ``studyactions.py``, ``jobsui.py``); ``…/series/{series}``: its instances;
+  ``…/instances/{sop}``: every tag of the stored file (sequences expandable, private tags named by their creator).
+* ``/ui/upload``: ``uploads.py``.
 * ``/ui/admin``: users, API keys and sessions of the tenant (add, change, remove, create, revoke, end, end all);
   ``/ui/audit``: the audit log.
 
@@ -21,25 +21,21 @@ Example
 
 from __future__ import annotations
 
-import html
-import tempfile
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from cubepacs.archive import manage
 from cubepacs.archive.auth import apikeys, roles
+from cubepacs.archive.index import labels
 from cubepacs.archive.keys import check_uid
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.session import describe, remove_user, save_user
 from cubepacs.archive.web.uitemplates import render
-from cubepacs.errors import ConfigError, CubepacsError
+from cubepacs.errors import ConfigError
 
 UI = "/ui"
 _FILTERS = ("PatientName", "PatientID", "AccessionNumber", "StudyDescription", "ModalitiesInStudy")
@@ -124,15 +120,23 @@ def add_routes(app: FastAPI, services: Any) -> None:
         limit, offset = _paging(q.get("limit", ""), 1, 200, 50), _paging(q.get("offset", ""), 0, 2**31 - 1, 0)
         try:
             rows = await run_in_threadpool(services.index.search_studies, ident.tenant, _query_filters(q),
-                                           limit + 1, offset, False, True)
+                                           limit + 1, offset, False, True, q.get("sort", ""), q.get("label", ""))
         except (ConfigError, ValueError) as exc:
             return _page("message.html", 400, title="Search", message=str(exc), kind="err", ident=ident, back=UI)
+        more, rows = len(rows) > limit, rows[:limit]
+        tagged = labels.of_studies(services.index, ident.tenant, [r["study_uid"] for r in rows])
+        for r in rows:
+            r["labels"] = tagged[r["study_uid"]]
 
         def page(at: int) -> str:
             return urlencode({**q, "offset": max(at, 0), "limit": limit})
 
-        return _page("studies.html", title="Studies", ident=ident, studies=rows[:limit], more=len(rows) > limit,
-                     q=q, limit=limit, offset=offset, page=page)
+        def sorted_by(key: str) -> str:  # the list sorted by key (again: the other way), from its first page
+            return urlencode({**q, "sort": f"-{key}" if q.get("sort") == key else key, "offset": 0, "limit": limit})
+
+        return _page("studies.html", title="Studies", ident=ident, studies=rows, more=more, q=q, limit=limit,
+                     offset=offset, page=page, sorted_by=sorted_by,
+                     all_labels=labels.tenant_labels(services.index, ident.tenant))
 
     @app.get(UI + "/studies/{study}")
     async def study(study: str, request: Request) -> Response:
@@ -145,42 +149,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
             first = services.index.search_instances(ident.tenant, {}, study, s["series_uid"], limit=1)
             s["first"] = first[0]["sop_uid"] if first else ""
         return _page("study.html", title="Study", ident=ident, study=row, series=series, csrf=ident.csrf,
-                     peers=sorted(services.remote_aes))
-
-    @app.post(UI + "/studies/{study}/send")
-    async def send(study: str, request: Request) -> Response:
-        ident, form = await _form_who(request)
-        if not isinstance(ident, Identity):
-            return ident
-        to = form.get("to", "")
-        try:
-            manage.destination(services.remote_aes, to)
-            rows = manage.resolve(services.index, ident.tenant, "study", study)
-        except ConfigError as exc:
-            return _page("message.html", 400, title="Not sent", message=str(exc), kind="err", ident=ident, back=UI)
-        if not rows:
-            raise HTTPException(404, f"no study {study}")
-        request.state.detail = f"study {study} to {to}"
-        page = render("sent.html", title="Send", ident=ident, to=to, count=len(rows))
-        head, _, rest = page.partition("<!--rows-->")
-        middle, _, tail = rest.partition("<!--summary-->")
-
-        def lines() -> Iterator[str]:  # each instance's row as it is sent: the page shows the progress
-            yield head
-            sent = failed = 0
-            try:
-                for r in manage.send(services.storage, rows, services.remote_aes, to, services.ae_title):
-                    sent, failed = sent + r.ok, failed + (not r.ok)
-                    status = "" if r.status is None else f"0x{r.status:04X}"
-                    yield (f"<tr><td class=mono>{html.escape(r.sop_uid)}</td><td>{status}</td>"
-                           f"<td>{html.escape(r.sent_as)}</td></tr>\n")
-            except CubepacsError as exc:
-                failed = len(rows) - sent
-                yield f"<tr><td colspan=3 class=err>{html.escape(str(exc))}</td></tr>"
-            yield middle + f'<p id="summary">{sent} sent, {failed} failed.</p>' + tail
-
-        return StreamingResponse(lines(), media_type="text/html; charset=utf-8",
-                                 headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+                     peers=sorted(services.remote_aes), study_uid=study,
+                     labels=labels.of_studies(services.index, ident.tenant, [study])[study])
 
     @app.get(UI + "/studies/{study}/series/{series}")
     async def series_page(study: str, series: str, request: Request) -> Response:
@@ -213,82 +183,6 @@ def add_routes(app: FastAPI, services: Any) -> None:
         meta, elements = await run_in_threadpool(tag_tree, data)
         return _page("tags.html", title="Instance", ident=ident, study=study, series=series, sop=sop, meta=meta,
                      elements=elements)
-
-    @app.get(UI + "/studies/{study}/zip")
-    async def study_zip(study: str, request: Request) -> Response:
-        ident = await _who(request)
-        if not isinstance(ident, Identity):
-            return ident
-        study_row(ident.tenant, study)
-        rows = services.index.instances_of(ident.tenant, study)
-
-        def build() -> Any:
-            spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024**2, prefix="cubepacs-zip-")
-            with zipfile.ZipFile(spool, "w", zipfile.ZIP_STORED) as zf:
-                for r in rows:
-                    zf.writestr(f"{r['series_uid']}/{r['sop_uid']}.dcm", services.storage.get(r["storage_key"]))
-            spool.seek(0)
-            return spool
-
-        spool = await run_in_threadpool(build)
-
-        def chunks() -> Iterator[bytes]:
-            with spool:
-                while block := spool.read(1024 * 1024):
-                    yield block
-
-        return StreamingResponse(chunks(), media_type="application/zip",
-                                 headers={"Content-Disposition": f'attachment; filename="{study}.zip"'})
-
-    @app.get(UI + "/studies/{study}/delete")
-    async def confirm_delete(study: str, request: Request) -> Response:
-        ident = await _who(request)
-        if not isinstance(ident, Identity):
-            return ident
-        return _page("confirm.html", title="Delete study", ident=ident, study=study_row(ident.tenant, study),
-                     csrf=ident.csrf)
-
-    @app.post(UI + "/studies/{study}/delete")
-    async def delete(study: str, request: Request) -> Response:
-        ident, _ = await _form_who(request)
-        if not isinstance(ident, Identity):
-            return ident
-        check_uid(study, "StudyInstanceUID")
-        n = await run_in_threadpool(manage.delete, services.storage, services.queue, services.index, services.cache,
-                                    ident.tenant, "study", study)
-        return _page("message.html", title="Deleted", ident=ident, message=f"{n} instance(s) deleted.", back=UI)
-
-    @app.get(UI + "/upload")
-    async def upload_form(request: Request) -> Response:
-        ident = await _who(request)
-        if not isinstance(ident, Identity):
-            return ident
-        return _page("upload.html", title="Upload", ident=ident, csrf=ident.csrf)
-
-    @app.post(UI + "/upload")
-    async def upload(request: Request) -> Response:
-        from cubepacs.archive.web import multipart
-        from cubepacs.archive.web.stow import spool, store_parts
-
-        ident, _ = await _form_who(request, request.query_params.get("csrf", ""))
-        if not isinstance(ident, Identity):
-            return ident
-        ctype = request.headers.get("content-type", "")
-        boundary = ctype.partition("boundary=")[2].strip('"')
-        if not ctype.startswith("multipart/form-data") or not boundary:
-            raise HTTPException(415, "expected multipart/form-data")
-        body, size = await spool(request, services.max_request_bytes)
-        try:
-            _, doc, reasons = await run_in_threadpool(store_parts, services, ident.tenant, None, body, size,
-                                                      f"multipart/related; boundary={boundary}")
-        except multipart.MultipartError as exc:
-            raise HTTPException(400, str(exc)) from None
-        finally:
-            body.close()
-        stored = len(doc.get("00081199", {}).get("Value", []))
-        failed = len(doc.get("00081198", {}).get("Value", []))
-        return _page("upload.html", title="Upload", ident=ident, csrf=ident.csrf,
-                     result={"stored": stored, "failed": failed, "reasons": reasons})
 
     def admin_page(ident: Identity, new_key: dict[str, str] | None = None, status: int = 200) -> Response:
         services.refresh_keys()

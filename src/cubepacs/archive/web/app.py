@@ -88,7 +88,21 @@ class AccessMiddleware:
 def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     """The DICOMweb app (routes under ``/dicom-web``), the archive's API (``/api``), health, metrics and the web
     UI; ``extensions`` are functions ``(app, services)`` adding more routes (before the UI's catch-all)."""
-    from cubepacs.archive.web import admin, adminui, api, declared, fastframes, openapi, qido, stow, ui, wado
+    from cubepacs.archive.web import (
+        admin,
+        adminui,
+        api,
+        declared,
+        fastframes,
+        jobsui,
+        openapi,
+        qido,
+        stow,
+        studyactions,
+        ui,
+        uploads,
+        wado,
+    )
 
     app = FastAPI(title="cubepacs DICOMweb", docs_url=None, redoc_url=None)
     openapi.describe(app)  # the document says what the routes really answer (codes, content types)
@@ -135,6 +149,9 @@ def create_app(services: Services, extensions: Sequence[Any] = ()) -> FastAPI:
     for extend in extensions:
         extend(app, services)
     adminui.add_routes(app, services)  # /ui: the archive's own pages
+    studyactions.add_routes(app, services)  # their labels, downloads, deletion
+    uploads.add_routes(app, services)  # uploads (files, folders, ZIPs)
+    jobsui.add_routes(app, services)  # send jobs
     from cubepacs.archive.web import opsui
 
     opsui.add_routes(app, services)  # /ui/operations

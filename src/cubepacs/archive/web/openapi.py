@@ -42,7 +42,12 @@ _FAMILIES: list[tuple[str, str, tuple[str, ...], tuple[int, ...], tuple[int, ...
     ("get", r"/metrics$", ("text/plain",), (200,), ()),
     ("get", r"/(healthz|readyz)$", (JSON,), (200, 503), ()),
     ("get", r"/app-config\.js$", ("text/javascript",), (200,), (401, 403)),  # 401: a script to the login
-    ("get", r"/ui/studies/\{study\}/zip$", ("application/zip",), (200,), (400, 401, 403, 404, 503)),
+    ("get", r"/ui/studies/\{study\}(/series/\{series\})?/(zip|cube)$", ("application/zip", "application/octet-stream"),
+     (200,), (400, 401, 403, 404, 409, 503)),
+    ("get", r"^/ui/static/", ("text/javascript",), (200,), ()),
+    ("post", r"/api/upload$", (JSON,), (200, 202, 409), (400, 401, 403, 413, 415, 503, 507)),
+    ("post", r"/api/jobs/send$", (JSON,), (202,), (400, 401, 403, 404, 413, 503)),
+    ("put", r"/api/studies/.*/labels/", (JSON,), (200, 201), (400, 401, 403, 404, 503)),
     ("get", r"^/(ui|login|logout|\{path\})", (HTML,), (200,), (303, 400, 401, 403, 404, 503)),
     ("post", r"^/(ui|login|logout)", (HTML,), (200, 201), (303, 400, 401, 403, 404, 409, 413, 415, 503)),
     ("", r"", (JSON,), (200,), (400, 401, 403, 404, 409, 413, 503)),
@@ -113,4 +118,4 @@ _PATTERNS = {"study": UID, "series": UID, "sop": UID,
 _REASONS = {400: "Bad parameter or body", 401: "No or unknown API key", 403: "Role does not allow it",
             404: "Not found", 406: "Transfer syntax not acceptable", 409: "Conflict", 413: "Body too large",
             415: "Unsupported media type", 422: "Unprocessable (parameters, or pixel data that cannot be decoded)",
-            503: "A backend is away"}
+            503: "A backend is away", 507: "Storage below its free-space watermark"}

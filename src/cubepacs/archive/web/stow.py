@@ -21,6 +21,7 @@ from __future__ import annotations
 import mmap
 import struct
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from io import BytesIO
 from typing import IO, Any
 
@@ -168,46 +169,64 @@ async def spool(request: Request, limit: int) -> tuple[IO[bytes], int]:
 
 
 def store_parts(services: Services, tenant: str, study: str | None, body: IO[bytes], size: int,
-                content_type: str) -> tuple[int, dict[str, Any], list[str]]:
-    """Store every part of a spooled body: (HTTP status, response JSON, reasons of the failures)."""
-    stored: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    reasons: list[str] = []
+                content_type: str,
+                expand: Callable[[str, bytes], Iterable[tuple[str, bytes]]] | None = None,
+                ) -> tuple[int, dict[str, Any], list[str]]:
+    """Store every part of a spooled body: (HTTP status, response JSON, reasons of the failures). ``expand``
+    ((source, part) → (source, file) items): what a part holds, when it may hold several files (a ZIP the admin
+    UI's upload takes apart, ``web/uploads.py``)."""
     mapped: Any = mmap.mmap(body.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     parts = multipart.iter_parts(mapped, content_type)
-    count = 0
-    try:
+
+    def items() -> Iterator[tuple[str, bytes]]:
         for n, view in enumerate(parts):
-            count += 1
             with view:
                 data = bytes(view)
-            source = f"part {n + 1}"
-            try:
-                ev = ingest(with_file_meta(data), tenant, services.storage, services.queue, source=source,
-                            overwrite=services.overwrite, study=study,
-                            metadata=services.metadata_at_ingest)
-            except Exception as exc:
-                code, reason = ((FAILURE_STUDY_MISMATCH, str(exc)) if isinstance(exc, StudyMismatch) else
-                                (FAILURE_CANNOT_UNDERSTAND, str(exc)) if isinstance(exc, RejectedInstance) else
-                                (FAILURE_OUT_OF_RESOURCES, f"{source}: could not be stored ({type(exc).__name__})"))
-                failed.append({**sop_refs(data), "00081197": {"vr": "US", "Value": [code]}})
-                reasons.append(reason)
-                continue
-            url = f"{ROOT}/studies/{ev['study_uid']}/series/{ev['series_uid']}/instances/{ev['sop_uid']}"
-            stored.append({"00081150": _ui(ev["sop_class_uid"]), "00081155": _ui(ev["sop_uid"]),
-                           "00081190": {"vr": "UR", "Value": [url]}})
+            yield from (expand or (lambda source, d: [(source, d)]))(f"part {n + 1}", data)
+
+    try:
+        status, body_json, reasons, count = store_items(services, tenant, study, items())
     finally:
         parts.close()  # its view of the mapped body released, whatever ended the loop
         if isinstance(mapped, mmap.mmap):
             mapped.close()
     if count == 0:
         raise multipart.MultipartError("the request holds no DICOM part")
+    return status, body_json, reasons
+
+
+def store_items(services: Services, tenant: str, study: str | None,
+                items: Iterable[tuple[str, bytes]]) -> tuple[int, dict[str, Any], list[str], int]:
+    """Store each (source, file bytes) item through the ingest path: (HTTP status, STOW-RS response JSON, reasons
+    of the failures, how many items there were). An item whose source is ``…: refused`` carries its reason as
+    its bytes (what :func:`store_parts`'s ``expand`` could not take apart)."""
+    stored: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    count = 0
+    for source, data in items:
+        count += 1
+        try:
+            if source.endswith(": refused"):
+                raise RejectedInstance(source.removesuffix(": refused"), data.decode("utf-8", "replace"))
+            ev = ingest(with_file_meta(data), tenant, services.storage, services.queue, source=source,
+                        overwrite=services.overwrite, study=study, metadata=services.metadata_at_ingest)
+        except Exception as exc:
+            code, reason = ((FAILURE_STUDY_MISMATCH, str(exc)) if isinstance(exc, StudyMismatch) else
+                            (FAILURE_CANNOT_UNDERSTAND, str(exc)) if isinstance(exc, RejectedInstance) else
+                            (FAILURE_OUT_OF_RESOURCES, f"{source}: could not be stored ({type(exc).__name__})"))
+            failed.append({**sop_refs(data), "00081197": {"vr": "US", "Value": [code]}})
+            reasons.append(reason)
+            continue
+        url = f"{ROOT}/studies/{ev['study_uid']}/series/{ev['series_uid']}/instances/{ev['sop_uid']}"
+        stored.append({"00081150": _ui(ev["sop_class_uid"]), "00081155": _ui(ev["sop_uid"]),
+                       "00081190": {"vr": "UR", "Value": [url]}})
     body_json: dict[str, Any] = {}
     if stored:
         body_json["00081199"] = {"vr": "SQ", "Value": stored}
     if failed:
         body_json["00081198"] = {"vr": "SQ", "Value": failed}
-    return (200 if not failed else (202 if stored else 409)), body_json, reasons
+    return (200 if not failed else (202 if stored else 409)), body_json, reasons, count
 
 
 def add_routes(app: FastAPI, services: Services) -> None:

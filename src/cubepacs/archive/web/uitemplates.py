@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from cubepacs.archive.web.actiontemplates import ACTION_TEMPLATES
+
 BASE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }} — cubepacs</title>
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <style>
@@ -31,9 +33,12 @@ button{padding:.3rem .8rem;cursor:pointer}
 .mono{font-family:ui-monospace,monospace;font-size:.85rem}
 details{margin-left:1rem}
 img.thumb{height:64px;background:#000}
+.label{background:#dde9f5;border-radius:10px;padding:.1rem .5rem;margin-right:.3rem}
+.label button{border:0;background:none;padding:0 .2rem}
+a.sort{color:inherit}
 </style></head><body>
-<nav><a href="/ui">Studies</a>{% if ident and ident.role in ('admin', 'user') %}<a href="/ui/upload">Upload</a>{%
-endif %}
+<nav><a href="/ui">Studies</a>{% if ident and ident.role in ('admin', 'user') %}<a href="/ui/upload">Upload</a><a
+href="/ui/export">Export</a>{% endif %}{% if ident %}<a href="/ui/jobs">Jobs</a>{% endif %}
 {% if ident and ident.role == 'admin' %}<a href="/ui/admin">Users, keys, sessions</a>
 <a href="/ui/audit">Audit log</a><a href="/ui/operations">Operations</a>{% endif %}
 <a href="/">Viewer (OHIF)</a>
@@ -53,39 +58,51 @@ STUDIES = """{% extends "base.html" %}{% block body %}
 <input name="ModalitiesInStudy" placeholder="modality" value="{{ q.ModalitiesInStudy }}" size="6">
 <input name="from" placeholder="from YYYYMMDD" value="{{ q['from'] }}" size="12">
 <input name="to" placeholder="to YYYYMMDD" value="{{ q.to }}" size="12">
+<select name="label" id="label-filter"><option value="">any label</option>{% for l in all_labels %}
+<option {% if l == q.label %}selected{% endif %}>{{ l }}</option>{% endfor %}</select>
+<input type="hidden" name="sort" value="{{ q.sort }}">
 <select name="limit">{% for n in (25, 50, 100, 200) %}<option {% if n == limit %}selected{% endif %}>{{ n
 }}</option>{% endfor %}</select>
 <button type="submit">Search</button></form>
-<table id="studies"><tr><th>Patient</th><th>ID</th><th>Date</th><th>Modalities</th><th>Description</th>
-<th>Accession</th>
-<th>Series</th><th>Instances</th></tr>
+{% macro th(key, text) %}<th><a class="sort" id="sort-{{ key }}" href="?{{ sorted_by(key) }}">{{ text }}{{
+' ▲' if q.sort == key else (' ▼' if q.sort == '-' + key else '') }}</a></th>{% endmacro %}
+<table id="studies"><tr>{{ th('patient', 'Patient') }}{{ th('patient_id', 'ID') }}{{ th('date', 'Date') }}{{
+th('modality', 'Modalities') }}{{ th('description', 'Description') }}{{ th('accession', 'Accession') }}{{
+th('series', 'Series') }}{{ th('instances', 'Instances') }}<th>Labels</th></tr>
 {% for s in studies %}<tr><td><a href="/ui/studies/{{ s.study_uid }}">{{ s.patient_name or '(no name)' }}</a></td>
 <td>{{ s.patient_id or '' }}</td><td>{{ s.study_date or '' }}</td>
 <td>{{ s.modalities|join(', ') if s.modalities is iterable and s.modalities is not string else s.modalities or ''
 }}</td>
 <td>{{ s.study_description or '' }}</td><td>{{ s.accession_number or '' }}</td><td>{{ s.series }}</td>
-<td>{{ s.instances }}</td></tr>
-{% else %}<tr><td colspan="8">No study matches.</td></tr>{% endfor %}</table>
+<td>{{ s.instances }}</td><td>{% for l in s.labels %}<span class="label">{{ l }}</span>{% endfor %}</td></tr>
+{% else %}<tr><td colspan="9">No study matches.</td></tr>{% endfor %}</table>
 <p>{% if offset > 0 %}<a id="prev" href="?{{ page(offset - limit) }}">Previous</a>{% endif %}
 studies {{ offset + 1 if studies else 0 }}–{{ offset + studies|length }}
 {% if more %}<a id="next" href="?{{ page(offset + limit) }}">Next</a>{% endif %}</p>{% endblock %}"""
 
-STUDY = """{% extends "base.html" %}{% block body %}
+STUDY = """{% extends "base.html" %}{% block body %}<script src="/ui/static/htmx.min.js"></script>
 <p>{{ study.patient_name or '' }} · {{ study.patient_id or '' }} · {{ study.study_date or '' }} ·
 {{ study.study_description or '' }}</p>
-<p><a href="/viewer?StudyInstanceUIDs={{ study.study_uid }}">Open in OHIF</a> ·
-<a id="zip" href="/ui/studies/{{ study.study_uid }}/zip">Download ZIP</a>
-{% if ident.role == 'admin' %} · <a id="delete" href="/ui/studies/{{ study.study_uid }}/delete">Delete…</a>{% endif
-%}</p>
-{% if peers and ident.role in ('admin', 'user') %}<form method="post" action="/ui/studies/{{ study.study_uid }}/send"
-id="send"><input type="hidden" name="csrf" value="{{ csrf }}"><select name="to">{% for p in peers %}
-<option>{{ p }}</option>{% endfor %}</select><button>Send the study</button></form>{% endif %}
-<table id="series"><tr><th></th><th>Number</th><th>Modality</th><th>Description</th><th>Instances</th></tr>
+{% set base = '/ui/studies/' ~ study.study_uid %}
+<p><a href="/viewer?StudyInstanceUIDs={{ study.study_uid }}">Open in OHIF</a> · Download:
+<a id="zip" href="{{ base }}/zip">ZIP</a> · <a id="zip-dicomdir" href="{{ base }}/zip?dicomdir=1">ZIP with
+DICOMDIR</a> · <a id="cubes" href="{{ base }}/cube">cubes (.dcbs, in a ZIP)</a>
+{% if ident.role == 'admin' %} · <a id="delete" href="{{ base }}/delete">Delete…</a>{% endif %}</p>
+{% include "labels.html" %}
+{% if peers and ident.role in ('admin', 'user') %}<form method="post" action="{{ base }}/send" id="send">
+<input type="hidden" name="csrf" value="{{ csrf }}">Send <select name="series" id="send-what"><option value="">the
+whole study</option>{% for s in series %}<option value="{{ s.series_uid }}">series {{ s.series_number }} {{
+s.series_description or '' }}</option>{% endfor %}</select> to <select name="to" id="send-to">{% for p in peers %}
+<option>{{ p }}</option>{% endfor %}</select><button>Send</button></form>{% endif %}
+<table id="series"><tr><th></th><th>Number</th><th>Modality</th><th>Description</th><th>Instances</th>
+<th>Download</th></tr>
 {% for s in series %}<tr><td>{% if s.first %}<img class="thumb" loading="lazy" alt=""
 src="/dicom-web/studies/{{ study.study_uid }}/series/{{ s.series_uid }}/instances/{{ s.first }}/thumbnail">{% endif
 %}</td>
-<td><a href="/ui/studies/{{ study.study_uid }}/series/{{ s.series_uid }}">{{ s.series_number }}</a></td>
-<td>{{ s.modality or '' }}</td><td>{{ s.series_description or '' }}</td><td>{{ s.series_related_instances }}</td></tr>
+<td><a href="{{ base }}/series/{{ s.series_uid }}">{{ s.series_number }}</a></td>
+<td>{{ s.modality or '' }}</td><td>{{ s.series_description or '' }}</td><td>{{ s.series_related_instances }}</td>
+<td><a class="series-zip" href="{{ base }}/series/{{ s.series_uid }}/zip">ZIP</a> ·
+<a class="series-cube" href="{{ base }}/series/{{ s.series_uid }}/cube">.dcbs</a></td></tr>
 {% endfor %}</table>{% endblock %}"""
 
 SERIES = """{% extends "base.html" %}{% block body %}
@@ -115,16 +132,6 @@ instances) — files, index rows and cubes? This cannot be undone.</p>
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <button class="danger" id="confirm">Delete for good</button> <a href="/ui/studies/{{ study.study_uid }}">Cancel</a>
 </form>{% endblock %}"""
-
-UPLOAD = """{% extends "base.html" %}{% block body %}
-<form method="post" enctype="multipart/form-data" action="/ui/upload?csrf={{ csrf }}">
-<p><label>Files <input type="file" name="files" id="files" multiple required></label>
-<button type="submit" id="send-files">Upload</button></p></form>
-<form method="post" enctype="multipart/form-data" action="/ui/upload?csrf={{ csrf }}">
-<p><label>A folder <input type="file" name="folder" id="folder" webkitdirectory required></label>
-<button type="submit" id="send-folder">Upload</button></p></form>
-{% if result %}<p id="result">{{ result.stored }} stored, {{ result.failed }} refused.</p>
-<ul>{% for r in result.reasons %}<li class="err">{{ r }}</li>{% endfor %}</ul>{% endif %}{% endblock %}"""
 
 ADMIN = """{% extends "base.html" %}{% block body %}
 {% if new_key %}<p id="new-key">New {{ new_key.role }} key (shown only now): <span class="mono">{{ new_key.key
@@ -161,10 +168,6 @@ accounts database): nothing to end.</p>{% else %}
 <input type="hidden" name="all" value="1"><button class="danger" id="end-all">End all sessions</button>
 </form>{% endif %}{% endblock %}"""
 
-SENT = """{% extends "base.html" %}{% block body %}<p>To {{ to }}: {{ count }} instance(s).</p>
-<table id="sent"><tr><th>SOP Instance UID</th><th>Status</th><th>Sent as</th></tr><!--rows--></table>
-<!--summary-->{% endblock %}"""
-
 AUDIT = """{% extends "base.html" %}{% block body %}
 <form method="get" action="/ui/audit"><input name="study" placeholder="study UID" value="{{ q.study }}">
 <input name="who" placeholder="who (user:… key:…)" value="{{ q.who }}">
@@ -178,8 +181,8 @@ AUDIT = """{% extends "base.html" %}{% block body %}
 {% endfor %}</table>{% endblock %}"""
 
 TEMPLATES = {"base.html": BASE, "message.html": MESSAGE, "studies.html": STUDIES, "study.html": STUDY,
-             "series.html": SERIES, "tags.html": TAGS, "confirm.html": CONFIRM, "upload.html": UPLOAD,
-             "admin.html": ADMIN, "audit.html": AUDIT, "sent.html": SENT}
+             "series.html": SERIES, "tags.html": TAGS, "confirm.html": CONFIRM,
+             "admin.html": ADMIN, "audit.html": AUDIT, **ACTION_TEMPLATES}
 
 
 @functools.lru_cache(maxsize=1)

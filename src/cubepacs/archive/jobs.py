@@ -1,0 +1,148 @@
+"""Send jobs: a study, series or instance sent to a configured peer in the background, its progress and each
+instance's result kept in a SQLite file beside the accounts database (``data_dir/jobs.db``), so that every web
+process of the archive lists them (the admin UI's ``/ui/jobs``, ``/api/jobs``).
+
+A job runs in a thread of the process that started it (``manage.send``: C-STORE, one association); its rows say
+``running`` until it ends ``done`` (every instance sent or refused by the peer: the per-instance statuses say which)
+or ``failed`` (the association could not be made or broke: the error says why). A job whose process ended while
+it ran is ``interrupted`` the next time jobs are listed.
+
+Example
+-------
+>>> import tempfile, os
+>>> jobs = Jobs(os.path.join(tempfile.mkdtemp(), "jobs.db"))
+>>> job = jobs.create("t", "user:ada", "DEST", "study", "1.2", 2)
+>>> jobs.result(job, "1.2.3", 0, "1.2.840.10008.1.2.1", "", True); jobs.finish(job, "")
+>>> j = jobs.get("t", job); j["state"], j["sent"], j["failed"], [r["sop_uid"] for r in j["results"]]
+('done', 1, 0, ['1.2.3'])
+>>> jobs.get("other tenant", job) is None
+True
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, principal TEXT NOT NULL,
+  kind TEXT NOT NULL, target TEXT NOT NULL, level TEXT NOT NULL, uid TEXT NOT NULL, total INTEGER NOT NULL,
+  sent INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, error TEXT,
+  created REAL NOT NULL, finished REAL, host TEXT, pid INTEGER);
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, created);
+CREATE TABLE IF NOT EXISTS job_results (job TEXT NOT NULL, n INTEGER NOT NULL, sop_uid TEXT NOT NULL,
+  status INTEGER, sent_as TEXT, comment TEXT, PRIMARY KEY (job, n));
+"""
+KEEP = 500  # jobs kept per tenant (older finished ones are dropped when a new one starts)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Jobs:
+    """The jobs database at ``path`` (created, mode 0600)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if not os.path.exists(self.path):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        return db
+
+    def create(self, tenant: str, principal: str, target: str, level: str, uid: str, total: int) -> str:
+        """A new running send job; its id."""
+        job = secrets.token_hex(8)
+        db = self._db()
+        db.execute("INSERT INTO jobs (id, tenant, principal, kind, target, level, uid, total, state, created, host, "
+                   "pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (job, tenant, principal, "send", target, level, uid,
+                                                              total, "running", time.time(), socket.gethostname(),
+                                                              os.getpid()))
+        old = [r[0] for r in db.execute("SELECT id FROM jobs WHERE tenant = ? AND state != 'running' "
+                                        "ORDER BY created DESC LIMIT -1 OFFSET ?", (tenant, KEEP))]
+        for gone in old:
+            db.execute("DELETE FROM job_results WHERE job = ?", (gone,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (gone,))
+        return job
+
+    def result(self, job: str, sop_uid: str, status: int | None, sent_as: str, comment: str, ok: bool) -> None:
+        """One instance's result (``status``: the peer's; None: not sent; ``ok``: stored, maybe with a warning)."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN")
+            n = db.execute("SELECT sent + failed FROM jobs WHERE id = ?", (job,)).fetchone()[0]
+            db.execute("INSERT INTO job_results VALUES (?,?,?,?,?,?)", (job, n, sop_uid, status, sent_as, comment))
+            db.execute(f"UPDATE jobs SET {'sent = sent' if ok else 'failed = failed'} + 1 WHERE id = ?", (job,))
+
+    def finish(self, job: str, error: str) -> None:
+        """End a job: ``done``, or ``failed`` with ``error``."""
+        self._db().execute("UPDATE jobs SET state = ?, error = ?, finished = ? WHERE id = ?",
+                           ("failed" if error else "done", error or None, time.time(), job))
+
+    def _reap(self, tenant: str) -> None:
+        """Running jobs of this host whose process is gone: ``interrupted``."""
+        db = self._db()
+        for job, pid in db.execute("SELECT id, pid FROM jobs WHERE tenant = ? AND state = 'running' AND host = ?",
+                                   (tenant, socket.gethostname())).fetchall():
+            if pid != os.getpid() and not _alive(int(pid)):
+                db.execute("UPDATE jobs SET state = 'interrupted', finished = ? WHERE id = ?", (time.time(), job))
+
+    def list(self, tenant: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The tenant's jobs, newest first (without their per-instance results)."""
+        self._reap(tenant)
+        cur = self._db().execute("SELECT * FROM jobs WHERE tenant = ? ORDER BY created DESC LIMIT ?", (tenant, limit))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def get(self, tenant: str, job: str) -> dict[str, Any] | None:
+        """One job of the tenant with its per-instance ``results`` (None: no such job in this tenant)."""
+        self._reap(tenant)
+        db = self._db()
+        cur = db.execute("SELECT * FROM jobs WHERE tenant = ? AND id = ?", (tenant, job))
+        names = [d[0] for d in cur.description]
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip(names, row, strict=True))
+        rc = db.execute("SELECT sop_uid, status, sent_as, comment FROM job_results WHERE job = ? ORDER BY n", (job,))
+        out["results"] = [dict(zip(("sop_uid", "status", "sent_as", "comment"), r, strict=True)) for r in rc]
+        return out
+
+    def run(self, job: str, results: Callable[[], Iterable[Any]]) -> threading.Thread:
+        """Run a send in a thread: every ``SendResult`` of ``results()`` recorded as it comes, then the end."""
+
+        def work() -> None:
+            error = ""
+            try:
+                for r in results():
+                    self.result(job, r.sop_uid, r.status, r.sent_as, r.comment or "", r.ok)
+            except Exception as exc:  # the association failed: the job says why
+                error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            self.finish(job, error)
+
+        thread = threading.Thread(target=work, name=f"send-job-{job}", daemon=True)
+        thread.start()
+        return thread
