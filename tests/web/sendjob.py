@@ -1,0 +1,133 @@
+"""The admin UI's send job to Orthanc, driven in Chromium — run inside a private network namespace.
+
+``tests/web/test_sendjob.py`` runs ``unshare -n python -m tests.web.sendjob OUT.json``: Orthanc (apt) binds
+0.0.0.0, so it, ``cubepacs serve`` and the browser all run in a namespace holding only ``lo``. A real CT series is
+stored by STOW-RS; an administrator signs in, sends one series of the study to ``ORTHANC`` from the study page,
+follows the job's page until it is done (screenshots in ``test-artifacts/browser/``), and the script records what
+the page said and what Orthanc's REST API holds (each instance's file, compared with the original element by
+element: Orthanc re-encodes what it keeps with DCMTK).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.archive.peers import KEY, compare, wait_port
+from tests.conftest import SERIES, dicom_files
+from tests.web.conftest import ARGS, CHROMIUM
+from tests.web.test_browser import ARTIFACTS
+
+CT = next(s for s in SERIES if s.name.startswith("ct_philips_ingenuity"))
+ORTHANC_DICOM, ORTHANC_HTTP, HTTP, DIMSE = 4242, 8043, 8042, 11112
+
+
+def browse(result: dict[str, Any], study: str, series: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base = f"http://127.0.0.1:{HTTP}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        page.goto(base + "/login")
+        page.fill("#user", "ada")
+        page.fill("#password", "ada's password")
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/")
+        page.goto(f"{base}/ui/studies/{study}")
+        page.select_option("#send-what", series)
+        page.select_option("#send-to", "ORTHANC")
+        with page.expect_navigation():
+            page.click("#send button")
+        result["job_url"] = page.url
+        result["first_state"] = page.get_attribute("#job", "data-state")
+        page.wait_for_selector("#job[data-state=done], #job[data-state=failed]", timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "ui-send-job.png"))
+        result["state"] = page.get_attribute("#job", "data-state")
+        result["summary"] = page.inner_text("#summary")
+        result["rows"] = [[c.inner_text() for c in row.locator("td").all()]
+                          for row in page.locator("#sent tr").all()[1:]]
+        page.goto(base + "/ui/jobs")
+        result["jobs"] = [[c.inner_text() for c in row.locator("td").all()]
+                          for row in page.locator("#jobs tr").all()[1:]]
+        page.screenshot(path=str(ARTIFACTS / "ui-jobs.png"))
+        browser.close()
+
+
+def main(out: Path) -> None:
+    import pydicom
+
+    from cubepacs.archive.web import multipart
+    from cubepacs.archive.web.session import save_user
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cubepacs-sendjob-"))
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    ocfg = {"Name": "peer", "StorageDirectory": str(tmp / "orthanc"), "IndexDirectory": str(tmp / "orthanc"),
+            "DicomAet": "ORTHANC", "DicomPort": ORTHANC_DICOM, "HttpPort": ORTHANC_HTTP,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+            "StorageCompression": False}
+    (tmp / "orthanc.json").write_text(json.dumps(ocfg))
+    procs = [subprocess.Popen(["Orthanc", str(tmp / "orthanc.json")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    save_user(tmp / "cubepacs", "ada", "ada's password", "default", "admin")
+    (tmp / "cubepacs.toml").write_text(
+        f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\nhttp_port = {HTTP}\n'
+        f'dimse_port = {DIMSE}\napi_keys = {{ "{KEY}" = "default" }}\n'
+        f'remote_aes = {{ "ORTHANC" = "127.0.0.1:{ORTHANC_DICOM}" }}\n')
+    log = open(tmp / "cubepacs.log", "wb")
+    procs.append(subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "cubepacs.toml")],
+                                  env={**env, "PYTHONWARNINGS": "ignore"}, stdout=log, stderr=subprocess.STDOUT))
+    result: dict[str, Any] = {}
+    try:
+        for port in (ORTHANC_DICOM, ORTHANC_HTTP, HTTP):
+            wait_port(port)
+        files = dicom_files(CT)
+        originals = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f.read_bytes() for f in files}
+        first = pydicom.dcmread(files[0], stop_before_pixels=True)
+        body, ctype = multipart.encode(list(originals.values()), "application/dicom")
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with httpx.Client(timeout=120) as client:
+            r = client.post(f"http://127.0.0.1:{HTTP}/dicom-web/studies", content=body,
+                            headers={**headers, "Content-Type": ctype})
+            result["stow"] = r.status_code
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(client.get(
+                    f"http://127.0.0.1:{HTTP}/dicom-web/instances", params={"limit": 1000},
+                    headers=headers).json()) < len(originals):
+                time.sleep(0.3)
+        browse(result, str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
+        received: dict[str, bytes] = {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{ORTHANC_HTTP}", timeout=60) as oc:
+            for oid in oc.get("/instances").json():
+                data = oc.get(f"/instances/{oid}/file").content
+                received[str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                             force=True).SOPInstanceUID)] = data
+        result["sent_sops"] = sorted(originals)
+        result["orthanc_sops"] = sorted(received)
+        result["compared"] = {sop: compare(originals[sop], data, True) for sop, data in received.items()
+                              if sop in originals}
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+    out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
