@@ -46,10 +46,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = write_config(root / "s.toml", root / "data", dimse, http_port)
     for name, role in (("ada", "admin"), ("uma", "user"), ("val", "viewer")):
         save_user(root / "data", name, f"{name}'s password", "alpha", role)
-    srv = start_server(root / "data", cfg, dimse, http_port)
+    (root / "tmp").mkdir()
+    with pytest.MonkeyPatch.context() as mp:  # the server's temporary files, where a test can see them
+        mp.setenv("TMPDIR", str(root / "tmp"))
+        srv = start_server(root / "data", cfg, dimse, http_port)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield srv
     stop_server(srv)
+
+
+def temporary_files(site: Server) -> list[Path]:
+    return sorted((site.data_dir.parent / "tmp").rglob("*"))
 
 
 def base(site: Server) -> str:
@@ -190,6 +197,20 @@ def test_downloads(browser: Any, site: Server, tmp_path: Path) -> None:
     assert image.raw_image.shape == expected.shape and np.array_equal(image.raw_image, expected)
     page.screenshot(path=str(ARTIFACTS / "ui-downloads.png"))
     context.close()
+
+
+def test_downloads_leave_no_temporary_file(site: Server) -> None:
+    ct = study_of(CT)
+    wait_until(lambda: qido_count(site, ct) == len(dicom_files(CT)), timeout=60)
+    for query in ("", "?dicomdir=1"):
+        url = f"{base(site)}/ui/studies/{ct}/zip{query}"
+        with httpx.stream("GET", url, headers=site.headers()) as r:  # the client goes away after one chunk
+            assert r.status_code == 200
+            next(r.iter_raw())
+        with httpx.stream("GET", url, headers=site.headers()) as r:
+            size = sum(len(c) for c in r.iter_raw())
+        assert size > sum(f.stat().st_size for f in dicom_files(CT))
+    wait_until(lambda: temporary_files(site) == [], timeout=10)
 
 
 def test_roles_are_refused(browser: Any, site: Server) -> None:

@@ -1,0 +1,143 @@
+"""The study list's server-side sorting and label filter over thousands of studies, paged, against Python's own
+sort of the same values; the upload's ZIP bounds; the streamed ZIP read back by ``zipfile`` and ``unzip -t``."""
+
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cubepacs.archive.index import labels
+from cubepacs.archive.index.matching import STUDY_ORDERS
+from cubepacs.archive.index.store import Index
+from cubepacs.archive.web.uploads import expand_zip
+from cubepacs.archive.web.zipstream import zip_stream
+from tests.conftest import SERIES, dicom_files
+
+STUDIES = 2_000
+PREFIX = "1.2.826.0.1.3680043.8.498."
+COLUMN = {"date": "study_date", "patient": "patient_name", "patient_id": "patient_id",
+          "accession": "accession_number", "description": "study_description"}
+
+
+@pytest.fixture(scope="module")
+def index() -> Index:
+    rng = random.Random(7)
+    idx = Index.from_url("sqlite://")
+    events = []
+    for n in range(STUDIES):
+        uid = f"{PREFIX}{n + 1}"
+        for s in range(rng.randint(1, 3)):  # 1 to 3 series, 1 to 4 instances each
+            for i in range(rng.randint(1, 4)):
+                events.append({"tenant": "t", "study_uid": uid, "series_uid": f"{uid}.{s + 1}",
+                               "sop_uid": f"{uid}.{s + 1}.{i + 1}", "key": f"k/{uid}/{s}/{i}",
+                               "attrs": {"PatientName": f"DOE^{rng.randint(0, 500):04d}",
+                                         "PatientID": f"P{rng.randint(0, 900):05d}",
+                                         "StudyDate": f"20{rng.randint(10, 24)}0{rng.randint(1, 9)}15",
+                                         "StudyTime": f"{rng.randint(10, 23)}0000",
+                                         "Modality": rng.choice(["CT", "MR", "US"]),
+                                         "StudyDescription": rng.choice(["head", "chest", "knee", ""]),
+                                         "AccessionNumber": f"A{rng.randint(0, 99999)}"}})
+    idx.add_instances(events)
+    idx.add_instances([{"tenant": "other", "study_uid": f"{PREFIX}1", "series_uid": f"{PREFIX}1.1",
+                        "sop_uid": f"{PREFIX}1.1.1", "key": "o", "attrs": {"PatientName": "AAA"}}])
+    return idx
+
+
+def _all(idx: Index, order: str, label: str = "", page: int = 200) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    while True:
+        got = idx.search_studies("t", {}, page, len(rows), order=order, label=label)
+        rows.extend(got)
+        if len(got) < page:
+            return rows
+
+
+@pytest.mark.parametrize("order", sorted(STUDY_ORDERS))
+def test_every_order_pages_through_every_study_as_python_sorts_them(index: Index, order: str) -> None:
+    unsorted = _all(index, "")
+    assert len(unsorted) == STUDIES and len({r["study_uid"] for r in unsorted}) == STUDIES
+
+    def key(r: dict[str, object]) -> tuple[object, ...]:
+        if order in COLUMN:
+            value: tuple[object, ...] = (str(r[COLUMN[order]] or ""),)
+            if order == "date":
+                value += (str(r["study_time"] or ""),)
+        elif order == "modality":
+            value = (min(r["modalities"]),)  # type: ignore[call-overload]
+        elif order in ("series", "instances"):
+            value = (int(r[order]),)  # type: ignore[call-overload]
+        else:
+            value = ()
+        return value
+
+    for descending in (False, True):
+        got = _all(index, ("-" if descending else "") + order)
+        uids = [str(r["study_uid"]) for r in got]
+        # ties are broken by study UID ascending (a stable sort, reversed or not, keeps that order)
+        expected = sorted(unsorted, key=lambda r: str(r["study_uid"]), reverse=descending and order == "uid")
+        expected.sort(key=key, reverse=descending)
+        assert [key(r) for r in got] == [key(r) for r in expected], order
+        assert uids == [str(r["study_uid"]) for r in expected], order
+        assert len(set(uids)) == STUDIES
+
+
+def test_unknown_order_is_a_clear_error(index: Index) -> None:
+    with pytest.raises(ValueError, match="unknown sort order 'size'"):
+        index.search_studies("t", {}, order="size")
+
+
+def test_label_filter_with_paging_and_tenants(index: Index) -> None:
+    chosen = [f"{PREFIX}{n}" for n in range(1, STUDIES + 1, 7)]
+    for uid in chosen:
+        assert labels.add(index, "t", uid, "teaching")
+    assert not labels.add(index, "t", chosen[0], "teaching")
+    got = _all(index, "-date", label="teaching", page=50)
+    assert sorted(str(r["study_uid"]) for r in got) == sorted(chosen)
+    assert index.search_studies("other", {}, label="teaching") == []  # another tenant's study of the same UID
+    assert labels.tenant_labels(index, "other") == []
+    # combined with a DICOM filter
+    mr = {str(r["study_uid"]) for r in _all(index, "") if "MR" in r["modalities"]}  # type: ignore[operator]
+    both = index.search_studies("t", {"ModalitiesInStudy": "MR"}, 10_000, label="teaching")
+    assert {str(r["study_uid"]) for r in both} == mr & set(chosen)
+    # a deleted study loses its labels; a removed label no longer filters
+    index.delete("t", chosen[0])
+    assert labels.of_studies(index, "t", [chosen[0]]) == {chosen[0]: []}
+    assert labels.remove(index, "t", chosen[1], "teaching")
+    assert len(_all(index, "", label="teaching")) == len(chosen) - 2
+
+
+def test_zip_upload_bounds() -> None:
+    files = dicom_files(next(s for s in SERIES if s.name.startswith("ct_philips")))[:3]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f"series/{f.name}")
+        zf.writestr("bomb.bin", b"\0" * 20_000_000)  # 20 MB of zeros: ~20 KB deflated
+    data = buf.getvalue()
+    total = sum(f.stat().st_size for f in files)
+    items = list(expand_zip("up.zip", data, total + 1000))
+    assert [s for s, _ in items[:3]] == [f"up.zip/series/{f.name}" for f in files]
+    assert [d for _, d in items[:3]] == [f.read_bytes() for f in files]
+    assert items[-1][0] == "up.zip: refused" and b"expands beyond max_request_bytes" in items[-1][1]
+    assert len(data) < 1_000_000 and len(items) == 4
+    assert list(expand_zip("x.dcm", files[0].read_bytes(), 10**9)) == [("x.dcm", files[0].read_bytes())]
+
+
+def test_streamed_zip_reads_back(tmp_path: Path) -> None:
+    files = dicom_files(next(s for s in SERIES if s.name.startswith("mr_ge_mr750")))
+    chunks = list(zip_stream((f"s/{f.name}", f.read_bytes) for f in files))
+    biggest = max(f.stat().st_size for f in files)
+    assert max(len(c) for c in chunks) <= biggest + 1024  # one member at a time, never the whole archive
+    (tmp_path / "a.zip").write_bytes(b"".join(chunks))
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        assert zf.testzip() is None
+        assert all(zf.read(f"s/{f.name}") == f.read_bytes() for f in files)
+    if shutil.which("unzip"):
+        test = subprocess.run(["unzip", "-tq", str(tmp_path / "a.zip")], capture_output=True, text=True, check=False)
+        assert test.returncode == 0, test.stdout + test.stderr
