@@ -38,6 +38,7 @@ class Settings:
     ae_tenants: dict[str, str] = field(default_factory=lambda: {"CUBEPACS": "default"})
     api_keys: dict[str, str] = field(default_factory=dict)
     remote_aes: dict[str, str] = field(default_factory=dict)  # AE title -> "host:port" (C-MOVE destinations)
+    dicomweb_peers: dict[str, str] = field(default_factory=dict)  # name -> DICOMweb base URL (admin UI send jobs)
     calling_aes: dict[str, list[str]] = field(default_factory=dict)  # tenant -> allowed calling "AE" / "AE@addr"
     max_associations: int = 64  # per DIMSE worker process
     dimse_workers: int = 0  # DIMSE listener processes sharing the port (0: one per core; 1: inside serve)

@@ -49,6 +49,7 @@ class Services:
     max_request_bytes: int = 4 * 1024**3
     max_value_bytes: int = 1 << 30  # the largest whole pixel value a cube reader decompresses (settings)
     remote_aes: dict[str, str] = field(default_factory=dict)  # peers for /api/send
+    dicomweb_peers: dict[str, str] = field(default_factory=dict)  # STOW-RS peers of send jobs (stowsend.py)
     ae_title: str = "CUBEPACS"  # our calling AE title when sending
     sessions: Any = None  # an accounts.Accounts: browser sessions (cookie), sign-in failures, audit log when set
     users: Any = field(default_factory=dict)  # name → {password: argon2 hash, tenant, role}; a session.LiveUsers
