@@ -57,6 +57,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     from cubepacs.research.api import routes
+    from cubepacs.research.exportui import ui_routes
 
     root = tmp_path_factory.mktemp("roles")
     data = root / "data"
@@ -70,7 +71,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     services = Services(FileStorage(str(data / "storage")), EmbeddedQueue(str(data / "queue.db")),
                         Index.from_url(f"sqlite:///{data}/index.db"), {}, sessions=accounts,
                         users=LiveUsers(data / "users.json"), keys_file=str(data / "api-keys.json"), oidc=oidc)
-    app = create_app(services, extensions=[routes(str(root / "exports"), "")])
+    app = create_app(services, extensions=[routes(str(root / "exports"), ""), ui_routes(str(root / "exports"), "")])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

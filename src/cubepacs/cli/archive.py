@@ -58,9 +58,11 @@ def _run(parts: set[str], config: Path | None, check: bool = False, **overrides:
 
                 show_first_key(Path(settings.data_dir), new_key)
         from cubepacs.research.api import routes
+        from cubepacs.research.exportui import ui_routes
 
         export_dir = settings.export_dir or str(Path(settings.data_dir) / "exports")
-        run(settings, parts, extensions=[routes(export_dir, settings.export_secret)])
+        run(settings, parts, extensions=[routes(export_dir, settings.export_secret),
+                                         ui_routes(export_dir, settings.export_secret)])
     except ListenError as exc:
         raise _fail(str(exc), EXIT_LISTEN) from None
     except BackendError as exc:

@@ -24,6 +24,7 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,84 @@ def _uids(body: dict[str, Any], key: str) -> list[str] | None:
     return value
 
 
+@dataclass(frozen=True)
+class Plan:
+    """An export checked and ready to run: where it goes, how, and what it selects."""
+
+    name: str
+    out: Path
+    options: Options
+    formats: tuple[str, ...]
+    selection: Any  # research.query.Selection
+
+
+def plan(services: Any, tenant: str, body: Any, export_dir: str, secret: str) -> Plan:
+    """Check an export request's body (the fields of ``POST /api/export``) and select its instances — before
+    anything is read or written: ConfigError names the bad part (400), an empty selection is a 404."""
+    if not secret:
+        raise HTTPException(400, "export_secret is not set on the server: exports are off")
+    if not isinstance(body, dict):
+        raise ConfigError("expected a JSON object with a name, a query, studies or series")
+    unknown = set(body) - {"name", "query", "studies", "series", "formats", "options"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown field; fields are name, query, studies, "
+                          "series, formats, options")
+    name = body.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError("name: letters, digits, '_' and '-', at most 64 characters")
+    raw_formats = body.get("formats") or list(FORMATS)
+    if not isinstance(raw_formats, list):
+        raise ConfigError(f"formats: expected a list among {', '.join(FORMATS)}")
+    formats = check_formats(tuple(str(f) for f in raw_formats))
+    flags = options_of(body.get("options") or {})
+    query = body.get("query") or {}
+    if not isinstance(query, dict):
+        raise ConfigError("query: expected an object of DICOM keywords → values")
+    studies, series = _uids(body, "studies"), _uids(body, "series")
+    if not (query or studies or series):
+        raise ConfigError("query: choose the cohort with a query, studies or series")
+    out = Path(export_dir) / tenant / name
+    options = Options(secret.encode(), **flags)  # type: ignore[arg-type]
+    prepare(out, options, formats)
+    selection = select(services.index, tenant, query, studies, series)
+    if not selection.groups:
+        raise HTTPException(404, "the query names no instance of this tenant")
+    check_plan(out, options, formats, selection.groups)
+    return Plan(name, out, options, formats, selection)
+
+
+def run(services: Any, checked: Plan) -> Iterator[dict[str, Any]]:
+    """Run a checked export in a thread: ``{"selected": …}``, then ``{"progress": n, "total": t}`` at most every
+    :data:`PROGRESS_EVERY` seconds, then the summary (``"done": true``; an error is the last event's ``error``)."""
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    last = [0.0]
+
+    def progress(n: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY or n == total:
+            last[0] = now
+            events.put({"progress": n, "total": total})
+
+    def work() -> None:
+        try:
+            report = export_cohort(lambda r: services.storage.get(r["storage_key"]), checked.selection.groups,
+                                   checked.out, checked.options, checked.formats, progress=progress)
+            events.put({"done": True, "name": checked.name, **report.summary()})
+        except Exception as exc:  # the stream has started: the error is its last event
+            events.put({"done": True, "error": f"{type(exc).__name__}: {exc}"})
+
+    selection = checked.selection
+    yield {"selected": {"studies": selection.studies, "series": selection.series, "instances": selection.instances}}
+    threading.Thread(target=work, name="export", daemon=True).start()
+    while True:
+        event = events.get()
+        yield event
+        if event.get("done"):
+            return
+
+
 def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
     """The extension registering ``POST /api/export`` (``export_dir``, project ``secret`` from the settings)."""
 
@@ -70,70 +149,19 @@ def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
 
         @app.post("/api/export")
         async def export(request: Request, tenant: str = Depends(tenant_of)) -> StreamingResponse:
-            if not secret:
-                raise HTTPException(400, "export_secret is not set on the server: exports are off")
             from cubepacs.archive.web.jsonbody import read_json
 
+            if not secret:
+                raise HTTPException(400, "export_secret is not set on the server: exports are off")
             body = await read_json(request, empty={})  # bounded in size and depth: 413/400
             try:
-                if not isinstance(body, dict):
-                    raise ConfigError("expected a JSON object with a name, a query, studies or series")
-                unknown = set(body) - {"name", "query", "studies", "series", "formats", "options"}
-                if unknown:
-                    raise ConfigError(f"{sorted(unknown)[0]}: unknown field; fields are name, query, studies, "
-                                      "series, formats, options")
-                name = body.get("name")
-                if not isinstance(name, str) or not NAME.fullmatch(name):
-                    raise ConfigError("name: letters, digits, '_' and '-', at most 64 characters")
-                raw_formats = body.get("formats") or list(FORMATS)
-                if not isinstance(raw_formats, list):
-                    raise ConfigError(f"formats: expected a list among {', '.join(FORMATS)}")
-                formats = check_formats(tuple(str(f) for f in raw_formats))
-                flags = options_of(body.get("options") or {})
-                query = body.get("query") or {}
-                if not isinstance(query, dict):
-                    raise ConfigError("query: expected an object of DICOM keywords → values")
-                studies, series = _uids(body, "studies"), _uids(body, "series")
-                if not (query or studies or series):
-                    raise ConfigError("query: choose the cohort with a query, studies or series")
-                out = Path(export_dir) / tenant / name
-                options = Options(secret.encode(), **flags)  # type: ignore[arg-type]
-                prepare(out, options, formats)
-                selection = select(services.index, tenant, query, studies, series)
-                if not selection.groups:
-                    raise HTTPException(404, "the query names no instance of this tenant")
-                check_plan(out, options, formats, selection.groups)
+                checked = plan(services, tenant, body, export_dir, secret)
             except ConfigError as exc:
                 raise HTTPException(400, str(exc)) from None
 
             def lines() -> Iterator[bytes]:
-                events: queue.Queue[dict[str, Any]] = queue.Queue()
-                last = [0.0]
-
-                def progress(n: int, total: int) -> None:
-                    import time
-
-                    now = time.monotonic()
-                    if now - last[0] >= PROGRESS_EVERY or n == total:
-                        last[0] = now
-                        events.put({"progress": n, "total": total})
-
-                def work() -> None:
-                    try:
-                        report = export_cohort(lambda r: services.storage.get(r["storage_key"]), selection.groups,
-                                               out, options, formats, progress=progress)
-                        events.put({"done": True, "name": name, **report.summary()})
-                    except Exception as exc:  # the stream has started: the error is its last line
-                        events.put({"done": True, "error": f"{type(exc).__name__}: {exc}"})
-
-                yield json.dumps({"selected": {"studies": selection.studies, "series": selection.series,
-                                               "instances": selection.instances}}).encode() + b"\n"
-                threading.Thread(target=work, name="export", daemon=True).start()
-                while True:
-                    event = events.get()
+                for event in run(services, checked):
                     yield json.dumps(event).encode() + b"\n"
-                    if event.get("done"):
-                        return
 
             return StreamingResponse(lines(), media_type="application/x-ndjson")
 

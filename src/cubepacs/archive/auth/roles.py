@@ -103,6 +103,8 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str]] = {
     ("POST", "/ui/admin/sessions/end"): ("admin", "sessions-end"),
     ("GET", "/ui/audit"): ("admin", ""),
     ("GET", "/ui/operations"): ("admin", ""),  # web/opsui.py
+    ("GET", "/ui/export"): ("export", ""),  # research/exportui.py (registered by the command line)
+    ("POST", "/ui/export"): ("export", "export"),
     # no credential: health and metrics (operations), the sign-in page; the viewer's files and configuration
     # check the session cookie themselves (any signed-in role may view)
     ("GET", "/healthz"): (None, ""),

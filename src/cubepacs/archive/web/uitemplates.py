@@ -87,13 +87,16 @@ STUDY = """{% extends "base.html" %}{% block body %}<script src="/ui/static/htmx
 <p><a href="/viewer?StudyInstanceUIDs={{ study.study_uid }}">Open in OHIF</a> · Download:
 <a id="zip" href="{{ base }}/zip">ZIP</a> · <a id="zip-dicomdir" href="{{ base }}/zip?dicomdir=1">ZIP with
 DICOMDIR</a> · <a id="cubes" href="{{ base }}/cube">cubes (.dcbs, in a ZIP)</a>
+{% if ident.role in ('admin', 'user') %} · <a id="export" href="/ui/export?study={{ study.study_uid
+}}">De-identified export…</a>{% endif %}
 {% if ident.role == 'admin' %} · <a id="delete" href="{{ base }}/delete">Delete…</a>{% endif %}</p>
 {% include "labels.html" %}
 {% if peers and ident.role in ('admin', 'user') %}<form method="post" action="{{ base }}/send" id="send">
 <input type="hidden" name="csrf" value="{{ csrf }}">Send <select name="series" id="send-what"><option value="">the
 whole study</option>{% for s in series %}<option value="{{ s.series_uid }}">series {{ s.series_number }} {{
 s.series_description or '' }}</option>{% endfor %}</select> to <select name="to" id="send-to">{% for p in peers %}
-<option>{{ p }}</option>{% endfor %}</select><button>Send</button></form>{% endif %}
+<option value="{{ p }}">{{ p }}{% if p in web_peers %} (DICOMweb){% endif %}</option>{%
+endfor %}</select><button>Send</button></form>{% endif %}
 <table id="series"><tr><th></th><th>Number</th><th>Modality</th><th>Description</th><th>Instances</th>
 <th>Download</th></tr>
 {% for s in series %}<tr><td>{% if s.first %}<img class="thumb" loading="lazy" alt=""
