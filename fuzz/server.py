@@ -15,7 +15,8 @@ one compaction pass over the S series; every route again.
 
 Findings: a 5xx, a route taking more than 2 s of CPU (the process' CPU time: the campaign runs at the lowest
 priority on a shared core, where wall time measures the neighbours), a twin whose answer changed after compaction
-(a poisoned series), a series left without a cube, a log record carrying a traceback; each is written to
+(a poisoned series), a series left without a cube, a log record carrying a traceback, a traceback or a Rust panic
+written to stderr by anything in the process (file descriptor 2 goes to a file the harness reads); each is written to
 fuzz/crashes/server/ with what was asked. The last lines are the counts (``mutants`` is the executions).
 
 Mutations (``mutate``): a pixel attribute set to an odd value (Bits Allocated, Rows, Samples per Pixel, Number of
@@ -211,6 +212,35 @@ class Archive:
         self.backends.index.close()
 
 
+class Stderr:
+    """File descriptor 2 sent to ``path`` (native code writes there, past Python's logging) and read back."""
+
+    def __init__(self, path: Path) -> None:
+        import os
+
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.file = open(path, "w+b")
+        os.dup2(self.file.fileno(), 2)
+        self.read_at = 0
+
+    def new_lines(self) -> list[str]:
+        """The lines written since the last call."""
+        sys.stderr.flush()
+        self.file.seek(self.read_at)
+        data = self.file.read()
+        self.read_at += len(data)
+        return data.decode(errors="replace").splitlines()
+
+    def restore(self) -> None:
+        import os
+
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.close()
+
+
 class Tracebacks(logging.Handler):
     """Counts log records that carry a traceback (the archive promises one line per failure)."""
 
@@ -254,6 +284,7 @@ async def campaign(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="cubepacs-fuzz-server-"))
     logging.basicConfig(filename=str(root / "archive.log"), level=logging.WARNING)
+    stderr = Stderr(root / "stderr.log")  # what native code writes there (a Rust panic's message) is seen too
     tracebacks = Tracebacks()
     logging.getLogger().addHandler(tracebacks)
     archive = Archive(root, args.dimse)
@@ -360,12 +391,16 @@ async def campaign(args: argparse.Namespace) -> None:
                                    if after[key][route][:2] != a[:2]}
                         finding("poisoned", {"changed": changed, "series": [v[1] for v in stored.values()]},
                                 stored[key][0])
+                for line in stderr.new_lines():
+                    if "panicked" in line or "Traceback" in line or "Exception in thread" in line:
+                        tracebacks.records.append(f"stderr: {line[:300]}")
                 if len(tracebacks.records) > counts["tracebacks"]:
                     finding("traceback", {"records": tracebacks.records[counts["tracebacks"]:][:20]}, b"")
                     counts["tracebacks"] = len(tracebacks.records)
                 print(status(), flush=True)
     finally:
         archive.close()
+        stderr.restore()
         shutil.rmtree(root, ignore_errors=True)
     print("cpu per route:", json.dumps({k: round(v, 1) for k, v in sorted(route_cpu.items())}))
     print("done:", status())

@@ -212,3 +212,40 @@ def test_a_pdu_of_unknown_type_right_after_an_association_request_is_one_log_lin
     log = (server.data_dir.parent / f"{server.data_dir.name}.log").read_text(errors="replace")
     assert "Unknown PDU type received '0x09'" in log
     assert "Traceback" not in log and "Exception in thread" not in log
+
+
+def test_max_value_bytes_setting_bounds_whole_values_in_the_archive(tmp_path: Path) -> None:
+    """``max_value_bytes`` (a setting) reaches the readers the archive opens cubes with: with it below the real
+    SEG's whole pixel value (1-bit, kept as one opaque value), the new cube does not read back with the SEG in it —
+    the SEG is left out, named in one log line, and stays served from its file (its frame equal to pydicom's);
+    the CT beside it is compacted."""
+    from tests.archive.conftest import free_port, write_config
+
+    study, series = generate_uid(), generate_uid()
+    seg, ct = mutants.renamed(mutants.SEG, study, series), mutants.renamed(mutants.CT, study, series)
+    value = len(pydicom.dcmread(io.BytesIO(seg)).PixelData)
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "data.toml", data_dir, free_port(), free_port(), max_value_bytes=value // 2)
+    srv = start_server(data_dir, config, *_ports(config))
+    try:
+        assert _stow(srv, [seg, ct]).status_code == 200
+        wait_until((data_dir / "storage" / "alpha" / study / f"{series}.dcbs").exists, timeout=90)
+        log = (tmp_path / "data.log").read_text(errors="replace")
+        seg_sop = _url(srv, seg).rsplit("/", 1)[1]
+        lines = [line for line in log.splitlines() if seg_sop in line and "not compacted" in line]
+        assert len(lines) == 1 and "whole pixel value" in lines[0] and f"at most {value // 2}" in lines[0], lines
+        r = httpx.get(_url(srv, seg) + "/frames/1", headers=srv.headers(), timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        (part,) = multipart.parse(r.content, r.headers["content-type"])
+        ref = pydicom.dcmread(io.BytesIO(seg)).pixel_array[0]
+        np.testing.assert_array_equal(np.unpackbits(np.frombuffer(part, np.uint8), bitorder="little")[:ref.size],
+                                      ref.ravel())
+    finally:
+        stop_server(srv)
+
+
+def _ports(config: Path) -> tuple[int, int]:
+    import tomllib
+
+    section = tomllib.loads(config.read_text())["cubepacs"]
+    return int(section["dimse_port"]), int(section["http_port"])

@@ -67,34 +67,106 @@ def ct_cube() -> bytes:
     return mutants.cube_of(mutants.CT)
 
 
-def test_a_rust_panic_in_a_decoder_is_a_codec_error_naming_instance_and_frame(tmp_path: Path,
-                                                                             caplog: pytest.LogCaptureFixture
-                                                                             ) -> None:
+def test_a_rust_panic_in_a_decoder_is_a_codec_error(capfd: pytest.CaptureFixture[str]) -> None:
+    """pylibjpeg-rle panics (``pyo3_runtime.PanicException``, a BaseException) on the crafted RLE stream: called
+    through ``native_call`` the panic is a CodecError. No path of ours calls it any more (next test)."""
+    import pydicom
+    from pydicom.encaps import get_frame
+    from rle.utils import decode_frame  # pylibjpeg-rle's Rust decoder
+
+    from cubepacs.cube.codecs import native_call
+
+    ds = pydicom.dcmread(io.BytesIO(mutants.rle_panic()))
+    frame = bytes(get_frame(ds.PixelData, 0, number_of_frames=1))
+    with pytest.raises(CodecError, match=r"pylibjpeg-rle: PanicException: index out of bounds"):
+        native_call("pylibjpeg-rle", decode_frame, frame, ds.Rows * ds.Columns, ds.BitsAllocated, "<")
+    assert "panicked" in capfd.readouterr().err  # Rust's own hook writes it to stderr: one more reason
+
+
+def test_the_crafted_rle_stream_is_a_codec_error_from_our_decoder_without_a_panic(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    """The same stream as a cube frame and through pydicom (``ds.decompress()``, as transcoding calls it): RLE is
+    decoded by ``cube/rle.py`` (imagecodecs' PackBits into a bounded plane) — a CodecError naming the file, the
+    frame and the segment; pydicom's RuntimeError carries it in one line; nothing panics, nothing on stderr.
+    Oracle: pydicom's own pure-Python RLE decoder refuses the stream too."""
     import logging
+    import warnings
 
     import pydicom
+    from pydicom.encaps import get_frame
+    from pydicom.pixels.decoders.rle import _rle_decode_frame
 
     caplog.set_level(logging.INFO, logger="pydicom")
-
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "panic.dcm").write_bytes(mutants.rle_panic())
     cube = tmp_path / "x.dcbs"
     cubepacs.save(cubepacs.load_from_dicom_folder(tmp_path / "in"), cube)
-    with pytest.raises(CodecError, match=r"panic\.dcm: frame 0 cannot be decoded: .*PanicException: index out of"):
+    with pytest.raises(CodecError, match=r"panic\.dcm: frame 0 cannot be decoded: RLE segment 1 decodes to \d+ "
+                                         r"bytes; its plane of 384 × 384 holds 147456"):
         cubepacs.load(cube).frame(0)
     ds = pydicom.dcmread(io.BytesIO(mutants.rle_panic()))
-    with pytest.raises(RuntimeError) as err:  # pydicom itself, as transcoding calls it: an Exception, not a panic
+    with pytest.raises(ValueError), warnings.catch_warnings():  # pydicom's own decoder: the same segment is short
+        warnings.simplefilter("ignore")  # (the other one, longer, is "non-conformant padding" to it)
+        _rle_decode_frame(bytes(get_frame(ds.PixelData, 0, number_of_frames=1)), ds.Rows, ds.Columns,
+                          ds.SamplesPerPixel, ds.BitsAllocated)
+    with pytest.raises(RuntimeError, match="RLE segment 1 decodes to"):
         ds.decompress()
-    assert "PanicException" in str(err.value)
     plugins = [r for r in caplog.records if r.name == "pydicom.pixels.decoders.base"]
     assert plugins and all(r.exc_info is None and "\n" not in r.getMessage() for r in plugins)  # one line each
+    assert "panicked" not in capfd.readouterr().err
+
+
+def test_rle_frames_are_decoded_in_place_and_equal_pydicoms() -> None:
+    """Every RLE file of the data set: the cube's frame (decoded from the stored value in place, cube/rle.py) and
+    pydicom's (``pixel_array`` with pydicom's own pure-Python RLE decoder, the oracle) are equal, and the cube's
+    never calls pydicom."""
+    from unittest import mock
+
+    import pydicom
+
+    files = [p for p in sorted(mutants.SINGLE.glob("*.dcm"))
+             if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"]
+    assert len(files) >= 2
+    for path in files:
+        reader = CubeReader(mutants.cube_of(path))
+        with mock.patch("cubepacs.cube.framedecode.decode_with_pydicom", side_effect=AssertionError("pydicom")):
+            got = reader.frame(0)
+        from pydicom.pixels.decoders.rle import _decode_frame as pure  # pydicom's own RLE decoder
+
+        ref = pydicom.pixels.pixel_array(str(path), raw=True, decoding_plugin="cubepacs")
+        np.testing.assert_array_equal(got, ref)
+        ds = pydicom.dcmread(path)
+        from pydicom.encaps import get_frame
+
+        raw = pure(bytes(get_frame(ds.PixelData, 0, number_of_frames=1)), _Runner(ds))
+        assert got.dtype == ref.dtype and bytes(raw) == _planar(got).tobytes()
+
+
+class _Runner:
+    """What pydicom's RLE decoder asks of its runner."""
+
+    def __init__(self, ds: Any) -> None:
+        self.rows, self.columns = ds.Rows, ds.Columns
+        self.samples_per_pixel, self.bits_allocated = ds.SamplesPerPixel, ds.BitsAllocated
+
+    def get_option(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_option(self, name: str, value: Any) -> None:
+        pass
+
+
+def _planar(frame: np.ndarray) -> np.ndarray:
+    """A frame in pydicom's RLE decoder's layout: colour by plane, little endian."""
+    arr = frame.astype(frame.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)) if arr.ndim == 3 else arr
 
 
 def test_the_rle_header_is_checked_before_any_decoder() -> None:
-    from cubepacs.cube.reader import _decode_with_pydicom
+    from cubepacs.cube.framedecode import decode_with_pydicom
 
     with pytest.raises(CodecError, match="RLE header: 15 segments, expected 2"):
-        _decode_with_pydicom(mutants.rle_bad_header(), 0, "bad.dcm")
+        decode_with_pydicom(mutants.rle_bad_header(), 0, "bad.dcm")
 
 
 def test_a_codestream_far_larger_than_its_frame_is_refused_before_decoding(ct_cube: bytes) -> None:
@@ -260,7 +332,7 @@ def test_a_truncated_jpegls_stream_is_refused_at_once() -> None:
     import pydicom
     from pydicom.encaps import encapsulate, get_frame
 
-    from cubepacs.cube.reader import _decode_with_pydicom
+    from cubepacs.cube.framedecode import decode_with_pydicom
 
     data = mutants.JPEGLS_MR.read_bytes()
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -276,7 +348,7 @@ def test_a_truncated_jpegls_stream_is_refused_at_once() -> None:
     out = io.BytesIO()
     ds.save_as(out)
     with pytest.raises(CodecError, match="does not end with its end marker"):
-        _decode_with_pydicom(out.getvalue(), 0, "half.dcm")
+        decode_with_pydicom(out.getvalue(), 0, "half.dcm")
     assert time.monotonic() - t0 < 1
 
 

@@ -16,10 +16,11 @@ frames are mapped to unsigned (sign bit flipped) for codecs without signed suppo
 
 Every native decoder call goes through :func:`native_call`: whatever it raises — a C library's error, numpy's,
 a Rust panic (``pyo3_runtime.PanicException``, a ``BaseException``) — becomes :class:`CodecError`. pydicom's own
-decoding plugins (pylibjpeg-rle, pylibjpeg-libjpeg, pylibjpeg-openjpeg, …) are wrapped the same way by
-:func:`harden_pydicom` (called on import), and their RLE header or JPEG/JPEG-LS/J2K codestream header is checked
-against the dataset's geometry before the plugin sees the bytes, so that every caller — cube frames, rendered
-images, transcoding, ``ds.decompress()`` — gets a declared error.
+decoding plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg, …) are wrapped the same way by :func:`harden_pydicom`
+(called on import), and their RLE header or JPEG/JPEG-LS/J2K codestream header is checked against the dataset's
+geometry before the plugin sees the bytes, so that every caller — cube frames, rendered images, transcoding,
+``ds.decompress()`` — gets a declared error. RLE has one plugin, ours (``cube/rle.py``: imagecodecs' PackBits
+decoder into a bounded plane), in place of pylibjpeg-rle (whose decoder panics) and pydicom's pure-Python one.
 
 Example
 -------
@@ -358,8 +359,13 @@ def harden_pydicom() -> None:
 
     base.LOGGER.addFilter(_one_line)  # the module's own logger: a parent's filters do not see its records
 
+    from cubepacs.cube import rle
+
     for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
         available: dict[str, Callable[..., Any]] = decoder._available
+        if str(uid) == guard.RLE:  # ours only: pylibjpeg-rle panics, pydicom's own is pure Python (cube/rle.py)
+            available.clear()
+            available["cubepacs"] = rle.pydicom_plugin
         for name, func in list(available.items()):
             if not hasattr(func, "__wrapped__"):
                 available[name] = _checked_plugin(str(uid), func)

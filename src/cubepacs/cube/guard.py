@@ -284,6 +284,27 @@ def native_value_bytes(rows: int, cols: int, spp: int, bits: int, frames: int, p
     return (frames * rows * cols * samples * bits + 7) // 8
 
 
+def check_geometry(rows: int, cols: int, spp: int, bits: int, frames: int, index: int) -> None:
+    """The image pixel attributes of a frame pydicom is to decode, bounded: rows and columns 1–65535, 1–4 samples
+    (0 is invalid, not 1), Bits Allocated 1, 8, 16, 32 or 64, 1–2²⁴ frames, ``index`` one of them, a frame of at
+    most 2 GiB.
+
+    Example
+    -------
+    >>> check_geometry(512, 512, 1, 16, 1, 0)
+    >>> check_geometry(512, 512, 0, 16, 1, 0)
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: image geometry out of bounds: 512 × 512 × 0, 16 bits, frame 1 of 1
+    """
+    if not (0 < rows <= MAX_DIM and 0 < cols <= MAX_DIM and 1 <= spp <= 4 and bits in (1, 8, 16, 32, 64)
+            and 0 < frames <= 1 << 24 and 0 <= index < frames):
+        raise CodecError(f"image geometry out of bounds: {rows} × {cols} × {spp}, {bits} bits, frame {index + 1} "
+                         f"of {frames}")
+    if rows * cols * spp * max(bits, 8) // 8 > 1 << 31:
+        raise CodecError("a frame larger than 2 GiB")
+
+
 def check_dicom_frame(ds: object, index: int) -> None:
     """Before pydicom decodes frame ``index`` of a dataset: bounded geometry (Samples per Pixel 1–4: 0 is invalid,
     not 1; only an absent one means 1); for native syntaxes a Pixel Data value that holds every frame the
@@ -317,12 +338,7 @@ def check_dicom_frame(ds: object, index: int) -> None:
         photometric = str(get("PhotometricInterpretation", "") or "")
     except (TypeError, ValueError) as exc:
         raise CodecError(f"image pixel attributes cannot be read: {exc}") from None
-    if not (0 < rows <= MAX_DIM and 0 < cols <= MAX_DIM and 1 <= spp <= 4 and bits in (1, 8, 16, 32, 64)
-            and 0 < frames <= 1 << 24 and 0 <= index < frames):
-        raise CodecError(f"image geometry out of bounds: {rows} × {cols} × {spp}, {bits} bits, frame {index + 1} "
-                         f"of {frames}")
-    if rows * cols * spp * max(bits, 8) // 8 > 1 << 31:
-        raise CodecError("a frame larger than 2 GiB")
+    check_geometry(rows, cols, spp, bits, frames, index)
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if ts not in J2K and ts not in JPEG and ts != RLE:
         value = next((v for v in (get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))

@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cubepacs.cube.framedecode import decode_with_pydicom
 from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import PixelDesc, split_frames, to_stored_values
-from cubepacs.cube.reader import CubeReader, _decode_with_pydicom
+from cubepacs.cube.reader import CubeReader
 from cubepacs.cube.sources import Instance
 from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE
 from cubepacs.errors import CubepacsError
@@ -70,7 +71,7 @@ class InstancePixels:
         inst = self.instances[i]
         assert inst.desc is not None
         if inst.desc.mode != "native":
-            arr = _decode_with_pydicom(self.instance_bytes(i), f, inst.name)
+            arr = decode_with_pydicom(self.instance_bytes(i), f, inst.name)
         else:
             d = inst.desc
             value = memoryview(inst.raw.pixel_value)[f * d.frame_bytes : (f + 1) * d.frame_bytes]

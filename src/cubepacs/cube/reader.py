@@ -18,14 +18,13 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from io import BytesIO
 from pathlib import Path
 from typing import IO, Any
 
 import imagecodecs
 import numpy as np
 
-from cubepacs.cube import guard, validate
+from cubepacs.cube import framedecode, guard, validate
 from cubepacs.cube.codecs import get_codec, native_call
 from cubepacs.cube.format import (
     FRAME_DTYPE,
@@ -244,12 +243,24 @@ class CubeReader:
             raise InvalidCubeError(self.source, f"frame {k}", "instance without pixel data")
         try:
             if d.mode != "native":
-                return _decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
+                return self._whole_frame(i, f, d)
             return to_stored_values(d, self._container(i, f, d, out))
         except (InvalidCubeError, CodecError):
             raise
         except Exception as exc:
             raise InvalidCubeError(self.source, f"frame {k}", f"{type(exc).__name__}: {exc}") from None
+
+    def _whole_frame(self, i: int, f: int, d: PixelDesc) -> np.ndarray:
+        """Frame ``f`` of instance ``i`` kept whole: an encapsulated one from its stored value (RLE decoded in
+        place, the others by pydicom's decoders given the frame alone), an opaque or deflated one by pydicom from
+        the rebuilt instance."""
+        syntax, first = self.meta.syntaxes[i], self._row(i, 0)
+        if d.mode == "encapsulated" and 0 <= first < len(self.index) and (
+                int(self.index[first]["frame"]) == WHOLE_VALUE and int(self.index[first]["codec"]) == 0):
+            value = self._blob(first)
+            arr = framedecode.rle_frame(value, d, f, self.meta.names[i]) if syntax == guard.RLE else None
+            return arr if arr is not None else framedecode.encapsulated_frame(value, d, syntax, f, self.meta.names[i])
+        return framedecode.decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
 
     def values_exact(self, i: int) -> bool:
         """Whether instance ``i``'s native frames, decoded, are its stored values as they are: Bits Stored equals
@@ -446,30 +457,6 @@ class CubeReader:
                 name = self.meta.names[i] if 0 <= i < len(self.meta.names) else i
                 problems.append(f"frame {row} (instance {name}): {type(exc).__name__}: {exc}")
         return problems
-
-
-_PARSED: dict[int, Any] = {}  # id(file bytes) -> parsed dataset, for decoding several frames of one instance
-
-
-def _decode_with_pydicom(file_bytes: bytes, frame: int, name: str) -> np.ndarray:
-    """Decode one frame of a compressed or unusual-layout instance with pydicom (stored values, raw=True)."""
-    import warnings
-
-    import pydicom
-    from pydicom.pixels.utils import pixel_array
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = _PARSED.get(id(file_bytes))
-            if ds is None or ds[0] is not file_bytes:
-                ds = (file_bytes, pydicom.dcmread(BytesIO(file_bytes), force=True))
-                _PARSED.clear()
-                _PARSED[id(file_bytes)] = ds
-            guard.check_dicom_frame(ds[1], frame)
-            return np.asarray(native_call("pydicom", pixel_array, ds[1], index=frame, raw=True))
-    except Exception as exc:  # native_call made a decoder's panic an Exception
-        raise CodecError(f"{name}: frame {frame} cannot be decoded: {exc}") from None
 
 
 def load_meta_only(src: CubeSource) -> DicomMeta:
