@@ -188,3 +188,43 @@ def test_dataset_gives_every_item_of_every_file_of_the_data_set(tmp_path: Path) 
     shapes = {tuple(patches[i]["image"].shape) for i in range(len(patches))}
     assert shapes == {(4, 64, 64), (4, 64, 64, 3)}  # grey and colour, padded where smaller
     assert all(slices[i]["image"].ndim in (2, 3) for i in range(0, len(slices), 37))
+
+
+@pytest.mark.parametrize("code", ["LPS", "RAS"])
+def test_reoriented_volumes_put_each_voxel_where_the_files_say(tmp_path: Path, code: str) -> None:
+    """A coronal MR (rows toward the feet) and an axial CT reoriented: every sampled voxel, placed in patient
+    coordinates by the item's origin, spacing and directions, holds the value pydicom reads at that place in the
+    file whose plane it is in (Image Position, Orientation and Pixel Spacing of each file)."""
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset
+
+    toward = {"L": [1, 0, 0], "R": [-1, 0, 0], "P": [0, 1, 0], "A": [0, -1, 0], "S": [0, 0, 1], "I": [0, 0, -1]}
+    rng = np.random.default_rng(7)
+    for series in (T1, CT):
+        cubepacs.save(cubepacs.load_from_dicom_folder(str(series)), tmp_path / f"{series.name}.dcbs",
+                      codec="blosc2")
+        item = CubeDataset([str(tmp_path / f"{series.name}.dcbs")], mode="volume", orientation=code)[0]
+        image, spacing, origin = item["image"].numpy(), item["spacing"].numpy(), item["origin"].numpy()
+        along_row, along_column = item["orientation"].numpy()[:3], item["orientation"].numpy()[3:]
+        assert np.allclose(along_row, toward[code[0]]) and np.allclose(along_column, toward[code[1]])
+        across = np.array(toward[code[2]], float)
+        refs = [pydicom.dcmread(f) for f in dicom_files(series)]
+        normal = np.cross([float(v) for v in refs[0].ImageOrientationPatient[:3]],
+                          [float(v) for v in refs[0].ImageOrientationPatient[3:]])
+        planes = np.array([float(np.dot([float(v) for v in d.ImagePositionPatient], normal)) for d in refs])
+        values = [_rescaled(d) for d in refs]
+        sampled = []
+        for k, j, i in zip(*(rng.integers(0, n, 300) for n in image.shape), strict=True):
+            world = origin + i * spacing[2] * along_row + j * spacing[1] * along_column + k * spacing[0] * across
+            at = int(np.argmin(np.abs(planes - np.dot(world, normal))))
+            ref = refs[at]
+            ipp = np.array([float(v) for v in ref.ImagePositionPatient])
+            iop = [float(v) for v in ref.ImageOrientationPatient]
+            r = round(float(np.dot(world - ipp, iop[3:])) / float(ref.PixelSpacing[0]))
+            c = round(float(np.dot(world - ipp, iop[:3])) / float(ref.PixelSpacing[1]))
+            assert 0 <= r < ref.Rows and 0 <= c < ref.Columns and abs(planes[at] - np.dot(world, normal)) < 0.1
+            assert image[k, j, i] == values[at][r, c], (series.name, k, j, i)
+            sampled.append(image[k, j, i])
+        assert len(set(sampled)) > 100  # voxels of the anatomy, not only of the background
+    with pytest.raises(ValueError, match="one of each pair"):
+        CubeDataset(tmp_path, mode="volume", orientation="LPR")

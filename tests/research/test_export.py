@@ -292,8 +292,11 @@ def test_an_odd_instance_never_stops_the_cohort(tmp_path: Path) -> None:
         row = {"study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
                "sop_uid": str(ds.SOPInstanceUID) + ("x" if name == "broken" else ""), "name": name}
         groups.setdefault((row["study_uid"], row["series_uid"]), []).append(row)
+    seen: list[tuple[int, int]] = []
     report = export_cohort(lambda r: inputs[r["name"]], groups, tmp_path / "out", Options(SECRET.encode()),
-                           formats=("dicom", "cube"), codec="zstd")
+                           formats=("dicom", "cube"), codec="zstd", progress=lambda n, t: seen.append((n, t)))
+    assert seen == sorted(seen) and seen[-1] == (6, 6)  # instance by instance, inside each series too
+    assert {n for n, _ in seen} == set(range(7))
     assert report.instances == 4 and len(report.failed) == 1 and report.excluded == {
         "pixels only in private groups": 1}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from cubepacs.cube.reader import CubeReader
-from cubepacs.research.geometry import Geometry, geometry
+from cubepacs.research.geometry import Geometry, check_code, directions, geometry, reorient
 
 try:
     import torch
-    from torch.utils.data import Dataset, get_worker_info
+    from torch.utils.data import Dataset
 except ImportError as exc:  # pragma: no cover - the extra names what to install
     raise ImportError("cubepacs.research.dataset needs PyTorch: pip install 'cubepacs[torch]'") from exc
 
@@ -115,18 +115,6 @@ def _frame_shapes(reader: CubeReader) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _empty(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 array for an item's image; in a DataLoader worker, in shared memory already, so that sending it
-    to the main process does not copy it once more."""
-    if get_worker_info() is None:
-        return np.empty(shape, np.float32)
-    storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(  # type: ignore[no-untyped-call]
-        int(np.prod(shape)) * 4)
-    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]  # C order, in elements
-    array: np.ndarray = torch.empty(0, dtype=torch.float32).set_(storage, 0, shape, strides).numpy()
-    return array
-
-
 class CubeDataset(Dataset):  # type: ignore[type-arg]
     """Volumes (``mode="volume"``), 2D slices (``"slice"``) or random 3D patches (``"patch"``) of cubes.
 
@@ -138,7 +126,8 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
                  patch_size: tuple[int, int, int] = (16, 64, 64), patches_per_volume: int = 8,
                  rescale: bool = True, seed: int = 0, storage_options: dict[str, str] | None = None,
                  pad: str | None = "edge", pad_value: float = 0.0,
-                 spacing: tuple[float, float, float] | None = None, cache_volumes: int = 0) -> None:
+                 spacing: tuple[float, float, float] | None = None, cache_volumes: int = 0,
+                 orientation: str | None = None) -> None:
         if mode not in ("volume", "slice", "patch"):
             raise ValueError(f"mode must be volume, slice or patch, not {mode!r}")
         if pad not in (None, "edge", "constant"):
@@ -146,6 +135,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         self.mode, self.patch_size, self.per_volume = mode, patch_size, patches_per_volume
         self.rescale, self.seed, self.pad, self.pad_value, self.spacing = rescale, seed, pad, pad_value, spacing
         self.cache_volumes = cache_volumes
+        self.orientation = check_code(orientation) if orientation is not None else None
+        if self.orientation and mode == "slice":
+            raise ValueError("orientation applies to volumes and patches (mode='volume' or 'patch'), not slices")
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (pid, volume) → stored values
         self._buffers: dict[tuple[tuple[int, ...], str], np.ndarray] = {}  # one decoded frame, reused
         self.url: str | None = None
@@ -160,6 +152,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         if not self.paths:
             raise ValueError(f"no .dcbs cube found in {source}")
         self._readers: dict[tuple[int, int], tuple[CubeReader, Geometry]] = {}
+        self._geometries: dict[int, Geometry] = {}  # computed once, here: workers get them with the dataset
         self.skipped: dict[str, str] = {}  # cube → why it gives no item
         self.split: dict[str, int] = {}  # cube → volumes it was split into (frame shapes, temporal positions)
         self.volumes: list[tuple[int, np.ndarray]] = []  # (cube, positions in its slice order) of one frame shape
@@ -235,7 +228,10 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
                 reader = CubeReader(StorageFile(self._storage(), self.paths[k]))  # type: ignore[arg-type]
             else:
                 reader = CubeReader(self.paths[k])
-            found = self._readers[key] = (reader, geometry(reader))
+            geo = self._geometries.get(k)
+            if geo is None:
+                geo = self._geometries[k] = geometry(reader)
+            found = self._readers[key] = (reader, geo)
         return found
 
     def __len__(self) -> int:
@@ -278,7 +274,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
 
     def _decode(self, v: int, numbers: np.ndarray, window: tuple[slice, slice] | None = None) -> np.ndarray:
         """Frames ``numbers`` of volume ``v`` (cut to ``window``) as float32, rescaled: each frame decoded once
-        and converted straight into the output (in shared memory in a worker), a patch's voxels only."""
+        and converted straight into the output, a patch's voxels only."""
         k, volume = self.volumes[v]
         reader, geo = self._open(k)
         positions = volume[numbers]
@@ -288,7 +284,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         for j, n in enumerate(positions):
             frame = (whole[numbers[j]] if whole is not None else self._frame(reader, int(geo.order[n])))[crop]
             if out is None:
-                out = _empty((len(positions), *frame.shape))
+                out = np.empty((len(positions), *frame.shape), np.float32)
             if self.rescale:
                 np.multiply(frame, np.float32(geo.slope[n]), out=out[j], casting="unsafe")
                 np.add(out[j], np.float32(geo.intercept[n]), out=out[j])
@@ -297,45 +293,57 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         assert out is not None
         return out
 
-    def _resample(self, v: int, image: np.ndarray) -> np.ndarray:
-        if self.spacing is None:
-            return image
-        _, geo = self._open(self.volumes[v][0])
-        size = [max(1, round(n * s / t)) for n, s, t in zip(image.shape[:3], geo.spacing, self.spacing,
-                                                             strict=True)]
+    def _resample(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        assert self.spacing is not None
+        size = [max(1, round(n * s / t)) for n, s, t in zip(image.shape[:3], spacing, self.spacing, strict=True)]
         tensor = torch.from_numpy(np.ascontiguousarray(image))
         tensor = tensor.permute(3, 0, 1, 2)[None] if image.ndim == 4 else tensor[None, None]  # samples → channels
         out = torch.nn.functional.interpolate(tensor, size=size, mode="trilinear", align_corners=True)[0]
         return (out.permute(1, 2, 3, 0) if image.ndim == 4 else out[0]).numpy()
 
-    def _item(self, v: int, image: np.ndarray, index: Any) -> Item:
+    def _place(self, v: int) -> tuple[tuple[float, float, float], np.ndarray, np.ndarray]:
+        """Spacing, origin (the first voxel's position) and axis directions of volume ``v`` as stored."""
         k, volume = self.volumes[v]
         _, geo = self._open(k)
-        spacing = self.spacing if self.spacing is not None and image.ndim == 3 else geo.spacing
         origin = geo.positions[volume[0]] if geo.positions is not None else np.zeros(3)
-        if np.isnan(origin).any():
-            origin = np.array(geo.origin)
+        return geo.spacing, np.array(geo.origin) if np.isnan(origin).any() else origin, directions(geo)
+
+    def _whole(self, v: int) -> tuple[np.ndarray, tuple[tuple[float, float, float], np.ndarray, np.ndarray]]:
+        """Volume ``v`` reoriented and resampled as asked; its spacing, origin and axis directions."""
+        image = self._decode(v, np.arange(self.counts[v]))
+        spacing, origin, axes = self._place(v)
+        if self.orientation:
+            image, spacing, origin, axes = reorient(image, spacing, origin, axes, self.orientation)
+        if self.spacing is not None:
+            image, spacing = self._resample(image, spacing), self.spacing
+        return image, (spacing, origin, axes)
+
+    def _item(self, v: int, image: np.ndarray, index: Any,
+              place: tuple[tuple[float, float, float], np.ndarray, np.ndarray] | None = None) -> Item:
+        spacing, origin, axes = place or self._place(v)
+        orientation = [*axes[2].tolist(), *axes[1].tolist()]  # along a row (columns), along a column (rows)
         return Item(image=torch.from_numpy(np.ascontiguousarray(image)), spacing=torch.tensor(spacing),
-                    origin=torch.tensor(origin.tolist()), orientation=torch.tensor(geo.orientation),
-                    source=self.paths[k], index=torch.tensor(index))
+                    origin=torch.tensor(origin.tolist()), orientation=torch.tensor(orientation),
+                    source=self.paths[self.volumes[v][0]], index=torch.tensor(index))
 
     def __getitem__(self, idx: int) -> Item:
         if not 0 <= idx < len(self):
             raise IndexError(idx)
         if self.mode == "volume":
-            return self._item(idx, self._resample(idx, self._decode(idx, np.arange(self.counts[idx]))), [0, 0, 0])
+            image, place = self._whole(idx)
+            return self._item(idx, image, [0, 0, 0], place)
         if self.mode == "slice":
             v = int(np.searchsorted(self._starts, idx, side="right")) - 1
             s = idx - int(self._starts[v])
             return self._item(v, self._decode(v, np.array([s]))[0], [s, 0, 0])
         v = idx // self.per_volume
         rng = np.random.default_rng([self.seed, idx])
-        if self.spacing is not None:  # patches of the resampled volume
-            whole = self._resample(v, self._decode(v, np.arange(self.counts[v])))
+        if self.spacing is not None or self.orientation:  # patches of the resampled or reoriented volume
+            whole, place = self._whole(v)
             corner = [int(rng.integers(0, max(1, n - p + 1))) for n, p in zip(whole.shape, self.patch_size,
                                                                                strict=True)]
             patch = whole[tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))]
-            return self._item(v, self._padded(patch), corner)
+            return self._item(v, self._padded(patch), corner, place)
         rows, cols = self._shapes[v][:2]
         depth = self.counts[v]
         d, h, w = (min(a, b) for a, b in zip(self.patch_size, (depth, rows, cols), strict=True))

@@ -186,10 +186,14 @@ def export_cohort(load: Callable[[dict[str, Any]], bytes], groups: Groups, out: 
             if progress:
                 progress(finished, total)
             continue
-        entry = _export_series(load, rows, out, options, missing, codec, new_series, mapping, report)
+        before = finished
+
+        def tick(n: int, before: int = before) -> None:  # per instance: progress while a large series runs
+            if progress:
+                progress(before + n, total)
+
+        entry = _export_series(load, rows, out, options, missing, codec, new_series, mapping, report, tick)
         finished += len(rows)
-        if progress:
-            progress(finished, total)
         old = manifest["series"].get(new_series, {})
         entry["formats"] = sorted(set(old.get("formats", [])) | set(entry["formats"]), key=FORMATS.index)
         manifest["series"][new_series] = entry
@@ -220,12 +224,13 @@ def export_cohort(load: Callable[[dict[str, Any]], bytes], groups: Groups, out: 
 
 def _export_series(load: Callable[[dict[str, Any]], bytes], rows: list[dict[str, Any]], out: Path,
                    options: Options, missing: list[str], codec: str, new_series: str, mapping: dict[str, str],
-                   report: Report) -> dict[str, Any]:
+                   report: Report, tick: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     """One series: every instance de-identified and checked, the missing outputs written; its manifest entry."""
     entry: dict[str, Any] = {"instances": 0, "burned_in": [], "failed": [], "excluded": [], "formats": []}
     instances: list[Any] = []
     datas: dict[str, bytes] = {}
-    for row in rows:
+    for n, row in enumerate(rows, 1):
+        tick(n - 1)
         sop = new_uid(str(row["sop_uid"]), options.secret) if not options.retain_uids else str(row["sop_uid"])
         try:
             res = deidentify(load(row), options)
@@ -266,4 +271,5 @@ def _export_series(load: Callable[[dict[str, Any]], bytes], rows: list[dict[str,
             reason = f"{type(exc).__name__}: {exc}"[:300]
             report.failed.append(f"{new_series} cube: {reason}")
             entry["failed"].append({"cube": new_series, "reason": reason})
+    tick(len(rows))  # the series' outputs are written: all its instances count
     return entry

@@ -120,3 +120,49 @@ def geometry(reader: CubeReader) -> Geometry:
                     per_instance_slope[inst_of_frame] if len(meta) else np.zeros(0),
                     per_instance_intercept[inst_of_frame] if len(meta) else np.zeros(0),
                     (float(steps.min()), float(steps.max())) if len(steps) else (dz, dz), ipp_of_frame, phase)
+
+
+_LETTERS = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+
+
+def check_code(code: str) -> str:
+    """An orientation code checked: three letters, one of each pair L/R, P/A, S/I (``"LPS"``, ``"RAS"``…)."""
+    code = str(code).upper()
+    if len(code) != 3 or any(c not in _LETTERS for c in code) or len({_LETTERS[c][0] for c in code}) != 3:
+        raise ValueError(f"orientation {code!r}: three letters, one of each pair L/R, P/A, S/I (e.g. LPS or RAS)")
+    return code
+
+
+def directions(geo: Geometry) -> np.ndarray:
+    """Unit vectors (patient coordinates, LPS) along which the slice, row and column index increase."""
+    row, col = np.array(geo.orientation[:3], float), np.array(geo.orientation[3:], float)
+    return np.array([np.cross(row, col), col, row])
+
+
+def reorient(image: np.ndarray, spacing: tuple[float, float, float], origin: np.ndarray, axes: np.ndarray,
+             code: str) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, np.ndarray]:
+    """A volume (slices × rows × columns [× samples]) with its axes permuted and flipped so that the column, row
+    and slice index increase toward the three letters of ``code`` (nibabel's and MONAI's order: x, y, z), each
+    array axis taken along the patient axis nearest to it (no interpolation: an oblique volume stays oblique).
+    Returns the volume (a view), its spacing, origin (first voxel) and axis directions (as :func:`directions`).
+
+    >>> volume = np.arange(8).reshape(2, 2, 2)   # axial: slices toward S, rows toward P, columns toward L
+    >>> axes = np.array([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]])
+    >>> out, spacing, origin, new = reorient(volume, (3.0, 1.0, 1.0), np.zeros(3), axes, "RAS")
+    >>> out[0].tolist(), spacing, origin.tolist()   # rows and columns reversed: the first voxel moves
+    ([[3, 2], [1, 0]], (3.0, 1.0, 1.0), [1.0, 1.0, 0.0])
+    """
+    code = check_code(code)
+    wanted = [_LETTERS[c] for c in reversed(code)]  # numpy axis 0 (slices) takes the last letter
+    nearest = [int(np.argmax(np.abs(a))) for a in axes]
+    if len(set(nearest)) != 3:
+        raise ValueError(f"orientation {code}: two axes of the volume are nearest to one patient axis (oblique "
+                         "at 45°): cannot be permuted")
+    perm = [nearest.index(patient) for patient, _ in wanted]
+    flips = [bool(np.sign(axes[perm[k]][patient]) != sign) for k, (patient, sign) in enumerate(wanted)]
+    start = origin + sum((image.shape[perm[k]] - 1) * spacing[perm[k]] * axes[perm[k]]
+                         for k in range(3) if flips[k])
+    out = np.transpose(image, perm + list(range(3, image.ndim)))
+    out = np.flip(out, axis=tuple(k for k in range(3) if flips[k])) if any(flips) else out
+    new_axes = np.array([axes[perm[k]] * (-1.0 if flips[k] else 1.0) for k in range(3)])
+    return out, (spacing[perm[0]], spacing[perm[1]], spacing[perm[2]]), np.asarray(start, float), new_axes
