@@ -149,7 +149,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
             first = services.index.search_instances(ident.tenant, {}, study, s["series_uid"], limit=1)
             s["first"] = first[0]["sop_uid"] if first else ""
         return _page("study.html", title="Study", ident=ident, study=row, series=series, csrf=ident.csrf,
-                     peers=sorted(services.remote_aes), study_uid=study,
+                     peers=sorted({*services.remote_aes, *services.dicomweb_peers}),
+                     web_peers=set(services.dicomweb_peers) - set(services.remote_aes), study_uid=study,
                      labels=labels.of_studies(services.index, ident.tenant, [study])[study])
 
     @app.get(UI + "/studies/{study}/series/{series}")

@@ -1,7 +1,8 @@
 """Send jobs in the admin UI and the API (``archive/jobs.py`` keeps them).
 
 * ``POST /ui/studies/{study}/send`` (fields ``to``, ``series`` — empty: the whole study): starts a job sending to
-  a configured peer (``remote_aes``: DIMSE C-STORE) and goes to its page.
+  a configured peer (``remote_aes``: DIMSE C-STORE; ``dicomweb_peers``: STOW-RS, ``stowsend.py``) and goes to
+  its page.
 * ``GET /ui/jobs``: the tenant's jobs, running and finished; ``GET /ui/jobs/{job}``: one job — a progress bar
   and each instance's result (the peer's status, how it was sent); while it runs, htmx reloads its part of the
   page every second (``/ui/jobs/{job}?part=1``).
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from cubepacs.archive import manage
 from cubepacs.archive.jobs import Jobs
+from cubepacs.archive.stowsend import peer_url, send_stow
 from cubepacs.archive.web.adminui import UI, _form_who, _page, _who
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.jsonbody import read_json
@@ -42,13 +44,20 @@ def add_routes(app: FastAPI, services: Any) -> None:
     jobs = Jobs(Path(accounts).parent / "jobs.db" if accounts else ":memory:")
 
     def start(ident: Identity, to: str, level: str, uid: str) -> str:
-        """A new job's id (ConfigError: unknown peer or level, bad UID; 404: nothing to send)."""
-        manage.destination(services.remote_aes, to)
+        """A new job's id (ConfigError: unknown peer or level, bad UID; 404: nothing to send). ``to``: an AE title
+        of ``remote_aes`` (C-STORE), else a name of ``dicomweb_peers`` (STOW-RS)."""
+        web = to not in services.remote_aes and to in services.dicomweb_peers
+        url = peer_url(services.dicomweb_peers, to) if web else ""
+        if not web:
+            manage.destination(services.remote_aes, to)
         rows = manage.resolve(services.index, ident.tenant, level, uid)
         if not rows:
             raise HTTPException(404, f"no {level} {uid}")
         job = jobs.create(ident.tenant, ident.principal, to, level, uid, len(rows))
-        jobs.run(job, lambda: manage.send(services.storage, rows, services.remote_aes, to, services.ae_title))
+        if web:
+            jobs.run(job, lambda: send_stow(services.storage.get, rows, url))
+        else:
+            jobs.run(job, lambda: manage.send(services.storage, rows, services.remote_aes, to, services.ae_title))
         return job
 
     @app.post(UI + "/studies/{study}/send")
