@@ -211,7 +211,9 @@ def test_a_pdu_of_unknown_type_right_after_an_association_request_is_one_log_lin
     assert dcmtk("echoscu", "-aec", "CUBEPACS", "127.0.0.1", str(server.dimse_port)).returncode == 0
     log = (server.data_dir.parent / f"{server.data_dir.name}.log").read_text(errors="replace")
     assert "Unknown PDU type received '0x09'" in log
-    assert "Traceback" not in log and "Exception in thread" not in log
+    evt7 = [line for line in log.splitlines() if "Invalid event 'Evt7' for the current state 'Sta13'" in line]
+    assert evt7, log[-2000:]  # the InvalidEventError case of the issue was reached, and is this one line each
+    assert "Traceback" not in log and "Exception in thread" not in log and "InvalidEventError" not in log
 
 
 def test_max_value_bytes_setting_bounds_whole_values_in_the_archive(tmp_path: Path) -> None:
