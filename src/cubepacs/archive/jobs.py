@@ -17,6 +17,10 @@ Example
 ('done', 1, 0, ['1.2.3'])
 >>> jobs.get("other tenant", job) is None
 True
+>>> memory = Jobs(":memory:"); job = memory.create("t", "key:1", "DEST", "study", "1.2", 0)
+>>> memory.run(job, lambda: []).join(); memory.get("t", job)["state"]  # the job's thread sees the same database
+'done'
+
 """
 
 from __future__ import annotations
@@ -58,18 +62,23 @@ class Jobs:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
+        self._uri = False
+        if self.path == ":memory:":  # one database shared by this object's threads (an archive without a data dir)
+            self.path, self._uri = f"file:cubepacs-jobs-{secrets.token_hex(8)}?mode=memory&cache=shared", True
+        else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             if not os.path.exists(self.path):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._local = threading.local()
-        self._db().executescript(_SCHEMA)
+        self._keep = self._db()  # (a shared in-memory database lives while a connection to it is open)
+        self._keep.executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False, uri=self._uri)
+            if not self._uri:
+                db.execute("PRAGMA journal_mode=WAL")
             self._local.db = db
         return db
 
