@@ -9,8 +9,9 @@ Usage: .venv/bin/python bench/loader.py [--codec blosc2] [--slices 1000] [--patc
 cubes, the cubes with ``--codec``), and both sides read the export: the cubes, and its DICOM folders. Without it,
 the cubes are made from the series folders, and pydicom reads those folders.
 
-``--cache N``: an extra row, the dataset keeping the last N decoded volumes per process
-(``CubeDataset(cache_volumes=N)``), so that the patches of a volume cost one decode.
+``--cache N``: extra rows, the dataset keeping the last N decoded volumes per process
+(``CubeDataset(cache_volumes=N)``), so that the slices and patches of a volume cost one decode per process (the
+DICOM side has no cache: these rows measure the feature, not the same work).
 
 ``--monai DIR``: MONAI installed apart (``pip install --no-deps --target DIR monai``; torch, numpy and pydicom come
 from the project's venv) is put on the path, and patches are compared with MONAI's path on the exported cohort's
@@ -162,7 +163,7 @@ def compare(label: str, ours: Any, anchor: Any, rounds: int, anchor_limit: int =
             else:
                 b.append(rate(anchor, **{**kw, "limit": anchor_limit or kw["limit"]}))
     mine, theirs = statistics.median(a), statistics.median(b)
-    print(f"{label:26} {kw['workers']:7d} {kw['batch'] or '-':>5} {mine:9.1f} {theirs:9.1f} {mine / theirs:6.2f}x",
+    print(f"{label:28} {kw['workers']:7d} {kw['batch'] or '-':>5} {mine:9.1f} {theirs:9.1f} {mine / theirs:6.2f}x",
           flush=True)
 
 
@@ -258,10 +259,10 @@ def main() -> None:
                 cubepacs.save(cubepacs.load_from_dicom_folder(str(d)), cubes / f"{d.name}.dcbs", codec=args.codec)
         print(f"{len(folders)} series ({sum(1 for d in folders for _ in d.iterdir())} files), cubes: {args.codec}"
               f"{', exported cohort' if args.cohort or args.monai else ''}; medians of {args.rounds} alternations")
-        print(f"{'items':26} {'workers':>7} {'batch':>5} {'cubes/s':>9} {'other/s':>9} {'ratio':>7}")
+        print(f"{'items':28} {'workers':>7} {'batch':>5} {'cubes/s':>9} {'other/s':>9} {'ratio':>7}")
         for mode, limit in (("slice", args.slices), ("patch", args.patches)):
             anchor = DicomFolders(folders, mode, PATCH, PER_VOLUME)
-            variants = [("", 0)] + ([(f" (cache {args.cache})", args.cache)] if mode == "patch" and args.cache else [])
+            variants = [("", 0)] + ([(f" (cache {args.cache})", args.cache)] if args.cache else [])
             for suffix, cache in variants:
                 ours = CubeDataset(cubes, mode=mode, patch_size=PATCH, patches_per_volume=PER_VOLUME,
                                    cache_volumes=cache)
@@ -270,7 +271,8 @@ def main() -> None:
                 check_same(ours, anchor, mode)
                 for batch in (0, args.batch) if args.batch else (0,):
                     for workers in (0, 2):
-                        compare(f"{mode}s vs pydicom{suffix}", ours, anchor, args.rounds, workers=workers,
+                        label = f"{'patches' if mode == 'patch' else 'slices'} vs pydicom{suffix}"
+                        compare(label, ours, anchor, args.rounds, workers=workers,
                                 limit=limit, batch=batch, counts=ours.counts, mode=mode)
         if args.monai:
             monai_rows(folders, cubes, args)

@@ -56,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - the extra names what to install
 
 __all__ = ["CubeDataset", "Geometry", "Item", "collate_list", "geometry"]
 SMALL = 1024  # tensors of at most this many elements cross a worker boundary packed into one
+CARRY = 1 << 22  # an image of at most this many elements (not already in shared memory) carries them
 
 
 def collate_list(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -80,7 +81,8 @@ class Item(dict):  # type: ignore[type-arg]
 
     Pickled — as a DataLoader worker sends it to the main process — its small tensors travel as one: PyTorch
     shares every tensor through a shared-memory segment and a file descriptor of its own (≈ 0.2 ms each here, more
-    than decoding a slice), so ``spacing``, ``origin``, ``orientation`` and ``index`` cost one, not four.
+    than decoding a slice), so ``spacing``, ``origin``, ``orientation`` and ``index`` cost one, not four — none
+    when they fit in float32 exactly and the image (up to 16 MB, not in shared memory yet) carries them.
 
     >>> import pickle
     >>> item = Item(image=torch.zeros(2, 2), spacing=torch.tensor([1.0, 0.5, 0.5]), index=torch.tensor([3, 0, 0]))
@@ -95,14 +97,25 @@ class Item(dict):  # type: ignore[type-arg]
     def __reduce__(self) -> tuple[Any, ...]:
         small = [(k, v) for k, v in self.items() if isinstance(v, torch.Tensor) and v.numel() <= SMALL
                  and v.dtype in (torch.float32, torch.float64, torch.int64, torch.int32) and not v.requires_grad]
-        if len(small) < 2:
+        if not small:
             return _rebuild_item, (list(self), dict(self), None, [])
         layout, offset = [], 0
         for key, value in small:
             layout.append((key, value.dtype, tuple(value.shape), offset))
             offset += value.numel()
         packed = torch.cat([v.reshape(-1).to(torch.float64) for _, v in small])  # exact for these dtypes
-        rest = {k: v for k, v in self.items() if k not in dict(small)}
+        image = self.get("image")
+        if isinstance(image, torch.Tensor) and image.dtype == torch.float32 and not image.is_shared() and \
+                not image.requires_grad and image.numel() <= CARRY and \
+                torch.equal(packed.to(torch.float32).to(torch.float64), packed):
+            # one tensor, image and all: copying a slice (≈ 0.1 ms a MB) costs less than sharing one more tensor
+            n = image.numel()
+            packed = torch.cat([image.reshape(-1), packed.to(torch.float32)])
+            layout = [("image", torch.float32, tuple(image.shape), 0),
+                      *((k, d, shape, o + n) for k, d, shape, o in layout)]
+        elif len(small) < 2:
+            return _rebuild_item, (list(self), dict(self), None, [])
+        rest = {k: v for k, v in self.items() if k not in {key for key, *_ in layout}}
         return _rebuild_item, (list(self), rest, packed, layout)
 
 
@@ -322,9 +335,10 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
               place: tuple[tuple[float, float, float], np.ndarray, np.ndarray] | None = None) -> Item:
         spacing, origin, axes = place or self._place(v)
         orientation = [*axes[2].tolist(), *axes[1].tolist()]  # along a row (columns), along a column (rows)
-        return Item(image=torch.from_numpy(np.ascontiguousarray(image)), spacing=torch.tensor(spacing),
-                    origin=torch.tensor(origin.tolist()), orientation=torch.tensor(orientation),
-                    source=self.paths[self.volumes[v][0]], index=torch.tensor(index))
+        meta = torch.from_numpy(np.array([*spacing, *origin.tolist(), *orientation], np.float32))  # one, in views
+        return Item(image=torch.from_numpy(np.ascontiguousarray(image)), spacing=meta[:3], origin=meta[3:6],
+                    orientation=meta[6:], source=self.paths[self.volumes[v][0]],
+                    index=torch.from_numpy(np.array(index, np.int64)))
 
     def __getitem__(self, idx: int) -> Item:
         if not 0 <= idx < len(self):
