@@ -59,6 +59,8 @@ class Settings:
     users: dict[str, dict[str, str]] = field(default_factory=dict)  # name → {password (argon2 hash), tenant, role}
     dimse_roles: dict[str, str] = field(default_factory=dict)  # "AE@tenant"/"AE"/"@tenant"/"*" → role (roles.py)
     viewer_dir: str = ""  # the OHIF build; "" → data_dir/viewer (cubepacs viewer install)
+    viewer_name: str = "cubepacs"  # shown by OHIF in place of its logo (a link to /ui) and in its tour
+    viewer_banner: str = "never"  # OHIF's "investigational use" banner: never, always or configure:DAYS
     tls_cert: str = ""  # PEM certificate (chain) of this server, for DICOM TLS and HTTPS
     tls_key: str = ""  # its PEM private key
     tls_ca: str = ""  # PEM CA bundle: when set, TLS clients must present a certificate it signed

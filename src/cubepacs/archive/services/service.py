@@ -168,9 +168,11 @@ def web_app(settings: Settings, b: Backends,
     """
     from cubepacs.archive.auth.accounts import Accounts
     from cubepacs.archive.web.app import Services, create_app
+    from cubepacs.archive.web.branding import check_banner
     from cubepacs.archive.web.session import LiveUsers
     from cubepacs.archive.web.tokens import OidcVerifier
 
+    check_banner(settings.viewer_banner)  # a bad value is one error at start, not a broken viewer
     access = open_log(b.storage, settings, "access", ACCESS_SCHEMA)
     data_dir = Path(settings.data_dir)
     app = create_app(extensions=extensions, services=Services(
@@ -182,6 +184,7 @@ def web_app(settings: Settings, b: Backends,
         users=LiveUsers(data_dir / "users.json", settings.users), session_hours=settings.session_hours,
         cors_origins=settings.cors_origins, public_url=settings.public_url,
         trusted_proxies=settings.trusted_proxies, viewer_dir=settings.viewer_dir or str(data_dir / "viewer"),
+        viewer_name=settings.viewer_name, viewer_banner=settings.viewer_banner,
         keys_file=str(data_dir / "api-keys.json"), configured_keys=settings.api_keys,
         oidc=OidcVerifier(settings.oidc_jwks_url, settings.oidc_issuer, settings.oidc_audience,
                           settings.oidc_tenant_claim, settings.oidc_leeway, settings.oidc_role_claim)

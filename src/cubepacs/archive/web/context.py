@@ -58,6 +58,8 @@ class Services:
     public_url: str = ""
     trusted_proxies: list[str] = field(default_factory=list)
     viewer_dir: str = ""  # the OHIF build served at / ("" or missing: a page says how to install it)
+    viewer_name: str = "cubepacs"  # OHIF's logo, title of its tour (web/branding.py)
+    viewer_banner: str = "never"  # OHIF's "investigational use" banner (web/branding.py)
     oidc: Any = None  # a web.tokens.OidcVerifier: bearer JWTs accepted when set
     keys_file: str = ""  # data_dir/api-keys.json: re-read when it changes (a revoked key stops working at once)
     configured_keys: dict[str, str] = field(default_factory=dict)

@@ -91,8 +91,11 @@ _CLIENT = """
 """
 
 
-def app_config(origin: str, csrf: str) -> str:
-    """OHIF's ``window.config``: this archive as its one DICOMweb data source, upload through STOW-RS."""
+def app_config(origin: str, csrf: str, name: str = "cubepacs", banner: str = "never") -> str:
+    """OHIF's ``window.config``: this archive as its one DICOMweb data source, upload through STOW-RS, and its
+    branding (``web/branding.py``: ``name`` in place of OHIF's logo and in the tour, the ``banner`` setting)."""
+    from cubepacs.archive.web.branding import branding_js
+
     root = origin + ROOT
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
@@ -110,7 +113,8 @@ def app_config(origin: str, csrf: str) -> str:
         "showWarningMessageForCrossOrigin": False, "showCPUFallbackMessage": True, "showLoadingIndicator": True,
         "strictZSpacingForVolumeViewport": True, "defaultDataSourceName": "cubepacs", "dataSources": [source],
     }
-    return f"window.config = {json.dumps(config, indent=1)};\n" + _CLIENT.format(csrf=json.dumps(csrf))
+    return (f"window.config = {json.dumps(config, indent=1)};\n" + branding_js(name, banner)
+            + _CLIENT.format(csrf=json.dumps(csrf)))
 
 
 def _page(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
@@ -187,7 +191,8 @@ def add_routes(app: FastAPI, services: Services) -> None:
         if session is None:
             return Response("window.location.href = '/login';", media_type="text/javascript", status_code=401)
         request.state.tenant = session.tenant
-        return Response(app_config(public_base(request), session.csrf), media_type="text/javascript",
+        return Response(app_config(public_base(request), session.csrf, services.viewer_name, services.viewer_banner),
+                        media_type="text/javascript",
                         headers={"Cache-Control": "no-store"})
 
     @app.get("/{path:path}")
