@@ -105,6 +105,15 @@ def test_export_from_the_study_page_leaves_no_identifier(browser: Any, archive: 
         found += [(name, u) for u in {t.decode() for t in token.findall(data)} if leaks(u)]
     assert searched > sum(len(d) for d in datas) and not found, found[:10]
 
+    # the same by the API; the audit log says who exported which study, both times
+    with httpx.Client(base_url=f"http://127.0.0.1:{site.http_port}", headers=site.headers("alpha"),
+                      timeout=120) as api:
+        lines = api.post("/api/export", json={"name": "cohort-api", "studies": [study], "formats": ["dicom"]})
+        assert lines.status_code == 200 and '"done": true' in lines.text and '"error"' not in lines.text
+        rows = api.get("/api/audit", params={"action": "export"}).json()
+    assert {(r["who"].split(":")[0], r["study"]) for r in rows} == {("user", study), ("key", study)}
+    assert all(f"{COUNT} instance(s) of {study}" in r["detail"] for r in rows)
+
     context, page = sign_in(browser, site, "val", "val's password")  # a viewer may not export
     answer = page.goto(f"http://127.0.0.1:{site.http_port}/ui/export?study={study}")
     assert answer is not None and answer.status == 403

@@ -109,6 +109,20 @@ def plan(services: Any, tenant: str, body: Any, export_dir: str, secret: str) ->
     return Plan(name, out, options, formats, selection)
 
 
+def audit_of(checked: Plan) -> tuple[str, str]:
+    """(study, detail) of an export's audit row: the study when it is one, every study in the detail (bounded).
+
+    Example
+    -------
+    >>> class S: groups = {("1.2", "1.2.1"): [{}], ("1.3", "1.3.1"): [{}, {}]}; instances = 3
+    >>> audit_of(Plan("c1", Path("x"), None, ("dicom",), S()))  # type: ignore[arg-type]
+    ('', 'export c1: 3 instance(s) of 1.2, 1.3')
+    """
+    studies = sorted({study for study, _ in checked.selection.groups})
+    detail = f"export {checked.name}: {checked.selection.instances} instance(s) of {', '.join(studies)}"
+    return (studies[0] if len(studies) == 1 else ""), detail[:2000]
+
+
 def run(services: Any, checked: Plan) -> Iterator[dict[str, Any]]:
     """Run a checked export in a thread: ``{"selected": …}``, then ``{"progress": n, "total": t}`` at most every
     :data:`PROGRESS_EVERY` seconds, then the summary (``"done": true``; an error is the last event's ``error``)."""
@@ -158,6 +172,7 @@ def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
                 checked = plan(services, tenant, body, export_dir, secret)
             except ConfigError as exc:
                 raise HTTPException(400, str(exc)) from None
+            request.state.study, request.state.detail = audit_of(checked)  # who exported which studies
 
             def lines() -> Iterator[bytes]:
                 for event in run(services, checked):

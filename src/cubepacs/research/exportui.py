@@ -30,7 +30,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
 from cubepacs.errors import ConfigError
-from cubepacs.research.api import OPTION_NAMES, plan, run
+from cubepacs.research.api import OPTION_NAMES, audit_of, plan, run
 from cubepacs.research.export import FORMATS
 
 LABELS = {"retain_uids": "Retain UIDs", "retain_dates": "Retain dates (else shifted per patient)",
@@ -127,11 +127,7 @@ def ui_routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
                 return refusal(ident, str(exc), 400)
             except HTTPException as exc:
                 return refusal(ident, str(exc.detail), exc.status_code)
-            named = body.get("studies", [])
-            if len(named) == 1:
-                request.state.study = named[0]  # the audit row names the study (several: in its detail)
-            request.state.detail = (f"export {checked.name}: {checked.selection.instances} instance(s)"
-                                    + (f" of {', '.join(named)}"[:400] if len(named) > 1 else ""))
+            request.state.study, request.state.detail = audit_of(checked)  # who exported which studies
             events = run(services, checked)
             selected = next(events)["selected"]
             page = uitemplates.render("exporting.html", title="De-identified export", ident=ident,
