@@ -2,8 +2,8 @@
 acceptor, negotiates with (``archive/dimse/syntaxes.py``) before the request names any instance.
 
 For each class asked: the lowest and the highest Transfer Syntax UID of the tenant's instances of that class, as
-two scalar subqueries of one statement (with an index on (tenant, SOP class, transfer syntax) each is one index
-seek; without it, one pass over the tenant's rows). Equal: every instance of the class has that syntax.
+two scalar subqueries of one statement, each one seek of ``ix_instance_class_syntax`` (tenant, SOP class,
+transfer syntax; schema 5). Equal: every instance of the class has that syntax.
 
 Example
 -------

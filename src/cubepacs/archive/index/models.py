@@ -24,7 +24,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 metadata = MetaData()
 
 schema_version = Table(
@@ -76,6 +76,8 @@ dicom_instance = Table(
     Column("frames", Integer),
     Column("created_time", DateTime(timezone=True), nullable=False),
     Index("ix_instance_series", "tenant_id", "study_uid", "series_uid"),
+    # which transfer syntaxes a SOP class's stored instances have (C-GET negotiation, index/classes.py): index seeks
+    Index("ix_instance_class_syntax", "tenant_id", "sop_class_uid", "transfer_syntax"),
 )
 
 dicom_json_meta = Table(
@@ -112,7 +114,10 @@ study_label = Table(
 )
 
 # version -> SQL statements bringing version-1 to version; versions 2 and 4 only added a table (create_all makes it)
-MIGRATIONS: dict[int, list[str]] = {2: [], 3: [], 4: []}
+# (5: an index on a table that exists, which create_all does not add)
+MIGRATIONS: dict[int, list[str]] = {2: [], 3: [], 4: [], 5: [
+    "CREATE INDEX IF NOT EXISTS ix_instance_class_syntax ON dicom_instance "
+    "(tenant_id, sop_class_uid, transfer_syntax)"]}
 # the attributes C-FIND and QIDO match and answer: kept as stored, of any length (a malformed value is answered
 # unchanged, never cut: docs/archive.md, "Queries")
 QUERIED = ("patient_id", "patient_name", "patient_sex", "patient_birth_date", "study_date", "study_time",
