@@ -59,7 +59,8 @@ def _raw_uid(ds: Any, tag: int) -> str:
 def _uids_of(data: bytes) -> tuple[str, str, bool | None]:
     """(SOP Class UID, SOP Instance UID, implicit VR) of a part's dataset: a Part 10 file, or a bare dataset (no
     preamble, no file meta) in Implicit or Explicit VR Little Endian, told apart by whether a VR follows the first
-    tag (``implicit`` None for a Part 10 file). Empty strings for what cannot be read."""
+    tag (``implicit`` None for a Part 10 file, and for a bare dataset in Explicit VR Big Endian: its UIDs are read
+    to name it, but it is not stored). Empty strings for what cannot be read."""
     import warnings
 
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
@@ -75,10 +76,11 @@ def _uids_of(data: bytes) -> tuple[str, str, bool | None]:
                 implicit_file, little = syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2"
             else:
                 group = struct.unpack_from("<H", data)[0] if len(data) >= 8 else 0
-                if group < 0x0008 or group & 1:
+                big = len(data) >= 8 and data[0] == 0 and data[1] >= 0x08 and data[4:6].isalpha()  # (0008,…) BE
+                if not big and (group < 0x0008 or group & 1):
                     return "", "", None
-                implicit = implicit_file = not (data[4:6].isalpha() and data[4:6].isupper())
-                little = True
+                implicit_file = not big and not (data[4:6].isalpha() and data[4:6].isupper())
+                implicit, little = (None if big else implicit_file), not big
             ds = read_dataset(stream, implicit_file, little, stop_when=lambda tag, *_: tag > 0x00080018)
     except Exception:
         return "", "", None
@@ -128,6 +130,8 @@ def sop_refs(data: bytes) -> dict[str, Any]:
     >>> from pathlib import Path
     >>> sorted(sop_refs(Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()))
     ['00081150', '00081155']
+    >>> sop_refs(Path("../shared/data/malformed/no_preamble_no_meta_explicit_be.dcm").read_bytes())["00081155"]
+    {'vr': 'UI', 'Value': ['1.2.333.4444.5.6.7.8']}
     """
     sop_class, sop, _ = _uids_of(data)
     return {tag: _ui(v) for tag, v in (("00081150", sop_class), ("00081155", sop)) if v}
