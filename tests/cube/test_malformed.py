@@ -421,3 +421,36 @@ def test_a_native_instance_whose_value_cannot_hold_its_frames_is_refused_before_
     assert reader.desc(0).mode == "opaque"  # type: ignore[union-attr]
     with pytest.raises(CodecError, match=message):
         reader.frame(0)
+
+
+def test_a_deflate_bomb_is_refused_at_the_inflate_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real deflated file of the data set with 64 MiB of zeros added to its dataset (a private OB element),
+    deflated again — about 64 KB more on the wire. With the inflate bound (``rawfile.MAX_INFLATED``, 1 GiB) set to
+    4 MiB for the test, reading it is a DicomReadError naming the file, and memory stays near the bound (zlib's
+    output buffer grows by doubling), far from the 64 MiB the body inflates to.
+    Oracle: Python's zlib inflates the same body to the full dataset."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    from cubepacs.dicom import rawfile
+
+    data = (mutants.SINGLE / "deflated_explicit_le_sc_8bit.dcm").read_bytes()
+    scan = rawfile.scan_file(data)
+    head = data[:scan.tail]
+    dataset = zlib.decompress(data[scan.tail:], -15) + struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, 64 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = c.compress(dataset) + b"".join(c.compress(bytes(8 << 20)) for _ in range(8)) + c.flush()
+    bomb = head + body
+    assert len(body) < len(data) + 128 * 1024 and len(zlib.decompress(body, -15)) == len(dataset) + (64 << 20)
+    monkeypatch.setattr(rawfile, "MAX_INFLATED", 4 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomReadError, match=r"bomb\.dcm: deflated dataset inflates to more than 4194304 bytes"):
+            rawfile.split_file(bomb, "bomb.dcm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, peak
+    with pytest.raises(DicomReadError, match="inflates to more than"):
+        cubepacs.load_from_dicom_folder([bomb], errors="raise")

@@ -145,12 +145,12 @@ class DicomMeta:
 
     def _deflated_dataset(self, i: int) -> Dataset:
         if i not in self._deflated:
-            import zlib
+            from cubepacs.dicom.rawfile import inflate
 
             body = next(self.chunk(int(p)) for p in self.instance_refs(i) if self.pool_key(int(p)) == KEY_OPAQUE)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._deflated[i] = pydicom.dcmread(BytesIO(zlib.decompress(body, -15)), force=True,
+                self._deflated[i] = pydicom.dcmread(BytesIO(inflate(body, self.names[i])), force=True,
                                                     stop_before_pixels=True)
         return self._deflated[i]
 

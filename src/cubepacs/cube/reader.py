@@ -37,8 +37,8 @@ from cubepacs.cube.format import (
 )
 from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import PixelDesc, frame_to_bytes, to_stored_values
-from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE, PIXEL_TAGS
-from cubepacs.errors import CodecError, InvalidCubeError
+from cubepacs.dicom.rawfile import KEY_OPAQUE, KEY_PIXEL_VALUE, PIXEL_TAGS, inflate
+from cubepacs.errors import CodecError, DicomReadError, InvalidCubeError
 
 _ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
 
@@ -260,6 +260,13 @@ class CubeReader:
             value = self._blob(first)
             arr = framedecode.rle_frame(value, d, f, self.meta.names[i]) if syntax == guard.RLE else None
             return arr if arr is not None else framedecode.encapsulated_frame(value, d, syntax, f, self.meta.names[i])
+        if d.mode == "file":  # pydicom inflates the body itself, unbounded: it must inflate within the bound first
+            body = [p for p in self.meta.instance_refs(i).tolist() if self.meta.pool_key(p) == KEY_OPAQUE]
+            try:
+                for p in body:
+                    inflate(self.meta.chunk(p), self.meta.names[i])
+            except DicomReadError as exc:
+                raise CodecError(f"{self.meta.names[i]}: frame {f} cannot be decoded: {exc}") from None
         return framedecode.decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
 
     def values_exact(self, i: int) -> bool:

@@ -43,6 +43,7 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+MAX_INFLATED = 1 << 30  # a deflated dataset inflating to more than this (1 GiB) is refused, not inflated on
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,33 @@ def scan_spans(buf: bytes, pos: int, implicit: bool, little: bool, source: str,
     return size
 
 
+def inflate(body: bytes | memoryview, source: str = "<bytes>", offset: int = 0, limit: int | None = None) -> bytes:
+    """A deflated dataset's body inflated, at most ``limit`` bytes of it: deflate reaches about 1000:1, so a 4 MB
+    body of zeros would otherwise become 4 GB in memory (``limit`` None: ``MAX_INFLATED``, 1 GiB).
+    :class:`DicomReadError` when it is not deflate data or inflates to more.
+
+    Example
+    -------
+    >>> import zlib
+    >>> bomb = zlib.compress(bytes(1 << 20), 9)[2:-4]  # raw deflate, 1 MiB of zeros in ~1 KB
+    >>> len(inflate(bomb))
+    1048576
+    >>> inflate(bomb, "bomb.dcm", 132, limit=1000)
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.DicomReadError: bomb.dcm: deflated dataset inflates to more than 1000 bytes at byte 132
+    """
+    limit = MAX_INFLATED if limit is None else limit
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise DicomReadError(source, f"deflated dataset cannot be inflated: {exc}", offset) from exc
+    if len(out) > limit or d.unconsumed_tail:
+        raise DicomReadError(source, f"deflated dataset inflates to more than {limit} bytes", offset)
+    return out
+
+
 def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
     """Find the element boundaries of an encoded DICOM file (every element checked, nothing copied).
 
@@ -329,10 +357,7 @@ def scan_file(buf: bytes, source: str = "<bytes>") -> Scan:
     scan, pos = read_meta(buf, source)
     ts, implicit, little, spans = scan.transfer_syntax, scan.implicit, scan.little_endian, scan.spans
     if ts in DEFLATED:
-        try:
-            scan.deflated_body = zlib.decompress(buf[pos:], -15)
-        except zlib.error as exc:
-            raise DicomReadError(source, f"deflated dataset cannot be inflated: {exc}", pos) from exc
+        scan.deflated_body = inflate(buf[pos:], source, pos)
         scan.tail = pos
         return scan
     scan.tail = scan_spans(buf, pos, implicit, little, source, spans)
