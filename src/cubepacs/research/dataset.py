@@ -105,8 +105,8 @@ class Item(dict):  # type: ignore[type-arg]
             offset += value.numel()
         packed = torch.cat([v.reshape(-1).to(torch.float64) for _, v in small])  # exact for these dtypes
         image = self.get("image")
-        if isinstance(image, torch.Tensor) and image.dtype == torch.float32 and not image.is_shared() and \
-                not image.requires_grad and image.numel() <= CARRY and \
+        if isinstance(image, torch.Tensor) and image.dtype == torch.float32 and \
+                not image.untyped_storage().is_shared() and not image.requires_grad and image.numel() <= CARRY and \
                 torch.equal(packed.to(torch.float32).to(torch.float64), packed):
             # one tensor, image and all: copying a slice (≈ 0.1 ms a MB) costs less than sharing one more tensor
             n = image.numel()
