@@ -29,6 +29,40 @@ class IndexContract:
     def index(self) -> Iterator[Index]:
         raise NotImplementedError
 
+    def test_study_list_sorts_and_filters_by_label(self, index: Index) -> None:
+        from cubepacs.archive.index import labels
+        from cubepacs.archive.index.matching import STUDY_ORDERS
+
+        for n in range(30):  # values whose order is the same byte-wise and in a language collation
+            attrs = {"PatientName": f"P{(n * 7) % 11:02d}", "PatientID": f"ID{(n * 5) % 13:02d}",
+                     "StudyDate": f"2024{(n * 3) % 12 + 1:02d}01", "AccessionNumber": f"A{n % 4}",
+                     "Modality": ("CT", "MR", "US")[n % 3]}
+            if n % 5:
+                attrs["StudyDescription"] = f"D{n % 6}"
+            for i in range(n % 3 + 1):
+                index.add_instance(event(f"9.{n}.1.{i + 1}", series=f"9.{n}.1", study=f"9.{n}", **attrs))
+        rows = index.search_studies("t", {}, 100)
+        column = {"date": "study_date", "patient": "patient_name", "patient_id": "patient_id",
+                  "accession": "accession_number", "description": "study_description"}
+        for order in STUDY_ORDERS:
+            for descending in (False, True):
+                def key(r: dict[str, Any], order: str = order) -> Any:
+                    value = (r[column[order]] if order in column else min(r["modalities"]) if order == "modality"
+                             else r[order] if order in ("series", "instances") else r["study_uid"])
+                    return (value is not None, value or "")  # a missing value first (last, descending)
+
+                expected = sorted(rows, key=lambda r: r["study_uid"], reverse=descending and order == "uid")
+                expected.sort(key=key, reverse=descending)
+                got = [index.search_studies("t", {}, 7, offset, order=("-" if descending else "") + order)
+                       for offset in range(0, 35, 7)]
+                assert [r["study_uid"] for page in got for r in page] == [r["study_uid"] for r in expected], order
+        for n in (3, 4, 17):
+            labels.add(index, "t", f"9.{n}", "teaching")
+        assert [r["study_uid"] for r in index.search_studies("t", {}, order="-date", label="teaching")] == \
+            [r["study_uid"] for r in sorted((r for r in rows if r["study_uid"] in ("9.3", "9.4", "9.17")),
+                                            key=lambda r: (r["study_date"], r["study_uid"]), reverse=True)]
+        assert index.search_studies("u", {}, label="teaching") == []
+
     def test_add_is_idempotent_and_counts(self, index: Index) -> None:
         assert index.add_instance(event("1.2.3.1"))
         assert not index.add_instance(event("1.2.3.1"))

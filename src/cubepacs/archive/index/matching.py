@@ -165,7 +165,7 @@ def study_order(order: str) -> list[Any]:
     Example
     -------
     >>> [str(t) for t in study_order("-date")]
-    ['max(dicom_state_meta.study_date) DESC', 'max(dicom_state_meta.study_time) DESC']
+    ['max(dicom_state_meta.study_date) DESC NULLS LAST', 'max(dicom_state_meta.study_time) DESC NULLS LAST']
     """
     from cubepacs.archive.index.models import dicom_state_meta as s
 
@@ -179,4 +179,5 @@ def study_order(order: str) -> list[Any]:
                         [func.sum(s.c.series_related_instances)] if name == "instances" else
                         [s.c.study_uid] if name == "uid" else
                         [func.max(s.c[c]) for c in STUDY_ORDERS[name]])
-    return [t.desc() if order.startswith("-") else t.asc() for t in terms]
+    # a missing value first, ascending, and last, descending, in SQLite and PostgreSQL alike
+    return [t.desc().nulls_last() if order.startswith("-") else t.asc().nulls_first() for t in terms]
