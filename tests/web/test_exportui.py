@@ -1,6 +1,6 @@
 """The admin UI's de-identified export (``/ui/export``) in Debian's chromium against ``cubepacs serve``: copies of
 real files with synthetic PHI injected everywhere (``tests/research/phi.py``, the checker that is not the
-exporter) are stored by STOW-RS and exported from their study's page with the research export's options; every
+exporter) are stored by STOW-RS and selected in the study list and exported with the research export's options; every
 byte written — each DICOM file, each instance a cube gives back, each cell of the Delta table — is searched for
 every injected value and every original UID; a viewer is refused the page. Screenshot:
 ``test-artifacts/browser/ui-export.png``.
@@ -74,8 +74,12 @@ def test_export_from_the_study_page_leaves_no_identifier(browser: Any, archive: 
         wait_until(lambda: api.get("/instances", params={"limit": 100}).status_code == 200)
 
     context, page = sign_in(browser, site, "eve", "eve's password")
-    page.goto(f"http://127.0.0.1:{site.http_port}/ui/studies/{study}")
-    go(page, "#export")
+    page.goto(f"http://127.0.0.1:{site.http_port}/ui/studies/{study}")  # the study page links to the form
+    assert page.get_attribute("#export", "href") == f"/ui/export?study={study}"
+    page.goto(f"http://127.0.0.1:{site.http_port}/ui")  # the list: select the study, export the selection
+    page.check(f"input[name=study][value='{study}']")
+    go(page, "#export-selected")
+    assert page.locator("#export li").all_inner_texts() == [study]
     page.fill("#name", "cohort-ui")
     page.check("#format-cube")
     page.check("#format-delta")

@@ -68,14 +68,18 @@ STUDIES = """{% extends "base.html" %}{% block body %}
 ' ▲' if q.sort == key else (' ▼' if q.sort == '-' + key else '') }}</a></th>{% endmacro %}
 <table id="studies"><tr>{{ th('patient', 'Patient') }}{{ th('patient_id', 'ID') }}{{ th('date', 'Date') }}{{
 th('modality', 'Modalities') }}{{ th('description', 'Description') }}{{ th('accession', 'Accession') }}{{
-th('series', 'Series') }}{{ th('instances', 'Instances') }}<th>Labels</th></tr>
+th('series', 'Series') }}{{ th('instances', 'Instances') }}<th>Labels</th><th></th></tr>
 {% for s in studies %}<tr><td><a href="/ui/studies/{{ s.study_uid }}">{{ s.patient_name or '(no name)' }}</a></td>
 <td>{{ s.patient_id or '' }}</td><td>{{ s.study_date or '' }}</td>
 <td>{{ s.modalities|join(', ') if s.modalities is iterable and s.modalities is not string else s.modalities or ''
 }}</td>
 <td>{{ s.study_description or '' }}</td><td>{{ s.accession_number or '' }}</td><td>{{ s.series }}</td>
-<td>{{ s.instances }}</td><td>{% for l in s.labels %}<span class="label">{{ l }}</span>{% endfor %}</td></tr>
-{% else %}<tr><td colspan="9">No study matches.</td></tr>{% endfor %}</table>
+<td>{{ s.instances }}</td><td>{% for l in s.labels %}<span class="label">{{ l }}</span>{% endfor %}</td>
+<td>{% if ident.role in ('admin', 'user') %}<input type="checkbox" form="selection" name="study" aria-label="select"
+value="{{ s.study_uid }}">{% endif %}</td></tr>
+{% else %}<tr><td colspan="10">No study matches.</td></tr>{% endfor %}</table>
+{% if studies and ident.role in ('admin', 'user') %}<form id="selection" method="get" action="/ui/export">
+<button id="export-selected">De-identified export of the selected studies…</button></form>{% endif %}
 <p>{% if offset > 0 %}<a id="prev" href="?{{ page(offset - limit) }}">Previous</a>{% endif %}
 studies {{ offset + 1 if studies else 0 }}–{{ offset + studies|length }}
 {% if more %}<a id="next" href="?{{ page(offset + limit) }}">Next</a>{% endif %}</p>{% endblock %}"""
