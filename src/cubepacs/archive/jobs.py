@@ -2,8 +2,9 @@
 instance's result kept in a SQLite file beside the accounts database (``data_dir/jobs.db``), so that every web
 process of the archive lists them (the admin UI's ``/ui/jobs``, ``/api/jobs``).
 
-A job runs in a thread of the process that started it (``manage.send``: C-STORE, one association); its rows say
-``running`` until it ends ``done`` (every instance sent or refused by the peer: the per-instance statuses say which)
+A job runs in a thread of the process that started it (``manage.send``: C-STORE, one association; or STOW-RS,
+``stowsend.py``), at most :data:`RUNNING` at once (the others wait, ``queued``); its rows say ``running`` until it
+ends ``done`` (every instance sent or refused by the peer: the per-instance statuses say which)
 or ``failed`` (the association could not be made or broke: the error says why). A job whose process ended while
 it ran is ``interrupted`` the next time jobs are listed.
 
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS job_results (job TEXT NOT NULL, n INTEGER NOT NULL, s
   status INTEGER, sent_as TEXT, comment TEXT, PRIMARY KEY (job, n));
 """
 KEEP = 500  # jobs kept per tenant (older finished ones are dropped when a new one starts)
+RUNNING = 4  # jobs one process runs at once; the others are ``queued`` until one ends
 
 
 def _alive(pid: int) -> bool:
@@ -70,6 +72,7 @@ class Jobs:
             if not os.path.exists(self.path):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._local = threading.local()
+        self._slots = threading.BoundedSemaphore(RUNNING)
         self._keep = self._db()  # (a shared in-memory database lives while a connection to it is open)
         self._keep.executescript(_SCHEMA)
 
@@ -83,14 +86,14 @@ class Jobs:
         return db
 
     def create(self, tenant: str, principal: str, target: str, level: str, uid: str, total: int) -> str:
-        """A new running send job; its id."""
+        """A new send job (``queued`` until :meth:`run` starts it); its id."""
         job = secrets.token_hex(8)
         db = self._db()
         db.execute("INSERT INTO jobs (id, tenant, principal, kind, target, level, uid, total, state, created, host, "
                    "pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (job, tenant, principal, "send", target, level, uid,
-                                                              total, "running", time.time(), socket.gethostname(),
+                                                              total, "queued", time.time(), socket.gethostname(),
                                                               os.getpid()))
-        old = [r[0] for r in db.execute("SELECT id FROM jobs WHERE tenant = ? AND state != 'running' "
+        old = [r[0] for r in db.execute("SELECT id FROM jobs WHERE tenant = ? AND state NOT IN ('queued', 'running') "
                                         "ORDER BY created DESC LIMIT -1 OFFSET ?", (tenant, KEEP))]
         for gone in old:
             db.execute("DELETE FROM job_results WHERE job = ?", (gone,))
@@ -114,8 +117,8 @@ class Jobs:
     def _reap(self, tenant: str) -> None:
         """Running jobs of this host whose process is gone: ``interrupted``."""
         db = self._db()
-        for job, pid in db.execute("SELECT id, pid FROM jobs WHERE tenant = ? AND state = 'running' AND host = ?",
-                                   (tenant, socket.gethostname())).fetchall():
+        for job, pid in db.execute("SELECT id, pid FROM jobs WHERE tenant = ? AND state IN ('queued', 'running') "
+                                   "AND host = ?", (tenant, socket.gethostname())).fetchall():
             if pid != os.getpid() and not _alive(int(pid)):
                 db.execute("UPDATE jobs SET state = 'interrupted', finished = ? WHERE id = ?", (time.time(), job))
 
@@ -145,12 +148,14 @@ class Jobs:
 
         def work() -> None:
             error = ""
-            try:
-                for r in results():
-                    self.result(job, r.sop_uid, r.status, r.sent_as, r.comment or "", r.ok)
-            except Exception as exc:  # the association failed: the job says why
-                error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            self.finish(job, error)
+            with self._slots:
+                self._db().execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job,))
+                try:
+                    for r in results():
+                        self.result(job, r.sop_uid, r.status, r.sent_as, r.comment or "", r.ok)
+                except Exception as exc:  # the association failed: the job says why
+                    error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                self.finish(job, error)
 
         thread = threading.Thread(target=work, name=f"send-job-{job}", daemon=True)
         thread.start()

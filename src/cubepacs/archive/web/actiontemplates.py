@@ -91,8 +91,8 @@ JOBS = """{% extends "base.html" %}{% block body %}
 }}</td><td>{{ j.sent }}</td><td>{{ j.failed }}</td><td>{{ j.total }}</td></tr>
 {% else %}<tr><td colspan="8">No job yet.</td></tr>{% endfor %}</table>{% endblock %}"""
 
-JOB_PART = """<div id="job" data-state="{{ job.state }}" {% if job.state == 'running' %}hx-get="/ui/jobs/{{ job.id
-}}?part=1" hx-trigger="every 1s" hx-swap="outerHTML"{% endif %}>
+JOB_PART = """<div id="job" data-state="{{ job.state }}" {% if job.state in ('queued', 'running')
+%}hx-get="/ui/jobs/{{ job.id }}?part=1" hx-trigger="every 1s" hx-swap="outerHTML"{% endif %}>
 <p>{{ job.level }} <span class="mono">{{ job.uid }}</span> to {{ job.target }} — <b id="state">{{ job.state }}</b></p>
 <p><progress id="job-progress" value="{{ job.sent + job.failed }}" max="{{ job.total or 1 }}"></progress>
 <span id="summary">{{ job.sent }} sent, {{ job.failed }} failed of {{ job.total }}.</span></p>

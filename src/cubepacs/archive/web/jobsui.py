@@ -105,6 +105,8 @@ def add_routes(app: FastAPI, services: Any) -> None:
         except ConfigError as exc:
             raise HTTPException(400, str(exc)) from None
         request.state.detail = f"{level} {uid} to {to} (job {job})"
+        if level == "study":
+            request.state.study = uid  # the audit row names it
         return JSONResponse({"job": job}, status_code=202)
 
     @app.get("/api/jobs")
