@@ -3,7 +3,8 @@ series of ``../shared/data``: upload a folder (file picker) and a ZIP (dropped o
 find them, sort the list, label a study and filter by it, download ZIPs (every file's bytes against the
 original; the DICOMDIR read by pydicom and DCMTK's dcmdump) and a cube (pixels against pydicom's decoding of the
 originals), delete and see it gone from QIDO, and each role refused what it may not do (button hidden and the
-POST answered 403). Sending to Orthanc is ``test_sendjob.py`` (its own network namespace). Screenshots go to
+POST answered 403), a send job to a peer that does not answer failed with its reason, a ZIP through
+``/api/upload``. Sending to Orthanc is ``test_sendjob.py`` (its own network namespace). Screenshots go to
 ``test-artifacts/browser/ui-*.png``.
 """
 
@@ -26,7 +27,7 @@ import pytest
 from cubepacs.archive.auth import apikeys
 from cubepacs.archive.web.session import save_user
 from tests.archive.conftest import Server, free_port, start_server, stop_server, wait_until, write_config
-from tests.conftest import SERIES, dicom_files
+from tests.conftest import DATA, SERIES, dicom_files
 from tests.web.test_browser import ARTIFACTS
 
 pytestmark = pytest.mark.browser
@@ -256,3 +257,39 @@ def test_delete_with_confirmation(browser: Any, site: Server) -> None:
     assert f"{len(dicom_files(MR))} instance(s) deleted." in page.inner_text("main")
     assert httpx.get(f"{site.url}/studies", headers=site.headers(), params={"StudyInstanceUID": mr}).status_code == 204
     context.close()
+
+
+def test_a_send_job_to_a_peer_that_does_not_answer_fails_and_says_why(browser: Any, site: Server) -> None:
+    ct = study_of(CT)
+    context, page = sign_in(browser, site, "uma")
+    page.goto(f"{base(site)}/ui/studies/{ct}")
+    page.select_option("#send-to", "COMMITSCU")  # configured, but nothing listens there
+    with page.expect_navigation():
+        page.click("#send button")
+    page.wait_for_selector("#job[data-state=failed]", timeout=30_000)
+    assert page.inner_text("#summary") == f"0 sent, 0 failed of {len(dicom_files(CT))}."
+    assert "no association with COMMITSCU" in page.inner_text("#job-error")
+    page.screenshot(path=str(ARTIFACTS / "ui-send-job-failed.png"))
+    page.goto(base(site) + "/ui/jobs")
+    assert page.locator("#jobs tr").nth(1).locator("td.state").inner_text() == "failed"
+    context.close()
+
+
+def test_api_upload_of_a_zip(site: Server) -> None:
+    single = DATA / "single" / "ct_ge_small_signed.dcm"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.write(single, "a/ct.dcm")
+        zf.writestr("a/notes.txt", b"not DICOM")
+    r = httpx.post(f"{base(site)}/api/upload", content=buf.getvalue(),
+                   headers={**site.headers(), "Content-Type": "application/zip"})
+    head = pydicom.dcmread(single, stop_before_pixels=True)
+    assert r.status_code == 202 and r.json()["stored"] == 1 and r.json()["failed"] == 1, r.text
+    assert r.json()["studies"] == [str(head.StudyInstanceUID)] and "a/notes.txt" in r.json()["reasons"][0]
+    stored = httpx.get(f"{site.url}/studies/{head.StudyInstanceUID}/series/{head.SeriesInstanceUID}/instances/"
+                       f"{head.SOPInstanceUID}", headers={**site.headers(), "Accept": 'multipart/related; '
+                                                          'type="application/dicom"; transfer-syntax=*'})
+    assert stored.status_code == 200 and single.read_bytes() in stored.content
+    r = httpx.post(f"{base(site)}/api/upload", content=b"PK\x03\x04 broken",
+                   headers={**site.headers(), "Content-Type": "application/zip"})
+    assert r.status_code == 409 and "ZIP not taken apart" in r.json()["reasons"][0]
