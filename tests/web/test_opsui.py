@@ -1,6 +1,7 @@
 """``/ui/operations`` in Debian's chromium against ``cubepacs serve``: after a real series is stored (STOW-RS), an
 instance crafted from one of its files without its SOP Instance UID is refused and an association calling an AE
-title the archive does not know is rejected, the page shows the counts — and they agree with ``/metrics``, read
+title the archive does not know is rejected and one that declares 24 bits allocated is left out of the cube, the
+page shows the counts — and they agree with ``/metrics``, read
 with prometheus-client's own parser — the tenant's storage (the files' sizes on disk) and the failures
 themselves; a user is refused the page. Screenshot: ``test-artifacts/browser/ui-operations.png``.
 """
@@ -47,7 +48,12 @@ def test_operations_page_agrees_with_metrics(browser: Any, site: Server) -> None
 
 
 def check(browser: Any, site: Server, api: httpx.Client, files: list[Any]) -> None:
-    body, ctype = multipart.encode([p.read_bytes() for p in files], "application/dicom")
+    odd = pydicom.dcmread(files[0])  # a file of the series declaring 24 bits allocated: no cube holds it
+    odd.BitsAllocated = 24
+    odd.SOPInstanceUID = odd.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.543.24"
+    crafted24 = io.BytesIO()
+    odd.save_as(crafted24)
+    body, ctype = multipart.encode([p.read_bytes() for p in files] + [crafted24.getvalue()], "application/dicom")
     assert api.post("/dicom-web/studies", content=body, headers={"Content-Type": ctype}).status_code == 200
     ds = pydicom.dcmread(files[0])  # a real file without its SOP Instance UID (nor the file meta's copy)
     del ds.SOPInstanceUID
@@ -74,18 +80,21 @@ def check(browser: Any, site: Server, api: httpx.Client, files: list[Any]) -> No
     def cell(selector: str) -> int:
         return int(page.inner_text(selector).strip())
 
-    assert cell("#indexed") == value(scraped, "cubepacs_indexed_instances_total") == len(files)
+    stored = len(files) + 1
+    assert cell("#indexed") == value(scraped, "cubepacs_indexed_instances_total") == stored
     assert cell("#queue-waiting") == value(scraped, "cubepacs_queue_waiting") == 0
     assert cell("#series-built") == 1 and cell("#series-pending") == cell("#series-failed") == 0
     assert page.inner_text("#builds-done").split("/")[0].strip() == str(
         value(scraped, "cubepacs_webworker_builds_total", result="ok"))
-    assert cell("#not-compacted") == value(scraped, "cubepacs_instances_not_compacted_total")
+    assert cell("#not-compacted") == value(scraped, "cubepacs_instances_not_compacted_total") == 1
+    assert "1.2.826.0.1.3680043.10.543.24" in page.inner_text("#left-out")
     refused_cell = cell("#refused-counts tr[data-protocol='STOW-RS'] .count")
     assert refused_cell == value(scraped, "cubepacs_instances_refused_total", tenant="alpha", protocol="STOW-RS") == 1
     assert cell("#assoc-rejected") == value(scraped, "cubepacs_associations_refused_total", reason="rejected") >= 1
     # storage: what the index holds against the files' own sizes (STOW keeps a Part 10 file's bytes as they are)
-    assert cell("#storage tr[data-tenant='alpha'] .instances") == len(files)
-    assert cell("#storage tr[data-tenant='alpha'] .bytes") == sum(p.stat().st_size for p in files)
+    assert cell("#storage tr[data-tenant='alpha'] .instances") == stored
+    assert cell("#storage tr[data-tenant='alpha'] .bytes") == sum(p.stat().st_size for p in files) + len(
+        crafted24.getvalue())
     assert "SOPInstanceUID" in page.inner_text("#refused")
     assert "NOSUCHAE" in page.inner_text("#failed-associations")
     assert page.locator("nav a[href='/ui/operations']").count() == 1

@@ -1,12 +1,14 @@
-"""The recent failures an operator looks for — instances refused and associations rejected or aborted — kept where
-every process of the archive can read them, next to the Prometheus counters that count them.
+"""The recent failures an operator looks for — instances refused, associations rejected or aborted, instances
+the builder could not put in a cube — kept where every process of the archive can read them, next to the
+Prometheus counters that count them.
 
-Each process that receives (the DIMSE SCP, its worker processes, the web) calls :func:`configure` with the
-accounts database (``data_dir/accounts.db``, :mod:`cubepacs.archive.auth.accounts`); :func:`record` then adds a
-row to its ``events`` table (at most :data:`KEEP` rows are kept, the oldest dropped) and never fails the request it
-describes: a database that cannot be written is one warning. :func:`recent` reads them back for the operations
-page (``web/opsui.py``). The counts themselves come from ``/metrics`` (``cubepacs_instances_refused_total``,
-``cubepacs_associations_refused_total``), so that the page and a Prometheus scrape agree.
+Each process that receives or builds (the DIMSE SCP, its worker processes, the web, the builder) calls
+:func:`configure` with the accounts database (``data_dir/accounts.db``, :mod:`cubepacs.archive.auth.accounts`);
+:func:`record` then adds a row to its ``events`` table (at most :data:`KEEP` rows are kept, the oldest dropped)
+and never fails the request it describes: a database that cannot be written is one warning. :func:`recent`
+reads them back for the operations page (``web/opsui.py``). The counts themselves come from ``/metrics``
+(``cubepacs_instances_refused_total``, ``cubepacs_associations_refused_total``,
+``cubepacs_instances_not_compacted_total``), so that the page and a Prometheus scrape agree.
 
 Example
 -------
@@ -31,7 +33,7 @@ from typing import Any
 log = logging.getLogger("cubepacs.events")
 
 KEEP = 1000  # rows kept (each kind shares them)
-KINDS = ("refused-instance", "failed-association")
+KINDS = ("refused-instance", "failed-association", "not-compacted")
 _SCHEMA = """CREATE TABLE IF NOT EXISTS events (at REAL NOT NULL, kind TEXT NOT NULL, tenant TEXT,
   source TEXT, detail TEXT, address TEXT);
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, at)"""
@@ -86,6 +88,12 @@ def refused(tenant: str, source: str, reason: str) -> None:
     protocol = "C-STORE" if source == "C-STORE" else "STOW-RS"
     metrics.REFUSED.labels(tenant=tenant, protocol=protocol).inc()
     record("refused-instance", tenant, protocol, reason)
+
+
+def not_compacted(tenant: str, series: str, sop: str, reason: str) -> None:
+    """The builder left an instance out of its series' cube (it is served from its file): kept (its count is
+    ``cubepacs_instances_not_compacted_total``)."""
+    record("not-compacted", tenant, f"series {series}", f"instance {sop}: {reason}")
 
 
 def association_failed(reason: str, calling: str, address: str, tenant: str | None = None) -> None:

@@ -130,6 +130,9 @@ def main() -> int:
     settings = settings_from_json(sys.stdin.read())
     die_with(os.getppid(), "cubepacs-build")
     configure(settings.log_format, "webworker")
+    from cubepacs.archive.observability import events
+
+    events.configure(os.path.join(settings.data_dir, "accounts.db"))  # instances left out of cubes (/ui/operations)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # serve handles Ctrl-C and stops this process
     try:
         storage, index = open_backend("storage", settings.storage_url), open_backend("index", settings.index_url)

@@ -248,6 +248,9 @@ def run(settings: Settings, parts: set[str], ready: threading.Event | None = Non
 
         stoppers.append(BuildLauncher(settings, b.index).shutdown)
     elif "webworker" in parts:
+        from cubepacs.archive.observability import events
+
+        events.configure(Path(settings.data_dir) / "accounts.db")  # instances left out of cubes
         worker = WebWorker(b.index, b.storage, settings.quiet_seconds, settings.max_retries, settings.codec,
                            settings.compact, max_value_bytes=settings.max_value_bytes)
         _thread(worker.run, "webworker")

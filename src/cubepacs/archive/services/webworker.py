@@ -19,7 +19,7 @@ from typing import Any
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.keys import cube_key
 from cubepacs.archive.metadata import series_json
-from cubepacs.archive.observability import metrics
+from cubepacs.archive.observability import events, metrics
 from cubepacs.archive.services.compaction import compact
 from cubepacs.archive.storage.base import Storage
 
@@ -84,6 +84,7 @@ class WebWorker:
                 log.warning("series %s: instance %s not compacted (%s); served from its file", series,
                             name.removesuffix(".dcm"), reason)
                 metrics.NOT_COMPACTED.inc()
+                events.not_compacted(tenant, series, name.removesuffix(".dcm"), str(reason))
             if cube is not None:
                 ckey = cube_key(tenant, study, series)
                 self.storage.put(ckey, cube)

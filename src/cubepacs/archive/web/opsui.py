@@ -54,6 +54,9 @@ the index.</p>
 <td id="builds-done">{{ n(o.builds.ok) }} / {{ n(o.builds['metadata-only']) }} / {{ n(o.builds.failed) }}</td></tr>
 <tr><th>Instances the builder could not put in a cube</th><td id="not-compacted">{{ n(o.not_compacted) }}</td></tr>
 </table>
+{% if o.recent_not_compacted %}<table id="left-out"><tr><th>Time</th><th>Series</th><th>Instance and why (served
+from its file)</th></tr>{% for e in o.recent_not_compacted %}<tr><td>{{ when(e.time) }}</td><td class="mono">{{
+e.source }}</td><td class="mono">{{ e.detail }}</td></tr>{% endfor %}</table>{% endif %}
 {% if o.failed_series %}<table id="failed-series"><tr><th>Study</th><th>Series</th><th>Attempts</th><th>Since</th>
 </tr>{% for s in o.failed_series %}<tr><td class="mono"><a href="/ui/studies/{{ s.study_uid }}">{{ s.study_uid
 }}</a></td><td class="mono">{{ s.series_uid }}</td><td>{{ s.retry_times }}</td><td>{{ s.updated_time }}</td></tr>
@@ -152,6 +155,7 @@ def operations(services: Any, tenant: str) -> dict[str, Any]:
                     for p in ("C-STORE", "STOW-RS")],
         "recent_refused": events.recent(accounts, "refused-instance", tenant) if accounts else [],
         "recent_associations": events.recent(accounts, "failed-association", tenant) if accounts else [],
+        "recent_not_compacted": events.recent(accounts, "not-compacted", tenant) if accounts else [],
     }
 
 
