@@ -53,7 +53,17 @@ def result_of(sop: str, status: int, doc: Any, text: str) -> SendResult:
 
 
 def peer_url(peers: dict[str, str], name: str) -> str:
-    """The base URL of a configured DICOMweb peer (ConfigError naming the known ones otherwise)."""
+    """The base URL of a configured DICOMweb peer (ConfigError naming the known ones otherwise).
+
+    Example
+    -------
+    >>> peer_url({"PACS": "https://pacs.example.org/dicom-web/"}, "PACS")
+    'https://pacs.example.org/dicom-web'
+    >>> peer_url({"PACS": "ftp://x"}, "PACS")
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.ConfigError: dicomweb_peers['PACS'] = 'ftp://x' is not an http(s) URL
+    """
     url = peers.get(name)
     if url is None:
         raise ConfigError(f"unknown DICOMweb peer {name!r}: add it to dicomweb_peers "

@@ -82,12 +82,28 @@ def tenant_labels(index: Any, tenant: str) -> list[str]:
 
 
 def studies_with(tenant: str, label: str) -> Any:
-    """The SELECT of the study UIDs that carry ``label`` (a subquery for the study list's filter)."""
+    """The SELECT of the study UIDs that carry ``label`` (a subquery for the study list's filter).
+
+    Example
+    -------
+    >>> str(studies_with("t", "x")).split()[:2]
+    ['SELECT', 'study_label.study_uid']
+    """
     t = study_label
     return select(t.c.study_uid).where(t.c.tenant_id == tenant, t.c.label == label.strip())
 
 
 def forget_study(conn: Any, tenant: str, study: str) -> None:
-    """Drop a deleted study's labels (inside the deletion's transaction)."""
+    """Drop a deleted study's labels (inside the deletion's transaction).
+
+    Example
+    -------
+    >>> from cubepacs.archive.index.store import Index
+    >>> idx = Index.from_url("sqlite://"); _ = add(idx, "t", "1.2", "x")
+    >>> with idx.engine.begin() as conn:
+    ...     forget_study(conn, "t", "1.2")
+    >>> of_studies(idx, "t", ["1.2"])
+    {'1.2': []}
+    """
     t = study_label
     conn.execute(t.delete().where(t.c.tenant_id == tenant, t.c.study_uid == study))
