@@ -96,6 +96,7 @@ def test_upload_find_sort_label(browser: Any, site: Server) -> None:
     page.wait_for_selector("#result")
     assert page.inner_text("#result") == f"{len(dicom_files(CT))} stored, 1 refused."  # DIRFILE is no instance
     assert page.get_attribute("#progress", "value") == "100"
+    assert page.get_attribute("a.uploaded", "href") == f"/ui/studies/{study_of(CT)}"  # a link to what was stored
     page.screenshot(path=str(ARTIFACTS / "ui-upload-folder.png"))
     # a ZIP of another series dropped on the page
     buf = io.BytesIO()
@@ -172,6 +173,8 @@ def test_downloads(browser: Any, site: Server, tmp_path: Path) -> None:
     assert set(got) == set(originals)
     for sop, f in originals.items():
         assert got[sop] == f.read_bytes(), f.name
+    with zipfile.ZipFile(download(".series-zip", "series.zip")) as zf:  # the series alone: the same files
+        assert {Path(n).stem: zf.read(n) for n in zf.namelist()} == got
     # with a DICOMDIR (read by pydicom): every instance at the path it names, with the original's bytes
     out = tmp_path / "dicomdir"
     with zipfile.ZipFile(download("#zip-dicomdir", "dicomdir.zip")) as zf:
