@@ -96,7 +96,8 @@ def check(browser: Any, site: Server, api: httpx.Client, files: list[Any]) -> No
     assert cell("#storage tr[data-tenant='alpha'] .bytes") == sum(p.stat().st_size for p in files) + len(
         crafted24.getvalue())
     assert "SOPInstanceUID" in page.inner_text("#refused")
-    assert "NOSUCHAE" in page.inner_text("#failed-associations")
+    failed = page.inner_text("#failed-associations")
+    assert "NOSUCHAE" in failed and "AE OPSTEST" in failed
     assert page.locator("nav a[href='/ui/operations']").count() == 1
     context.close()
     # a user (no admin) is refused the page, and has no link to it

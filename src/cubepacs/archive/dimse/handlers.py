@@ -117,7 +117,7 @@ def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, lis
         diagnostic, why = 0x07, f"client certificate {cn!r} may not call tenant {tenant!r}"
     if diagnostic:
         log.warning("association from %r at %s rejected: %s", calling, address, why)
-        assoc._cp_rejected = (why, tenant)  # for handle_rejected, which records it
+        assoc._cp_rejected = (why, tenant, calling)  # for handle_rejected, which records it
         assoc.acse.send_reject(0x01, 0x01, diagnostic)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()  # as pynetdicom does for its own rejections: the RJ PDU is sent before the socket closes
@@ -138,17 +138,17 @@ def handle_closed(event: Any) -> None:
     if event.event.name == "EVT_ABORTED":
         metrics.ASSOCIATIONS_REFUSED.labels(reason="aborted").inc()
         requestor = event.assoc.requestor
-        events.association_failed("aborted", str(requestor.ae_title or "").strip(),
-                                  f"{requestor.address}:{requestor.port}")
+        events.association_failed("aborted", calling_ae(event), f"{requestor.address}:{requestor.port}")
 
 
 def handle_rejected(event: Any) -> None:
     """Count an A-ASSOCIATE-RJ (ours, or pynetdicom's when max_associations is reached)."""
     metrics.ASSOCIATIONS_REFUSED.labels(reason="rejected").inc()
     assoc = event.assoc
-    why, tenant = getattr(assoc, "_cp_rejected", ("rejected by pynetdicom (e.g. max_associations reached)", None))
-    events.association_failed(f"rejected: {why}", str(assoc.requestor.ae_title or "").strip(),
-                              f"{assoc.requestor.address}:{assoc.requestor.port}", tenant)
+    why, tenant, calling = getattr(assoc, "_cp_rejected", ("rejected by pynetdicom (e.g. max_associations reached)",
+                                                           None, calling_ae(event)))
+    events.association_failed(f"rejected: {why}", calling, f"{assoc.requestor.address}:{assoc.requestor.port}",
+                              tenant)
 
 
 def handle_conn_open(event: Any) -> None:
