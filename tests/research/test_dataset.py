@@ -105,6 +105,14 @@ def test_dataset_matches_pydicom_and_works_with_workers(tmp_path: Path) -> None:
     assert len(batches) == 2 and tuple(batches[0]["image"].shape) == (4, 8, 32, 32)
     again = list(torch.utils.data.DataLoader(patches, batch_size=4, num_workers=0))
     assert torch.equal(batches[1]["image"], again[1]["image"])  # patches depend on the index, not the worker
+    chosen = [0, offset + 37, len(slices) - 1]
+    for dataset, indices in ((slices, chosen), (patches, [0, 5, 7])):  # one by one: made in shared memory
+        sent = list(torch.utils.data.DataLoader(dataset, sampler=indices, batch_size=None, num_workers=2))
+        for i, item in zip(indices, sent, strict=True):
+            here = dataset[i]
+            assert list(item) == list(here) and item["source"] == here["source"]
+            for key in ("image", "spacing", "origin", "orientation", "index"):
+                assert item[key].dtype == here[key].dtype and torch.equal(item[key], here[key]), key
 
 
 @pytest.mark.s3

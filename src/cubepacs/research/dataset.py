@@ -50,13 +50,14 @@ from cubepacs.research.geometry import Geometry, check_code, directions, geometr
 
 try:
     import torch
-    from torch.utils.data import Dataset
+    from torch.utils.data import Dataset, get_worker_info
 except ImportError as exc:  # pragma: no cover - the extra names what to install
     raise ImportError("cubepacs.research.dataset needs PyTorch: pip install 'cubepacs[torch]'") from exc
 
 __all__ = ["CubeDataset", "Geometry", "Item", "collate_list", "geometry"]
 SMALL = 1024  # tensors of at most this many elements cross a worker boundary packed into one
 CARRY = 1 << 22  # an image of at most this many elements (not already in shared memory) carries them
+TAIL = 15  # float32 values after an image made in shared memory: spacing, origin, orientation, index
 
 
 def collate_list(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -95,6 +96,10 @@ class Item(dict):  # type: ignore[type-arg]
         return Item(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        carrier = self.__dict__.get("carrier")  # (flat tensor in shared memory, layout, the tensors it holds)
+        if carrier is not None and all(self.get(key) is value for key, value in carrier[2].items()):
+            flat, layout, held = carrier
+            return _rebuild_item, (list(self), {k: v for k, v in self.items() if k not in held}, flat, layout)
         small = [(k, v) for k, v in self.items() if isinstance(v, torch.Tensor) and v.numel() <= SMALL
                  and v.dtype in (torch.float32, torch.float64, torch.int64, torch.int32) and not v.requires_grad]
         if not small:
@@ -128,6 +133,14 @@ def _frame_shapes(reader: CubeReader) -> list[tuple[int, ...]]:
     return shapes
 
 
+def _shared(shape: tuple[int, ...]) -> torch.Tensor:
+    """A flat float32 tensor in shared memory: room for an image of ``shape`` and its :data:`TAIL` (in a
+    DataLoader worker, the item then reaches the main process without one more copy, as one tensor)."""
+    n = int(np.prod(shape)) + TAIL
+    storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(n * 4)  # type: ignore[no-untyped-call]
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, (n,), (1,))
+
+
 class CubeDataset(Dataset):  # type: ignore[type-arg]
     """Volumes (``mode="volume"``), 2D slices (``"slice"``) or random 3D patches (``"patch"``) of cubes.
 
@@ -153,6 +166,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
             raise ValueError("orientation applies to volumes and patches (mode='volume' or 'patch'), not slices")
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (pid, volume) → stored values
         self._buffers: dict[tuple[tuple[int, ...], str], np.ndarray] = {}  # one decoded frame, reused
+        self._flat: torch.Tensor | None = None  # the last image made in shared memory (in a worker)
         self.url: str | None = None
         self.storage_options = storage_options or {}
         if isinstance(source, list):
@@ -180,7 +194,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
 
     def __getstate__(self) -> dict[str, Any]:
         """What a worker started with ``spawn`` receives: no open reader, cache or buffer."""
-        return {**self.__dict__, "_readers": {}, "_cache": OrderedDict(), "_buffers": {}}
+        return {**self.__dict__, "_readers": {}, "_cache": OrderedDict(), "_buffers": {}, "_flat": None}
 
     def _plan(self, k: int) -> None:
         reader, geo = self._open(k)
@@ -297,7 +311,12 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         for j, n in enumerate(positions):
             frame = (whole[numbers[j]] if whole is not None else self._frame(reader, int(geo.order[n])))[crop]
             if out is None:
-                out = np.empty((len(positions), *frame.shape), np.float32)
+                shape = (len(positions), *frame.shape)
+                if get_worker_info() is not None:
+                    self._flat = _shared(shape)
+                    out = self._flat.numpy()[:-TAIL].reshape(shape)
+                else:
+                    out = np.empty(shape, np.float32)
             if self.rescale:
                 np.multiply(frame, np.float32(geo.slope[n]), out=out[j], casting="unsafe")
                 np.add(out[j], np.float32(geo.intercept[n]), out=out[j])
@@ -335,10 +354,23 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
               place: tuple[tuple[float, float, float], np.ndarray, np.ndarray] | None = None) -> Item:
         spacing, origin, axes = place or self._place(v)
         orientation = [*axes[2].tolist(), *axes[1].tolist()]  # along a row (columns), along a column (rows)
-        meta = torch.from_numpy(np.array([*spacing, *origin.tolist(), *orientation], np.float32))  # one, in views
+        values = np.array([*spacing, *origin.tolist(), *orientation, *index], np.float64)
+        flat, self._flat = self._flat, None
+        if flat is not None and image.flags.c_contiguous and image.ctypes.data == flat.data_ptr() and \
+                image.size + TAIL == flat.numel() and bool((np.abs(values[12:]) < 1 << 24).all()):
+            n = image.size  # the image was made in shared memory: its metadata goes after it, one tensor to send
+            flat[n:] = torch.from_numpy(values.astype(np.float32))
+            layout = [("image", torch.float32, image.shape, 0), ("spacing", torch.float32, (3,), n),
+                      ("origin", torch.float32, (3,), n + 3), ("orientation", torch.float32, (6,), n + 6),
+                      ("index", torch.int64, (3,), n + 12)]
+            held = {key: flat[o:o + int(np.prod(shape))].reshape(shape).to(dtype) for key, dtype, shape, o in layout}
+            item = Item(held, source=self.paths[self.volumes[v][0]])
+            item.__dict__["carrier"] = (flat, layout, held)
+            return item
+        meta = torch.from_numpy(values[:12].astype(np.float32))  # one array, in views
         return Item(image=torch.from_numpy(np.ascontiguousarray(image)), spacing=meta[:3], origin=meta[3:6],
-                    orientation=meta[6:], source=self.paths[self.volumes[v][0]],
-                    index=torch.from_numpy(np.array(index, np.int64)))
+                    orientation=meta[6:], index=torch.from_numpy(np.array(index, np.int64)),
+                    source=self.paths[self.volumes[v][0]])
 
     def __getitem__(self, idx: int) -> Item:
         if not 0 <= idx < len(self):
