@@ -14,6 +14,7 @@ import base64
 import hashlib
 import io
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,3 +297,44 @@ def test_api_upload_of_a_zip(site: Server) -> None:
     r = httpx.post(f"{base(site)}/api/upload", content=b"PK\x03\x04 broken",
                    headers={**site.headers(), "Content-Type": "application/zip"})
     assert r.status_code == 409 and "ZIP not taken apart" in r.json()["reasons"][0]
+
+
+def test_a_running_send_job_is_cancelled(browser: Any, site: Server) -> None:
+    """A slow peer (pynetdicom's storage SCP taking 0.2 s a C-STORE) on the configured DEST: the job is cancelled
+    from its page, ends ``cancelled`` having sent only part of the series, and the association is released."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from tests.archive.conftest import DEST_PORT
+
+    received: list[str] = []
+    released = threading.Event()
+
+    def store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        time.sleep(0.2)
+        return 0x0000
+
+    ae = AE(ae_title="DEST")
+    ae.supported_contexts = AllStoragePresentationContexts
+    scp = ae.start_server(("127.0.0.1", DEST_PORT), block=False,
+                          evt_handlers=[(evt.EVT_C_STORE, store), (evt.EVT_RELEASED, lambda e: released.set())])
+    try:
+        ct = study_of(CT)
+        context, page = sign_in(browser, site, "uma")
+        page.goto(f"{base(site)}/ui/studies/{ct}")
+        page.select_option("#send-to", "DEST")
+        with page.expect_navigation():
+            page.click("#send button")
+        wait_until(lambda: len(received) >= 3, timeout=30)
+        page.click("#cancel button")
+        page.wait_for_selector("#job[data-state=cancelled]", timeout=30_000)
+        assert released.wait(10)  # the association ended normally
+        sent = int(page.inner_text("#summary").split()[0])
+        assert 3 <= sent < len(dicom_files(CT)) and sent == page.locator("#sent tr").count() - 1
+        assert len(received) in (sent, sent + 1)  # the instance on the wire when asked may still go
+        page.screenshot(path=str(ARTIFACTS / "ui-send-job-cancelled.png"))
+        context.close()
+    finally:
+        scp.shutdown()

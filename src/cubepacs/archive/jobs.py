@@ -22,6 +22,23 @@ True
 >>> memory.run(job, lambda: []).join(); memory.get("t", job)["state"]  # the job's thread sees the same database
 'done'
 
+A job cancelled while it runs stops after the instance it is sending, and its sender is closed:
+
+>>> import threading
+>>> from cubepacs.archive.dimse.scu import SendResult
+>>> going, closed = threading.Event(), []
+>>> def slow():
+...     try:
+...         for n in range(100):
+...             going.set(); yield SendResult(f"1.2.{n}", 0, "as stored"); threading.Event().wait(0.05)
+...     finally:
+...         closed.append(True)
+>>> job = jobs.create("t", "user:ada", "DEST", "study", "1.2", 100); thread = jobs.run(job, slow)
+>>> going.wait(5) and jobs.cancel("t", job); thread.join(); j = jobs.get("t", job)
+True
+>>> j["state"], 0 < j["sent"] < 100, closed, jobs.cancel("t", job)
+('cancelled', True, [True], False)
+
 """
 
 from __future__ import annotations
@@ -109,15 +126,27 @@ class Jobs:
             db.execute("INSERT INTO job_results VALUES (?,?,?,?,?,?)", (job, n, sop_uid, status, sent_as, comment))
             db.execute(f"UPDATE jobs SET {'sent = sent' if ok else 'failed = failed'} + 1 WHERE id = ?", (job,))
 
-    def finish(self, job: str, error: str) -> None:
-        """End a job: ``done``, or ``failed`` with ``error``."""
+    def finish(self, job: str, error: str, cancelled: bool = False) -> None:
+        """End a job: ``done``, ``failed`` with ``error``, or ``cancelled``."""
+        state = "cancelled" if cancelled else "failed" if error else "done"
         self._db().execute("UPDATE jobs SET state = ?, error = ?, finished = ? WHERE id = ?",
-                           ("failed" if error else "done", error or None, time.time(), job))
+                           (state, error or None, time.time(), job))
+
+    def cancel(self, tenant: str, job: str) -> bool:
+        """Ask a queued or running job of the tenant to stop (it ends ``cancelled`` after the instance it is
+        sending); False when there is no such job still going."""
+        return bool(self._db().execute("UPDATE jobs SET state = 'cancelling' WHERE tenant = ? AND id = ? AND state "
+                                       "IN ('queued', 'running')", (tenant, job)).rowcount)
+
+    def _cancelling(self, job: str) -> bool:
+        row = self._db().execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()
+        return row is not None and row[0] == "cancelling"
 
     def _reap(self, tenant: str) -> None:
         """Running jobs of this host whose process is gone: ``interrupted``."""
         db = self._db()
-        for job, pid in db.execute("SELECT id, pid FROM jobs WHERE tenant = ? AND state IN ('queued', 'running') "
+        for job, pid in db.execute("SELECT id, pid FROM jobs WHERE tenant = ? AND state IN ('queued', 'running', "
+                                   "'cancelling') "
                                    "AND host = ?", (tenant, socket.gethostname())).fetchall():
             if pid != os.getpid() and not _alive(int(pid)):
                 db.execute("UPDATE jobs SET state = 'interrupted', finished = ? WHERE id = ?", (time.time(), job))
@@ -147,15 +176,23 @@ class Jobs:
         """Run a send in a thread: every ``SendResult`` of ``results()`` recorded as it comes, then the end."""
 
         def work() -> None:
-            error = ""
+            error, cancelled = "", False
             with self._slots:
-                self._db().execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job,))
+                self._db().execute("UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'queued'", (job,))
+                sending = iter(results())
                 try:
-                    for r in results():
+                    while not (cancelled := self._cancelling(job)):
+                        r = next(sending, None)
+                        if r is None:
+                            break
                         self.result(job, r.sop_uid, r.status, r.sent_as, r.comment or "", r.ok)
                 except Exception as exc:  # the association failed: the job says why
                     error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                self.finish(job, error)
+                finally:
+                    close = getattr(sending, "close", None)
+                    if close is not None:  # a generator ends there: its association is released
+                        close()
+                self.finish(job, error, cancelled)
 
         thread = threading.Thread(target=work, name=f"send-job-{job}", daemon=True)
         thread.start()

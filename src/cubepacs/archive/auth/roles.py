@@ -88,6 +88,8 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str]] = {
     ("DELETE", "/api/studies/{study}/labels/{label}"): ("upload", "label"),
     ("POST", "/api/upload"): ("upload", "upload"),
     ("POST", "/api/jobs/send"): ("send", "send"),
+    ("POST", "/ui/jobs/{job}/cancel"): ("send", "send-cancel"),
+    ("POST", "/api/jobs/{job}/cancel"): ("send", "send-cancel"),
     ("GET", "/api/jobs"): ("view", ""),
     ("GET", "/api/jobs/{job}"): ("view", ""),
     ("POST", "/ui/studies/{study}/send"): ("send", "send"),

@@ -91,12 +91,15 @@ JOBS = """{% extends "base.html" %}{% block body %}
 }}</td><td>{{ j.sent }}</td><td>{{ j.failed }}</td><td>{{ j.total }}</td></tr>
 {% else %}<tr><td colspan="8">No job yet.</td></tr>{% endfor %}</table>{% endblock %}"""
 
-JOB_PART = """<div id="job" data-state="{{ job.state }}" {% if job.state in ('queued', 'running')
+JOB_PART = """<div id="job" data-state="{{ job.state }}" {% if job.state in ('queued', 'running', 'cancelling')
 %}hx-get="/ui/jobs/{{ job.id }}?part=1" hx-trigger="every 1s" hx-swap="outerHTML"{% endif %}>
 <p>{{ job.level }} <span class="mono">{{ job.uid }}</span> to {{ job.target }} — <b id="state">{{ job.state }}</b></p>
 <p><progress id="job-progress" value="{{ job.sent + job.failed }}" max="{{ job.total or 1 }}"></progress>
 <span id="summary">{{ job.sent }} sent, {{ job.failed }} failed of {{ job.total }}.</span></p>
 {% if job.error %}<p class="err" id="job-error">{{ job.error }}</p>{% endif %}
+{% if job.state in ('queued', 'running') and ident.role in ('admin', 'user') %}<form method="post" id="cancel"
+action="/ui/jobs/{{ job.id }}/cancel" hx-post="/ui/jobs/{{ job.id }}/cancel" hx-target="#job" hx-swap="outerHTML">
+<input type="hidden" name="csrf" value="{{ csrf }}"><button class="danger">Cancel the job</button></form>{% endif %}
 <table id="sent"><tr><th>SOP Instance UID</th><th>Status</th><th>Sent as</th><th>Comment</th></tr>
 {% for r in job.results %}<tr><td class="mono">{{ r.sop_uid }}</td><td>{{ code(r.status) }}</td>
 <td>{{ r.sent_as }}</td><td>{{ r.comment or '' }}</td></tr>{% endfor %}</table></div>"""

@@ -6,6 +6,8 @@
 * ``GET /ui/jobs``: the tenant's jobs, running and finished; ``GET /ui/jobs/{job}``: one job — a progress bar
   and each instance's result (the peer's status, how it was sent); while it runs, htmx reloads its part of the
   page every second (``/ui/jobs/{job}?part=1``).
+* ``POST /ui/jobs/{job}/cancel`` and ``POST /api/jobs/{job}/cancel`` (``send`` permission): a queued or running
+  job stops after the instance it is sending and ends ``cancelled`` (``{"cancelled": false}``: it had ended).
 * ``POST /api/jobs/send`` with ``{"to": "AE", "level": "study|series|instance", "uid": "…"}``: 202 and
   ``{"job": id}``; ``GET /api/jobs`` and ``GET /api/jobs/{job}``: the same as JSON (a job with its ``results``).
 
@@ -90,7 +92,20 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if found is None:
             raise HTTPException(404, f"no job {job}")
         return _page("job_part.html" if part else "job.html", title="Send job", ident=ident, job=found,
-                     code=_status)
+                     code=_status, csrf=ident.csrf)
+
+    @app.post(UI + "/jobs/{job}/cancel")
+    async def cancel(job: str, request: Request) -> Response:
+        ident, _ = await _form_who(request)
+        if not isinstance(ident, Identity):
+            return ident
+        if not jobs.cancel(ident.tenant, job) and jobs.get(ident.tenant, job) is None:
+            raise HTTPException(404, f"no job {job}")
+        request.state.detail = f"job {job} cancelled"
+        found = jobs.get(ident.tenant, job)
+        if request.headers.get("hx-request"):
+            return _page("job_part.html", ident=ident, job=found, code=_status, csrf=ident.csrf)
+        return RedirectResponse(f"{UI}/jobs/{job}", status_code=303)
 
     @app.post("/api/jobs/send")
     async def api_send(request: Request) -> JSONResponse:
@@ -108,6 +123,14 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if level == "study":
             request.state.study = uid  # the audit row names it
         return JSONResponse({"job": job}, status_code=202)
+
+    @app.post("/api/jobs/{job}/cancel")
+    async def api_cancel(job: str, request: Request) -> JSONResponse:
+        ident = await authenticate(request)
+        if jobs.get(ident.tenant, job) is None:
+            raise HTTPException(404, f"no job {job}")
+        request.state.detail = f"job {job} cancelled"
+        return JSONResponse({"cancelled": jobs.cancel(ident.tenant, job)})
 
     @app.get("/api/jobs")
     async def api_jobs(request: Request) -> JSONResponse:
