@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from io import BytesIO
+from io import BytesIO, RawIOBase
 from typing import Any
 
 import numpy as np
@@ -75,29 +75,62 @@ def rle_frame(value: memoryview, d: PixelDesc, index: int, name: str) -> np.ndar
 def encapsulated_frame(value: memoryview, d: PixelDesc, syntax: str, index: int, name: str) -> np.ndarray:
     """Frame ``index`` of an encapsulated instance (stored values, as ``pixel_array(raw=True)`` gives them) whose
     whole Pixel Data value is ``value`` and transfer syntax ``syntax``: pydicom's decoder for the syntax is given
-    the frame's fragment alone (or, when the fragments are not one a frame, the value) and the geometry of the
-    instance's description — no dataset is parsed, so the work is bounded by the frame, not by the instance's
-    metadata; the plugins check the codestream against the geometry first (``codecs.harden_pydicom``)."""
+    the value as a file it reads in place (:class:`_View`: only the frame's fragments are copied) and the geometry of
+    the instance's description — no dataset is parsed, so the work is bounded by the frame, not by the instance's
+    metadata; a one-fragment frame's size is bounded before anything is copied, and the plugins check the
+    codestream against the geometry (``codecs.harden_pydicom``)."""
     from pydicom.pixels.decoders.base import get_decoder
 
     try:
         guard.check_geometry(d.rows, d.cols, d.spp, d.bits, d.frames, index)
         data = fragment(value, index, d.frames)
-        if data is not None:  # the frame alone, behind an empty offset table: one copy of its codestream
-            src = struct.pack("<4I", _ITEM, 0, _ITEM, len(data)) + data
-            frames, at = 1, 0
-        else:
-            src, frames, at = bytes(value), d.frames, index
+        if data is not None and len(data) > guard.work_bound(d.rows * d.cols * d.spp * max(d.bits, 8) // 8, 4):
+            raise CodecError(f"a {len(data)}-byte codestream for a frame of {d.rows} × {d.cols} × {d.spp}, "
+                             f"{d.bits} bits")  # before pydicom copies it
         opts = {"rows": d.rows, "columns": d.cols, "samples_per_pixel": d.spp, "bits_allocated": d.bits,
                 "bits_stored": d.stored or d.bits, "pixel_representation": int(d.signed),
-                "photometric_interpretation": d.photometric, "number_of_frames": frames,
+                "photometric_interpretation": d.photometric, "number_of_frames": d.frames,
                 "planar_configuration": d.planar}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr, _ = native_call("pydicom", get_decoder(syntax).as_array, src, index=at, raw=True, **opts)
+            arr, _ = native_call("pydicom", get_decoder(syntax).as_array, _View(value), index=index, raw=True,
+                                 **opts)
         return np.asarray(arr)
     except Exception as exc:  # native_call made a decoder's panic an Exception
         raise CodecError(f"{name}: frame {index} cannot be decoded: {exc}") from None
+
+
+class _View(RawIOBase):
+    """A read-only file over a memoryview: pydicom finds the frame's fragments in it and copies only those (given
+    bytes, it would work on a copy of the whole value).
+
+    Example
+    -------
+    >>> f = _View(memoryview(b"abcdef")); _ = f.seek(2); f.read(3), f.tell()
+    (b'cde', 5)
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        self.view, self.pos = view, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self.view) if size is None or size < 0 else min(self.pos + size, len(self.view))
+        out = bytes(self.view[self.pos:end])
+        self.pos = max(self.pos, end)
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, offset if whence == 0 else self.pos + offset if whence == 1 else len(self.view) + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
 
 _PARSED: dict[int, Any] = {}  # id(file bytes) -> parsed dataset, for decoding several frames of one instance
