@@ -1,5 +1,6 @@
 """Run an atheris harness: ``python fuzz/run.py cube|dicom|stow|lake|codestream [--minutes M | --seconds S |
---runs N]`` (the server harness is ``fuzz/server.py``: it drives a running archive, not libFuzzer).
+--runs N]`` (the server harness is ``fuzz/server.py``: an archive in its process driven through its ASGI app, not
+libFuzzer; per-frame time and memory are measured by ``fuzz/bounds.py``).
 
 Seeds come from ../shared/data (fuzz/corpus/<target>/, built on first use, not committed); what the fuzzer adds
 to the corpus stays there. A finding is written to fuzz/crashes/<target>/ — copy it to fuzz/regressions/<target>/
