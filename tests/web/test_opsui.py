@@ -69,6 +69,10 @@ def check(browser: Any, site: Server, api: httpx.Client, files: list[Any]) -> No
     scu.add_requested_context("1.2.840.10008.1.1")
     assoc = scu.associate("127.0.0.1", site.dimse_port, ae_title="NOSUCHAE")
     assert assoc.is_rejected
+    assoc = scu.associate("127.0.0.1", site.dimse_port, ae_title="CUBEPACS")  # alpha's AE title: accepted, aborted
+    assert assoc.is_established
+    assoc.abort()
+    wait_until(lambda: value(scrape(site), "cubepacs_associations_refused_total", reason="aborted") >= 1)
     wait_until(lambda: value(scrape(site), "cubepacs_webworker_builds_total", result="ok") >= 1, timeout=120)
 
     save_user(site.data_dir, "uma", "uma's password", "alpha", "user")  # (takes effect at once)
@@ -96,8 +100,9 @@ def check(browser: Any, site: Server, api: httpx.Client, files: list[Any]) -> No
     assert cell("#storage tr[data-tenant='alpha'] .bytes") == sum(p.stat().st_size for p in files) + len(
         crafted24.getvalue())
     assert "SOPInstanceUID" in page.inner_text("#refused")
+    assert cell("#assoc-aborted") == value(scraped, "cubepacs_associations_refused_total", reason="aborted") >= 1
     failed = page.inner_text("#failed-associations")
-    assert "NOSUCHAE" in failed and "AE OPSTEST" in failed
+    assert "NOSUCHAE" in failed and "AE OPSTEST" in failed and "aborted" in failed
     assert page.locator("nav a[href='/ui/operations']").count() == 1
     context.close()
     # a user (no admin) is refused the page, and has no link to it
@@ -107,4 +112,5 @@ def check(browser: Any, site: Server, api: httpx.Client, files: list[Any]) -> No
     assert page.locator("nav a[href='/ui/operations']").count() == 0
     context.close()
     other = api.get("/ui/operations", headers={"Authorization": f"Bearer {KEYS['beta']}"})  # another tenant's admin
-    assert other.status_code == 200 and "SOPInstanceUID" not in other.text
+    assert other.status_code == 200 and "SOPInstanceUID" not in other.text and "aborted</td>" not in other.text
+    assert "NOSUCHAE" in other.text  # (no tenant was called: every tenant's admin sees it)

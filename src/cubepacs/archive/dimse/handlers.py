@@ -108,6 +108,7 @@ def handle_requested(event: Any, tenants: dict[str, str], allowed: dict[str, lis
     TENANT.set(tenants.get(called))
     address = f"{assoc.requestor.address}:{assoc.requestor.port}"
     tenant = tenants.get(called)
+    assoc._cp_tenant = tenant  # whose operations page shows it if it aborts (handle_closed)
     diagnostic, why = 0, ""
     if tenant is None:
         diagnostic, why = 0x07, f"called AE {called!r} is not configured"
@@ -138,7 +139,8 @@ def handle_closed(event: Any) -> None:
     if event.event.name == "EVT_ABORTED":
         metrics.ASSOCIATIONS_REFUSED.labels(reason="aborted").inc()
         requestor = event.assoc.requestor
-        events.association_failed("aborted", calling_ae(event), f"{requestor.address}:{requestor.port}")
+        events.association_failed("aborted", calling_ae(event), f"{requestor.address}:{requestor.port}",
+                                  getattr(event.assoc, "_cp_tenant", None))
 
 
 def handle_rejected(event: Any) -> None:
