@@ -125,6 +125,16 @@ def move(port: int, study: str, destination: str) -> dict[str, Any]:
     return final
 
 
+def serve_archive(tmp: Path, config: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Any]:
+    """``cubepacs serve`` with ``config`` (the TOML's text) written to ``tmp/cubepacs.toml``, its output in
+    ``tmp/cubepacs.log``: (process, open log file)."""
+    (tmp / "cubepacs.toml").write_text(config)
+    log = open(tmp / "cubepacs.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "cubepacs.toml")],
+                            env={**env, "PYTHONWARNINGS": "ignore"}, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
 def main(out: Path) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     tmp = Path(tempfile.mkdtemp(prefix="cubepacs-peers-"))
@@ -142,12 +152,9 @@ def main(out: Path) -> None:
                                        str(PEERS[name])], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
     remote = ", ".join(f'"{n}" = "127.0.0.1:{p}"' for n, p in PEERS.items())
-    (tmp / "cubepacs.toml").write_text(
-        f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\n'
-        f'api_keys = {{ "{KEY}" = "default" }}\nremote_aes = {{ {remote} }}\n')
-    log = open(tmp / "cubepacs.log", "wb")
-    procs.append(subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "cubepacs.toml")],
-                                  env={**env, "PYTHONWARNINGS": "ignore"}, stdout=log, stderr=subprocess.STDOUT))
+    proc, log = serve_archive(tmp, f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\n'
+                                   f'api_keys = {{ "{KEY}" = "default" }}\nremote_aes = {{ {remote} }}\n', env)
+    procs.append(proc)
     result: dict[str, Any] = {}
     try:
         for port in (*PEERS.values(), 8043, 8042, 11112):

@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from tests.archive.peers import KEY, compare, wait_port
+from tests.archive.conftest import stop_all
+from tests.archive.peers import KEY, compare, serve_archive, wait_port
 from tests.conftest import SERIES, dicom_files
 from tests.web.conftest import ARGS, CHROMIUM
 from tests.web.test_browser import ARTIFACTS
@@ -94,14 +95,12 @@ def main(out: Path) -> None:
     procs = [subprocess.Popen(["Orthanc", str(tmp / "orthanc.json")], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)]
     save_user(tmp / "cubepacs", "ada", "ada's password", "default", "admin")
-    (tmp / "cubepacs.toml").write_text(
-        f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\nhttp_port = {HTTP}\n'
-        f'dimse_port = {DIMSE}\napi_keys = {{ "{KEY}" = "default" }}\n'
-        f'remote_aes = {{ "ORTHANC" = "127.0.0.1:{ORTHANC_DICOM}" }}\n'
-        f'dicomweb_peers = {{ "ORTHANCWEB" = "http://127.0.0.1:{ORTHANC_HTTP}/dicom-web" }}\n')
-    log = open(tmp / "cubepacs.log", "wb")
-    procs.append(subprocess.Popen([sys.executable, "-m", "cubepacs", "serve", "--config", str(tmp / "cubepacs.toml")],
-                                  env={**env, "PYTHONWARNINGS": "ignore"}, stdout=log, stderr=subprocess.STDOUT))
+    proc, log = serve_archive(tmp, f'[cubepacs]\ndata_dir = "{tmp / "cubepacs"}"\nquiet_seconds = 3600\n'
+                              f'http_port = {HTTP}\ndimse_port = {DIMSE}\napi_keys = {{ "{KEY}" = "default" }}\n'
+                              f'remote_aes = {{ "ORTHANC" = "127.0.0.1:{ORTHANC_DICOM}" }}\n'
+                              f'dicomweb_peers = {{ "ORTHANCWEB" = "http://127.0.0.1:{ORTHANC_HTTP}/dicom-web" }}\n',
+                              env)
+    procs.append(proc)
     result: dict[str, Any] = {}
     try:
         for port in (ORTHANC_DICOM, ORTHANC_HTTP, HTTP):
@@ -136,14 +135,7 @@ def main(out: Path) -> None:
         result["compared"] = {sop: compare(originals[sop], data, True) for sop, data in received.items()
                               if sop in originals}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+        stop_all(procs, [log])
     out.write_text(json.dumps(result))
 
 
