@@ -94,7 +94,10 @@ def test_admin_session_pages_without_an_accounts_database(tmp_path: Path) -> Non
                         api_keys={"admin-key-0123456789": "alpha:admin"}, keys_file=str(tmp_path / "api-keys.json"))
     assert services.sessions is None  # an archive run in process without its accounts database (bench/, fuzz/)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="critical"))
+    from cubepacs.research.exportui import ui_routes
+
+    app = create_app(services, extensions=[ui_routes(str(tmp_path / "exports"), "")])  # (no export_secret)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -112,6 +115,8 @@ def test_admin_session_pages_without_an_accounts_database(tmp_path: Path) -> Non
             audit = client.get("/ui/audit")
             assert audit.status_code == 409 and "keeps no audit log" in audit.text
             assert client.get("/api/sessions").status_code < 500
+            off = client.get("/ui/export")  # the export form says at once that exports are off
+            assert off.status_code == 409 and "set export_secret" in off.text
     finally:
         server.should_exit = True
         thread.join(timeout=10)

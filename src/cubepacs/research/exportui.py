@@ -98,15 +98,18 @@ def ui_routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
         uitemplates.TEMPLATES.setdefault("export.html", FORM)
         uitemplates.TEMPLATES.setdefault("exporting.html", RUNNING)
 
-        def refusal(ident: Identity, message: str, status: int) -> Response:
+        def refusal(ident: Identity, message: str, status: int, back: str = UI + "/export") -> Response:
             return _page("message.html", status, title="Not exported", message=message, kind="err", ident=ident,
-                         back=UI + "/export")
+                         back=back)
 
         @app.get(UI + "/export")
         async def export_form(request: Request) -> Response:
             ident = await _who(request)
             if not isinstance(ident, Identity):
                 return ident
+            if not secret:  # said before the form is filled in, not after
+                return refusal(ident, "exports are off on this server: set export_secret (docs/settings.md)", 409,
+                               UI)
             studies = request.query_params.getlist("study")[:1000]
             return _page("export.html", title="De-identified export", ident=ident, csrf=ident.csrf,
                          studies=studies, formats=FORMATS, options=[(k, LABELS.get(k, k)) for k in OPTION_NAMES])
