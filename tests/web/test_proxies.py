@@ -7,10 +7,12 @@ saying so, not a 500.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -79,7 +81,10 @@ def test_uvicorn_believes_only_the_trusted_proxies(site: Server) -> None:
         assert absent is None or absent not in config
 
 
-def test_admin_session_pages_without_an_accounts_database(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def in_process(tmp_path: Path, sessions: Any = None) -> Iterator[httpx.Client]:
+    """The archive's app over real backends in ``tmp_path``, ``sessions`` its accounts database (None: none, as
+    bench/ and fuzz/ run it), served by uvicorn in a thread; a client with an admin key of tenant alpha."""
     import threading
 
     import uvicorn
@@ -88,35 +93,66 @@ def test_admin_session_pages_without_an_accounts_database(tmp_path: Path) -> Non
     from cubepacs.archive.queue.embedded import EmbeddedQueue
     from cubepacs.archive.storage.file import FileStorage
     from cubepacs.archive.web.app import Services, create_app
-
-    services = Services(FileStorage(str(tmp_path / "store")), EmbeddedQueue(os.path.join(tmp_path, "q.db")),
-                        Index.from_url(f"sqlite:///{tmp_path}/index.db"),
-                        api_keys={"admin-key-0123456789": "alpha:admin"}, keys_file=str(tmp_path / "api-keys.json"))
-    assert services.sessions is None  # an archive run in process without its accounts database (bench/, fuzz/)
-    port = free_port()
     from cubepacs.research.exportui import ui_routes
 
+    services = Services(FileStorage(str(tmp_path / "store")), EmbeddedQueue(os.path.join(tmp_path, "q.db")),
+                        Index.from_url(f"sqlite:///{tmp_path}/index.db"), sessions=sessions,
+                        api_keys={"admin-key-0123456789": "alpha:admin"}, keys_file=str(tmp_path / "api-keys.json"))
     app = create_app(services, extensions=[ui_routes(str(tmp_path / "exports"), "")])  # (no export_secret)
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer admin-key-0123456789"},
                           timeout=10) as client:
-            for _ in range(100):
+            for _ in range(200):
                 if server.started:
                     break
                 time.sleep(0.05)
-            page = client.get("/ui/admin")
-            assert page.status_code == 200 and 'id="no-sessions"' in page.text and 'id="end-all"' not in page.text
-            for form in ({"all": "1"}, {"user": "pat"}, {"id": "0123456789abcdef"}):
-                ended = client.post("/ui/admin/sessions/end", data=form)
-                assert ended.status_code == 409 and "keeps no sessions" in ended.text
-            audit = client.get("/ui/audit")
-            assert audit.status_code == 409 and "keeps no audit log" in audit.text
-            assert client.get("/api/sessions").status_code < 500
-            off = client.get("/ui/export")  # the export form says at once that exports are off
-            assert off.status_code == 409 and "set export_secret" in off.text
+            yield client
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_admin_session_pages_without_an_accounts_database(tmp_path: Path) -> None:
+    with in_process(tmp_path) as client:
+        page = client.get("/ui/admin")
+        assert page.status_code == 200 and 'id="no-sessions"' in page.text and 'id="end-all"' not in page.text
+        for form in ({"all": "1"}, {"user": "pat"}, {"id": "0123456789abcdef"}):
+            ended = client.post("/ui/admin/sessions/end", data=form)
+            assert ended.status_code == 409 and "keeps no sessions" in ended.text
+        audit = client.get("/ui/audit")
+        assert audit.status_code == 409 and "keeps no audit log" in audit.text
+        assert client.get("/api/sessions").status_code < 500
+        off = client.get("/ui/export")  # the export form says at once that exports are off
+        assert off.status_code == 409 and "set export_secret" in off.text
+
+
+def test_audit_page_reaches_every_row(tmp_path: Path) -> None:
+    """The audit page pages through the whole log, newest first, filters kept — read against SQLite itself."""
+    import re
+    import sqlite3
+
+    from cubepacs.archive.auth.accounts import Accounts
+
+    accounts = Accounts(tmp_path / "accounts.db")
+    for i in range(230):
+        accounts.audit("alpha", f"user:u{i:03d}", "admin", "delete" if i % 3 else "send", f"1.2.{i}")
+    accounts.audit("beta", "user:other", "admin", "delete", "9.9")
+    with in_process(tmp_path, accounts) as client:
+        for action in ("", "delete"):
+            seen, url, sizes = [], f"/ui/audit?limit=100&action={action}", []
+            while url:
+                page = client.get(url)
+                assert page.status_code == 200
+                rows = re.findall(r"<td>(user:[a-z0-9]+)</td>", page.text)
+                seen, sizes = seen + rows, [*sizes, len(rows)]
+                older = re.search(r'id="older" href="\?([^"]+)"', page.text)
+                url = f"/ui/audit?{older.group(1).replace('&amp;', '&')}" if older else ""
+            with sqlite3.connect(tmp_path / "accounts.db") as db:
+                expected = [r[0] for r in db.execute(
+                    "SELECT principal FROM audit WHERE tenant = 'alpha' AND (? = '' OR action = ?) "
+                    "ORDER BY at DESC, rowid DESC", (action, action))]
+            assert seen == expected and sizes == ([100, 100, 30] if not action else [100, 53])

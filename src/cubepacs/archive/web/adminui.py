@@ -286,7 +286,13 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if services.sessions is None:
             return _page("message.html", 409, title="Audit log", kind="err", ident=ident, back=UI,
                          message="this archive keeps no audit log (no accounts database)")
+        limit, offset = _paging(q.get("limit", ""), 1, 500, 100), _paging(q.get("offset", ""), 0, 2**31 - 1, 0)
         rows = services.sessions.audit_rows(ident.tenant, q.get("study", ""), q.get("who", ""), q.get("action", ""),
-                                            500)
-        return _page("audit.html", title="Audit log", ident=ident, rows=rows, q=q)
+                                            limit + 1, offset)
+
+        def page(at: int) -> str:  # the same filters, another page (older: a larger offset)
+            return urlencode({**q, "offset": max(at, 0), "limit": limit})
+
+        return _page("audit.html", title="Audit log", ident=ident, rows=rows[:limit], q=q, more=len(rows) > limit,
+                     limit=limit, offset=offset, page=page)
 

@@ -185,7 +185,10 @@ AUDIT = """{% extends "base.html" %}{% block body %}
 {% for r in rows %}<tr><td>{{ when(r.time) }}</td><td>{{ r.who }}</td><td>{{ r.role }}</td><td>{{ r.action }}</td>
 <td class="mono">{{ r.study or '' }}</td><td>{{ r.detail or '' }}</td><td>{{ r.status }}</td>
 <td>{{ r.address or '' }}</td></tr>
-{% endfor %}</table>{% endblock %}"""
+{% endfor %}</table>
+<p>{% if offset > 0 %}<a id="newer" href="?{{ page(offset - limit) }}">Newer</a>{% endif %}
+rows {{ offset + 1 if rows else 0 }}–{{ offset + rows|length }}
+{% if more %}<a id="older" href="?{{ page(offset + limit) }}">Older</a>{% endif %}</p>{% endblock %}"""
 
 TEMPLATES = {"base.html": BASE, "message.html": MESSAGE, "studies.html": STUDIES, "study.html": STUDY,
              "series.html": SERIES, "tags.html": TAGS, "confirm.html": CONFIRM,
