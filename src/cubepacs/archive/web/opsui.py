@@ -61,7 +61,7 @@ e.source }}</td><td class="mono">{{ e.detail }}</td></tr>{% endfor %}</table>{% 
 </tr>{% for s in o.failed_series %}<tr><td class="mono"><a href="/ui/studies/{{ s.study_uid }}">{{ s.study_uid
 }}</a></td><td class="mono">{{ s.series_uid }}</td><td>{{ s.retry_times }}</td><td>{{ s.updated_time }}</td></tr>
 {% endfor %}</table>{% endif %}
-<h2>Storage</h2><table id="storage"><tr><th>Tenant</th><th>Instances</th><th>Bytes stored</th>
+<h2>Storage</h2><table id="storage"><tr><th>Tenant</th><th>Instances</th><th>Bytes of its instances</th>
 <th>Bytes received by C-STORE</th></tr>
 {% for t in o.storage %}<tr data-tenant="{{ t.tenant }}"><td>{{ t.tenant }}</td><td class="instances">{{ t.instances
 }}</td><td class="bytes">{{ t.bytes }}</td><td class="cstore-bytes">{{ n(t.cstore_bytes) }}</td></tr>{% endfor %}
