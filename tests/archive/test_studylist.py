@@ -7,6 +7,7 @@ import io
 import random
 import shutil
 import subprocess
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -141,3 +142,40 @@ def test_streamed_zip_reads_back(tmp_path: Path) -> None:
     if shutil.which("unzip"):
         test = subprocess.run(["unzip", "-tq", str(tmp_path / "a.zip")], capture_output=True, text=True, check=False)
         assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_a_dicomdir_over_every_real_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of ../shared/data: those pydicom's FileSet can place (every series file among them, Type 1 record
+    keys the file leaves empty invented) are in a DICOMDIR that pydicom and DCMTK's dcmdump read, each record
+    naming its instance; the others are listed with pydicom's reason; nothing is left in the temporary folder."""
+    import pydicom
+
+    from cubepacs.archive.web.zipstream import dicomdir
+    from tests.conftest import DATA
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    files = [p for d in ("series", "single", "malformed") for p in sorted((DATA / d).rglob("*")) if p.is_file()]
+    raw, paths, notes = dicomdir((str(p), p.read_bytes()) for p in files)
+    left = [n for n in notes if ": not in the DICOMDIR: " in n]
+    assert len(paths) + len(left) == len(files)
+    series = [p for p in files if "/series/" in str(p) and p.name != "DIRFILE" and p.suffix != ".txt"]
+    assert {str(p) for p in series} <= set(paths)  # every series file placed (TCIA's empty Study ID invented)
+    invented = [n for n in notes if n.endswith("(invented)")]
+    assert invented and all(f"{DATA}/series/ct_ge_lightspeedvct" in n or "/single/" in n or "/malformed/" in n
+                            for n in invented)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    (tmp_path / "DICOMDIR").write_bytes(raw)
+    with warnings.catch_warnings():  # (the malformed files' malformed values, copied into their records)
+        warnings.simplefilter("ignore")
+        records = [r for r in pydicom.dcmread(tmp_path / "DICOMDIR").DirectoryRecordSequence
+                   if "ReferencedSOPInstanceUIDInFile" in r]
+        by_path = {"/".join(r.ReferencedFileID): str(r.ReferencedSOPInstanceUIDInFile) for r in records}
+        assert sorted(by_path) == sorted(paths.values())
+        for key, path in paths.items():
+            assert by_path[path] == str(pydicom.dcmread(key, stop_before_pixels=True).SOPInstanceUID), key
+    dump = subprocess.run(["dcmdump", str(tmp_path / "DICOMDIR")], capture_output=True, text=True, errors="replace",
+                          check=False)
+    assert dump.returncode == 0 and dump.stdout.count("ReferencedSOPInstanceUIDInFile") == len(paths)
+    # the files themselves are unchanged by the invention: the records name them by their own SOP Instance UID
+    assert all(n.split(": not in the DICOMDIR: ")[1] for n in left)

@@ -57,20 +57,28 @@ def add_routes(app: FastAPI, services: Any) -> None:
     def getter(key: str) -> Callable[[], bytes]:
         return lambda: bytes(services.storage.get(key))
 
-    def zip_answer(rows: list[dict[str, Any]], name: str, with_dicomdir: bool) -> StreamingResponse:
+    async def zip_answer(rows: list[dict[str, Any]], name: str, with_dicomdir: bool) -> StreamingResponse:
+        made: tuple[bytes, dict[str, str], list[str]] | None = None
+        if with_dicomdir:  # before the answer starts: a DICOMDIR that cannot be made is an error page, not a cut ZIP
+            keys = [r["storage_key"] for r in rows]
+            try:
+                made = await run_in_threadpool(dicomdir, ((k, services.storage.get(k)) for k in keys))
+            except Exception as exc:
+                raise HTTPException(409, f"no DICOMDIR can be made for these instances: {type(exc).__name__}: "
+                                         f"{str(exc)[:300]}") from None
+
         def entries() -> Iterator[tuple[str, Callable[[], bytes]]]:
-            if not with_dicomdir:
+            if made is None:
                 for r in rows:
                     yield f"{r['series_uid']}/{r['sop_uid']}.dcm", getter(r["storage_key"])
                 return
-            keys = (r["storage_key"] for r in rows)
-            raw, paths, left = dicomdir((k, services.storage.get(k)) for k in keys)
+            raw, paths, notes = made
             yield "DICOMDIR", lambda: raw
-            for r in rows:
+            for r in rows:  # one the DICOMDIR could not hold: under OTHER/, and said why in DICOMDIR-NOTES.txt
                 key = r["storage_key"]
                 yield paths.get(key, f"OTHER/{r['sop_uid']}.dcm"), getter(key)
-            if left:
-                yield "NOT-IN-DICOMDIR.txt", lambda: "\n".join(left).encode()
+            if notes:
+                yield "DICOMDIR-NOTES.txt", lambda: "\n".join(notes).encode()
 
         return StreamingResponse(zip_stream(entries()), media_type="application/zip",
                                  headers={"Content-Disposition": _disposition(name)})
@@ -89,7 +97,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
             return ident
         rows = await run_in_threadpool(rows_of, ident.tenant, study)
         request.state.detail = "ZIP with DICOMDIR" if dicomdir else "ZIP"
-        return zip_answer(rows, f"{study}.zip", bool(dicomdir))
+        return await zip_answer(rows, f"{study}.zip", bool(dicomdir))
 
     @app.get(UI + "/studies/{study}/series/{series}/zip")
     async def series_zip(study: str, series: str, request: Request, dicomdir: str = "") -> Response:
@@ -98,7 +106,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
             return ident
         rows = await run_in_threadpool(rows_of, ident.tenant, study, series)
         request.state.detail = f"series {series} ZIP" + (" with DICOMDIR" if dicomdir else "")
-        return zip_answer(rows, f"{series}.zip", bool(dicomdir))
+        return await zip_answer(rows, f"{series}.zip", bool(dicomdir))
 
     @app.get(UI + "/studies/{study}/series/{series}/cube")
     async def series_cube(study: str, series: str, request: Request) -> Response:

@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import warnings
 import zipfile
@@ -57,36 +58,72 @@ def zip_stream(entries: Iterable[tuple[str, Callable[[], bytes]]]) -> Iterator[b
     yield sink.take()
 
 
+# values invented for a directory record whose Type 1 key the file leaves empty or out (the file is unchanged), as
+# DCMTK's dcmmkdir +I does; "#" stands for the instance's position in the file-set
+INVENTED = {"PatientID": "UNKNOWN", "StudyID": "1", "StudyDate": "19000101", "StudyTime": "000000",
+            "SeriesNumber": "1", "InstanceNumber": "#", "Modality": "OT"}
+_MISSING = re.compile(r"\(([0-9A-F]{4}),([0-9A-F]{4})\) '[^']*' element (?:cannot be empty|is missing)")
+
+
+def _add(fs: Any, ds: Any, position: int) -> list[str]:
+    """Add ``ds`` to the file-set, inventing record values pydicom's record creators ask for (at most one try per
+    invented value); the values invented, as ``Keyword 'value'``. ValueError when it still cannot be placed."""
+    from pydicom.datadict import keyword_for_tag
+
+    invented: list[str] = []
+    while True:
+        try:
+            fs.add(ds)
+            return invented
+        except ValueError as exc:
+            found = _MISSING.search(str(exc))
+            keyword = keyword_for_tag(int(found.group(1) + found.group(2), 16)) if found else ""
+            if keyword not in INVENTED or any(i.startswith(keyword + " ") for i in invented):
+                raise
+            value = str(position) if INVENTED[keyword] == "#" else INVENTED[keyword]
+            setattr(ds, keyword, value)
+            invented.append(f"{keyword} {value!r}")
+
+
 def dicomdir(files: Iterable[tuple[str, bytes]]) -> tuple[bytes, dict[str, str], list[str]]:
     """A DICOMDIR for ``files`` ((key, file bytes); only each header is kept, so pass them one by one): (its
-    bytes, key → path of the file in the file-set (``PT000000/ST000000/SE000000/IM000000``), why each key left
-    out could not be placed). pydicom's ``FileSet`` writes the directory; what it writes beside it (the headers)
-    lives in a temporary folder removed before this returns.
+    bytes, key → path of the file in the file-set (``PT000000/ST000000/SE000000/IM000000``), notes: why each key
+    left out could not be placed, and the record values invented for a file that leaves a Type 1 key of its
+    directory record empty — :data:`INVENTED`, in the DICOMDIR only, never in the file). pydicom's ``FileSet``
+    writes the directory; what it writes beside it (the headers) lives in a temporary folder removed before this
+    returns.
 
     Example
     -------
     >>> from pathlib import Path
     >>> data = Path("../shared/data/single/ct_ge_small_signed.dcm").read_bytes()
-    >>> raw, paths, left = dicomdir([("x", data)])
-    >>> raw[128:132], paths, left
+    >>> raw, paths, notes = dicomdir([("x", data)])
+    >>> raw[128:132], paths, notes
     (b'DICM', {'x': 'PT000000/ST000000/SE000000/IM000000'}, [])
+    >>> tcia = Path("../shared/data/series/ct_ge_lightspeedvct_chest_100sl/1-001.dcm").read_bytes()  # Study ID empty
+    >>> dicomdir([("y", tcia)])[1:]
+    ({'y': 'PT000000/ST000000/SE000000/IM000000'}, ["y: in the DICOMDIR with StudyID '1' (invented)"])
     """
     import pydicom
     from pydicom.fileset import FileSet
 
     fs = FileSet()  # it stages each added header in a temporary folder of its own: removed in the end
     keys: dict[str, str] = {}  # SOP Instance UID → key
-    left: list[str] = []
+    notes: list[str] = []
     try:
-        for key, data in files:
+        for n, (key, data) in enumerate(files):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                    fs.add(ds)
+                    if str(ds.get("SOPInstanceUID", "")) in keys:  # FileSet would replace the first one
+                        raise ValueError(f"the same SOP Instance UID as {keys[str(ds.SOPInstanceUID)]}")
+                    invented = _add(fs, ds, n + 1)
                 keys[str(ds.SOPInstanceUID)] = key
+                if invented:
+                    notes.append(f"{key}: in the DICOMDIR with {', '.join(invented)} (invented)")
             except Exception as exc:
-                left.append(f"{key}: {type(exc).__name__}: {str(exc)[:200]}")
+                notes.append(f"{key}: not in the DICOMDIR: {type(exc).__name__}: {str(exc)[:200]}")
         with tempfile.TemporaryDirectory(prefix="cubepacs-dicomdir-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fs.write(tmp)
@@ -97,4 +134,4 @@ def dicomdir(files: Iterable[tuple[str, bytes]]) -> tuple[bytes, dict[str, str],
         stage = getattr(fs, "_stage", {}).get("t")
         if stage is not None:
             stage.cleanup()
-    return raw, paths, left
+    return raw, paths, notes
