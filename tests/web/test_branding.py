@@ -89,3 +89,14 @@ def test_ohif_shows_the_archive_not_ohif(browser: Any, branded: tuple[Server, st
     page.wait_for_selector(f"text={BANNER}", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "branding-control.png"))
     context.close()
+
+
+def test_a_bad_banner_setting_is_one_error_at_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path / "bad.toml", tmp_path / "data", free_port(), free_port(), viewer_banner="sometimes")
+    run = subprocess.run([sys.executable, "-m", "cubepacs", "serve", "--config", str(cfg)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 2 and "viewer_banner: 'sometimes' is not never, always or configure:DAYS" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
