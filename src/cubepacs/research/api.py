@@ -30,6 +30,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from cubepacs.errors import ConfigError
 from cubepacs.research.deid import Options
@@ -169,7 +170,7 @@ def routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
                 raise HTTPException(400, "export_secret is not set on the server: exports are off")
             body = await read_json(request, empty={})  # bounded in size and depth: 413/400
             try:
-                checked = plan(services, tenant, body, export_dir, secret)
+                checked = await run_in_threadpool(plan, services, tenant, body, export_dir, secret)  # index reads
             except ConfigError as exc:
                 raise HTTPException(400, str(exc)) from None
             request.state.study, request.state.detail = audit_of(checked)  # who exported which studies

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from cubepacs.errors import ConfigError
 from cubepacs.research.api import OPTION_NAMES, audit_of, plan, run
@@ -125,7 +126,7 @@ def ui_routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
                 return ident
             body = body_of(form)
             try:
-                checked = plan(services, ident.tenant, body, export_dir, secret)
+                checked = await run_in_threadpool(plan, services, ident.tenant, body, export_dir, secret)
             except ConfigError as exc:
                 return refusal(ident, str(exc), 400)
             except HTTPException as exc:
