@@ -93,7 +93,7 @@ def samples(registry: Any) -> list[Sample]:
 
 def total(rows: list[Sample], name: str, **labels: str) -> float:
     """The sum of the samples called ``name`` whose labels include ``labels``."""
-    return sum(v for n, lab, v in rows if n == name and all(lab.get(k) == x for k, x in labels.items()))
+    return float(sum(v for n, lab, v in rows if n == name and all(lab.get(k) == x for k, x in labels.items())))
 
 
 def _by(rows: list[Sample], name: str, label: str, **labels: str) -> dict[str, float]:
