@@ -1,20 +1,26 @@
 """A PyTorch ``Dataset`` over a folder or an object-storage prefix of cubes: volumes, 2D slices or 3D patches.
 
-Optional: ``pip install 'cubepacs[torch]'``. Each item is a dict: ``image`` (a float32 tensor in Hounsfield or
-other rescaled units, or the stored values with ``rescale=False``; volumes and patches are depth × rows ×
-columns, slices rows × columns), ``spacing`` (slice, row, column spacing in mm), ``origin`` (the position of the
-first voxel, patient coordinates), ``orientation`` (the six direction cosines), ``source`` and ``index`` (slice,
-or patch corner). Slices are in position order along the slice normal (not file or instance number order).
+Optional: ``pip install 'cubepacs[torch]'``. Each item is a dict (an :class:`Item`): ``image`` (a float32 tensor in
+Hounsfield or other rescaled units, or the stored values with ``rescale=False``; volumes and patches are depth ×
+rows × columns, slices rows × columns), ``spacing`` (slice, row, column spacing in mm), ``origin`` (the position of
+the volume's first voxel, patient coordinates), ``orientation`` (the six direction cosines), ``index`` (slice, or
+patch corner) and ``source``. Slices are in position order along the slice normal (not file or instance number
+order).
 
 What cannot form a volume is handled, not crashed on: a cube without frames is skipped; a cube whose frames have
-several shapes (a localizer beside the axial slices) is split into one volume per shape; each with a warning, and
-counted in ``skipped`` and ``split``. A volume smaller than ``patch_size`` is padded (``pad="edge"`` or
-``"constant"``, with ``pad_value``) or refused at construction (``pad=None``). A series whose slice steps differ
-by more than 1 % (or 0.01 mm) warns with their range: its ``spacing`` is the median step. ``spacing=(dz, dy, dx)``
-resamples volumes and patches to that spacing (trilinear, on the stored slice order; orientation is not changed).
+several shapes (a localizer beside the axial slices) is split into one volume per shape, and a 4D series
+(single-frame instances repeating their positions: fMRI, perfusion) into one volume per temporal position
+(:mod:`cubepacs.research.geometry`); each with a warning, and counted in ``skipped`` and ``split``. A volume smaller
+than ``patch_size`` is padded (``pad="edge"`` or ``"constant"``, with ``pad_value``) or refused at construction
+(``pad=None``). A series whose slice steps differ by more than 1 % (or 0.01 mm) warns with their range: its
+``spacing`` is the median step. ``spacing=(dz, dy, dx)`` resamples volumes and patches to that spacing (trilinear);
+``orientation="RAS"`` (or ``"LPS"``, any code with one letter of each pair) first permutes and flips their axes
+toward those patient directions (no interpolation).
 
-``cache_volumes=n`` keeps the last ``n`` decoded volumes of each process (float32, whole): patches of a volume
-then cost one decode, not one per patch (memory: n × the largest volume, per DataLoader worker).
+``cache_volumes=n`` keeps the last ``n`` decoded volumes of each process (stored values, whole): slices and patches
+of a volume then cost one decode (memory: n × the largest volume, per DataLoader worker; kept between epochs with
+``persistent_workers=True``). In a worker, each image is decoded into shared memory with its metadata after it,
+and crosses to the main process as one tensor without a copy.
 
 Colour frames (RGB, YBR) keep a trailing samples axis: volumes and patches are depth × rows × columns × samples.
 Items of different volumes have different shapes: a ``DataLoader`` with ``batch_size > 1`` then needs
