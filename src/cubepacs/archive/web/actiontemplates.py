@@ -30,6 +30,8 @@ hx-post="/ui/upload?csrf={{ csrf }}" hx-encoding="multipart/form-data" hx-target
 (function () {
   var form = document.getElementById("upload"), drop = document.getElementById("drop");
   var input = document.getElementById("files"), bar = document.getElementById("progress");
+  form.addEventListener("htmx:beforeRequest", function () { bar.value = 0; });
+  form.addEventListener("htmx:afterRequest", function () { drop.textContent = "Drop more files, folders or ZIPs"; });
   form.addEventListener("htmx:xhr:progress", function (e) {
     if (!e.detail.total) return;
     bar.value = Math.round(e.detail.loaded * 100 / e.detail.total);
