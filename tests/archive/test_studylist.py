@@ -179,3 +179,19 @@ def test_a_dicomdir_over_every_real_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert dump.returncode == 0 and dump.stdout.count("ReferencedSOPInstanceUIDInFile") == len(paths)
     # the files themselves are unchanged by the invention: the records name them by their own SOP Instance UID
     assert all(n.split(": not in the DICOMDIR: ")[1] for n in left)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_a_corrupt_compressed_member_is_refused_not_raised(method: int) -> None:
+    """A member whose compressed bytes are damaged (zlib.error, LZMAError: not zipfile's own errors) makes the
+    ZIP one refused item naming why — it was an exception out of the upload (HTTP 500)."""
+    member = dicom_files(next(s for s in SERIES if s.name.startswith("ct_philips")))[0].read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        zf.writestr("a/ct.dcm", member)
+    raw = bytearray(buf.getvalue())
+    start = 30 + len("a/ct.dcm")  # the member's compressed bytes follow its local header
+    for i in range(start + 20, start + 60):
+        raw[i] ^= 0xFF
+    items = list(expand_zip("up.zip", bytes(raw), 10**8))
+    assert items[-1][0] == "up.zip: refused" and items[-1][1].startswith(b"ZIP not taken apart: "), items[-1]

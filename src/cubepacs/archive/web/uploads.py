@@ -27,7 +27,9 @@ Example
 from __future__ import annotations
 
 import io
+import lzma
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import IO, Any
@@ -70,7 +72,8 @@ def expand_zip(source: str, data: bytes | IO[bytes], limit: int) -> Iterator[tup
                 if total > limit:
                     raise ValueError(f"expands beyond max_request_bytes ({limit}) at {m.filename!r}")
                 yield f"{source}/{m.filename}", content
-    except (zipfile.BadZipFile, ValueError, RuntimeError, NotImplementedError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, ValueError, RuntimeError, NotImplementedError, EOFError, OSError, zlib.error,
+            lzma.LZMAError) as exc:  # (a corrupt deflated or LZMA member raises its codec's own error)
         yield f"{source}: refused", f"ZIP not taken apart: {exc}".encode()
 
 
