@@ -18,6 +18,7 @@ from cubepacs.archive.index.matching import STUDY_ORDERS
 from cubepacs.archive.index.store import Index
 from cubepacs.archive.web.uploads import expand_zip
 from cubepacs.archive.web.zipstream import zip_stream
+from cubepacs.errors import ConfigError
 from tests.conftest import SERIES, dicom_files
 
 STUDIES = 2_000
@@ -195,3 +196,23 @@ def test_a_corrupt_compressed_member_is_refused_not_raised(method: int) -> None:
         raw[i] ^= 0xFF
     items = list(expand_zip("up.zip", bytes(raw), 10**8))
     assert items[-1][0] == "up.zip: refused" and items[-1][1].startswith(b"ZIP not taken apart: "), items[-1]
+
+
+def test_labels_are_bounded_per_study_and_per_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels added without end (any ``upload`` caller may) would make every study list page list them all: a
+    study carries at most MAX_PER_STUDY, a tenant uses at most MAX_PER_TENANT different ones (a clear error), an
+    existing label may still go on another study, and another tenant is not counted."""
+    idx = Index.from_url("sqlite://")
+    for n in range(labels.MAX_PER_STUDY):
+        assert labels.add(idx, "t", "1.1", f"l{n}")
+    with pytest.raises(ConfigError, match="at most 50"):
+        labels.add(idx, "t", "1.1", "one more")
+    assert not labels.add(idx, "t", "1.1", "l3") and len(labels.of_studies(idx, "t", ["1.1"])["1.1"]) == 50
+    monkeypatch.setattr(labels, "MAX_PER_TENANT", 7)  # (1,000 by default)
+    idx2 = Index.from_url("sqlite://")
+    for n in range(7):
+        assert labels.add(idx2, "t", f"2.{n}", f"w{n}")
+    with pytest.raises(ConfigError, match="7 different labels"):
+        labels.add(idx2, "t", "2.0", "new word")
+    assert labels.add(idx2, "t", "2.0", "w5") and labels.add(idx2, "other", "2.0", "new word")
+    assert len(labels.tenant_labels(idx2, "t")) == 7

@@ -1,7 +1,8 @@
 """Labels on studies, per tenant (the admin UI's study page and ``/api/studies/{study}/labels``): free words an
 archive user puts on a study to find it again (``/ui?label=…``). A label is 1–64 characters of letters, digits,
 space, ``-``, ``_`` and ``.``; a study keeps its labels while its instances change, and loses them when it is
-deleted.
+deleted. A study carries at most :data:`MAX_PER_STUDY` labels and a tenant uses at most :data:`MAX_PER_TENANT`
+different ones (every study list page lists them all: a caller adding labels without end would slow every page).
 
 Example
 -------
@@ -23,13 +24,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from cubepacs.archive.index.models import study_label
 from cubepacs.errors import ConfigError
 
 _LABEL = re.compile(r"[\w .-]{1,64}")
+MAX_PER_STUDY = 50  # labels one study carries
+MAX_PER_TENANT = 1000  # different labels one tenant uses
 
 
 def check_label(label: str) -> str:
@@ -41,10 +44,37 @@ def check_label(label: str) -> str:
 
 
 def add(index: Any, tenant: str, study: str, label: str) -> bool:
-    """Put ``label`` on a study; False when it was there already."""
+    """Put ``label`` on a study; False when it was there already. ConfigError for an invalid label, or one more
+    than :data:`MAX_PER_STUDY` on the study or :data:`MAX_PER_TENANT` in the tenant.
+
+    Example
+    -------
+    >>> from cubepacs.archive.index.store import Index
+    >>> idx = Index.from_url("sqlite://")
+    >>> all(add(idx, "t", "1.2", f"l{n}") for n in range(MAX_PER_STUDY)), add(idx, "t", "1.2", "l0")
+    (True, False)
+    >>> add(idx, "t", "1.2", "one more")
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.ConfigError: study 1.2 has 50 labels already (at most 50): remove one first
+    """
+    t = study_label
     row = {"tenant_id": tenant, "study_uid": study, "label": check_label(label)}
     try:
         with index.engine.begin() as conn:
+            on_study = [r[0] for r in conn.execute(select(t.c.label).where(t.c.tenant_id == tenant,
+                                                                            t.c.study_uid == study))]
+            if row["label"] in on_study:
+                return False
+            if len(on_study) >= MAX_PER_STUDY:
+                raise ConfigError(f"study {study} has {len(on_study)} labels already (at most {MAX_PER_STUDY}): "
+                                  "remove one first")
+            used = select(t.c.label).where(t.c.tenant_id == tenant).distinct().limit(MAX_PER_TENANT).subquery()
+            if conn.execute(select(func.count()).select_from(used)).scalar() == MAX_PER_TENANT and \
+                    conn.execute(select(t.c.label).where(t.c.tenant_id == tenant, t.c.label == row["label"])
+                                 .limit(1)).first() is None:
+                raise ConfigError(f"this tenant uses {MAX_PER_TENANT} different labels already (at most "
+                                  f"{MAX_PER_TENANT}): reuse one, or remove one that is no longer used")
             conn.execute(study_label.insert().values(**row))
     except IntegrityError:
         return False
