@@ -216,3 +216,30 @@ def test_labels_are_bounded_per_study_and_per_tenant(monkeypatch: pytest.MonkeyP
         labels.add(idx2, "t", "2.0", "new word")
     assert labels.add(idx2, "t", "2.0", "w5") and labels.add(idx2, "other", "2.0", "new word")
     assert len(labels.tenant_labels(idx2, "t")) == 7
+
+
+def _directory_only_zip(entries: int, declared: int) -> bytes:
+    """A ZIP body of ``entries`` central-directory entries (1-byte names, no member data) whose end record
+    declares ``declared`` members."""
+    import struct
+
+    entry = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0) + b"a"
+    directory = entry * entries
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, declared, declared, len(directory), 4, 0)
+    return b"PK\x03\x04" + directory + end
+
+
+@pytest.mark.parametrize("declared", [60_000, 10])
+def test_a_huge_central_directory_is_refused_before_it_is_read(declared: int) -> None:
+    """zipfile reads a whole central directory (a ZipInfo per entry, whatever count the end record declares)
+    before the member count could be checked: a 44 MB body of 1,000,000 entries peaked at 457 MB and 17 s. The
+    end record's size is checked first: refused, naming it, with memory near the body's size."""
+    import tracemalloc
+
+    body = _directory_only_zip(800_000, declared)  # 37.6 MB of directory
+    tracemalloc.start()
+    items = list(expand_zip("up.zip", body, 10**10))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert items == [("up.zip: refused", items[0][1])] and b"central directory of 37600000 bytes" in items[0][1]
+    assert peak < len(body) // 4, peak

@@ -7,7 +7,8 @@
 * ``POST /api/upload``: a ZIP (``application/zip``) or ``multipart/form-data``; answers
   ``{"stored": n, "failed": n, "reasons": [...], "studies": [...]}``.
 
-A ZIP is taken apart with bounds: at most :data:`MAX_MEMBERS` members, none and all of them together at most
+A ZIP is taken apart with bounds: at most :data:`MAX_MEMBERS` members and a central directory of at most
+:data:`MAX_DIRECTORY_BYTES` (both read from its end record before ``zipfile`` parses the directory), none and all of them together at most
 ``max_request_bytes`` once expanded (read, not just declared), folders, hidden files and ``__MACOSX`` skipped; a
 ZIP inside a ZIP is not opened (refused like any file that is not DICOM). The body itself is spooled to a
 temporary file as STOW-RS spools it (``max_request_bytes``, 413 beyond).
@@ -42,7 +43,22 @@ from cubepacs.archive.web.adminui import UI, _form_who, _page, _who
 from cubepacs.archive.web.auth import Identity, authenticate
 
 MAX_MEMBERS = 100_000
+MAX_DIRECTORY_BYTES = 32 << 20  # the central directory of 100,000 members with 300-byte paths
 ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_directory(stream: IO[bytes]) -> None:
+    """ValueError when the ZIP's end record declares more than :data:`MAX_MEMBERS` members or a central directory
+    larger than :data:`MAX_DIRECTORY_BYTES`: ``zipfile`` reads the whole directory into a ZipInfo per entry
+    (whatever count is declared) before any member could be refused — 10x the body's size in memory."""
+    end = zipfile._EndRecData(stream)  # type: ignore[attr-defined]  # (the end record zipfile itself reads)
+    if end is None:
+        raise zipfile.BadZipFile("no end of central directory record")
+    members, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if members > MAX_MEMBERS or size > MAX_DIRECTORY_BYTES:
+        raise ValueError(f"{members} members, a central directory of {size} bytes (at most {MAX_MEMBERS} members, "
+                         f"{MAX_DIRECTORY_BYTES} bytes)")
+    stream.seek(0)
 
 
 def expand_zip(source: str, data: bytes | IO[bytes], limit: int) -> Iterator[tuple[str, bytes]]:
@@ -60,6 +76,7 @@ def expand_zip(source: str, data: bytes | IO[bytes], limit: int) -> Iterator[tup
         yield source, data if isinstance(data, bytes) else data.read(limit + 1)
         return
     try:
+        _check_directory(stream)
         with zipfile.ZipFile(stream) as zf:
             members = [m for m in zf.infolist() if not m.is_dir() and not _skipped(m.filename)]
             if len(members) > MAX_MEMBERS:
