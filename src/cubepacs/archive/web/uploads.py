@@ -8,10 +8,10 @@
   ``{"stored": n, "failed": n, "reasons": [...], "studies": [...]}``.
 
 A ZIP is taken apart with bounds: at most :data:`MAX_MEMBERS` members and a central directory of at most
-:data:`MAX_DIRECTORY_BYTES` (both read from its end record before ``zipfile`` parses the directory), none and
-all of them together at most ``max_request_bytes`` once expanded (read, not just declared), folders, hidden files and ``__MACOSX`` skipped; a
-ZIP inside a ZIP is not opened (refused like any file that is not DICOM). The body itself is spooled to a
-temporary file as STOW-RS spools it (``max_request_bytes``, 413 beyond).
+:data:`MAX_DIRECTORY_BYTES` (both read from its end record before ``zipfile`` parses the directory), none and all
+of them together at most ``max_request_bytes`` once expanded (read, not just declared), folders, hidden files and
+``__MACOSX`` skipped; a ZIP inside a ZIP is not opened (refused like any file that is not DICOM). The body itself
+is spooled to a temporary file as STOW-RS spools it (``max_request_bytes``, 413 beyond).
 
 Example
 -------
