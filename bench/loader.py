@@ -9,6 +9,9 @@ Usage: .venv/bin/python bench/loader.py [--codec blosc2] [--slices 1000] [--patc
 cubes, the cubes with ``--codec``), and both sides read the export: the cubes, and its DICOM folders. Without it,
 the cubes are made from the series folders, and pydicom reads those folders.
 
+``--floor``: after each slice row, a loader that does nothing (a new tensor of the slice's shape per item) against
+pydicom: the highest ratio any loader can reach through the same DataLoader settings on this machine.
+
 ``--cache N``: extra rows, the dataset keeping the last N decoded volumes per process
 (``CubeDataset(cache_volumes=N)``), so that the slices and patches of a volume cost one decode per process (the
 DICOM side has no cache: these rows measure the feature, not the same work).
@@ -119,6 +122,23 @@ class DicomFolders:
         if any(m for _, m in missing):  # a volume smaller than the patch: padded with its edge, as the dataset does
             patch = np.pad(patch, missing, mode="edge")
         return {"image": torch.from_numpy(patch)}
+
+
+class Floor:
+    """A loader that does nothing: each item a new float32 tensor of the slice's shape (the ceiling of any loader's
+    rate through the same DataLoader: what moving the items between processes costs alone)."""
+
+    def __init__(self, anchor: DicomFolders) -> None:
+        self.anchor = anchor
+
+    def __len__(self) -> int:
+        return len(self.anchor)
+
+    def __getitem__(self, idx: int) -> Any:
+        import torch
+
+        k = int(np.searchsorted(self.anchor.starts, idx, side="right")) - 1
+        return {"image": torch.empty(self.anchor.shapes[k], dtype=torch.float32)}
 
 
 def batches(counts: list[int], per_volume: int, mode: str, size: int, limit: int) -> list[list[int]]:
@@ -234,6 +254,7 @@ def main() -> None:
     parser.add_argument("--monai-patches", type=int, default=24, help="patches per MONAI measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two sides per row")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process")
+    parser.add_argument("--floor", action="store_true", help="a row per slice setting: a loader doing nothing")
     parser.add_argument("--no-settle", action="store_true")
     args = parser.parse_args()
     import torch
@@ -274,6 +295,9 @@ def main() -> None:
                         label = f"{'patches' if mode == 'patch' else 'slices'} vs pydicom{suffix}"
                         compare(label, ours, anchor, args.rounds, workers=workers,
                                 limit=limit, batch=batch, counts=ours.counts, mode=mode)
+                        if args.floor and mode == "slice" and not cache:
+                            compare("slices: no work vs pydicom", Floor(anchor), anchor, args.rounds,
+                                    workers=workers, limit=limit, batch=batch, counts=ours.counts, mode=mode)
         if args.monai:
             monai_rows(folders, cubes, args)
     finally:
