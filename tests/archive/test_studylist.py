@@ -243,3 +243,24 @@ def test_a_huge_central_directory_is_refused_before_it_is_read(declared: int) ->
     tracemalloc.stop()
     assert items == [("up.zip: refused", items[0][1])] and b"central directory of 37600000 bytes" in items[0][1]
     assert peak < len(body) // 4, peak
+
+
+def test_a_zip_expands_to_at_most_a_ratio_of_its_size() -> None:
+    """A member is held in memory whole: with only max_request_bytes (4 GiB by default) as the bound, 4 MB of
+    deflated zeros made the server hold 4 GiB. A ZIP now expands to at most MAX_RATIO x its size (at least
+    MIN_EXPANDED) — refused naming that — while a real series, deflated, comes out byte for byte."""
+    from cubepacs.archive.web import uploads
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.dcm", bytes(uploads.MIN_EXPANDED + (1 << 20)))
+    items = list(expand_zip("up.zip", buf.getvalue(), 4 << 30))
+    assert len(buf.getvalue()) * uploads.MAX_RATIO < uploads.MIN_EXPANDED
+    assert items == [("up.zip: refused", items[0][1])], [s for s, _ in items]
+    assert f"expands beyond {uploads.MIN_EXPANDED} bytes ({uploads.MAX_RATIO} x the ZIP's".encode() in items[0][1]
+    files = dicom_files(next(s for s in SERIES if s.name.startswith("ct_philips")))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f.name)
+    assert [d for _, d in expand_zip("up.zip", buf.getvalue(), 4 << 30)] == [f.read_bytes() for f in files]

@@ -9,7 +9,8 @@
 
 A ZIP is taken apart with bounds: at most :data:`MAX_MEMBERS` members and a central directory of at most
 :data:`MAX_DIRECTORY_BYTES` (both read from its end record before ``zipfile`` parses the directory), none and all
-of them together at most ``max_request_bytes`` once expanded (read, not just declared), folders, hidden files and
+of them together at most ``max_request_bytes`` and :data:`MAX_RATIO` times the ZIP's size (at least
+:data:`MIN_EXPANDED`) once expanded (read, not just declared), folders, hidden files and
 ``__MACOSX`` skipped; a ZIP inside a ZIP is not opened (refused like any file that is not DICOM). The body itself
 is spooled to a temporary file as STOW-RS spools it (``max_request_bytes``, 413 beyond).
 
@@ -44,6 +45,11 @@ from cubepacs.archive.web.auth import Identity, authenticate
 
 MAX_MEMBERS = 100_000
 MAX_DIRECTORY_BYTES = 32 << 20  # the central directory of 100,000 members with 300-byte paths
+# a ZIP expands to at most MAX_RATIO times its size (at least MIN_EXPANDED; at most max_request_bytes): a member is
+# read into memory whole, and deflate reaches ~1,000x (4 MB of upload held 4 GiB); DICOM files of ../shared/data
+# deflate 28x at most
+MAX_RATIO = 100
+MIN_EXPANDED = 64 << 20
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -75,6 +81,11 @@ def expand_zip(source: str, data: bytes | IO[bytes], limit: int) -> Iterator[tup
     if head != ZIP_MAGIC:
         yield source, data if isinstance(data, bytes) else data.read(limit + 1)
         return
+    size = len(data) if isinstance(data, bytes) else stream.seek(0, 2)
+    stream.seek(0)
+    budget = min(limit, max(MIN_EXPANDED, MAX_RATIO * size))  # each member is held in memory while it is stored
+    why = f"max_request_bytes ({limit})" if budget == limit else \
+        f"{budget} bytes ({MAX_RATIO} x the ZIP's {size} bytes: upload such files without a ZIP)"
     try:
         _check_directory(stream)
         with zipfile.ZipFile(stream) as zf:
@@ -84,10 +95,10 @@ def expand_zip(source: str, data: bytes | IO[bytes], limit: int) -> Iterator[tup
             total = 0
             for m in members:
                 with zf.open(m) as f:
-                    content = f.read(limit - total + 1)
+                    content = f.read(budget - total + 1)
                 total += len(content)
-                if total > limit:
-                    raise ValueError(f"expands beyond max_request_bytes ({limit}) at {m.filename!r}")
+                if total > budget:
+                    raise ValueError(f"expands beyond {why} at {m.filename!r}")
                 yield f"{source}/{m.filename}", content
     except (zipfile.BadZipFile, ValueError, RuntimeError, NotImplementedError, EOFError, OSError, zlib.error,
             lzma.LZMAError) as exc:  # (a corrupt deflated or LZMA member raises its codec's own error)
