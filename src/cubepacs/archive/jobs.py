@@ -43,6 +43,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import socket
@@ -51,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, principal TEXT NOT NULL,
@@ -64,6 +65,21 @@ CREATE TABLE IF NOT EXISTS job_results (job TEXT NOT NULL, n INTEGER NOT NULL, s
 """
 KEEP = 500  # jobs kept per tenant (older finished ones are dropped when a new one starts)
 RUNNING = 4  # jobs one process runs at once; the others are ``queued`` until one ends
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serialized(method: F) -> F:
+    """One statement or transaction of this process at a time: a shared in-memory database answers a concurrent
+    write with "database table is locked" at once (no busy timeout in shared-cache mode)."""
+
+    @functools.wraps(method)
+    def locked(self: Jobs, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 def _alive(pid: int) -> bool:
@@ -89,6 +105,7 @@ class Jobs:
             if not os.path.exists(self.path):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._local = threading.local()
+        self._lock = threading.RLock()
         self._slots = threading.BoundedSemaphore(RUNNING)
         self._keep = self._db()  # (a shared in-memory database lives while a connection to it is open)
         self._keep.executescript(_SCHEMA)
@@ -102,6 +119,7 @@ class Jobs:
             self._local.db = db
         return db
 
+    @_serialized
     def create(self, tenant: str, principal: str, target: str, level: str, uid: str, total: int) -> str:
         """A new send job (``queued`` until :meth:`run` starts it); its id."""
         job = secrets.token_hex(8)
@@ -117,31 +135,40 @@ class Jobs:
             db.execute("DELETE FROM jobs WHERE id = ?", (gone,))
         return job
 
+    @_serialized
     def result(self, job: str, sop_uid: str, status: int | None, sent_as: str, comment: str, ok: bool) -> None:
         """One instance's result (``status``: the peer's; None: not sent; ``ok``: stored, maybe with a warning)."""
         db = self._db()
         with db:
-            db.execute("BEGIN")
+            db.execute("BEGIN IMMEDIATE")  # (a deferred one upgraded to write fails at once when another wrote)
             n = db.execute("SELECT sent + failed FROM jobs WHERE id = ?", (job,)).fetchone()[0]
             db.execute("INSERT INTO job_results VALUES (?,?,?,?,?,?)", (job, n, sop_uid, status, sent_as, comment))
             db.execute(f"UPDATE jobs SET {'sent = sent' if ok else 'failed = failed'} + 1 WHERE id = ?", (job,))
 
+    @_serialized
     def finish(self, job: str, error: str, cancelled: bool = False) -> None:
         """End a job: ``done``, ``failed`` with ``error``, or ``cancelled``."""
         state = "cancelled" if cancelled else "failed" if error else "done"
         self._db().execute("UPDATE jobs SET state = ?, error = ?, finished = ? WHERE id = ?",
                            (state, error or None, time.time(), job))
 
+    @_serialized
     def cancel(self, tenant: str, job: str) -> bool:
         """Ask a queued or running job of the tenant to stop (it ends ``cancelled`` after the instance it is
         sending); False when there is no such job still going."""
         return bool(self._db().execute("UPDATE jobs SET state = 'cancelling' WHERE tenant = ? AND id = ? AND state "
                                        "IN ('queued', 'running')", (tenant, job)).rowcount)
 
+    @_serialized
+    def _running(self, job: str) -> None:
+        self._db().execute("UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'queued'", (job,))
+
+    @_serialized
     def _cancelling(self, job: str) -> bool:
         row = self._db().execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()
         return row is not None and row[0] == "cancelling"
 
+    @_serialized
     def _reap(self, tenant: str) -> None:
         """Running jobs of this host whose process is gone: ``interrupted``."""
         db = self._db()
@@ -151,6 +178,7 @@ class Jobs:
             if pid != os.getpid() and not _alive(int(pid)):
                 db.execute("UPDATE jobs SET state = 'interrupted', finished = ? WHERE id = ?", (time.time(), job))
 
+    @_serialized
     def list(self, tenant: str, limit: int = 200) -> list[dict[str, Any]]:
         """The tenant's jobs, newest first (without their per-instance results)."""
         self._reap(tenant)
@@ -158,6 +186,7 @@ class Jobs:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    @_serialized
     def get(self, tenant: str, job: str) -> dict[str, Any] | None:
         """One job of the tenant with its per-instance ``results`` (None: no such job in this tenant)."""
         self._reap(tenant)
@@ -178,7 +207,7 @@ class Jobs:
         def work() -> None:
             error, cancelled = "", False
             with self._slots:
-                self._db().execute("UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'queued'", (job,))
+                self._running(job)
                 sending = iter(results())
                 try:
                     while not (cancelled := self._cancelling(job)):
