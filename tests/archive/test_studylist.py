@@ -19,7 +19,7 @@ from cubepacs.archive.index.store import Index
 from cubepacs.archive.web.uploads import expand_zip
 from cubepacs.archive.web.zipstream import zip_stream
 from cubepacs.errors import ConfigError
-from tests.conftest import SERIES, dicom_files
+from tests.conftest import DATA, SERIES, dicom_files
 
 STUDIES = 2_000
 PREFIX = "1.2.826.0.1.3680043.8.498."
@@ -264,3 +264,28 @@ def test_a_zip_expands_to_at_most_a_ratio_of_its_size() -> None:
         for f in files:
             zf.write(f, f.name)
     assert [d for _, d in expand_zip("up.zip", buf.getvalue(), 4 << 30)] == [f.read_bytes() for f in files]
+
+
+def test_a_nameless_member_is_skipped() -> None:
+    """A ZIP entry with an empty name (zipfile's ``is_dir()`` raises IndexError on it: the lake's fuzzing found it,
+    ``docs/security.md``) is skipped like a folder; the other members come out — it was an HTTP 500."""
+    import struct
+
+    real = DATA / "single" / "ct_ge_small_signed.dcm"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("x", b"nameless")
+        zf.write(real, "ct.dcm")
+    raw = bytearray(buf.getvalue())
+    raw[30:31] = b""  # the first member's name, "x", out of its local header
+    struct.pack_into("<H", raw, 26, 0)
+    cd = raw.find(b"PK\x01\x02")
+    raw[cd + 46:cd + 47] = b""  # and out of its central directory entry
+    struct.pack_into("<H", raw, cd + 28, 0)
+    cd2 = raw.find(b"PK\x01\x02", cd + 4)
+    struct.pack_into("<L", raw, cd2 + 42, struct.unpack_from("<L", raw, cd2 + 42)[0] - 1)  # ct.dcm's offset
+    end = raw.find(b"PK\x05\x06")
+    struct.pack_into("<LL", raw, end + 12, end - cd, cd)
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
+        assert [m.filename for m in zf.infolist()] == ["", "ct.dcm"]
+    assert list(expand_zip("up.zip", bytes(raw), 10**8)) == [("up.zip/ct.dcm", real.read_bytes())]

@@ -89,7 +89,8 @@ def expand_zip(source: str, data: bytes | IO[bytes], limit: int) -> Iterator[tup
     try:
         _check_directory(stream)
         with zipfile.ZipFile(stream) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir() and not _skipped(m.filename)]
+            # (a nameless entry is skipped before is_dir(), which raises IndexError on it)
+            members = [m for m in zf.infolist() if not _skipped(m.filename) and not m.is_dir()]
             if len(members) > MAX_MEMBERS:
                 raise ValueError(f"{len(members)} members (at most {MAX_MEMBERS})")
             total = 0
