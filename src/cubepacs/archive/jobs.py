@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS job_results (job TEXT NOT NULL, n INTEGER NOT NULL, s
 """
 KEEP = 500  # jobs kept per tenant (older finished ones are dropped when a new one starts)
 RUNNING = 4  # jobs one process runs at once; the others are ``queued`` until one ends
+WAITING = 64  # jobs one process holds, running or queued (each waits in a thread): :meth:`Jobs.full` beyond
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,6 +108,7 @@ class Jobs:
         self._local = threading.local()
         self._lock = threading.RLock()
         self._slots = threading.BoundedSemaphore(RUNNING)
+        self._held = 0  # jobs of this object running or queued
         self._keep = self._db()  # (a shared in-memory database lives while a connection to it is open)
         self._keep.executescript(_SCHEMA)
 
@@ -201,10 +203,23 @@ class Jobs:
         out["results"] = [dict(zip(("sop_uid", "status", "sent_as", "comment"), r, strict=True)) for r in rc]
         return out
 
+    def full(self) -> bool:
+        """Whether :data:`WAITING` jobs are running or queued here already (a caller refuses a new one: each
+        waits in a thread of its own, and requests without end would exhaust them)."""
+        with self._lock:
+            return self._held >= WAITING
+
     def run(self, job: str, results: Callable[[], Iterable[Any]]) -> threading.Thread:
         """Run a send in a thread: every ``SendResult`` of ``results()`` recorded as it comes, then the end."""
 
         def work() -> None:
+            try:
+                send()
+            finally:
+                with self._lock:
+                    self._held -= 1
+
+        def send() -> None:
             error, cancelled = "", False
             with self._slots:
                 self._running(job)
@@ -224,5 +239,7 @@ class Jobs:
                 self.finish(job, error, cancelled)
 
         thread = threading.Thread(target=work, name=f"send-job-{job}", daemon=True)
+        with self._lock:
+            self._held += 1
         thread.start()
         return thread

@@ -28,7 +28,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from cubepacs.archive import manage
-from cubepacs.archive.jobs import Jobs
+from cubepacs.archive.jobs import WAITING, Jobs
 from cubepacs.archive.stowsend import peer_url, send_stow
 from cubepacs.archive.web.adminui import UI, _form_who, _page, _who
 from cubepacs.archive.web.auth import Identity, authenticate
@@ -55,6 +55,9 @@ def add_routes(app: FastAPI, services: Any) -> None:
         rows = manage.resolve(services.index, ident.tenant, level, uid)
         if not rows:
             raise HTTPException(404, f"no {level} {uid}")
+        if jobs.full():
+            raise HTTPException(429, f"{WAITING} send jobs are running or queued here already: send again when some "
+                                     "have ended")
         job = jobs.create(ident.tenant, ident.principal, to, level, uid, len(rows))
         if web:
             jobs.run(job, lambda: send_stow(services.storage.get, rows, url))

@@ -46,7 +46,7 @@ _FAMILIES: list[tuple[str, str, tuple[str, ...], tuple[int, ...], tuple[int, ...
      (200,), (400, 401, 403, 404, 409, 503)),
     ("get", r"^/ui/static/", ("text/javascript",), (200,), ()),
     ("post", r"/api/upload$", (JSON,), (200, 202, 409), (400, 401, 403, 413, 415, 503, 507)),
-    ("post", r"/api/jobs/send$", (JSON,), (202,), (400, 401, 403, 404, 413, 503)),
+    ("post", r"/api/jobs/send$", (JSON,), (202,), (400, 401, 403, 404, 413, 429, 503)),
     ("put", r"/api/studies/.*/labels/", (JSON,), (200, 201), (400, 401, 403, 404, 503)),
     ("get", r"^/(ui|login|logout|\{path\})", (HTML,), (200,), (303, 400, 401, 403, 404, 409, 503)),
     ("post", r"^/(ui|login|logout)", (HTML,), (200, 201), (303, 400, 401, 403, 404, 409, 413, 415, 503)),
