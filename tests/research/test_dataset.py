@@ -238,3 +238,37 @@ def test_reoriented_volumes_put_each_voxel_where_the_files_say(tmp_path: Path, c
         assert len(set(sampled)) > 100  # voxels of the anatomy, not only of the background
     with pytest.raises(ValueError, match="one of each pair"):
         CubeDataset(tmp_path, mode="volume", orientation="LPR")
+
+
+def test_batched_slices_equal_the_items_one_by_one(tmp_path: Path) -> None:
+    """``__getitems__`` (a DataLoader's batched fetch: one decode pass into one array, the batch made there) gives
+    what ``dataset[i]`` gives, key by key, through the default collate with 0 and 2 workers and through
+    ``collate_list``, where a batch across two volumes is made item by item. The voxels are pydicom's."""
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset, collate_list
+
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(CT)), tmp_path / "ct.dcbs", codec="blosc2")
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(T1)), tmp_path / "t1.dcbs", codec="blosc2")
+    slices = CubeDataset(tmp_path, mode="slice")
+    ct = next(v for v in range(len(slices.volumes)) if slices.paths[slices.volumes[v][0]].endswith("ct.dcbs"))
+    start = int(slices._starts[ct])
+    refs = _by_position(dicom_files(CT))
+    groups = [list(range(start + 3, start + 19)), [start + 99], [start, start + 1, start + 2]]
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(slices, batch_sampler=groups, num_workers=workers)
+        for indices, batch in zip(groups, loader, strict=True):
+            alone = [slices[i] for i in indices]
+            assert list(batch) == list(alone[0]) and batch["source"] == [a["source"] for a in alone]
+            for key in ("image", "spacing", "origin", "orientation", "index"):
+                expected = torch.stack([a[key] for a in alone])
+                assert batch[key].dtype == expected.dtype and torch.equal(batch[key], expected), (workers, key)
+    for i, item in zip(groups[0], slices.__getitems__(groups[0]), strict=True):
+        here = slices[i]
+        assert list(item) == list(here) and item["source"] == here["source"]
+        assert all(torch.equal(item[k], here[k]) and item[k].dtype == here[k].dtype for k in here if k != "source")
+        np.testing.assert_array_equal(item["image"].numpy(), _rescaled(refs[i - start]))
+    mixed = [0, len(slices) - 1]  # two volumes (two shapes): lists only
+    listed = list(torch.utils.data.DataLoader(slices, batch_sampler=[groups[0], mixed], collate_fn=collate_list))
+    for indices, batch in zip([groups[0], mixed], listed, strict=True):
+        assert all(torch.equal(a, slices[i]["image"]) for a, i in zip(batch["image"], indices, strict=True))
+        assert batch["index"][-1].tolist() == slices[indices[-1]]["index"].tolist()

@@ -20,7 +20,8 @@ toward those patient directions (no interpolation).
 ``cache_volumes=n`` keeps the last ``n`` decoded volumes of each process (stored values, whole): slices and patches
 of a volume then cost one decode (memory: n × the largest volume, per DataLoader worker; kept between epochs with
 ``persistent_workers=True``). In a worker, each image is decoded into shared memory with its metadata after it,
-and crosses to the main process as one tensor without a copy.
+and crosses to the main process as one tensor without a copy. A batch of slices of one volume (a DataLoader's
+batched fetch, ``__getitems__``) is decoded in one go into one array, and is the batch: no collate copy.
 
 Colour frames (RGB, YBR) keep a trailing samples axis: volumes and patches are depth × rows × columns × samples.
 Items of different volumes have different shapes: a ``DataLoader`` with ``batch_size > 1`` then needs
@@ -57,6 +58,7 @@ from cubepacs.research.geometry import Geometry, check_code, directions, geometr
 try:
     import torch
     from torch.utils.data import Dataset, get_worker_info
+    from torch.utils.data._utils.collate import collate, default_collate_fn_map
 except ImportError as exc:  # pragma: no cover - the extra names what to install
     raise ImportError("cubepacs.research.dataset needs PyTorch: pip install 'cubepacs[torch]'") from exc
 
@@ -145,10 +147,10 @@ def _frame_shapes(reader: CubeReader) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _shared(shape: tuple[int, ...]) -> torch.Tensor:
-    """A flat float32 tensor in shared memory: room for an image of ``shape`` and its :data:`TAIL` (in a
+def _shared(shape: tuple[int, ...], tail: int = TAIL) -> torch.Tensor:
+    """A flat float32 tensor in shared memory: room for an image of ``shape`` and ``tail`` values after it (in a
     DataLoader worker, the item then reaches the main process without one more copy, as one tensor)."""
-    n = int(np.prod(shape)) + TAIL
+    n = int(np.prod(shape)) + tail
     storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(n * 4)  # type: ignore[no-untyped-call]
     return torch.empty(0, dtype=torch.float32).set_(storage, 0, (n,), (1,))
 
@@ -311,15 +313,15 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
             self._cache.popitem(last=False)
         return whole
 
-    def _decode(self, v: int, numbers: np.ndarray, window: tuple[slice, slice] | None = None) -> np.ndarray:
+    def _decode(self, v: int, numbers: np.ndarray, window: tuple[slice, slice] | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``numbers`` of volume ``v`` (cut to ``window``) as float32, rescaled: each frame decoded once
-        and converted straight into the output, a patch's voxels only."""
+        and converted straight into the output (``out`` if given), a patch's voxels only."""
         k, volume = self.volumes[v]
         reader, geo = self._open(k)
         positions = volume[numbers]
         crop = window or (slice(None), slice(None))
         whole = self._stored(v) if self.cache_volumes > 0 else None
-        out: np.ndarray | None = None
         for j, n in enumerate(positions):
             frame = (whole[numbers[j]] if whole is not None else self._frame(reader, int(geo.order[n])))[crop]
             if out is None:
@@ -386,6 +388,23 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         item.__dict__["made"] = True
         return item
 
+    def __getitems__(self, indices: list[int]) -> list[Item]:
+        """Items ``indices`` (what a DataLoader's worker fetches for one batch). Slices of one volume are decoded
+        in one go into one array (in a worker, in shared memory with their metadata after it); the list they come
+        in also holds their batch, which PyTorch's default collate then returns as it is (no per-key stacking, no
+        copy). Anything else: item by item. Each item equals ``self[i]``.
+
+        >>> ds = CubeDataset([str(p) for p in sorted(Path("../shared/data").rglob("*.dcbs"))])  # doctest: +SKIP
+        >>> [tuple(item["index"].tolist()) for item in ds.__getitems__([3, 4])]  # doctest: +SKIP
+        [(3, 0, 0), (4, 0, 0)]
+        """
+        if not indices or self.mode != "slice" or not all(0 <= i < len(self) for i in indices):
+            return [self[i] for i in indices]
+        at = np.searchsorted(self._starts, indices, side="right") - 1
+        if (at != at[0]).any():
+            return [self[i] for i in indices]
+        return _slices(self, int(at[0]), np.asarray(indices, np.int64) - self._starts[at[0]])
+
     def __getitem__(self, idx: int) -> Item:
         if not 0 <= idx < len(self):
             raise IndexError(idx)
@@ -419,3 +438,54 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         if self.pad == "edge":
             return np.pad(patch, missing, mode="edge")
         return np.pad(patch, missing, mode="constant", constant_values=self.pad_value)
+
+
+class _Batch(list):  # type: ignore[type-arg]
+    """Items of one batch, and their batch made already (``collated``): what ``__getitems__`` gives."""
+
+    collated: Item | None = None
+
+
+def _collate_items(batch: list[Item], *, collate_fn_map: dict[Any, Any] | None = None) -> Item:
+    """PyTorch's default collate of :class:`Item` s: the batch made already, or each key's values collated (as
+    for any dict). Registered in ``default_collate_fn_map``, PyTorch's documented way to extend it."""
+    made = getattr(batch, "collated", None)
+    if made is not None:
+        return made  # type: ignore[no-any-return]
+    return Item((key, collate([d[key] for d in batch], collate_fn_map=collate_fn_map)) for key in batch[0])
+
+
+default_collate_fn_map[Item] = _collate_items
+
+
+def _slices(ds: CubeDataset, v: int, numbers: np.ndarray) -> _Batch:
+    """Slices ``numbers`` of volume ``v``, decoded into one array; as items and as their batch."""
+    b, shape = len(numbers), (len(numbers), *ds._shapes[v])
+    spacing, origin, axes = ds._place(v)
+    values = np.zeros((b, TAIL), np.float64)  # each slice's spacing, origin, orientation, index
+    values[:] = [*spacing, *origin.tolist(), *axes[2].tolist(), *axes[1].tolist(), 0, 0, 0]
+    values[:, 12] = numbers
+    columns = [(0, 3), (3, 6), (6, 12), (12, 15)]
+    keys = [("spacing", torch.float32), ("origin", torch.float32), ("orientation", torch.float32),
+            ("index", torch.int64)]
+    n = int(np.prod(shape))
+    exact = bool((np.abs(values[:, 12:]) < 1 << 24).all())
+    flat = _shared(shape, TAIL * b) if get_worker_info() is not None and exact else None
+    image = ds._decode(v, numbers, out=flat.numpy()[:n].reshape(shape) if flat is not None else None)
+    source = ds.paths[ds.volumes[v][0]]
+    if flat is not None:  # image and metadata in one tensor in shared memory: one to send, no copy
+        flat[n:] = torch.from_numpy(np.concatenate([values[:, a:z].ravel() for a, z in columns]).astype(np.float32))
+        layout = [("image", torch.float32, shape, 0)]
+        layout += [(key, dtype, (b, z - a), n + b * a) for (key, dtype), (a, z) in zip(keys, columns, strict=True)]
+        held = {key: flat[o:o + int(np.prod(size))].reshape(size).to(dtype) for key, dtype, size, o in layout}
+        batch = Item(held, source=[source] * b)
+        batch.__dict__["carrier"] = (flat, layout, held)
+    else:
+        batch = Item(image=torch.from_numpy(image), **{
+            key: torch.from_numpy(np.ascontiguousarray(values[:, a:z])).to(dtype)
+            for (key, dtype), (a, z) in zip(keys, columns, strict=True)}, source=[source] * b)
+    items = _Batch(Item(image=batch["image"][j], spacing=batch["spacing"][j], origin=batch["origin"][j],
+                        orientation=batch["orientation"][j], index=batch["index"][j], source=source)
+                   for j in range(b))
+    items.collated = batch
+    return items
