@@ -47,8 +47,9 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -331,7 +332,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
                     out = self._flat.numpy()[:-TAIL].reshape(shape)
                 else:
                     out = np.empty(shape, np.float32)
-            if self.rescale:
+            if self.rescale and geo.slope[n] == 1 and frame.dtype.kind in "iu" and frame.dtype.itemsize <= 2:
+                np.add(frame, np.float32(geo.intercept[n]), out=out[j], casting="unsafe")  # one pass, same values
+            elif self.rescale:
                 np.multiply(frame, np.float32(geo.slope[n]), out=out[j], casting="unsafe")
                 np.add(out[j], np.float32(geo.intercept[n]), out=out[j])
             else:
@@ -388,11 +391,11 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         item.__dict__["made"] = True
         return item
 
-    def __getitems__(self, indices: list[int]) -> list[Item]:
+    def __getitems__(self, indices: list[int]) -> Sequence[Item]:
         """Items ``indices`` (what a DataLoader's worker fetches for one batch). Slices of one volume are decoded
-        in one go into one array (in a worker, in shared memory with their metadata after it); the list they come
-        in also holds their batch, which PyTorch's default collate then returns as it is (no per-key stacking, no
-        copy). Anything else: item by item. Each item equals ``self[i]``.
+        in one go into one array (in a worker, in shared memory with their metadata after it), and come as a
+        sequence holding their batch, which PyTorch's default collate returns as it is (no stacking copy); each
+        item is made only if asked for. Anything else: item by item. Each item equals ``self[i]``.
 
         >>> ds = CubeDataset([str(p) for p in sorted(Path("../shared/data").rglob("*.dcbs"))])  # doctest: +SKIP
         >>> [tuple(item["index"].tolist()) for item in ds.__getitems__([3, 4])]  # doctest: +SKIP
@@ -440,13 +443,27 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         return np.pad(patch, missing, mode="constant", constant_values=self.pad_value)
 
 
-class _Batch(list):  # type: ignore[type-arg]
-    """Items of one batch, and their batch made already (``collated``): what ``__getitems__`` gives."""
+class _Batch(Sequence[Item]):
+    """The items of a batch made already (``collated``), each made when asked for: what ``__getitems__`` gives
+    (PyTorch's default collate asks for the first only)."""
 
-    collated: Item | None = None
+    def __init__(self, collated: Item, source: str) -> None:
+        self.collated, self.source = collated, source
+
+    def __len__(self) -> int:
+        return len(self.collated["source"])
+
+    @overload
+    def __getitem__(self, j: int) -> Item: ...
+    @overload
+    def __getitem__(self, j: slice) -> list[Item]: ...
+    def __getitem__(self, j: int | slice) -> Item | list[Item]:
+        if isinstance(j, slice):
+            return [self[i] for i in range(len(self))[j]]
+        return Item({key: value[j] for key, value in self.collated.items() if key != "source"}, source=self.source)
 
 
-def _collate_items(batch: list[Item], *, collate_fn_map: dict[Any, Any] | None = None) -> Item:
+def _collate_items(batch: Sequence[Item], *, collate_fn_map: dict[Any, Any] | None = None) -> Item:
     """PyTorch's default collate of :class:`Item` s: the batch made already, or each key's values collated (as
     for any dict). Registered in ``default_collate_fn_map``, PyTorch's documented way to extend it."""
     made = getattr(batch, "collated", None)
@@ -460,16 +477,14 @@ default_collate_fn_map[Item] = _collate_items
 
 def _slices(ds: CubeDataset, v: int, numbers: np.ndarray) -> _Batch:
     """Slices ``numbers`` of volume ``v``, decoded into one array; as items and as their batch."""
-    b, shape = len(numbers), (len(numbers), *ds._shapes[v])
+    b, shape = len(numbers), (len(numbers), *ds._shapes[v])  # values: each slice's spacing, origin, … index
     spacing, origin, axes = ds._place(v)
-    values = np.zeros((b, TAIL), np.float64)  # each slice's spacing, origin, orientation, index
-    values[:] = [*spacing, *origin.tolist(), *axes[2].tolist(), *axes[1].tolist(), 0, 0, 0]
+    values = np.tile([*spacing, *origin.tolist(), *axes[2].tolist(), *axes[1].tolist(), 0.0, 0, 0], (b, 1))
     values[:, 12] = numbers
     columns = [(0, 3), (3, 6), (6, 12), (12, 15)]
     keys = [("spacing", torch.float32), ("origin", torch.float32), ("orientation", torch.float32),
             ("index", torch.int64)]
-    n = int(np.prod(shape))
-    exact = bool((np.abs(values[:, 12:]) < 1 << 24).all())
+    n, exact = int(np.prod(shape)), bool((np.abs(values[:, 12:]) < 1 << 24).all())
     flat = _shared(shape, TAIL * b) if get_worker_info() is not None and exact else None
     image = ds._decode(v, numbers, out=flat.numpy()[:n].reshape(shape) if flat is not None else None)
     source = ds.paths[ds.volumes[v][0]]
@@ -484,8 +499,4 @@ def _slices(ds: CubeDataset, v: int, numbers: np.ndarray) -> _Batch:
         batch = Item(image=torch.from_numpy(image), **{
             key: torch.from_numpy(np.ascontiguousarray(values[:, a:z])).to(dtype)
             for (key, dtype), (a, z) in zip(keys, columns, strict=True)}, source=[source] * b)
-    items = _Batch(Item(image=batch["image"][j], spacing=batch["spacing"][j], origin=batch["origin"][j],
-                        orientation=batch["orientation"][j], index=batch["index"][j], source=source)
-                   for j in range(b))
-    items.collated = batch
-    return items
+    return _Batch(batch, source)
