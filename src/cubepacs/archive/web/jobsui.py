@@ -26,6 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive import manage
 from cubepacs.archive.jobs import WAITING, Jobs
@@ -73,7 +74,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
         to, series = form.get("to", ""), form.get("series", "")
         level, uid = ("series", series) if series else ("study", study)
         try:
-            job = start(ident, to, level, uid)
+            job = await run_in_threadpool(start, ident, to, level, uid)
         except ConfigError as exc:
             return _page("message.html", 400, title="Not sent", message=str(exc), kind="err", ident=ident, back=UI)
         request.state.detail = f"{level} {uid} to {to} (job {job})"
@@ -116,7 +117,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
         body = await read_json(request, empty={})
         try:
             to, level, uid = str(body["to"]), str(body.get("level", "study")), str(body["uid"])
-            job = start(ident, to, level, uid)
+            job = await run_in_threadpool(start, ident, to, level, uid)
         except (KeyError, TypeError, AttributeError) as exc:
             raise HTTPException(400, 'expected JSON {"to": AE, "level": "study|series|instance", "uid": UID}: '
                                      f"{type(exc).__name__} {exc}") from None

@@ -149,7 +149,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
         ident, form = await _form_who(request)
         if not isinstance(ident, Identity):
             return ident
-        rows_of(ident.tenant, study)
+        await run_in_threadpool(rows_of, ident.tenant, study)
         try:
             if label is None:
                 text = labels.check_label(form.get("label", ""))
@@ -180,13 +180,13 @@ def add_routes(app: FastAPI, services: Any) -> None:
     @app.get("/api/studies/{study}/labels")
     async def api_study_labels(study: str, request: Request) -> JSONResponse:
         ident = await authenticate(request)
-        rows_of(ident.tenant, study)
+        await run_in_threadpool(rows_of, ident.tenant, study)
         return JSONResponse(labels.of_studies(services.index, ident.tenant, [study])[study])
 
     @app.put("/api/studies/{study}/labels/{label}")
     async def api_put_label(study: str, label: str, request: Request) -> JSONResponse:
         ident = await authenticate(request)
-        rows_of(ident.tenant, study)
+        await run_in_threadpool(rows_of, ident.tenant, study)
         try:
             added = labels.add(services.index, ident.tenant, study, label)
         except ConfigError as exc:
