@@ -93,35 +93,35 @@ def ui_routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
 
     def add(app: FastAPI, services: Any) -> None:
         from cubepacs.archive.web import uitemplates
-        from cubepacs.archive.web.adminui import UI, _form_who, _page, _who
         from cubepacs.archive.web.auth import Identity
+        from cubepacs.archive.web.pages import UI, form_who, render_page, who
 
         uitemplates.TEMPLATES.setdefault("export.html", FORM)
         uitemplates.TEMPLATES.setdefault("exporting.html", RUNNING)
 
         def refusal(ident: Identity, message: str, status: int, back: str = UI + "/export") -> Response:
-            return _page("message.html", status, title="Not exported", message=message, kind="err", ident=ident,
-                         back=back)
+            return render_page("message.html", status, title="Not exported", message=message, kind="err", ident=ident,
+                               back=back)
 
         @app.get(UI + "/export")
         async def export_form(request: Request) -> Response:
-            ident = await _who(request)
+            ident = await who(request)
             if not isinstance(ident, Identity):
                 return ident
             if not secret:  # said before the form is filled in, not after
                 return refusal(ident, "exports are off on this server: set export_secret (docs/settings.md)", 409,
                                UI)
             studies = request.query_params.getlist("study")[:1000]
-            return _page("export.html", title="De-identified export", ident=ident, csrf=ident.csrf,
-                         studies=studies, formats=FORMATS, options=[(k, LABELS.get(k, k)) for k in OPTION_NAMES])
+            return render_page("export.html", title="De-identified export", ident=ident, csrf=ident.csrf,
+                               studies=studies, formats=FORMATS, options=[(k, LABELS.get(k, k)) for k in OPTION_NAMES])
 
         @app.post(UI + "/export")
         async def export_start(request: Request) -> Response:
             raw = await request.body()
             if len(raw) > 1024 * 1024:
-                return _page("message.html", 413, title="Too large", message="form larger than 1 MB", ident=None)
+                return render_page("message.html", 413, title="Too large", message="form larger than 1 MB", ident=None)
             form = parse_qs(raw.decode("utf-8", "replace"))
-            ident, _ = await _form_who(request, (form.get("csrf") or [""])[0] or None)
+            ident, _ = await form_who(request, (form.get("csrf") or [""])[0] or None)
             if not isinstance(ident, Identity):
                 return ident
             body = body_of(form)

@@ -23,21 +23,20 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive.auth import apikeys, roles
 from cubepacs.archive.index import labels
 from cubepacs.archive.keys import check_uid
-from cubepacs.archive.web.auth import Identity, authenticate
+from cubepacs.archive.web.auth import Identity
+from cubepacs.archive.web.pages import UI, form_who, render_page, who
 from cubepacs.archive.web.session import describe, remove_user, save_user
-from cubepacs.archive.web.uitemplates import render
 from cubepacs.errors import ConfigError
 
-UI = "/ui"
 _FILTERS = ("PatientName", "PatientID", "AccessionNumber", "StudyDescription", "ModalitiesInStudy")
 
 
@@ -46,39 +45,6 @@ def _query_filters(q: dict[str, str]) -> dict[str, str]:
     if q.get("from") or q.get("to"):
         filters["StudyDate"] = f"{q.get('from', '')}-{q.get('to', '')}"
     return filters
-
-
-def _page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    return HTMLResponse(render(name, **values), status_code=status,
-                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
-
-
-async def _who(request: Request) -> Identity | Response:
-    """The caller (role checked), or the page to answer instead: the sign-in page, a refusal."""
-    try:
-        return await authenticate(request)
-    except HTTPException as exc:
-        if exc.status_code == 401:
-            return RedirectResponse("/login", status_code=303)
-        return _page("message.html", exc.status_code, title="Not allowed", message=str(exc.detail), kind="err",
-                     ident=None, back=UI)
-
-
-async def _form_who(request: Request, csrf: str | None = None) -> tuple[Identity | Response, dict[str, str]]:
-    """The caller of a form post and its fields: the form's ``csrf`` field stands for the X-CSRF-Token header."""
-    form: dict[str, str] = {}
-    if csrf is None:
-        raw = await request.body()
-        if len(raw) > 65536:
-            return _page("message.html", 413, title="Too large", message="form larger than 64 KB", ident=None), {}
-        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-        csrf = form.get("csrf", "")
-    if not csrf:  # (a script may send the header itself)
-        return await _who(request), form
-    scope = {**request.scope, "headers": [*(h for h in request.scope["headers"] if h[0] != b"x-csrf-token"),
-                                          (b"x-csrf-token", csrf.encode("latin-1", "replace"))]}
-    return await _who(Request(scope)), form
-
 
 
 def _paging(text: str, low: int, high: int, default: int) -> int:
@@ -113,7 +79,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.get(UI)
     async def studies(request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         q = dict(request.query_params)
@@ -122,7 +88,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
             rows = await run_in_threadpool(services.index.search_studies, ident.tenant, _query_filters(q),
                                            limit + 1, offset, False, True, q.get("sort", ""), q.get("label", ""))
         except (ConfigError, ValueError) as exc:
-            return _page("message.html", 400, title="Search", message=str(exc), kind="err", ident=ident, back=UI)
+            return render_page("message.html", 400, title="Search", message=str(exc), kind="err", ident=ident, back=UI)
         more, rows = len(rows) > limit, rows[:limit]
         tagged = labels.of_studies(services.index, ident.tenant, [r["study_uid"] for r in rows])
         for r in rows:
@@ -134,13 +100,13 @@ def add_routes(app: FastAPI, services: Any) -> None:
         def sorted_by(key: str) -> str:  # the list sorted by key (again: the other way), from its first page
             return urlencode({**q, "sort": f"-{key}" if q.get("sort") == key else key, "offset": 0, "limit": limit})
 
-        return _page("studies.html", title="Studies", ident=ident, studies=rows, more=more, q=q, limit=limit,
-                     offset=offset, page=page, sorted_by=sorted_by,
-                     all_labels=labels.tenant_labels(services.index, ident.tenant))
+        return render_page("studies.html", title="Studies", ident=ident, studies=rows, more=more, q=q, limit=limit,
+                           offset=offset, page=page, sorted_by=sorted_by,
+                           all_labels=labels.tenant_labels(services.index, ident.tenant))
 
     @app.get(UI + "/studies/{study}")
     async def study(study: str, request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         row = study_row(ident.tenant, study)
@@ -148,14 +114,14 @@ def add_routes(app: FastAPI, services: Any) -> None:
         for s in series:
             first = services.index.search_instances(ident.tenant, {}, study, s["series_uid"], limit=1)
             s["first"] = first[0]["sop_uid"] if first else ""
-        return _page("study.html", title="Study", ident=ident, study=row, series=series, csrf=ident.csrf,
-                     peers=sorted({*services.remote_aes, *services.dicomweb_peers}),
-                     web_peers=set(services.dicomweb_peers) - set(services.remote_aes), study_uid=study,
-                     labels=labels.of_studies(services.index, ident.tenant, [study])[study])
+        return render_page("study.html", title="Study", ident=ident, study=row, series=series, csrf=ident.csrf,
+                           peers=sorted({*services.remote_aes, *services.dicomweb_peers}),
+                           web_peers=set(services.dicomweb_peers) - set(services.remote_aes), study_uid=study,
+                           labels=labels.of_studies(services.index, ident.tenant, [study])[study])
 
     @app.get(UI + "/studies/{study}/series/{series}")
     async def series_page(study: str, series: str, request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         check = study_row(ident.tenant, study)
@@ -163,13 +129,13 @@ def add_routes(app: FastAPI, services: Any) -> None:
         if not rows:
             raise HTTPException(404, f"no series {series}")
         rows.sort(key=lambda r: (r.get("instance_number") is None, r.get("instance_number") or 0))
-        return _page("series.html", title="Series", ident=ident, study=study, series=series, instances=rows)
+        return render_page("series.html", title="Series", ident=ident, study=study, series=series, instances=rows)
 
     @app.get(UI + "/studies/{study}/series/{series}/instances/{sop}")
     async def instance_page(study: str, series: str, sop: str, request: Request) -> Response:
         from cubepacs.archive.web.tagtree import tag_tree
 
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         for uid in (study, series, sop):
@@ -182,31 +148,31 @@ def add_routes(app: FastAPI, services: Any) -> None:
             raise HTTPException(404, f"no instance {sop}")
         data = await run_in_threadpool(services.storage.get, rows[0]["storage_key"])
         meta, elements = await run_in_threadpool(tag_tree, data)
-        return _page("tags.html", title="Instance", ident=ident, study=study, series=series, sop=sop, meta=meta,
-                     elements=elements)
+        return render_page("tags.html", title="Instance", ident=ident, study=study, series=series, sop=sop, meta=meta,
+                           elements=elements)
 
     def admin_page(ident: Identity, new_key: dict[str, str] | None = None, status: int = 200) -> Response:
         services.refresh_keys()
         keys = sorted(({"id": apikeys.key_id_of(h), "role": apikeys.split_value(v)[1]}
                        for h, v in services.api_keys.items() if apikeys.split_value(v)[0] == ident.tenant),
                       key=lambda k: k["id"])
-        return _page("admin.html", status, title="Users, keys, sessions", ident=ident, csrf=ident.csrf,
-                     users=describe(services.users, ident.tenant), keys=keys, roles=roles.ROLES,
-                     sessions=None if services.sessions is None else services.sessions.sessions(ident.tenant),
-                     new_key=new_key)
+        return render_page("admin.html", status, title="Users, keys, sessions", ident=ident, csrf=ident.csrf,
+                           users=describe(services.users, ident.tenant), keys=keys, roles=roles.ROLES,
+                           sessions=None if services.sessions is None else services.sessions.sessions(ident.tenant),
+                           new_key=new_key)
 
     @app.get(UI + "/admin")
     async def admin(request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         return ident if not isinstance(ident, Identity) else admin_page(ident)
 
     def failure(ident: Identity, message: str, status: int = 400) -> Response:
-        return _page("message.html", status, title="Not done", message=message, kind="err", ident=ident,
-                     back=UI + "/admin")
+        return render_page("message.html", status, title="Not done", message=message, kind="err", ident=ident,
+                           back=UI + "/admin")
 
     @app.post(UI + "/admin/users")
     async def add_user(request: Request) -> Response:
-        ident, form = await _form_who(request)
+        ident, form = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         name = form.get("name", "")
@@ -225,7 +191,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.post(UI + "/admin/users/{name}/remove")
     async def drop_user(name: str, request: Request) -> Response:
-        ident, _ = await _form_who(request)
+        ident, _ = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         current = services.users.get(name)
@@ -239,7 +205,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.post(UI + "/admin/keys")
     async def add_key(request: Request) -> Response:
-        ident, form = await _form_who(request)
+        ident, form = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         role = form.get("role", "user")
@@ -252,7 +218,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.post(UI + "/admin/keys/{key_id}/revoke")
     async def drop_key(key_id: str, request: Request) -> Response:
-        ident, _ = await _form_who(request)
+        ident, _ = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         if apikeys.revoke(data_dir(), key_id, ident.tenant) == 0:
@@ -262,7 +228,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.post(UI + "/admin/sessions/end")
     async def end_sessions(request: Request) -> Response:
-        ident, form = await _form_who(request)
+        ident, form = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         db = services.sessions
@@ -279,13 +245,13 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.get(UI + "/audit")
     async def audit(request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         q = dict(request.query_params)
         if services.sessions is None:
-            return _page("message.html", 409, title="Audit log", kind="err", ident=ident, back=UI,
-                         message="this archive keeps no audit log (no accounts database)")
+            return render_page("message.html", 409, title="Audit log", kind="err", ident=ident, back=UI,
+                               message="this archive keeps no audit log (no accounts database)")
         limit, offset = _paging(q.get("limit", ""), 1, 500, 100), _paging(q.get("offset", ""), 0, 2**31 - 1, 0)
         rows = services.sessions.audit_rows(ident.tenant, q.get("study", ""), q.get("who", ""), q.get("action", ""),
                                             limit + 1, offset)
@@ -293,6 +259,6 @@ def add_routes(app: FastAPI, services: Any) -> None:
         def page(at: int) -> str:  # the same filters, another page (older: a larger offset)
             return urlencode({**q, "offset": max(at, 0), "limit": limit})
 
-        return _page("audit.html", title="Audit log", ident=ident, rows=rows[:limit], q=q, more=len(rows) > limit,
-                     limit=limit, offset=offset, page=page)
+        return render_page("audit.html", title="Audit log", ident=ident, rows=rows[:limit], q=q, more=len(rows) > limit,
+                           limit=limit, offset=offset, page=page)
 

@@ -31,9 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from cubepacs.archive import manage
 from cubepacs.archive.jobs import WAITING, Jobs
 from cubepacs.archive.stowsend import peer_url, send_stow
-from cubepacs.archive.web.adminui import UI, _form_who, _page, _who
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.jsonbody import read_json
+from cubepacs.archive.web.pages import UI, form_who, render_page, who
 from cubepacs.errors import ConfigError
 
 
@@ -68,7 +68,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.post(UI + "/studies/{study}/send")
     async def send(study: str, request: Request) -> Response:
-        ident, form = await _form_who(request)
+        ident, form = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         to, series = form.get("to", ""), form.get("series", "")
@@ -76,31 +76,32 @@ def add_routes(app: FastAPI, services: Any) -> None:
         try:
             job = await run_in_threadpool(start, ident, to, level, uid)
         except ConfigError as exc:
-            return _page("message.html", 400, title="Not sent", message=str(exc), kind="err", ident=ident, back=UI)
+            return render_page("message.html", 400, title="Not sent", message=str(exc), kind="err", ident=ident,
+                               back=UI)
         request.state.detail = f"{level} {uid} to {to} (job {job})"
         return RedirectResponse(f"{UI}/jobs/{job}", status_code=303)
 
     @app.get(UI + "/jobs")
     async def jobs_page(request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
-        return _page("jobs.html", title="Jobs", ident=ident, jobs=jobs.list(ident.tenant))
+        return render_page("jobs.html", title="Jobs", ident=ident, jobs=jobs.list(ident.tenant))
 
     @app.get(UI + "/jobs/{job}")
     async def job_page(job: str, request: Request, part: str = "") -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         found = jobs.get(ident.tenant, job)
         if found is None:
             raise HTTPException(404, f"no job {job}")
-        return _page("job_part.html" if part else "job.html", title="Send job", ident=ident, job=found,
-                     code=_status, csrf=ident.csrf)
+        return render_page("job_part.html" if part else "job.html", title="Send job", ident=ident, job=found,
+                           code=_status, csrf=ident.csrf)
 
     @app.post(UI + "/jobs/{job}/cancel")
     async def cancel(job: str, request: Request) -> Response:
-        ident, _ = await _form_who(request)
+        ident, _ = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         if not jobs.cancel(ident.tenant, job) and jobs.get(ident.tenant, job) is None:
@@ -108,7 +109,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
         request.state.detail = f"job {job} cancelled"
         found = jobs.get(ident.tenant, job)
         if request.headers.get("hx-request"):
-            return _page("job_part.html", ident=ident, job=found, code=_status, csrf=ident.csrf)
+            return render_page("job_part.html", ident=ident, job=found, code=_status, csrf=ident.csrf)
         return RedirectResponse(f"{UI}/jobs/{job}", status_code=303)
 
     @app.post("/api/jobs/send")

@@ -33,6 +33,7 @@ from cubepacs.archive.index.models import dicom_instance, dicom_json_meta
 from cubepacs.archive.observability import events, metrics
 from cubepacs.archive.queue.base import STORAGE_TOPIC
 from cubepacs.archive.web.auth import Identity
+from cubepacs.archive.web.pages import UI, render_page, who
 from cubepacs.archive.web.uitemplates import TEMPLATES
 
 log = logging.getLogger("cubepacs.opsui")
@@ -165,15 +166,13 @@ def _number(value: float) -> str:
 
 def add_routes(app: FastAPI, services: Any) -> None:
     """Register ``/ui/operations`` (before the viewer's catch-all)."""
-    from cubepacs.archive.web.adminui import UI, _page, _who
-
     TEMPLATES.setdefault("operations.html", OPS)
 
     @app.get(UI + "/operations")
     async def operations_page(request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         numbers = await run_in_threadpool(operations, services, ident.tenant)
-        page: HTMLResponse = _page("operations.html", title="Operations", ident=ident, o=numbers, n=_number)
+        page: HTMLResponse = render_page("operations.html", title="Operations", ident=ident, o=numbers, n=_number)
         return page

@@ -31,8 +31,8 @@ from starlette.concurrency import run_in_threadpool
 
 from cubepacs.archive import manage
 from cubepacs.archive.index import labels
-from cubepacs.archive.web.adminui import UI, _form_who, _page, _who
 from cubepacs.archive.web.auth import Identity, authenticate
+from cubepacs.archive.web.pages import UI, form_who, render_page, who
 from cubepacs.archive.web.wado import _uids
 from cubepacs.archive.web.zipstream import dicomdir, zip_stream
 from cubepacs.errors import ConfigError
@@ -92,7 +92,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.get(UI + "/studies/{study}/zip")
     async def study_zip(study: str, request: Request, dicomdir: str = "") -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         rows = await run_in_threadpool(rows_of, ident.tenant, study)
@@ -101,7 +101,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.get(UI + "/studies/{study}/series/{series}/zip")
     async def series_zip(study: str, series: str, request: Request, dicomdir: str = "") -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         rows = await run_in_threadpool(rows_of, ident.tenant, study, series)
@@ -110,7 +110,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.get(UI + "/studies/{study}/series/{series}/cube")
     async def series_cube(study: str, series: str, request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         rows = await run_in_threadpool(rows_of, ident.tenant, study, series)
@@ -122,7 +122,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.get(UI + "/studies/{study}/cube")
     async def study_cubes(study: str, request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         rows = await run_in_threadpool(rows_of, ident.tenant, study)
@@ -142,11 +142,11 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     # labels
     def labels_fragment(ident: Identity, study: str, error: str = "", status: int = 200) -> Response:
-        return _page("labels.html", status, ident=ident, csrf=ident.csrf, study_uid=study,
-                     labels=labels.of_studies(services.index, ident.tenant, [study])[study], error=error)
+        return render_page("labels.html", status, ident=ident, csrf=ident.csrf, study_uid=study,
+                           labels=labels.of_studies(services.index, ident.tenant, [study])[study], error=error)
 
     async def label_change(study: str, request: Request, label: str | None) -> Response:
-        ident, form = await _form_who(request)
+        ident, form = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         await run_in_threadpool(rows_of, ident.tenant, study)
@@ -204,21 +204,21 @@ def add_routes(app: FastAPI, services: Any) -> None:
     # deletion
     @app.get(UI + "/studies/{study}/delete")
     async def confirm_delete(study: str, request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
         _uids(study)
         found = services.index.search_studies(ident.tenant, {"StudyInstanceUID": study}, limit=1)
         if not found:
             raise HTTPException(404, f"no study {study}")
-        return _page("confirm.html", title="Delete study", ident=ident, study=found[0], csrf=ident.csrf)
+        return render_page("confirm.html", title="Delete study", ident=ident, study=found[0], csrf=ident.csrf)
 
     @app.post(UI + "/studies/{study}/delete")
     async def delete(study: str, request: Request) -> Response:
-        ident, _ = await _form_who(request)
+        ident, _ = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
         _uids(study)
         n = await run_in_threadpool(manage.delete, services.storage, services.queue, services.index, services.cache,
                                     ident.tenant, "study", study)
-        return _page("message.html", title="Deleted", ident=ident, message=f"{n} instance(s) deleted.", back=UI)
+        return render_page("message.html", title="Deleted", ident=ident, message=f"{n} instance(s) deleted.", back=UI)

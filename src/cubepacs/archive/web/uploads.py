@@ -40,8 +40,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from cubepacs.archive.web.adminui import UI, _form_who, _page, _who
 from cubepacs.archive.web.auth import Identity, authenticate
+from cubepacs.archive.web.pages import UI, form_who, render_page, who
 
 MAX_MEMBERS = 100_000
 MAX_DIRECTORY_BYTES = 32 << 20  # the central directory of 100,000 members with 300-byte paths
@@ -156,20 +156,20 @@ def add_routes(app: FastAPI, services: Any) -> None:
 
     @app.get(UI + "/upload")
     async def upload_form(request: Request) -> Response:
-        ident = await _who(request)
+        ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
-        return _page("upload.html", title="Upload", ident=ident, csrf=ident.csrf)
+        return render_page("upload.html", title="Upload", ident=ident, csrf=ident.csrf)
 
     @app.post(UI + "/upload")
     async def upload(request: Request) -> Response:
-        ident, _ = await _form_who(request, request.query_params.get("csrf", ""))
+        ident, _ = await form_who(request, request.query_params.get("csrf", ""))
         if not isinstance(ident, Identity):
             return ident
         result = await store(request, ident.tenant)
         if request.headers.get("hx-request"):  # htmx: the result only, into the page
-            return _page("upload_result.html", result=result)
-        return _page("upload.html", title="Upload", ident=ident, csrf=ident.csrf, result=result)
+            return render_page("upload_result.html", result=result)
+        return render_page("upload.html", title="Upload", ident=ident, csrf=ident.csrf, result=result)
 
     @app.post("/api/upload")
     async def api_upload(request: Request) -> JSONResponse:
