@@ -103,6 +103,16 @@ def ui_routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
             return render_page("message.html", status, title="Not exported", message=message, kind="err", ident=ident,
                                back=back)
 
+        def first_step(ident: Identity, body: dict[str, Any]) -> tuple[tuple[str, str], Iterator[dict[str, Any]], str]:
+            """An export checked and selected (the index reads of the whole cohort), its audit row's (study,
+            detail), its events (the selection's counts taken) and the page showing them — blocking work."""
+            checked = plan(services, ident.tenant, body, export_dir, secret)
+            events = run(services, checked)
+            selected = next(events)["selected"]
+            page = uitemplates.render("exporting.html", title="De-identified export", ident=ident,
+                                      cohort=checked.name, selected=selected)
+            return audit_of(checked), events, page
+
         @app.get(UI + "/export")
         async def export_form(request: Request) -> Response:
             ident = await who(request)
@@ -124,18 +134,13 @@ def ui_routes(export_dir: str, secret: str) -> Callable[[FastAPI, Any], None]:
             ident, _ = await form_who(request, (form.get("csrf") or [""])[0] or None)
             if not isinstance(ident, Identity):
                 return ident
-            body = body_of(form)
-            try:
-                checked = await run_in_threadpool(plan, services, ident.tenant, body, export_dir, secret)
+            try:  # the whole first step (checks, selection, its counts, the page's head) holds no event loop
+                audit, events, page = await run_in_threadpool(first_step, ident, body_of(form))
             except ConfigError as exc:
                 return refusal(ident, str(exc), 400)
             except HTTPException as exc:
                 return refusal(ident, str(exc.detail), exc.status_code)
-            request.state.study, request.state.detail = audit_of(checked)  # who exported which studies
-            events = run(services, checked)
-            selected = next(events)["selected"]
-            page = uitemplates.render("exporting.html", title="De-identified export", ident=ident,
-                                      cohort=checked.name, selected=selected)
+            request.state.study, request.state.detail = audit  # who exported which studies
             head, _, rest = page.partition("<!--rows-->")
             middle, _, tail = rest.partition("<!--summary-->")
 
