@@ -121,8 +121,11 @@ class Codec(ABC):
 
     def accepts(self, frame: np.ndarray) -> bool:
         """True when this codec can encode ``frame`` losslessly."""
-        return frame.dtype.kind in "iu" and frame.dtype.itemsize in (1, 2) and frame.ndim in (2, 3) and (
-            frame.ndim == 2 or frame.shape[2] in (1, 3)
+        return (
+            frame.dtype.kind in "iu"
+            and frame.dtype.itemsize in (1, 2)
+            and frame.ndim in (2, 3)
+            and (frame.ndim == 2 or frame.shape[2] in (1, 3))
         )
 
     @abstractmethod
@@ -255,8 +258,12 @@ class Blosc2Codec(Codec):
 
         return bytes(
             blosc2.compress2(
-                np.ascontiguousarray(frame).tobytes(), typesize=frame.dtype.itemsize, clevel=5,
-                codec=blosc2.Codec.LZ4, filters=[blosc2.Filter.SHUFFLE], nthreads=1,
+                np.ascontiguousarray(frame).tobytes(),
+                typesize=frame.dtype.itemsize,
+                clevel=5,
+                codec=blosc2.Codec.LZ4,
+                filters=[blosc2.Filter.SHUFFLE],
+                nthreads=1,
             )
         )
 
@@ -310,24 +317,16 @@ def _checked_plugin(uid: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def plugin(src: bytes, runner: Any) -> Any:
         rows, cols = int(runner.rows), int(runner.columns)
         spp, bits = int(runner.samples_per_pixel), int(runner.bits_allocated)
-        if len(src) > guard.work_bound(rows * cols * spp * max(bits, 8) // 8, 4):
-            raise CodecError(f"a {len(src)}-byte codestream for a frame of {rows} × {cols} × {spp}, {bits} bits")
-        if uid == guard.RLE:
-            guard.rle_header(src, spp * max(bits // 8, 1))
-        elif uid in guard.J2K or uid in guard.JPEG:
-            if uid in guard.JPEG_LS:
-                guard.ends_complete(src, "JPEG-LS")
-            got = guard.j2k_header(src) if uid in guard.J2K else guard.jpeg_header(src)
-            if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
-                raise CodecError(f"codestream is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the dataset says "
-                                 f"{rows} × {cols} × {spp}, {bits} bits")
+        guard.check_codestream(uid, src, rows, cols, spp, bits)
         out = native_call(f"{getattr(func, '__module__', 'plugin')}", func, src, runner)
         # pydicom puts the frame into an array of exactly this size (the plugin may have lowered bits_allocated):
         # a codestream that decodes to another size (its header agreed) is the codestream's fault, not a ValueError
         want = int(runner.frame_length(unit="pixels")) * runner.pixel_dtype.itemsize
         if len(out) != want:
-            raise CodecError(f"the codestream decoded to {len(out)} bytes; its frame of {rows} × {cols} × {spp}, "
-                             f"{bits} bits holds {want}")
+            raise CodecError(
+                f"the codestream decoded to {len(out)} bytes; its frame of {rows} × {cols} × {spp}, "
+                f"{bits} bits holds {want}"
+            )
         return out
 
     plugin.__wrapped__ = func  # type: ignore[attr-defined]

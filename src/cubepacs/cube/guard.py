@@ -57,7 +57,7 @@ def j2k_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
         raise CodecError(f"JPEG 2000 SIZ: {tiles} tiles")
     bits = 0
     for k in range(c):
-        ssiz, xr, yr = b[pos + 38 + 3 * k: pos + 41 + 3 * k]
+        ssiz, xr, yr = b[pos + 38 + 3 * k : pos + 41 + 3 * k]
         if xr != 1 or yr != 1:
             raise CodecError("JPEG 2000 SIZ: subsampled components are not supported")
         depth = (ssiz & 0x7F) + 1
@@ -115,9 +115,9 @@ def jxl_header(data: bytes | memoryview) -> tuple[int, int]:
             size, kind = struct.unpack_from(">I4s", b, pos)
             head = 8
             if size == 1 and pos + 16 <= len(b):
-                size, head = int.from_bytes(b[pos + 8:pos + 16], "big"), 16
+                size, head = int.from_bytes(b[pos + 8 : pos + 16], "big"), 16
             if kind in (b"jxlc", b"jxlp"):
-                b = b[pos + head + (4 if kind == b"jxlp" else 0):]
+                b = b[pos + head + (4 if kind == b"jxlp" else 0) :]
                 break
             if size < head:
                 raise CodecError("JPEG XL container: bad box size")
@@ -174,10 +174,17 @@ def blosc2_header(data: bytes | memoryview, nbytes: int) -> None:
     if len(data) < 32:
         raise CodecError("Blosc2 chunk shorter than its header")
     version, _lz, _flags, typesize, size, blocksize, cbytes = struct.unpack_from("<BBBBIII", data, 0)
-    if not (1 <= version <= 5 and typesize and size == nbytes and cbytes == len(data) and 0 < blocksize
-            and blocksize <= max(size, 1 << 20)):
-        raise CodecError(f"Blosc2 header: {size} bytes of {typesize}-byte items in {cbytes}; expected {nbytes} in "
-                         f"{len(data)}")
+    if not (
+        1 <= version <= 5
+        and typesize
+        and size == nbytes
+        and cbytes == len(data)
+        and 0 < blocksize
+        and blocksize <= max(size, 1 << 20)
+    ):
+        raise CodecError(
+            f"Blosc2 header: {size} bytes of {typesize}-byte items in {cbytes}; expected {nbytes} in {len(data)}"
+        )
 
 
 def zstd_size(data: bytes | memoryview) -> int:
@@ -191,8 +198,27 @@ def zstd_size(data: bytes | memoryview) -> int:
     width = (1 if single else 0, 2, 4, 8)[fcs_flag]
     if not width or pos + width > len(b):
         raise CodecError("Zstandard frame without a content size")
-    value = int.from_bytes(b[pos:pos + width], "little")
+    value = int.from_bytes(b[pos : pos + width], "little")
     return value + 256 if width == 2 else value
+
+
+def zstd_window(data: bytes | memoryview) -> int:
+    """The window a Zstandard frame declares: what a streaming decoder keeps of the output (its content size when
+    the frame is one segment). ``zstd`` level 3, the writer's, declares at most 2 MiB.
+
+    Example
+    -------
+    >>> import imagecodecs
+    >>> zstd_window(imagecodecs.zstd_encode(bytes(1000))), zstd_window(imagecodecs.zstd_encode(bytes(1 << 24)))
+    (1000, 2097152)
+    """
+    b = bytes(data[:6])
+    if b[:4] != b"\x28\xb5\x2f\xfd" or len(b) < 6:
+        raise CodecError("not a Zstandard frame")
+    if (b[4] >> 5) & 1:  # single segment: the window is the content
+        return zstd_size(data)
+    base = 1 << (10 + (b[5] >> 3))
+    return base + base // 8 * (b[5] & 7)
 
 
 def ends_complete(data: bytes | memoryview, what: str) -> None:
@@ -235,14 +261,17 @@ def check(codec_id: int, data: bytes | memoryview, shape: tuple[int, ...], bits:
     if codec_id in (2, 3, 4) and (bits not in (8, 16) or spp not in (1, 3)):
         raise CodecError(f"an image codec for {bits}-bit samples × {spp}: the writer never makes one")
     if codec_id in (2, 3, 4) and len(data) > work_bound(nbytes, 2):
-        raise CodecError(f"a {len(data)}-byte codestream for a frame of {nbytes} bytes: a lossless encoder never "
-                         "writes that much")
+        raise CodecError(
+            f"a {len(data)}-byte codestream for a frame of {nbytes} bytes: a lossless encoder never writes that much"
+        )
     if codec_id == 2:
         ends_complete(data, "HTJ2K")
         got = j2k_header(data)
         if got[:3] != (rows, cols, spp) or got[3] > bits:
-            raise CodecError(f"HTJ2K codestream is {got[0]} rows × {got[1]} columns × {got[2]} samples, "
-                             f"{got[3]} bits; expected {rows} × {cols} × {spp}")
+            raise CodecError(
+                f"HTJ2K codestream is {got[0]} rows × {got[1]} columns × {got[2]} samples, "
+                f"{got[3]} bits; expected {rows} × {cols} × {spp}"
+            )
     elif codec_id == 3:
         ends_complete(data, "JPEG-LS")
         got = jpeg_header(data)
@@ -261,10 +290,23 @@ def check(codec_id: int, data: bytes | memoryview, shape: tuple[int, ...], bits:
             raise CodecError(f"raw frame of {len(data)} bytes; expected {nbytes}")
 
 
-J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
-        "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
-JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-         "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+J2K = (
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+)
+JPEG = (
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+)
 RLE = "1.2.840.10008.1.2.5"
 JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 
@@ -297,10 +339,17 @@ def check_geometry(rows: int, cols: int, spp: int, bits: int, frames: int, index
     ...
     cubepacs.errors.CodecError: image geometry out of bounds: 512 × 512 × 0, 16 bits, frame 1 of 1
     """
-    if not (0 < rows <= MAX_DIM and 0 < cols <= MAX_DIM and 1 <= spp <= 4 and bits in (1, 8, 16, 32, 64)
-            and 0 < frames <= 1 << 24 and 0 <= index < frames):
-        raise CodecError(f"image geometry out of bounds: {rows} × {cols} × {spp}, {bits} bits, frame {index + 1} "
-                         f"of {frames}")
+    if not (
+        0 < rows <= MAX_DIM
+        and 0 < cols <= MAX_DIM
+        and 1 <= spp <= 4
+        and bits in (1, 8, 16, 32, 64)
+        and 0 < frames <= 1 << 24
+        and 0 <= index < frames
+    ):
+        raise CodecError(
+            f"image geometry out of bounds: {rows} × {cols} × {spp}, {bits} bits, frame {index + 1} of {frames}"
+        )
     if rows * cols * spp * max(bits, 8) // 8 > 1 << 31:
         raise CodecError("a frame larger than 2 GiB")
 
@@ -341,25 +390,72 @@ def check_dicom_frame(ds: object, index: int) -> None:
     check_geometry(rows, cols, spp, bits, frames, index)
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if ts not in J2K and ts not in JPEG and ts != RLE:
-        value = next((v for v in (get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-                      if v is not None), None)
-        need = native_value_bytes(rows, cols, spp, bits, frames, photometric)
-        if value is None or len(value) < need:
-            raise CodecError(f"Pixel Data holds {0 if value is None else len(value)} bytes; {frames} frames of "
-                             f"{rows} × {cols} × {spp}, {bits} bits need {need}")
+        value = next(
+            (v for v in (get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) if v is not None),
+            None,
+        )
+        check_native_value(rows, cols, spp, bits, frames, photometric, None if value is None else len(value))
         return
     try:
         data = get_frame(get("PixelData"), index, number_of_frames=frames)
     except Exception as exc:
         raise CodecError(f"frame {index + 1} cannot be found in the encapsulated pixel data: {exc}") from None
+    try:
+        check_codestream(ts, data, rows, cols, spp, bits)
+    except CodecError as exc:
+        raise CodecError(f"frame {index + 1}: {exc}") from None
+
+
+def check_native_value(
+    rows: int, cols: int, spp: int, bits: int, frames: int, photometric: str, length: int | None
+) -> None:
+    """A native Pixel Data value of ``length`` bytes (None: no value) holds every frame the attributes declare
+    (:func:`native_value_bytes`).
+
+    Example
+    -------
+    >>> check_native_value(4, 4, 1, 16, 2, "MONOCHROME2", 64)
+    >>> check_native_value(4, 4, 1, 16, 2, "MONOCHROME2", 32)
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: Pixel Data holds 32 bytes; 2 frames of 4 × 4 × 1, 16 bits need 64
+    """
+    need = native_value_bytes(rows, cols, spp, bits, frames, photometric)
+    if length is None or length < need:
+        raise CodecError(
+            f"Pixel Data holds {length or 0} bytes; {frames} frames of {rows} × {cols} × {spp}, {bits} bits need {need}"
+        )
+
+
+def check_codestream(ts: str, data: bytes | memoryview, rows: int, cols: int, spp: int, bits: int) -> None:
+    """The codestream of one frame under transfer syntax ``ts``, checked against the frame's geometry before any
+    decoder (or a copy) sees it: at most :func:`work_bound` (4 × the frame + 64 KB), an RLE header of samples ×
+    bytes segments, a JPEG-LS stream that ends with its end marker, a JPEG / JPEG-LS / J2K header (SOF, SIZ) of
+    these rows, columns and samples and at most these bits. Reads only the stream's first 64 KB and last 16 bytes,
+    so ``data`` may be a view of a larger value. Other syntaxes: only the size bound.
+
+    Example
+    -------
+    >>> import numpy as np, imagecodecs
+    >>> stream = imagecodecs.htj2k_encode(np.zeros((16, 24), np.uint16))
+    >>> check_codestream(J2K[-1], stream, 16, 24, 1, 16)
+    >>> check_codestream(J2K[-1], stream, 16, 2, 1, 16)
+    Traceback (most recent call last):
+    ...
+    cubepacs.errors.CodecError: codestream is 16 × 24 × 1, 16 bits; the dataset says 16 × 2 × 1, 16 bits
+    """
     if len(data) > work_bound(rows * cols * spp * max(bits, 8) // 8, 4):
-        raise CodecError(f"frame {index + 1}: a {len(data)}-byte codestream for {rows} × {cols} × {spp}, {bits} bits")
+        raise CodecError(f"a {len(data)}-byte codestream for a frame of {rows} × {cols} × {spp}, {bits} bits")
     if ts == RLE:
         rle_header(data, spp * max(bits // 8, 1))
+        return
+    if ts not in J2K and ts not in JPEG:
         return
     if ts in JPEG_LS:
         ends_complete(data, "JPEG-LS")
     got = j2k_header(data) if ts in J2K else jpeg_header(data)
     if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
-        raise CodecError(f"codestream of frame {index + 1} is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the "
-                         f"dataset says {rows} × {cols} × {spp}, {bits} bits")
+        raise CodecError(
+            f"codestream is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the dataset says "
+            f"{rows} × {cols} × {spp}, {bits} bits"
+        )

@@ -37,8 +37,8 @@ from cubepacs.cube.format import (
 )
 from cubepacs.cube.meta import DicomMeta
 from cubepacs.cube.pixels import PixelDesc, frame_to_bytes, to_stored_values
-from cubepacs.dicom.rawfile import KEY_OPAQUE, KEY_PIXEL_VALUE, PIXEL_TAGS, inflate
-from cubepacs.errors import CodecError, DicomReadError, InvalidCubeError
+from cubepacs.dicom.rawfile import KEY_PIXEL_VALUE, PIXEL_TAGS
+from cubepacs.errors import CodecError, InvalidCubeError
 
 _ic: Any = imagecodecs  # imagecodecs' stubs do not admit memoryview, which every codec accepts
 
@@ -83,8 +83,9 @@ class _Bytes:
                     self._file.seek(offset)
                     out = memoryview(self._file.read(length))
         if len(out) != length:
-            raise InvalidCubeError(self.name, block, f"file truncated: needed {length} bytes at {offset}, "
-                                                     f"got {len(out)}")
+            raise InvalidCubeError(
+                self.name, block, f"file truncated: needed {length} bytes at {offset}, got {len(out)}"
+            )
         return out
 
 
@@ -105,8 +106,9 @@ def _read_meta(src: _Bytes) -> tuple[Header, dict[str, Any], memoryview]:
     except CodecError as exc:
         raise InvalidCubeError(src.name, "meta", str(exc)) from None
     if declared != header.meta_raw_length:
-        raise InvalidCubeError(src.name, "meta", f"block declares {declared} bytes, the header "
-                                                 f"{header.meta_raw_length}")
+        raise InvalidCubeError(
+            src.name, "meta", f"block declares {declared} bytes, the header {header.meta_raw_length}"
+        )
     try:
         doc, area = decode_meta(stored, header.meta_raw_length, src.name)
         validate.check_doc(doc, len(area), src.name)
@@ -160,8 +162,9 @@ class CubeReader:
         self._last: tuple[int, bytes] | None = None
         self._positions: dict[str, int] | None = None  # instance name → index (``position``)
         exact = self.doc.get("stored_exact", [])  # optional (format.md); anything but a list of ints: none
-        self._stored_exact = frozenset(x for x in exact if isinstance(x, int)) if isinstance(exact, list) \
-            else frozenset()
+        self._stored_exact = (
+            frozenset(x for x in exact if isinstance(x, int)) if isinstance(exact, list) else frozenset()
+        )
 
     @property
     def source(self) -> str:
@@ -243,31 +246,12 @@ class CubeReader:
             raise InvalidCubeError(self.source, f"frame {k}", "instance without pixel data")
         try:
             if d.mode != "native":
-                return self._whole_frame(i, f, d)
+                return framedecode.whole_frame(self, i, f, d)
             return to_stored_values(d, self._container(i, f, d, out))
         except (InvalidCubeError, CodecError):
             raise
         except Exception as exc:
             raise InvalidCubeError(self.source, f"frame {k}", f"{type(exc).__name__}: {exc}") from None
-
-    def _whole_frame(self, i: int, f: int, d: PixelDesc) -> np.ndarray:
-        """Frame ``f`` of instance ``i`` kept whole: an encapsulated one from its stored value (RLE decoded in
-        place, the others by pydicom's decoders given the frame alone), an opaque or deflated one by pydicom from
-        the rebuilt instance."""
-        syntax, first = self.meta.syntaxes[i], self._row(i, 0)
-        if d.mode == "encapsulated" and 0 <= first < len(self.index) and (
-                int(self.index[first]["frame"]) == WHOLE_VALUE and int(self.index[first]["codec"]) == 0):
-            value = self._blob(first)
-            arr = framedecode.rle_frame(value, d, f, self.meta.names[i]) if syntax == guard.RLE else None
-            return arr if arr is not None else framedecode.encapsulated_frame(value, d, syntax, f, self.meta.names[i])
-        if d.mode == "file":  # pydicom inflates the body itself, unbounded: it must inflate within the bound first
-            body = [p for p in self.meta.instance_refs(i).tolist() if self.meta.pool_key(p) == KEY_OPAQUE]
-            try:
-                for p in body:
-                    inflate(self.meta.chunk(p), self.meta.names[i])
-            except DicomReadError as exc:
-                raise CodecError(f"{self.meta.names[i]}: frame {f} cannot be decoded: {exc}") from None
-        return framedecode.decode_with_pydicom(self.instance_bytes(i), f, self.meta.names[i])
 
     def values_exact(self, i: int) -> bool:
         """Whether instance ``i``'s native frames, decoded, are its stored values as they are: Bits Stored equals
@@ -316,8 +300,11 @@ class CubeReader:
         """(index row, codec id, bytes) of native frame ``f`` of instance ``i``: its record found, its checksum
         and codestream header checked against the frame — before any decoder, or a client, sees the bytes."""
         row = self._row(i, f)
-        if not 0 <= row < len(self.index) or int(self.index[row]["instance"]) != i or (
-                int(self.index[row]["frame"]) != f):
+        if (
+            not 0 <= row < len(self.index)
+            or int(self.index[row]["instance"]) != i
+            or (int(self.index[row]["frame"]) != f)
+        ):
             raise InvalidCubeError(self.source, "index", f"no record for frame {f} of instance {i}")
         codec, blob = int(self.index[row]["codec"]), self._blob(row)
         try:
@@ -357,31 +344,41 @@ class CubeReader:
             data = self._blob(first)
             if int(rec["codec"]) == 0:
                 return bytes(data)
+            if int(rec["codec"]) != 1:
+                raise InvalidCubeError(
+                    self.source,
+                    f"frame {first}",
+                    f"whole pixel value stored with codec {int(rec['codec'])} (raw or zstd expected)",
+                )
+            self._whole_size(i, d, data, first)
             try:
-                size = guard.zstd_size(data)
-                declared = self._value_length(i)
-                bound = min(d.frames * max(d.rows * d.cols * d.spp * max(d.bits, 8) // 8, 1) + (1 << 20),
-                            self.max_value_bytes)
-                if int(rec["codec"]) != 1 or size > bound or (declared is not None and size != declared):
-                    raise CodecError(f"whole pixel value of {size} bytes (its element declares {declared}, at "
-                                     f"most {bound} expected)")
                 return bytes(native_call("zstd", _ic.zstd_decode, data))
             except Exception as exc:
                 raise InvalidCubeError(self.source, f"frame {first}", str(exc)) from None
         return b"".join(frame_to_bytes(d, self._container(i, f, d)) for f in range(d.frames))
 
+    def _whole_size(self, i: int, d: PixelDesc, data: memoryview, row: int) -> int:
+        """The bytes instance ``i``'s zstd whole value ``data`` (index row ``row``) declares, checked before any is
+        decompressed: what its Pixel Data element declares, at most the description's frames + 1 MiB and
+        ``max_value_bytes``."""
+        try:
+            size = guard.zstd_size(data)
+            declared = self._value_length(i)
+            bound = min(
+                d.frames * max(d.rows * d.cols * d.spp * max(d.bits, 8) // 8, 1) + (1 << 20), self.max_value_bytes
+            )
+            if size > bound or (declared is not None and size != declared):
+                raise CodecError(
+                    f"whole pixel value of {size} bytes (its element declares {declared}, at most {bound} expected)"
+                )
+        except Exception as exc:
+            raise InvalidCubeError(self.source, f"frame {row}", str(exc)) from None
+        return size
+
     def _value_length(self, i: int) -> int | None:
         """The length instance ``i``'s Pixel Data element header declares (None when undefined or not found): what
         its whole value must decompress to."""
-        for p in self.meta.instance_refs(i).tolist():
-            if self.meta.pool_key(p) in PIXEL_TAGS:
-                head = self.meta.chunk(p)
-                if len(head) < 8:
-                    return None
-                big = self.meta.syntaxes[i] == "1.2.840.10008.1.2.2"
-                n = int.from_bytes(head[-4:], "big" if big else "little")
-                return None if n == 0xFFFFFFFF else n
-        return None
+        return framedecode.pixel_element(self.meta, i)[2]
 
     def instance_bytes(self, i: int) -> bytes:
         """The original DICOM file of instance ``i``, byte for byte."""

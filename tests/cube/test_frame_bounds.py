@@ -1,0 +1,130 @@
+"""Issue 27's per-frame bounds (docs/security.md, "Fourth round"): a frame of an instance kept whole is decoded or
+refused within 4 × its declared size of memory (traced allocations) — crafted inconsistent cubes included — and
+the frames decoded are pydicom's (``pixel_array``, raw) for the files they came from. Every crafted input is made
+here from a real file of ../shared/data."""
+
+from __future__ import annotations
+
+import io
+import sys
+import tracemalloc
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import pixel_array
+
+from cubepacs.cube.reader import CubeReader
+from cubepacs.errors import CodecError, InvalidCubeError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
+import mutants
+
+JPEG_LOSSLESS = mutants.SINGLE / "ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm"
+HTJ2K_RGB = mutants.SINGLE / "htj2k_lossless_rgb_sc.dcm"
+
+
+def _declared(reader: CubeReader, i: int = 0) -> int:
+    d = reader.desc(i)
+    assert d is not None
+    return d.rows * d.cols * d.spp * max(d.bits, 8) // 8
+
+
+def _peak(call: Callable[[], Any]) -> tuple[Any, int]:
+    """(what ``call`` returned or raised, its peak of traced allocations over what was traced before)."""
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        try:
+            result: Any = call()
+        except Exception as exc:
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def _seg_frames(n: int) -> bytes:
+    """The real 1-bit SEG (512 × 512, one frame) made an ``n``-frame SEG: frame k its mask shifted 7k columns,
+    the frames packed without gaps (PS3.5 8.1.1) — a value the cube keeps as one opaque zstd block."""
+    ds = pydicom.dcmread(mutants.SEG)
+    mask = ds.pixel_array
+    frames = np.stack([np.roll(mask, 7 * k, axis=1) for k in range(n)])
+    ds.NumberOfFrames = n
+    ds.PixelData = np.packbits(frames.ravel(), bitorder="little").tobytes()
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def test_a_frame_of_a_multiframe_opaque_value_costs_one_frame_not_the_value() -> None:
+    """48 frames of 512 × 512 1-bit (256 KiB declared a frame; the value 1.5 MiB): each frame is read alone from
+    the value decompressed as it is read — equal to pydicom's frame of the file, peak ≤ 4 × the frame (the value
+    rebuilt and parsed by pydicom took 13 ×), and pydicom never parses the instance."""
+    from unittest import mock
+
+    data = _seg_frames(48)
+    cube = mutants.cube_of(data)
+    reader = CubeReader(cube)
+    assert reader.desc(0).mode == "opaque" and reader.num_frames == 48  # type: ignore[union-attr]
+    size = _declared(reader)
+    reader.frame(0)  # first use: pyarrow's import is not the frame's cost
+    for k in (1, 24, 47):
+        with mock.patch("pydicom.dcmread", side_effect=AssertionError("parsed")):
+            got, peak = _peak(lambda k=k: CubeReader(cube).frame(k))
+        assert isinstance(got, np.ndarray), got
+        np.testing.assert_array_equal(got, pixel_array(io.BytesIO(data), index=k, raw=True))
+        assert peak <= 4 * size, (k, peak / size)
+
+
+def test_the_real_opaque_file_decodes_to_pydicoms_frame() -> None:
+    got = CubeReader(mutants.cube_of(mutants.SEG)).frame(0)
+    np.testing.assert_array_equal(got, pixel_array(str(mutants.SEG), index=0, raw=True))
+
+
+def _described(cube: bytes, **changes: Any) -> bytes:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["pixel_descs"][0].update(changes)
+
+    return mutants.edit_meta(cube, edit)
+
+
+@pytest.mark.parametrize(("path", "mode", "codec"), [(JPEG_LOSSLESS, "opaque", 0), (mutants.SEG, "encapsulated", 1)])
+def test_a_value_stored_otherwise_than_its_mode_says_is_refused_before_it_is_read(
+    path: Path, mode: str, codec: int
+) -> None:
+    """Issue 27's 4.27 × decoded frame: the real JPEG Lossless MR's description changed from ``encapsulated`` to
+    ``opaque`` sent it down pydicom's parsing path (the instance rebuilt, parsed, its value copied). A value stored
+    raw is encapsulated, one stored zstd opaque (format.md): anything else is refused, naming the instance, before
+    the value is read; the untouched cube still gives pydicom's frame."""
+    cube = mutants.cube_of(path)
+    reader = CubeReader(cube)
+    np.testing.assert_array_equal(reader.frame(0), pixel_array(str(path), index=0, raw=True))
+    crafted = CubeReader(_described(cube, mode=mode))
+    err, peak = _peak(lambda: crafted.frame(0))
+    assert isinstance(err, InvalidCubeError), err
+    assert f"frame 0 of {crafted.meta.names[0]}" in str(err) and f"stored with codec {codec}" in str(err)
+    assert peak <= 4 * _declared(crafted)
+
+
+def test_a_codestream_whose_header_disagrees_is_refused_before_it_is_copied() -> None:
+    """Issue 27's 6.1 × refused frame: the real HTJ2K RGB (480 × 640 × 3) described as 480 × 63 — its codestream
+    is under the size bound of the smaller frame (4 × 90,720 + 64 KiB) and was copied whole by pydicom before the
+    plugin read its header. The header is now read on a view of the stored value: refused, naming the instance and
+    frame, within 4 × the declared frame. The untouched cube gives pydicom's frame."""
+    cube = mutants.cube_of(HTJ2K_RGB)
+    reader = CubeReader(cube)
+    np.testing.assert_array_equal(reader.frame(0), pixel_array(str(HTJ2K_RGB), index=0, raw=True))
+    crafted = CubeReader(_described(cube, cols=63))
+    size = _declared(crafted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        err, peak = _peak(lambda: crafted.frame(0))
+    assert isinstance(err, CodecError), err
+    assert f"{crafted.meta.names[0]}: frame 0 cannot be decoded: codestream is 480 × 640 × 3" in str(err)
+    assert len(crafted._blob(crafted._row(0, 0))) <= 4 * size + 65536  # under the size bound: the header refuses it
+    assert peak <= 4 * size, peak / size
