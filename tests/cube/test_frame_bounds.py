@@ -128,3 +128,46 @@ def test_a_codestream_whose_header_disagrees_is_refused_before_it_is_copied() ->
     assert f"{crafted.meta.names[0]}: frame 0 cannot be decoded: codestream is 480 × 640 × 3" in str(err)
     assert len(crafted._blob(crafted._row(0, 0))) <= 4 * size + 65536  # under the size bound: the header refuses it
     assert peak <= 4 * size, peak / size
+
+
+def _ow_big_endian(frames: int) -> bytes:
+    """The real big endian RGB (8-bit, OB) as ``frames`` frames (the first repeated, each shifted) with its Pixel
+    Data encoded OW: 8-bit OW big endian, bytes swapped in pairs (pydicom's ``be_swap_ow``) — an opaque value."""
+    ds = pydicom.dcmread(mutants.SINGLE / "rgb_us_big_endian.dcm")
+    value = bytes(ds.PixelData)
+    ds.PixelData = b"".join(value[k:] + value[:k] for k in range(frames))
+    ds["PixelData"].VR = "OW"
+    ds.NumberOfFrames = frames
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def _ybr_422(frames: int) -> bytes:
+    """The real YBR_FULL 8-bit secondary capture made YBR_FULL_422 (each pair of pixels Y₁ Y₂ Cb Cr, the pair's
+    first chroma kept), ``frames`` frames each rolled a row — a subsampled value the cube keeps opaque."""
+    ds = pydicom.dcmread(mutants.SINGLE / "ybr_full_uncompressed_sc.dcm")
+    pixels = ds.pixel_array  # rows × cols × 3 (raw YBR)
+    parts = []
+    for k in range(frames):
+        pairs = np.roll(pixels, k, axis=0).reshape(ds.Rows, ds.Columns // 2, 2, 3)
+        parts.append(np.concatenate([pairs[..., 0], pairs[:, :, 0, 1:]], axis=2).tobytes())
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.NumberOfFrames = frames
+    ds.PixelData = b"".join(parts)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("make", [_ow_big_endian, _ybr_422, _seg_frames], ids=["ow-be", "ybr422", "1bit"])
+def test_every_frame_of_an_opaque_value_is_pydicoms(make: Callable[[int], bytes]) -> None:
+    """Each opaque layout the cube keeps (8-bit OW big endian, YBR_FULL_422, 1-bit), crafted multi-frame from a
+    real file: every frame read from the streamed value equals pydicom's ``pixel_array(raw=True)`` of the file."""
+    data = make(5)
+    reader = CubeReader(mutants.cube_of(data))
+    assert reader.desc(0).mode == "opaque" and reader.num_frames == 5  # type: ignore[union-attr]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in (3, 0, 4, 1):  # backwards too: the stream starts over
+            np.testing.assert_array_equal(reader.frame(k), pixel_array(io.BytesIO(data), index=k, raw=True))
