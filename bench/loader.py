@@ -4,6 +4,7 @@ workers, one item at a time (``batch_size=None``) and in batches.
 
 Usage: .venv/bin/python bench/loader.py [--codec blosc2] [--slices 1000] [--patches 96] [--batch 16] [--cache 4]
                                         [--cohort] [--monai /tmp/monai-bench] [--rounds 3] [--no-settle]
+                                        [--floor] [--ab] [--modes slice,patch]
 
 ``--cohort``: the four series are first exported as a de-identified cohort (``export_cohort``: DICOM files and
 cubes, the cubes with ``--codec``), and both sides read the export: the cubes, and its DICOM folders. Without it,
@@ -11,6 +12,13 @@ the cubes are made from the series folders, and pydicom reads those folders.
 
 ``--floor``: after each slice row, a loader that does nothing (a new tensor of the slice's shape per item) against
 pydicom: the highest ratio any loader can reach through the same DataLoader settings on this machine.
+
+``--ab``: after each batched slice row, same-run A/B rows of our own loader against itself: the batched fetch
+on vs off (``CubeDataset.__getitems__`` hidden, so that the DataLoader fetches item by item and stacks them), and,
+with workers, shared-memory buffers reused vs a new segment per batch (``reuse_buffers=False``). The ratio is the
+first variant's rate over the second's.
+
+``--modes slice`` (or ``patch``): only those rows.
 
 ``--cache N``: extra rows, the dataset keeping the last N decoded volumes per process
 (``CubeDataset(cache_volumes=N)``), so that the slices and patches of a volume cost one decode per process (the
@@ -36,6 +44,7 @@ spinning threads made a batch's ``torch.stack`` 3-20x slower, for both sides ali
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -78,8 +87,10 @@ class DicomFolders:
                 ds = pydicom.dcmread(f, stop_before_pixels=True)
                 iop = np.array(ds.ImageOrientationPatient, float)
                 pos = float(np.dot(np.array(ds.ImagePositionPatient, float), np.cross(iop[:3], iop[3:])))
-                when = tuple(_number(ds.get(k)) for k in ("TemporalPositionIdentifier", "TriggerTime",
-                                                          "AcquisitionTime", "InstanceNumber"))
+                when = tuple(
+                    _number(ds.get(k))
+                    for k in ("TemporalPositionIdentifier", "TriggerTime", "AcquisitionTime", "InstanceNumber")
+                )
                 heads.append((round(pos / 1e-3), when, pos, f, (int(ds.Rows), int(ds.Columns))))
             heads.sort(key=lambda h: h[:3])
             phases: dict[int, list[tuple[float, Path, tuple[int, int]]]] = {}  # a 4D series: one volume per time
@@ -117,7 +128,7 @@ class DicomFolders:
         rng = np.random.default_rng([0, idx])  # the dataset's seed 0: the same corners
         z, y, x = (int(rng.integers(0, lim - s + 1)) for lim, s in ((len(files), d), (rows, h), (cols, w)))
         window = (slice(y, y + h), slice(x, x + w))
-        patch = np.stack([self._read(f, window) for f in files[z:z + d]])
+        patch = np.stack([self._read(f, window) for f in files[z : z + d]])
         missing = [(0, p - n) for n, p in zip(patch.shape, self.patch, strict=True)]
         if any(m for _, m in missing):  # a volume smaller than the patch: padded with its edge, as the dataset does
             patch = np.pad(patch, missing, mode="edge")
@@ -143,8 +154,11 @@ class Floor:
 
 def batches(counts: list[int], per_volume: int, mode: str, size: int, limit: int) -> list[list[int]]:
     """``limit`` item indices in batches of ``size`` that never mix volumes (slices of one shape), cycling."""
-    ranges = [(0, len(counts) * per_volume)] if mode == "patch" else \
-        [(int(a), int(a + n)) for a, n in zip(np.cumsum([0, *counts[:-1]]), counts, strict=True)]
+    ranges = (
+        [(0, len(counts) * per_volume)]
+        if mode == "patch"
+        else [(int(a), int(a + n)) for a, n in zip(np.cumsum([0, *counts[:-1]]), counts, strict=True)]
+    )
     chunks = [list(range(a, min(a + size, end))) for start, end in ranges for a in range(start, end, size)]
     out: list[list[int]] = []
     while sum(map(len, out)) < limit:
@@ -152,15 +166,15 @@ def batches(counts: list[int], per_volume: int, mode: str, size: int, limit: int
     return out
 
 
-def rate(dataset: Any, workers: int, limit: int, batch: int, counts: list[int], mode: str,
-         collate: Any = None) -> float:
+def rate(
+    dataset: Any, workers: int, limit: int, batch: int, counts: list[int], mode: str, collate: Any = None
+) -> float:
     """Items per second through a DataLoader (worker start-up included: ``persistent_workers=False``)."""
     import torch
 
     if batch:
         groups = batches(counts, PER_VOLUME, mode, batch, limit)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=groups, num_workers=workers,
-                                             collate_fn=collate)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=groups, num_workers=workers, collate_fn=collate)
     else:
         indices = [i % len(dataset) for i in range(limit)]  # every item, and again: worker start-up amortised
         loader = torch.utils.data.DataLoader(dataset, sampler=indices, batch_size=None, num_workers=workers)
@@ -177,14 +191,28 @@ def compare(label: str, ours: Any, anchor: Any, rounds: int, anchor_limit: int =
     a: list[float] = []
     b: list[float] = []
     for r in range(rounds):
-        for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+        for side in (0, 1) if r % 2 == 0 else (1, 0):
             if side == 0:
                 a.append(rate(ours, **kw))
             else:
                 b.append(rate(anchor, **{**kw, "limit": anchor_limit or kw["limit"]}))
     mine, theirs = statistics.median(a), statistics.median(b)
-    print(f"{label:28} {kw['workers']:7d} {kw['batch'] or '-':>5} {mine:9.1f} {theirs:9.1f} {mine / theirs:6.2f}x",
-          flush=True)
+    print(
+        f"{label:28} {kw['workers']:7d} {kw['batch'] or '-':>5} {mine:9.1f} {theirs:9.1f} {mine / theirs:6.2f}x",
+        flush=True,
+    )
+
+
+def ab_rows(ours: Any, rounds: int, **kw: Any) -> None:
+    """Our loader against itself in the same run: the batched fetch on vs off, and (with workers) shared-memory
+    buffers reused vs a new segment per batch."""
+    off = copy.copy(ours)
+    off.__getitems__ = None  # the DataLoader then fetches item by item and collates them (its test: falsy)
+    compare("  A/B: batched fetch on/off", ours, off, rounds, **kw)
+    if kw["workers"]:
+        fresh = copy.copy(ours)
+        fresh.reuse_buffers = False
+        compare("  A/B: buffers reused/new", ours, fresh, rounds, **kw)
 
 
 def export(folders: list[Path], out: Path, codec: str) -> tuple[list[Path], Path]:
@@ -200,11 +228,21 @@ def export(folders: list[Path], out: Path, codec: str) -> tuple[list[Path], Path
             if f.suffix == ".txt" or f.name == "DIRFILE":
                 continue
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-            row = {"study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
-                   "sop_uid": str(ds.SOPInstanceUID), "path": str(f)}
+            row = {
+                "study_uid": str(ds.StudyInstanceUID),
+                "series_uid": str(ds.SeriesInstanceUID),
+                "sop_uid": str(ds.SOPInstanceUID),
+                "path": str(f),
+            }
             groups.setdefault((row["study_uid"], row["series_uid"]), []).append(row)
-    report = export_cohort(lambda r: Path(r["path"]).read_bytes(), groups, out, Options(b"bench-loader-secret-0123"),
-                           formats=("dicom", "cube"), codec=codec)
+    report = export_cohort(
+        lambda r: Path(r["path"]).read_bytes(),
+        groups,
+        out,
+        Options(b"bench-loader-secret-0123"),
+        formats=("dicom", "cube"),
+        codec=codec,
+    )
     print(f"exported cohort: {report.series} series, {report.instances} instances, {len(report.failed)} failed")
     return sorted(p for p in (out / "dicom").glob("*/*") if p.is_dir()), out / "cubes"
 
@@ -223,16 +261,26 @@ def monai_rows(folders: list[Path], cubes: Path, args: argparse.Namespace) -> No
     ours = CubeDataset(paths, mode="patch", patch_size=PATCH, patches_per_volume=PER_VOLUME)
     roi = (PATCH[2], PATCH[1], PATCH[0])  # MONAI's PydicomReader: columns × rows × slices
     load = [LoadImage(reader="PydicomReader", image_only=True), EnsureChannelFirst(channel_dim="no_channel")]
-    one = Dataset([str(f) for f in three_d for _ in range(PER_VOLUME)],
-                  Compose([*load, RandSpatialCrop(roi, random_size=False)]))
-    many = Dataset([str(f) for f in three_d],
-                   Compose([*load, RandSpatialCropSamples(roi, num_samples=PER_VOLUME, random_size=False)]))
+    one = Dataset(
+        [str(f) for f in three_d for _ in range(PER_VOLUME)], Compose([*load, RandSpatialCrop(roi, random_size=False)])
+    )
+    many = Dataset(
+        [str(f) for f in three_d],
+        Compose([*load, RandSpatialCropSamples(roi, num_samples=PER_VOLUME, random_size=False)]),
+    )
     print(f"MONAI {monai.__version__}, on the cohort's {len(three_d)} 3D series, patches {PATCH}:")
     for workers in (0, 2):
         kw = {"workers": workers, "batch": 0, "counts": ours.counts, "mode": "patch"}
         compare("patches vs MONAI crop", ours, one, args.rounds, limit=args.monai_patches, **kw)
-        compare(f"patches vs MONAI {PER_VOLUME} samples", ours, many, args.rounds, limit=len(one),
-                anchor_limit=len(many), **kw)
+        compare(
+            f"patches vs MONAI {PER_VOLUME} samples",
+            ours,
+            many,
+            args.rounds,
+            limit=len(one),
+            anchor_limit=len(many),
+            **kw,
+        )
 
 
 def check_same(ours: Any, anchor: Any, mode: str) -> None:
@@ -255,6 +303,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two sides per row")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process")
     parser.add_argument("--floor", action="store_true", help="a row per slice setting: a loader doing nothing")
+    parser.add_argument("--ab", action="store_true", help="same-run A/B rows: batched fetch, buffer reuse")
+    parser.add_argument("--modes", default="slice,patch", help="rows to measure: slice, patch or both")
     parser.add_argument("--no-settle", action="store_true")
     args = parser.parse_args()
     import torch
@@ -278,26 +328,32 @@ def main() -> None:
             cubes.mkdir()
             for d in series:
                 cubepacs.save(cubepacs.load_from_dicom_folder(str(d)), cubes / f"{d.name}.dcbs", codec=args.codec)
-        print(f"{len(folders)} series ({sum(1 for d in folders for _ in d.iterdir())} files), cubes: {args.codec}"
-              f"{', exported cohort' if args.cohort or args.monai else ''}; medians of {args.rounds} alternations")
+        print(
+            f"{len(folders)} series ({sum(1 for d in folders for _ in d.iterdir())} files), cubes: {args.codec}"
+            f"{', exported cohort' if args.cohort or args.monai else ''}; medians of {args.rounds} alternations"
+        )
         print(f"{'items':28} {'workers':>7} {'batch':>5} {'cubes/s':>9} {'other/s':>9} {'ratio':>7}")
         for mode, limit in (("slice", args.slices), ("patch", args.patches)):
+            if mode not in args.modes.split(","):
+                continue
             anchor = DicomFolders(folders, mode, PATCH, PER_VOLUME)
             variants = [("", 0)] + ([(f" (cache {args.cache})", args.cache)] if args.cache else [])
             for suffix, cache in variants:
-                ours = CubeDataset(cubes, mode=mode, patch_size=PATCH, patches_per_volume=PER_VOLUME,
-                                   cache_volumes=cache)
+                ours = CubeDataset(
+                    cubes, mode=mode, patch_size=PATCH, patches_per_volume=PER_VOLUME, cache_volumes=cache
+                )
                 if ours.counts != anchor.counts:
                     raise SystemExit(f"volumes differ: cubes {ours.counts}, DICOM {anchor.counts}")
                 check_same(ours, anchor, mode)
                 for batch in (0, args.batch) if args.batch else (0,):
                     for workers in (0, 2):
                         label = f"{'patches' if mode == 'patch' else 'slices'} vs pydicom{suffix}"
-                        compare(label, ours, anchor, args.rounds, workers=workers,
-                                limit=limit, batch=batch, counts=ours.counts, mode=mode)
+                        kw = {"workers": workers, "limit": limit, "batch": batch, "counts": ours.counts, "mode": mode}
+                        compare(label, ours, anchor, args.rounds, **kw)
                         if args.floor and mode == "slice" and not cache:
-                            compare("slices: no work vs pydicom", Floor(anchor), anchor, args.rounds,
-                                    workers=workers, limit=limit, batch=batch, counts=ours.counts, mode=mode)
+                            compare("slices: no work vs pydicom", Floor(anchor), anchor, args.rounds, **kw)
+                        if args.ab and mode == "slice" and batch and not cache:
+                            ab_rows(ours, args.rounds, **kw)
         if args.monai:
             monai_rows(folders, cubes, args)
     finally:

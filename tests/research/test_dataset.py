@@ -66,8 +66,13 @@ def test_items_cross_the_worker_boundary_whole() -> None:
     """An item pickled as a DataLoader worker sends it: the same tensors come back (small ones packed)."""
     from cubepacs.research.dataset import Item
 
-    item = Item(image=torch.arange(12.0).reshape(3, 4), spacing=torch.tensor([2.5, 0.7, 0.7]),
-                origin=torch.tensor([-1.5, 2.0, 3.25]), index=torch.tensor([4, 5, 6]), source="a.dcbs")
+    item = Item(
+        image=torch.arange(12.0).reshape(3, 4),
+        spacing=torch.tensor([2.5, 0.7, 0.7]),
+        origin=torch.tensor([-1.5, 2.0, 3.25]),
+        index=torch.tensor([4, 5, 6]),
+        source="a.dcbs",
+    )
     far = Item(item, index=torch.tensor([2**40 + 1, 0, 0]))  # not exact in float32: packed apart from the image
     for back in (pickle.loads(pickle.dumps(item)), item.__copy__(), pickle.loads(pickle.dumps(far))):
         item = far if back["index"][0] > 2**30 else item
@@ -123,8 +128,9 @@ def test_dataset_over_an_s3_prefix(tmp_path: Path, seaweedfs: str) -> None:
     from cubepacs.research.dataset import CubeDataset
 
     cube = tmp_path / "ct.dcbs"
-    cubepacs.save(cubepacs.load_from_dicom_folder(str(next(s for s in SERIES if s.name.startswith("ct_philips")))),
-                  cube)
+    cubepacs.save(
+        cubepacs.load_from_dicom_folder(str(next(s for s in SERIES if s.name.startswith("ct_philips")))), cube
+    )
     import uuid
 
     path, _, query = seaweedfs.partition("?")
@@ -192,7 +198,10 @@ def test_dataset_gives_every_item_of_every_file_of_the_data_set(tmp_path: Path) 
         patches = CubeDataset(tmp_path, mode="patch", patch_size=(4, 64, 64), patches_per_volume=1)
         slices = CubeDataset(tmp_path, mode="slice")
     assert sorted(Path(p).stem for p in patches.skipped) == [
-        "ecg_waveform_mortara", "nested_private_sequences_min", "sr_comprehensive_nested"]
+        "ecg_waveform_mortara",
+        "nested_private_sequences_min",
+        "sr_comprehensive_nested",
+    ]
     fmri = pydicom.dcmread(dicom_files(FMRI)[0], stop_before_pixels=True)
     assert len(patches) == len(SERIES) + len(SINGLES) - 3 + int(fmri.NumberOfTemporalPositions) - 1  # 4D: split
     shapes = {tuple(patches[i]["image"].shape) for i in range(len(patches))}
@@ -211,16 +220,17 @@ def test_reoriented_volumes_put_each_voxel_where_the_files_say(tmp_path: Path, c
     toward = {"L": [1, 0, 0], "R": [-1, 0, 0], "P": [0, 1, 0], "A": [0, -1, 0], "S": [0, 0, 1], "I": [0, 0, -1]}
     rng = np.random.default_rng(7)
     for series in (T1, CT):
-        cubepacs.save(cubepacs.load_from_dicom_folder(str(series)), tmp_path / f"{series.name}.dcbs",
-                      codec="blosc2")
+        cubepacs.save(cubepacs.load_from_dicom_folder(str(series)), tmp_path / f"{series.name}.dcbs", codec="blosc2")
         item = CubeDataset([str(tmp_path / f"{series.name}.dcbs")], mode="volume", orientation=code)[0]
         image, spacing, origin = item["image"].numpy(), item["spacing"].numpy(), item["origin"].numpy()
         along_row, along_column = item["orientation"].numpy()[:3], item["orientation"].numpy()[3:]
         assert np.allclose(along_row, toward[code[0]]) and np.allclose(along_column, toward[code[1]])
         across = np.array(toward[code[2]], float)
         refs = [pydicom.dcmread(f) for f in dicom_files(series)]
-        normal = np.cross([float(v) for v in refs[0].ImageOrientationPatient[:3]],
-                          [float(v) for v in refs[0].ImageOrientationPatient[3:]])
+        normal = np.cross(
+            [float(v) for v in refs[0].ImageOrientationPatient[:3]],
+            [float(v) for v in refs[0].ImageOrientationPatient[3:]],
+        )
         planes = np.array([float(np.dot([float(v) for v in d.ImagePositionPatient], normal)) for d in refs])
         values = [_rescaled(d) for d in refs]
         sampled = []
@@ -272,3 +282,62 @@ def test_batched_slices_equal_the_items_one_by_one(tmp_path: Path) -> None:
     for indices, batch in zip([groups[0], mixed], listed, strict=True):
         assert all(torch.equal(a, slices[i]["image"]) for a, i in zip(batch["image"], indices, strict=True))
         assert batch["index"][-1].tolist() == slices[indices[-1]]["index"].tolist()
+
+
+def _inode(tensor: torch.Tensor) -> int:
+    """The shared-memory file behind a tensor received from a worker (its storage's file descriptor)."""
+    import os
+
+    fd, _ = tensor.untyped_storage()._share_fd_cpu_()
+    return os.fstat(fd).st_ino
+
+
+def test_worker_buffers_are_reused_only_once_the_batch_is_dropped(tmp_path: Path) -> None:
+    """Batches of slices from 2 workers: held, every batch keeps its own shared memory and its values to the end
+    (nothing is written over while a tensor of it lives, views and NumPy arrays included); dropped as they come,
+    the workers reuse their segments — and every batch still equals the slices one by one, and pydicom's voxels."""
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset
+
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(CT)), tmp_path / "ct.dcbs", codec="blosc2")
+    slices = CubeDataset(tmp_path, mode="slice")
+    refs = _by_position(dicom_files(CT))
+    groups = [list(range(a, a + 8)) for a in range(0, 96, 8)] * 2  # 24 batches of 8
+    expected = [torch.stack([slices[i]["image"] for i in g]) for g in groups]
+    loader = torch.utils.data.DataLoader(slices, batch_sampler=groups, num_workers=2)
+    held = [(batch["image"][2:5], batch["index"], batch["image"].numpy()[0]) for batch in loader]  # views only
+    assert len({_inode(view) for view, _, _ in held}) == len(groups)  # each in memory of its own while held
+    for g, want, (view, index, first) in zip(groups, expected, held, strict=True):
+        assert torch.equal(view, want[2:5]) and index[:, 0].tolist() == g
+        np.testing.assert_array_equal(first, _rescaled(refs[g[0]]))
+    del held
+    seen = []
+    for g, want, batch in zip(groups, expected, loader, strict=True):
+        assert torch.equal(batch["image"], want) and batch["index"][:, 0].tolist() == g
+        seen.append(_inode(batch["image"]))
+        del batch
+    assert len(set(seen)) < len(groups) / 2  # segments went back to the workers and came again
+    unshared = CubeDataset(tmp_path, mode="slice", reuse_buffers=False)
+    fresh = [_inode(b["image"]) for b in torch.utils.data.DataLoader(unshared, batch_sampler=groups, num_workers=2)]
+    assert len(set(fresh)) == len(groups)  # a new segment for each batch
+
+
+def test_items_one_by_one_from_workers_reuse_buffers_safely(tmp_path: Path) -> None:
+    """Items sent one by one (batch_size=None) are made in reused shared memory too: held items keep their
+    values, and every item equals the main process's, key by key."""
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset
+
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(CT)), tmp_path / "ct.dcbs", codec="blosc2")
+    slices = CubeDataset(tmp_path, mode="slice")
+    order = [*range(0, 100, 3), *range(1, 100, 7)]
+    held = list(torch.utils.data.DataLoader(slices, sampler=order, batch_size=None, num_workers=2))
+    for i, item in zip(order, held, strict=True):
+        here = slices[i]
+        for key in ("image", "spacing", "origin", "orientation", "index"):
+            assert item[key].dtype == here[key].dtype and torch.equal(item[key], here[key]), (i, key)
+    again = [
+        int(item["index"][0])
+        for item in torch.utils.data.DataLoader(slices, sampler=order, batch_size=None, num_workers=2)
+    ]
+    assert again == order

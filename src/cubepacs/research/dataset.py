@@ -20,7 +20,9 @@ toward those patient directions (no interpolation).
 ``cache_volumes=n`` keeps the last ``n`` decoded volumes of each process (stored values, whole): slices and patches
 of a volume then cost one decode (memory: n × the largest volume, per DataLoader worker; kept between epochs with
 ``persistent_workers=True``). In a worker, each image is decoded into shared memory with its metadata after it,
-and crosses to the main process as one tensor without a copy. A batch of slices of one volume (a DataLoader's
+and crosses to the main process as one tensor without a copy; the worker reuses that shared memory once the main
+process holds no tensor of it (``reuse_buffers=False``: a new segment each time; :mod:`cubepacs.research.batching`
+says when not to rely on it). A batch of slices of one volume (a DataLoader's
 batched fetch, ``__getitems__``) is decoded in one go into one array, and is the batch: no collate copy.
 
 Colour frames (RGB, YBR) keep a trailing samples axis: volumes and patches are depth × rows × columns × samples.
@@ -49,7 +51,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
@@ -59,84 +61,12 @@ from cubepacs.research.geometry import Geometry, check_code, directions, geometr
 try:
     import torch
     from torch.utils.data import Dataset, get_worker_info
-    from torch.utils.data._utils.collate import collate, default_collate_fn_map
 except ImportError as exc:  # pragma: no cover - the extra names what to install
     raise ImportError("cubepacs.research.dataset needs PyTorch: pip install 'cubepacs[torch]'") from exc
 
+from cubepacs.research.batching import _SENT_ALONE, TAIL, Item, carried, collate_list, shared, slices
+
 __all__ = ["CubeDataset", "Geometry", "Item", "collate_list", "geometry"]
-SMALL = 1024  # tensors of at most this many elements cross a worker boundary packed into one
-CARRY = 1 << 22  # an image of at most this many elements (not already in shared memory) carries them
-TAIL = 15  # float32 values after an image made in shared memory: spacing, origin, orientation, index
-# Set in a process once one of its items is pickled as made (a DataLoader with batch_size=None): from then on, in a
-# worker, images are made in shared memory. Batched, items are collated first and never pickled alone: a shared
-# segment per item would only cost (measured: 25 % fewer slices/s in batches of 16 with 2 workers).
-_SENT_ALONE = [False]
-
-
-def collate_list(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """A ``collate_fn`` for items of different shapes: each key's values in a list (nothing stacked).
-
-    >>> collate_list([{"image": 1, "source": "a"}, {"image": 2, "source": "b"}])
-    {'image': [1, 2], 'source': ['a', 'b']}
-    """
-    return {key: [item[key] for item in batch] for key in batch[0]} if batch else {}
-
-
-def _rebuild_item(keys: list[str], rest: dict[str, Any], packed: torch.Tensor | None,
-                  layout: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> Item:
-    for key, dtype, shape, offset in layout:
-        assert packed is not None
-        rest[key] = packed[offset:offset + int(np.prod(shape))].reshape(shape).to(dtype)
-    return Item((key, rest[key]) for key in keys)
-
-
-class Item(dict):  # type: ignore[type-arg]
-    """One item (or a collated batch) of :class:`CubeDataset`: a dict of ``image``, ``spacing``, ``origin``…
-
-    Pickled — as a DataLoader worker sends it to the main process — its small tensors travel as one: PyTorch
-    shares every tensor through a shared-memory segment and a file descriptor of its own (≈ 0.2 ms each here, more
-    than decoding a slice), so ``spacing``, ``origin``, ``orientation`` and ``index`` cost one, not four — none
-    when they fit in float32 exactly and the image (up to 16 MB, not in shared memory yet) carries them.
-
-    >>> import pickle
-    >>> item = Item(image=torch.zeros(2, 2), spacing=torch.tensor([1.0, 0.5, 0.5]), index=torch.tensor([3, 0, 0]))
-    >>> back = pickle.loads(pickle.dumps(item))
-    >>> back["spacing"].tolist(), back["index"].dtype, type(back).__name__
-    ([1.0, 0.5, 0.5], torch.int64, 'Item')
-    """
-
-    def __copy__(self) -> Item:
-        return Item(self)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        if self.__dict__.get("made"):
-            _SENT_ALONE[0] = True
-        carrier = self.__dict__.get("carrier")  # (flat tensor in shared memory, layout, the tensors it holds)
-        if carrier is not None and all(self.get(key) is value for key, value in carrier[2].items()):
-            flat, layout, held = carrier
-            return _rebuild_item, (list(self), {k: v for k, v in self.items() if k not in held}, flat, layout)
-        small = [(k, v) for k, v in self.items() if isinstance(v, torch.Tensor) and v.numel() <= SMALL
-                 and v.dtype in (torch.float32, torch.float64, torch.int64, torch.int32) and not v.requires_grad]
-        if not small:
-            return _rebuild_item, (list(self), dict(self), None, [])
-        layout, offset = [], 0
-        for key, value in small:
-            layout.append((key, value.dtype, tuple(value.shape), offset))
-            offset += value.numel()
-        packed = torch.cat([v.reshape(-1).to(torch.float64) for _, v in small])  # exact for these dtypes
-        image = self.get("image")
-        if isinstance(image, torch.Tensor) and image.dtype == torch.float32 and \
-                not image.untyped_storage().is_shared() and not image.requires_grad and image.numel() <= CARRY and \
-                torch.equal(packed.to(torch.float32).to(torch.float64), packed):
-            # one tensor, image and all: copying a slice (≈ 0.1 ms a MB) costs less than sharing one more tensor
-            n = image.numel()
-            packed = torch.cat([image.reshape(-1), packed.to(torch.float32)])
-            layout = [("image", torch.float32, tuple(image.shape), 0),
-                      *((k, d, shape, o + n) for k, d, shape, o in layout)]
-        elif len(small) < 2:
-            return _rebuild_item, (list(self), dict(self), None, [])
-        rest = {k: v for k, v in self.items() if k not in {key for key, *_ in layout}}
-        return _rebuild_item, (list(self), rest, packed, layout)
 
 
 def _frame_shapes(reader: CubeReader) -> list[tuple[int, ...]]:
@@ -148,14 +78,6 @@ def _frame_shapes(reader: CubeReader) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _shared(shape: tuple[int, ...], tail: int = TAIL) -> torch.Tensor:
-    """A flat float32 tensor in shared memory: room for an image of ``shape`` and ``tail`` values after it (in a
-    DataLoader worker, the item then reaches the main process without one more copy, as one tensor)."""
-    n = int(np.prod(shape)) + tail
-    storage: torch.UntypedStorage = torch.UntypedStorage._new_shared(n * 4)  # type: ignore[no-untyped-call]
-    return torch.empty(0, dtype=torch.float32).set_(storage, 0, (n,), (1,))
-
-
 class CubeDataset(Dataset):  # type: ignore[type-arg]
     """Volumes (``mode="volume"``), 2D slices (``"slice"``) or random 3D patches (``"patch"``) of cubes.
 
@@ -163,19 +85,29 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
     (``s3://bucket/prefix?endpoint=…``: every ``.dcbs`` key under it, read with ranged GETs).
     """
 
-    def __init__(self, source: str | os.PathLike[str] | list[str], mode: str = "slice",
-                 patch_size: tuple[int, int, int] = (16, 64, 64), patches_per_volume: int = 8,
-                 rescale: bool = True, seed: int = 0, storage_options: dict[str, str] | None = None,
-                 pad: str | None = "edge", pad_value: float = 0.0,
-                 spacing: tuple[float, float, float] | None = None, cache_volumes: int = 0,
-                 orientation: str | None = None) -> None:
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | list[str],
+        mode: str = "slice",
+        patch_size: tuple[int, int, int] = (16, 64, 64),
+        patches_per_volume: int = 8,
+        rescale: bool = True,
+        seed: int = 0,
+        storage_options: dict[str, str] | None = None,
+        pad: str | None = "edge",
+        pad_value: float = 0.0,
+        spacing: tuple[float, float, float] | None = None,
+        cache_volumes: int = 0,
+        orientation: str | None = None,
+        reuse_buffers: bool = True,
+    ) -> None:
         if mode not in ("volume", "slice", "patch"):
             raise ValueError(f"mode must be volume, slice or patch, not {mode!r}")
         if pad not in (None, "edge", "constant"):
             raise ValueError(f"pad must be None, 'edge' or 'constant', not {pad!r}")
         self.mode, self.patch_size, self.per_volume = mode, patch_size, patches_per_volume
         self.rescale, self.seed, self.pad, self.pad_value, self.spacing = rescale, seed, pad, pad_value, spacing
-        self.cache_volumes = cache_volumes
+        self.cache_volumes, self.reuse_buffers = cache_volumes, reuse_buffers
         self.orientation = check_code(orientation) if orientation is not None else None
         if self.orientation and mode == "slice":
             raise ValueError("orientation applies to volumes and patches (mode='volume' or 'patch'), not slices")
@@ -201,9 +133,17 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         self._shapes: list[tuple[int, ...]] = []  # each volume's frame shape
         for k in range(len(self.paths)):
             self._plan(k)
-        self._readers.clear()  # opened again, per process, when items are read
         if not self.volumes:
             raise ValueError(f"no cube of {source} forms a volume: {self.skipped}")
+        warm: dict[str, int] = {}  # a volume per codec: one frame decoded here imports its decoder (blosc2: ≈ 0.25 s
+        for v, (k, _) in enumerate(self.volumes):  # of CPU), which workers forked from this process then have
+            warm.setdefault(self._open(k)[0].codec, v)
+        for v in warm.values():
+            k, volume = self.volumes[v]
+            reader, geo = self._open(k)
+            self._frame(reader, int(geo.order[volume[0]]))
+        self._readers.clear()  # opened again, per process, when items are read
+        self._buffers.clear()
         self.counts = [len(v) for _, v in self.volumes]
         self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
 
@@ -234,23 +174,33 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         if len(groups) > 1:
             self.split[name] = len(groups)
         if len(kinds) > 1:
-            warnings.warn(f"{name}: frames of {len(kinds)} shapes ({', '.join(map(str, kinds))}): "
-                          "one volume per shape", stacklevel=3)
+            warnings.warn(
+                f"{name}: frames of {len(kinds)} shapes ({', '.join(map(str, kinds))}): one volume per shape",
+                stacklevel=3,
+            )
         if times > 1:
             depths = sorted({len(v) for v in groups.values()})
-            warnings.warn(f"{name}: slice positions repeated ({times} temporal positions, 4D): one volume per "
-                          f"temporal position, of {'-'.join(map(str, depths))} slices", stacklevel=3)
+            warnings.warn(
+                f"{name}: slice positions repeated ({times} temporal positions, 4D): one volume per "
+                f"temporal position, of {'-'.join(map(str, depths))} slices",
+                stacklevel=3,
+            )
         low, high = geo.steps
         if high - low > max(0.01, 0.01 * high):
-            warnings.warn(f"{name}: slice steps from {low:.2f} to {high:.2f} mm (not uniform): spacing "
-                          f"{geo.spacing[0]:.2f} mm is their median", stacklevel=3)
+            warnings.warn(
+                f"{name}: slice steps from {low:.2f} to {high:.2f} mm (not uniform): spacing "
+                f"{geo.spacing[0]:.2f} mm is their median",
+                stacklevel=3,
+            )
         for (shape, _), numbers in sorted(groups.items(), key=lambda g: (g[0][1], g[1][0])):
             volume = np.array(numbers, np.int64)
             if self.mode == "patch" and self.pad is None:
                 size = (len(volume), *shape[:2])
                 if any(s < p for s, p in zip(size, self.patch_size, strict=True)):
-                    raise ValueError(f"{name}: a volume of {size} is smaller than the patch {self.patch_size} "
-                                     "(pad='edge' or 'constant' pads it)")
+                    raise ValueError(
+                        f"{name}: a volume of {size} is smaller than the patch {self.patch_size} "
+                        "(pad='edge' or 'constant' pads it)"
+                    )
             self.volumes.append((k, volume))
             self._shapes.append(shape)
 
@@ -314,8 +264,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
             self._cache.popitem(last=False)
         return whole
 
-    def _decode(self, v: int, numbers: np.ndarray, window: tuple[slice, slice] | None = None,
-                out: np.ndarray | None = None) -> np.ndarray:
+    def _decode(
+        self, v: int, numbers: np.ndarray, window: tuple[slice, slice] | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Frames ``numbers`` of volume ``v`` (cut to ``window``) as float32, rescaled: each frame decoded once
         and converted straight into the output (``out`` if given), a patch's voxels only."""
         k, volume = self.volumes[v]
@@ -328,7 +279,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
             if out is None:
                 shape = (len(positions), *frame.shape)
                 if _SENT_ALONE[0] and get_worker_info() is not None:
-                    self._flat = _shared(shape)
+                    self._flat = shared(shape, TAIL, self.reuse_buffers)
                     out = self._flat.numpy()[:-TAIL].reshape(shape)
                 else:
                     out = np.empty(shape, np.float32)
@@ -367,27 +318,43 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
             image, spacing = self._resample(image, spacing), self.spacing
         return image, (spacing, origin, axes)
 
-    def _item(self, v: int, image: np.ndarray, index: Any,
-              place: tuple[tuple[float, float, float], np.ndarray, np.ndarray] | None = None) -> Item:
+    def _item(
+        self,
+        v: int,
+        image: np.ndarray,
+        index: Any,
+        place: tuple[tuple[float, float, float], np.ndarray, np.ndarray] | None = None,
+    ) -> Item:
         spacing, origin, axes = place or self._place(v)
         orientation = [*axes[2].tolist(), *axes[1].tolist()]  # along a row (columns), along a column (rows)
         values = np.array([*spacing, *origin.tolist(), *orientation, *index], np.float64)
         flat, self._flat = self._flat, None
-        if flat is not None and image.flags.c_contiguous and image.ctypes.data == flat.data_ptr() and \
-                image.size + TAIL == flat.numel() and bool((np.abs(values[12:]) < 1 << 24).all()):
+        if (
+            flat is not None
+            and image.flags.c_contiguous
+            and image.ctypes.data == flat.data_ptr()
+            and image.size + TAIL == flat.numel()
+            and bool((np.abs(values[12:]) < 1 << 24).all())
+        ):
             n = image.size  # the image was made in shared memory: its metadata goes after it, one tensor to send
             flat[n:] = torch.from_numpy(values.astype(np.float32))
-            layout = [("image", torch.float32, image.shape, 0), ("spacing", torch.float32, (3,), n),
-                      ("origin", torch.float32, (3,), n + 3), ("orientation", torch.float32, (6,), n + 6),
-                      ("index", torch.int64, (3,), n + 12)]
-            held = {key: flat[o:o + int(np.prod(shape))].reshape(shape).to(dtype) for key, dtype, shape, o in layout}
-            item = Item(held, source=self.paths[self.volumes[v][0]])
-            item.__dict__["carrier"] = (flat, layout, held)
-            return item
+            layout = [
+                ("image", torch.float32, image.shape, 0),
+                ("spacing", torch.float32, (3,), n),
+                ("origin", torch.float32, (3,), n + 3),
+                ("orientation", torch.float32, (6,), n + 6),
+                ("index", torch.int64, (3,), n + 12),
+            ]
+            return carried(flat, layout, self.reuse_buffers, source=self.paths[self.volumes[v][0]])
         meta = torch.from_numpy(values[:12].astype(np.float32))  # one array, in views
-        item = Item(image=torch.from_numpy(np.ascontiguousarray(image)), spacing=meta[:3], origin=meta[3:6],
-                    orientation=meta[6:], index=torch.from_numpy(np.array(index, np.int64)),
-                    source=self.paths[self.volumes[v][0]])
+        item = Item(
+            image=torch.from_numpy(np.ascontiguousarray(image)),
+            spacing=meta[:3],
+            origin=meta[3:6],
+            orientation=meta[6:],
+            index=torch.from_numpy(np.array(index, np.int64)),
+            source=self.paths[self.volumes[v][0]],
+        )
         item.__dict__["made"] = True
         return item
 
@@ -406,7 +373,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         at = np.searchsorted(self._starts, indices, side="right") - 1
         if (at != at[0]).any():
             return [self[i] for i in indices]
-        return _slices(self, int(at[0]), np.asarray(indices, np.int64) - self._starts[at[0]])
+        return slices(self, int(at[0]), np.asarray(indices, np.int64) - self._starts[at[0]])
 
     def __getitem__(self, idx: int) -> Item:
         if not 0 <= idx < len(self):
@@ -422,8 +389,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         rng = np.random.default_rng([self.seed, idx])
         if self.spacing is not None or self.orientation:  # patches of the resampled or reoriented volume
             whole, place = self._whole(v)
-            corner = [int(rng.integers(0, max(1, n - p + 1))) for n, p in zip(whole.shape, self.patch_size,
-                                                                               strict=True)]
+            corner = [
+                int(rng.integers(0, max(1, n - p + 1))) for n, p in zip(whole.shape, self.patch_size, strict=True)
+            ]
             patch = whole[tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))]
             return self._item(v, self._padded(patch), corner, place)
         rows, cols = self._shapes[v][:2]
@@ -441,62 +409,3 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         if self.pad == "edge":
             return np.pad(patch, missing, mode="edge")
         return np.pad(patch, missing, mode="constant", constant_values=self.pad_value)
-
-
-class _Batch(Sequence[Item]):
-    """The items of a batch made already (``collated``), each made when asked for: what ``__getitems__`` gives
-    (PyTorch's default collate asks for the first only)."""
-
-    def __init__(self, collated: Item, source: str) -> None:
-        self.collated, self.source = collated, source
-
-    def __len__(self) -> int:
-        return len(self.collated["source"])
-
-    @overload
-    def __getitem__(self, j: int) -> Item: ...
-    @overload
-    def __getitem__(self, j: slice) -> list[Item]: ...
-    def __getitem__(self, j: int | slice) -> Item | list[Item]:
-        if isinstance(j, slice):
-            return [self[i] for i in range(len(self))[j]]
-        return Item({key: value[j] for key, value in self.collated.items() if key != "source"}, source=self.source)
-
-
-def _collate_items(batch: Sequence[Item], *, collate_fn_map: dict[Any, Any] | None = None) -> Item:
-    """PyTorch's default collate of :class:`Item` s: the batch made already, or each key's values collated (as
-    for any dict). Registered in ``default_collate_fn_map``, PyTorch's documented way to extend it."""
-    made = getattr(batch, "collated", None)
-    if made is not None:
-        return made  # type: ignore[no-any-return]
-    return Item((key, collate([d[key] for d in batch], collate_fn_map=collate_fn_map)) for key in batch[0])
-
-
-default_collate_fn_map[Item] = _collate_items
-
-
-def _slices(ds: CubeDataset, v: int, numbers: np.ndarray) -> _Batch:
-    """Slices ``numbers`` of volume ``v``, decoded into one array; as items and as their batch."""
-    b, shape = len(numbers), (len(numbers), *ds._shapes[v])  # values: each slice's spacing, origin, … index
-    spacing, origin, axes = ds._place(v)
-    values = np.tile([*spacing, *origin.tolist(), *axes[2].tolist(), *axes[1].tolist(), 0.0, 0, 0], (b, 1))
-    values[:, 12] = numbers
-    columns = [(0, 3), (3, 6), (6, 12), (12, 15)]
-    keys = [("spacing", torch.float32), ("origin", torch.float32), ("orientation", torch.float32),
-            ("index", torch.int64)]
-    n, exact = int(np.prod(shape)), bool((np.abs(values[:, 12:]) < 1 << 24).all())
-    flat = _shared(shape, TAIL * b) if get_worker_info() is not None and exact else None
-    image = ds._decode(v, numbers, out=flat.numpy()[:n].reshape(shape) if flat is not None else None)
-    source = ds.paths[ds.volumes[v][0]]
-    if flat is not None:  # image and metadata in one tensor in shared memory: one to send, no copy
-        flat[n:] = torch.from_numpy(np.concatenate([values[:, a:z].ravel() for a, z in columns]).astype(np.float32))
-        layout = [("image", torch.float32, shape, 0)]
-        layout += [(key, dtype, (b, z - a), n + b * a) for (key, dtype), (a, z) in zip(keys, columns, strict=True)]
-        held = {key: flat[o:o + int(np.prod(size))].reshape(size).to(dtype) for key, dtype, size, o in layout}
-        batch = Item(held, source=[source] * b)
-        batch.__dict__["carrier"] = (flat, layout, held)
-    else:
-        batch = Item(image=torch.from_numpy(image), **{
-            key: torch.from_numpy(np.ascontiguousarray(values[:, a:z])).to(dtype)
-            for (key, dtype), (a, z) in zip(keys, columns, strict=True)}, source=[source] * b)
-    return _Batch(batch, source)
