@@ -15,7 +15,9 @@ than ``patch_size`` is padded (``pad="edge"`` or ``"constant"``, with ``pad_valu
 (``pad=None``). A series whose slice steps differ by more than 1 % (or 0.01 mm) warns with their range: its
 ``spacing`` is the median step. ``spacing=(dz, dy, dx)`` resamples volumes and patches to that spacing (trilinear);
 ``orientation="RAS"`` (or ``"LPS"``, any code with one letter of each pair) first permutes and flips their axes
-toward those patient directions (no interpolation).
+toward those patient directions (no interpolation: an oblique volume stays oblique); with ``oblique="resample"``,
+an oblique volume is then resampled (trilinear) onto a grid along those patient axes, voxels outside it set to
+``pad_value``.
 
 ``cache_volumes=n`` keeps the last ``n`` decoded volumes of each process (stored values, whole): slices and patches
 of a volume then cost one decode (memory: n × the largest volume, per DataLoader worker; kept between epochs with
@@ -56,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from cubepacs.cube.reader import CubeReader
-from cubepacs.research.geometry import Geometry, check_code, directions, geometry, reorient
+from cubepacs.research.geometry import Geometry, check_code, directions, geometry, reorient, resample_to_axes
 
 try:
     import torch
@@ -99,6 +101,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         spacing: tuple[float, float, float] | None = None,
         cache_volumes: int = 0,
         orientation: str | None = None,
+        oblique: str = "permute",
         reuse_buffers: bool = True,
     ) -> None:
         if mode not in ("volume", "slice", "patch"):
@@ -109,6 +112,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         self.rescale, self.seed, self.pad, self.pad_value, self.spacing = rescale, seed, pad, pad_value, spacing
         self.cache_volumes, self.reuse_buffers = cache_volumes, reuse_buffers
         self.orientation = check_code(orientation) if orientation is not None else None
+        if oblique not in ("permute", "resample"):
+            raise ValueError(f"oblique must be 'permute' or 'resample', not {oblique!r}")
+        self.oblique = oblique
         if self.orientation and mode == "slice":
             raise ValueError("orientation applies to volumes and patches (mode='volume' or 'patch'), not slices")
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (pid, volume) → stored values
@@ -313,7 +319,9 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         image = self._decode(v, np.arange(self.counts[v]))
         spacing, origin, axes = self._place(v)
         if self.orientation:
-            image, spacing, origin, axes = reorient(image, spacing, origin, axes, self.orientation)
+            turn = resample_to_axes if self.oblique == "resample" else reorient
+            kw = {"fill": self.pad_value} if self.oblique == "resample" else {}
+            image, spacing, origin, axes = turn(image, spacing, origin, axes, self.orientation, **kw)
         if self.spacing is not None:
             image, spacing = self._resample(image, spacing), self.spacing
         return image, (spacing, origin, axes)
