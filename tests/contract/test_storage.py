@@ -51,6 +51,14 @@ class StorageContract:
         with pytest.raises(KeyError):
             storage.view("t/1.2/8.dcm")
 
+    def test_open_read_reads_what_get_reads(self, storage: Storage) -> None:
+        data = next(f for f in sorted(SERIES[0].iterdir()) if f.suffix != ".txt").read_bytes()  # a real file
+        storage.put("t/1.2/9.dcm", data)
+        with storage.open_read("t/1.2/9.dcm") as f:  # as a download reads it: a chunk at a time
+            assert b"".join(iter(lambda: f.read(4096), b"")) == data == storage.get("t/1.2/9.dcm")
+        with pytest.raises(KeyError):
+            storage.open_read("t/1.2/10.dcm")
+
     def test_keys_cannot_escape(self, storage: Storage) -> None:
         with pytest.raises(ValueError, match="leaves"):
             storage.put("../../etc/x", b"x")

@@ -8,8 +8,9 @@ True
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cubepacs.archive.storage.guard import DiskGuard
@@ -73,6 +74,23 @@ class Storage(ABC):
         """The object's bytes for a reader that looks at a part of them (a header); KeyError when absent.
         ``get`` by default; ``FileStorage`` maps the file, so that only the pages read come from the disk."""
         return self.get(key)
+
+    def open_read(self, key: str) -> IO[bytes]:
+        """The object as a binary file read from its start (close it when done); ``MissingObjectError`` (a
+        KeyError) when absent. A download reads it a chunk at a time (``web/zipstream.py``), so memory is bounded
+        by a chunk — where the backend reads as the caller reads: ``FileStorage`` (the file itself) and
+        ``S3Storage`` (the GET's body) do; by default the whole object is read first, as ``get``.
+
+        Example
+        -------
+        >>> import tempfile
+        >>> from cubepacs.archive.storage.file import FileStorage
+        >>> s = FileStorage(tempfile.mkdtemp()); s.put("k", b"0123456789")
+        >>> with s.open_read("k") as f:
+        ...     f.read(4), f.read()
+        (b'0123', b'456789')
+        """
+        return io.BytesIO(self.get(key))
 
     @abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes:

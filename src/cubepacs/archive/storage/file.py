@@ -33,7 +33,7 @@ import logging
 import mmap
 import os
 from pathlib import Path
-from typing import cast
+from typing import IO, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from cubepacs._atomic import atomic_write
@@ -84,6 +84,13 @@ class FileStorage(Storage):
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise MissingObjectError(key) from None
+
+    def open_read(self, key: str) -> IO[bytes]:
+        """The file itself, opened (read as the caller reads: a chunk in memory, not the file)."""
+        try:
+            return open(self._path(key), "rb")  # (the caller closes it)
         except FileNotFoundError:
             raise MissingObjectError(key) from None
 

@@ -23,7 +23,7 @@ Example
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cubepacs.archive.storage.base import Storage
@@ -158,6 +158,14 @@ class S3Storage(Storage):
     def get(self, key: str) -> bytes:
         try:
             body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise MissingObjectError(key) from None
+        return body
+
+    def open_read(self, key: str) -> IO[bytes]:
+        """The GET's body, read from the connection as the caller reads (not downloaded first)."""
+        try:
+            body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except self.client.exceptions.NoSuchKey:
             raise MissingObjectError(key) from None
         return body

@@ -6,8 +6,8 @@
   ``?label=``; API: ``GET /api/labels`` (the tenant's labels), ``GET /api/studies/{study}/labels``,
   ``PUT`` and ``DELETE /api/studies/{study}/labels/{label}``. Labelling needs the ``upload`` permission (admin,
   user; a viewer may only filter by them).
-* Downloads, written as they are sent (``web/zipstream.py``: one file in memory at a time, nothing on disk):
-  ``GET /ui/studies/{study}/zip`` and ``…/series/{series}/zip`` — every stored file as it was stored,
+* Downloads, written as they are sent (``web/zipstream.py``: a chunk of a stored file in memory at a time,
+  nothing on disk): ``GET /ui/studies/{study}/zip`` and ``…/series/{series}/zip`` — every stored file as it was stored,
   ``SERIES/SOP.dcm``; with ``?dicomdir=1`` a DICOMDIR made by pydicom's ``FileSet`` at the root and the files at
   the paths it names (``PT000000/ST000000/SE000000/IM000000``). ``GET …/series/{series}/cube``: the series' cube
   (``.dcbs``, as the web worker built it); ``GET /ui/studies/{study}/cube``: a ZIP of its series' cubes.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -34,7 +34,7 @@ from cubepacs.archive.index import labels
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.pages import UI, form_who, render_page, who
 from cubepacs.archive.web.wado import _uids
-from cubepacs.archive.web.zipstream import dicomdir, zip_stream
+from cubepacs.archive.web.zipstream import chunks, dicomdir, size_of, zip_stream
 from cubepacs.errors import ConfigError
 
 STATIC = Path(__file__).parent / "static"  # pinned front-end files (static/README.md)
@@ -54,20 +54,20 @@ def add_routes(app: FastAPI, services: Any) -> None:
             raise HTTPException(404, f"no {'series ' + series if series else 'study ' + study}")
         return list(rows)
 
-    def getter(key: str) -> Callable[[], bytes]:
-        return lambda: bytes(services.storage.get(key))
+    def getter(key: str) -> Callable[[], IO[bytes]]:  # the stored file, read a chunk at a time
+        return lambda: services.storage.open_read(key)
 
     async def zip_answer(rows: list[dict[str, Any]], name: str, with_dicomdir: bool) -> StreamingResponse:
         made: tuple[bytes, dict[str, str], list[str]] | None = None
         if with_dicomdir:  # before the answer starts: a DICOMDIR that cannot be made is an error page, not a cut ZIP
             keys = [r["storage_key"] for r in rows]
             try:
-                made = await run_in_threadpool(dicomdir, ((k, services.storage.get(k)) for k in keys))
+                made = await run_in_threadpool(dicomdir, ((k, services.storage.open_read(k)) for k in keys))
             except Exception as exc:
                 raise HTTPException(409, f"no DICOMDIR can be made for these instances: {type(exc).__name__}: "
                                          f"{str(exc)[:300]}") from None
 
-        def entries() -> Iterator[tuple[str, Callable[[], bytes]]]:
+        def entries() -> Iterator[tuple[str, Callable[[], bytes | IO[bytes]]]]:
             if made is None:
                 for r in rows:
                     yield f"{r['series_uid']}/{r['sop_uid']}.dcm", getter(r["storage_key"])
@@ -116,9 +116,11 @@ def add_routes(app: FastAPI, services: Any) -> None:
         rows = await run_in_threadpool(rows_of, ident.tenant, study, series)
         key = cube_key(ident.tenant, study, series, len(rows))
         request.state.detail = f"series {series} cube"
-        data = await run_in_threadpool(services.storage.get, key)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": _disposition(f"{series}.dcbs")})
+        fp = await run_in_threadpool(services.storage.open_read, key)
+        size = await run_in_threadpool(size_of, fp)
+        return StreamingResponse(chunks(fp), media_type="application/octet-stream",  # a chunk at a time
+                                 headers={"Content-Disposition": _disposition(f"{series}.dcbs"),
+                                          **({"Content-Length": str(size)} if size is not None else {})})
 
     @app.get(UI + "/studies/{study}/cube")
     async def study_cubes(study: str, request: Request) -> Response:

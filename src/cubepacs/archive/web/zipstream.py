@@ -1,13 +1,16 @@
-"""ZIP answers written as they are sent: one stored file in memory at a time, nothing on disk (the admin UI's
-downloads, ``web/studyactions.py``), and the DICOMDIR of a set of instances made by pydicom's ``FileSet``.
+"""ZIP answers written as they are sent: a chunk of a stored file in memory at a time, nothing on disk (the admin
+UI's downloads, ``web/studyactions.py``), and the DICOMDIR of a set of instances made by pydicom's ``FileSet``.
 
 :func:`zip_stream` hands Python's ``zipfile`` a sink that is not seekable, so each member is written with a data
-descriptor and the archive's bytes leave as soon as a member is written (ZIP64 where sizes or offsets need it).
+descriptor and the archive's bytes leave as soon as a chunk (:data:`CHUNK`) of a member is written (ZIP64 where
+sizes or offsets need it). A member's content comes from a file read a chunk at a time (``Storage.open_read``):
+memory is bounded by a chunk, not by a file, nor a series. :func:`chunks` does the same for one object
+(the series' cube download).
 
 Example
 -------
 >>> import io, zipfile
->>> body = b"".join(zip_stream([("a/1.dcm", lambda: b"one"), ("b.txt", lambda: b"two")]))
+>>> body = b"".join(zip_stream([("a/1.dcm", lambda: io.BytesIO(b"one")), ("b.txt", lambda: b"two")]))
 >>> with zipfile.ZipFile(io.BytesIO(body)) as zf:
 ...     zf.namelist(), zf.read("a/1.dcm")
 (['a/1.dcm', 'b.txt'], b'one')
@@ -21,7 +24,9 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import IO, Any
+
+CHUNK = 1 << 20  # bytes of a stored file read at a time
 
 
 class _Sink(io.RawIOBase):
@@ -38,24 +43,68 @@ class _Sink(io.RawIOBase):
         self.chunks.append(bytes(data))
         return len(data)
 
-    def take(self) -> bytes:
-        out = b"".join(self.chunks)
-        self.chunks.clear()
-        return out
+    def taken(self) -> Iterator[bytes]:
+        """What was written since, as one piece (none when nothing was: an empty piece could end a chunked body)."""
+        if self.chunks:
+            out = b"".join(self.chunks)
+            self.chunks.clear()
+            yield out
 
 
-def zip_stream(entries: Iterable[tuple[str, Callable[[], bytes]]]) -> Iterator[bytes]:
+def _file(content: bytes | IO[bytes]) -> IO[bytes]:
+    return io.BytesIO(content) if isinstance(content, bytes | bytearray | memoryview) else content
+
+
+def size_of(fp: IO[bytes]) -> int | None:
+    """The bytes left in ``fp`` from where it is, when it can tell (a seekable file), else None.
+
+    Example
+    -------
+    >>> f = io.BytesIO(b"0123456789"); _ = f.read(3)
+    >>> size_of(f), f.read(2)
+    (7, b'34')
+    """
+    try:
+        if fp.seekable():
+            here = fp.tell()
+            end = fp.seek(0, io.SEEK_END)
+            fp.seek(here)
+            return end - here
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def chunks(fp: IO[bytes], size: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of ``fp``, at most ``size`` at a time; closes it once read (or when the iterator is closed).
+
+    Example
+    -------
+    >>> list(chunks(io.BytesIO(b"0123456789"), 4))
+    [b'0123', b'4567', b'89']
+    """
+    with fp:
+        while piece := fp.read(size):
+            yield piece
+
+
+def zip_stream(entries: Iterable[tuple[str, Callable[[], bytes | IO[bytes]]]]) -> Iterator[bytes]:
     """The bytes of a ZIP (stored, not compressed: DICOM pixel data rarely shrinks) holding ``entries`` — (name,
-    function returning the content) — read one at a time, yielded as each is written."""
+    function returning the content: a binary file to read, closed once read, or bytes) — read one at a time and
+    a chunk at a time, yielded as each chunk is written."""
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, read in entries:
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            data = read()
-            zf.writestr(info, data)
-            del data
-            yield sink.take()
-    yield sink.take()
+            with _file(read()) as fp:
+                size = size_of(fp)  # (what zipfile's ZIP64 choice needs; unknown: ZIP64 fields anyway)
+                info.file_size = size or 0
+                with zf.open(info, "w", force_zip64=size is None) as member:
+                    while piece := fp.read(CHUNK):
+                        member.write(piece)
+                        yield from sink.taken()
+            yield from sink.taken()
+    yield from sink.taken()
 
 
 # values invented for a directory record whose Type 1 key the file leaves empty or out (the file is unchanged), as
@@ -85,8 +134,9 @@ def _add(fs: Any, ds: Any, position: int) -> list[str]:
             invented.append(f"{keyword} {value!r}")
 
 
-def dicomdir(files: Iterable[tuple[str, bytes]]) -> tuple[bytes, dict[str, str], list[str]]:
-    """A DICOMDIR for ``files`` ((key, file bytes); only each header is kept, so pass them one by one): (its
+def dicomdir(files: Iterable[tuple[str, bytes | IO[bytes]]]) -> tuple[bytes, dict[str, str], list[str]]:
+    """A DICOMDIR for ``files`` ((key, the file: bytes, or a binary file of which only the header is read and
+    which is closed); only each header is kept, so pass them one by one): (its
     bytes, key → path of the file in the file-set (``PT000000/ST000000/SE000000/IM000000``), notes: why each key
     left out could not be placed, and the record values invented for a file that leaves a Type 1 key of its
     directory record empty — :data:`INVENTED`, in the DICOMDIR only, never in the file). pydicom's ``FileSet``
@@ -113,9 +163,9 @@ def dicomdir(files: Iterable[tuple[str, bytes]]) -> tuple[bytes, dict[str, str],
     try:
         for n, (key, data) in enumerate(files):
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                with warnings.catch_warnings(), _file(data) as fp:
+                    warnings.simplefilter("ignore")  # (a file pydicom cannot seek in is read whole: S3's body)
+                    ds = pydicom.dcmread(fp if fp.seekable() else io.BytesIO(fp.read()), stop_before_pixels=True)
                     if str(ds.get("SOPInstanceUID", "")) in keys:  # FileSet would replace the first one
                         raise ValueError(f"the same SOP Instance UID as {keys[str(ds.SOPInstanceUID)]}")
                     invented = _add(fs, ds, n + 1)
