@@ -20,6 +20,8 @@ C-STORE threads' samples), and the association reactor sleeps 1 ms between looks
   then serves itself when the association's thread is idle (``store.serve_on_reader``);
 * ``LeanRequestHandler`` gives the association a socket that reads ahead (``bufsocket``).
 
+The queues that wake the thread consuming them live in ``wakequeue``.
+
 The loops are pynetdicom's own (``DULServiceProvider.run_reactor``, ``Association._run_reactor``) with the sleeps
 replaced; everything else — state machine, PDU coding, events — is pynetdicom's.
 
@@ -55,54 +57,12 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from cubepacs.archive.dimse import command, handshake, pdata, store
 from cubepacs.archive.dimse.bufsocket import BufferedSocket
 from cubepacs.archive.dimse.command import pdata_tf, store_response
+from cubepacs.archive.dimse.wakequeue import SendQueue, ServingQueue, WakingQueue
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 _TICK = 0.05  # the longest a reactor sleeps without work while a timer may be due (ARTIM, the idle timeout)
 BACKLOG = 128  # pending connections a DIMSE listener holds (see _Server)
 _LONG_TICK = 1.0  # established, nothing due sooner: 32 idle associations woke 1,280 times a second at _TICK
-
-
-class _WakingQueue(queue.Queue[Any]):
-    """A queue whose ``put`` also calls ``wake`` (the consumer blocks elsewhere)."""
-
-    def __init__(self, wake: Any) -> None:
-        super().__init__()
-        self._wake = wake
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        self._wake()
-
-
-class _ServingQueue(_WakingQueue):
-    """DIMSE's queue of received messages: a plain C-STORE-RQ is served at once by the thread completing it when
-    the association's thread is idle (``store.serve_on_reader``); anything else is queued and that thread woken."""
-
-    def __init__(self, assoc: Any) -> None:
-        super().__init__(assoc.poke)
-        self._assoc = assoc
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if not store.serve_on_reader(self._assoc, item):
-            super().put(item, block, timeout)
-
-
-class _SendQueue(_WakingQueue):
-    """The DUL's send queue: an item taken off it is "in flight" until the DUL has sent it (``LeanDUL._send``),
-    so that a direct send (``LeanDUL.send_now``) never overtakes it."""
-
-    def __init__(self, wake: Any, lock: threading.Lock) -> None:
-        super().__init__(wake)
-        self.lock = lock
-        self.in_flight = False
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if block:
-            return super().get(block, timeout)
-        with self.lock:
-            item = super().get(False)
-            self.in_flight = True
-            return item
 
 
 class LeanDUL(DULServiceProvider):
@@ -114,7 +74,7 @@ class LeanDUL(DULServiceProvider):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._send_lock = threading.Lock()  # one writer on the socket at a time: this thread, or send_now
-        self._sendq = _SendQueue(self.poke, self._send_lock)
+        self._sendq = SendQueue(self.poke, self._send_lock)
         self.to_provider_queue = self._sendq
         self._request: handshake.CachedRequest | None = None  # the A-ASSOCIATE-RQ, when cached
 
@@ -341,9 +301,9 @@ class LeanAssociation(Association):
         self.serving = threading.Lock()  # held by whichever thread serves a message (``store.serve_on_reader``)
         self.dul = LeanDUL(self)
         self.acse_timeout, self.network_timeout = self.acse_timeout, self.network_timeout  # onto the new DUL's timers
-        self.dul.to_user_queue = _WakingQueue(self.poke)
+        self.dul.to_user_queue = WakingQueue(self.poke)
         self.dimse = LeanDIMSE(self)
-        self.dimse.msg_queue = _ServingQueue(self)
+        self.dimse.msg_queue = ServingQueue(self)
 
     def poke(self) -> None:
         """Wake the association reactor."""
