@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from cubepacs.archive import manage
 from cubepacs.archive.web.context import Services, tenant_of
 from cubepacs.archive.web.jsonbody import read_json
-from cubepacs.archive.web.wado import _uids
+from cubepacs.archive.web.wado import check_uids
 from cubepacs.errors import ConfigError, CubepacsError
 
 API = "/api"
@@ -39,7 +39,7 @@ def add_routes(app: FastAPI, services: Services) -> None:
     """Register the ``/api`` routes."""
 
     def delete(tenant: str, study: str, series: str | None, sop: str | None) -> JSONResponse:
-        _uids(*(u for u in (study, series, sop) if u))
+        check_uids(*(u for u in (study, series, sop) if u))
         rows = services.index.instances_of(tenant, study, series, [sop] if sop else None)
         if not rows:
             return JSONResponse({"deleted": 0})

@@ -33,7 +33,7 @@ from cubepacs.archive import manage
 from cubepacs.archive.index import labels
 from cubepacs.archive.web.auth import Identity, authenticate
 from cubepacs.archive.web.pages import UI, form_who, render_page, who
-from cubepacs.archive.web.wado import _uids
+from cubepacs.archive.web.wado import check_uids
 from cubepacs.archive.web.zipstream import chunks, dicomdir, size_of, zip_stream
 from cubepacs.errors import ConfigError
 
@@ -48,7 +48,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
     """Register the label, download and delete routes."""
 
     def rows_of(tenant: str, study: str, series: str | None = None) -> list[dict[str, Any]]:
-        _uids(study, *([series] if series else []))
+        check_uids(study, *([series] if series else []))
         rows = services.index.instances_of(tenant, study, series)
         if not rows:
             raise HTTPException(404, f"no {'series ' + series if series else 'study ' + study}")
@@ -199,7 +199,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
     @app.delete("/api/studies/{study}/labels/{label}")
     async def api_delete_label(study: str, label: str, request: Request) -> JSONResponse:
         ident = await authenticate(request)
-        _uids(study)
+        check_uids(study)
         request.state.detail = f"label {label} removed"
         return JSONResponse({"removed": labels.remove(services.index, ident.tenant, study, label)})
 
@@ -209,7 +209,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
         ident = await who(request)
         if not isinstance(ident, Identity):
             return ident
-        _uids(study)
+        check_uids(study)
         found = services.index.search_studies(ident.tenant, {"StudyInstanceUID": study}, limit=1)
         if not found:
             raise HTTPException(404, f"no study {study}")
@@ -220,7 +220,7 @@ def add_routes(app: FastAPI, services: Any) -> None:
         ident, _ = await form_who(request)
         if not isinstance(ident, Identity):
             return ident
-        _uids(study)
+        check_uids(study)
         n = await run_in_threadpool(manage.delete, services.storage, services.queue, services.index, services.cache,
                                     ident.tenant, "study", study)
         return render_page("message.html", title="Deleted", ident=ident, message=f"{n} instance(s) deleted.", back=UI)

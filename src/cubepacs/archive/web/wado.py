@@ -51,7 +51,19 @@ def parse_frames(text: str) -> list[int]:
     return frames
 
 
-def _uids(*uids: str) -> None:
+def check_uids(*uids: str) -> None:
+    """Each of ``uids`` a valid UID (``keys.check_uid``: digits and dots, at most 64 characters), else an HTTP 400
+    naming it — before a UID of a URL reaches the index or a storage key.
+
+    Example
+    -------
+    >>> check_uids("1.2.3", "1.2.3.4")
+    >>> try:
+    ...     check_uids("1.2.3", "1.2.x")
+    ... except HTTPException as exc:
+    ...     print(exc.status_code)
+    400
+    """
     for u in uids:
         try:
             check_uid(u)
@@ -61,7 +73,7 @@ def _uids(*uids: str) -> None:
 
 def _instances(services: Services, tenant: str, study: str, series: str | None = None,
                sop: str | None = None) -> list[dict[str, Any]]:
-    _uids(*(u for u in (study, series, sop) if u))
+    check_uids(*(u for u in (study, series, sop) if u))
     rows = services.index.instances_of(tenant, study, series, [sop] if sop else None)
     if not rows:
         raise HTTPException(404, "no such study, series or instance")
@@ -96,7 +108,7 @@ def _frame_row(services: Services, tenant: str, study: str, series: str, sop: st
     """The instance row with its series' build state (one query; kept for ``hot_frame_pieces``), or 404. A row
     kept less than ``hot.ROW_SECONDS`` ago whose files are unchanged since (the same mark) is used again without
     a query, as ``hot_frame_pieces`` does."""
-    _uids(study, series, sop)
+    check_uids(study, series, sop)
     mark = _mark(services, tenant, study, series, sop)  # before the row: a change in between shows in the mark
     kept = _ROWS.get((tenant, study, series, sop))
     if kept is not None and mark is not None and kept[1] == mark:
