@@ -171,3 +171,28 @@ def test_every_frame_of_an_opaque_value_is_pydicoms(make: Callable[[int], bytes]
         warnings.simplefilter("ignore")
         for k in (3, 0, 4, 1):  # backwards too: the stream starts over
             np.testing.assert_array_equal(reader.frame(k), pixel_array(io.BytesIO(data), index=k, raw=True))
+
+
+@pytest.mark.parametrize("name", ["ts_j2k_lossless_siemens_mr.dcm", "ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm"])
+def test_a_codestream_padded_past_its_end_marker_is_refused_before_it_is_copied(name: str) -> None:
+    """The real J2K and JPEG Lossless MRs, their one frame's codestream followed by zeros up to the size bound
+    (4 × the frame + 64 KiB): a consistent header, and a decoder that stops at the end marker. pydicom copied the
+    stream and the plugin copied it again — 9.8 × (J2K) and 6.2 × (JPEG Lossless) the frame to decode it. A stream
+    larger than its frame must end with its end marker: refused, naming the instance and frame, within 4 × the
+    frame; the untouched stream decodes to pydicom's frame."""
+    from pydicom.encaps import encapsulate, get_frame
+
+    path = mutants.SINGLE / name
+    reader = CubeReader(mutants.cube_of(path))
+    np.testing.assert_array_equal(reader.frame(0), pixel_array(str(path), index=0, raw=True))
+    ds = pydicom.dcmread(path)
+    size = _declared(reader)
+    stream = bytes(get_frame(ds.PixelData, 0, number_of_frames=1))
+    ds.PixelData = encapsulate([stream + bytes((4 * size + 65536 - len(stream)) & ~1)])
+    out = io.BytesIO()
+    ds.save_as(out)
+    crafted = CubeReader(mutants.cube_of(out.getvalue()))
+    err, peak = _peak(lambda: crafted.frame(0))
+    assert isinstance(err, CodecError), err
+    assert f"{crafted.meta.names[0]}: frame 0 cannot be decoded:" in str(err) and "end marker" in str(err)
+    assert peak <= 4 * size, peak / size

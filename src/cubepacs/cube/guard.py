@@ -233,11 +233,11 @@ def ends_complete(data: bytes | memoryview, what: str) -> None:
     >>> ends_complete(bytes.fromhex("ffd8 0102 1234"), "JPEG-LS")
     Traceback (most recent call last):
     ...
-    cubepacs.errors.CodecError: JPEG-LS codestream does not end with its end marker (truncated?)
+    cubepacs.errors.CodecError: JPEG-LS codestream does not end with its end marker (truncated, or bytes after it?)
     """
     tail = bytes(data[-16:]).rstrip(b"\x00\xff") if len(data) >= 2 else b""
     if not tail.endswith(b"\xff\xd9") and not bytes(data[-16:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise CodecError(f"{what} codestream does not end with its end marker (truncated?)")
+        raise CodecError(f"{what} codestream does not end with its end marker (truncated, or bytes after it?)")
 
 
 def work_bound(frame_bytes: int, factor: int) -> int:
@@ -430,9 +430,11 @@ def check_native_value(
 def check_codestream(ts: str, data: bytes | memoryview, rows: int, cols: int, spp: int, bits: int) -> None:
     """The codestream of one frame under transfer syntax ``ts``, checked against the frame's geometry before any
     decoder (or a copy) sees it: at most :func:`work_bound` (4 × the frame + 64 KB), an RLE header of samples ×
-    bytes segments, a JPEG-LS stream that ends with its end marker, a JPEG / JPEG-LS / J2K header (SOF, SIZ) of
-    these rows, columns and samples and at most these bits. Reads only the stream's first 64 KB and last 16 bytes,
-    so ``data`` may be a view of a larger value. Other syntaxes: only the size bound.
+    bytes segments, a JPEG-LS stream — or any JPEG / J2K stream larger than its frame — that ends with its end
+    marker (bytes after it are copied by pydicom and again by a plugin: a J2K frame padded to the bound took 9.8 ×
+    the frame), a JPEG / JPEG-LS / J2K header (SOF, SIZ) of these rows, columns and samples and at most these
+    bits. Reads only the stream's first 64 KB and last 16 bytes, so ``data`` may be a view of a larger value. Other
+    syntaxes: only the size bound.
 
     Example
     -------
@@ -451,8 +453,8 @@ def check_codestream(ts: str, data: bytes | memoryview, rows: int, cols: int, sp
         return
     if ts not in J2K and ts not in JPEG:
         return
-    if ts in JPEG_LS:
-        ends_complete(data, "JPEG-LS")
+    if ts in JPEG_LS or len(data) > rows * cols * spp * max(bits, 8) // 8:  # larger than its frame: nothing trails
+        ends_complete(data, "JPEG-LS" if ts in JPEG_LS else "JPEG 2000" if ts in J2K else "JPEG")
     got = j2k_header(data) if ts in J2K else jpeg_header(data)
     if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
         raise CodecError(
