@@ -80,8 +80,8 @@ def _reusable() -> bool:
 def shared(shape: tuple[int, ...], tail: int = TAIL, reuse: bool = True) -> torch.Tensor:
     """A flat float32 tensor in shared memory: room for an image of ``shape`` and ``tail`` values after it (in a
     DataLoader worker, the item then reaches the main process without one more copy, as one tensor). With
-    ``reuse``, a segment of this process's pool that the main process gave back (not 2× larger than needed), else
-    a new one, kept in the pool.
+    ``reuse``, the smallest segment of this process's pool that holds it and that the main process gave back, else
+    a new one, kept in the pool (of ``POOL`` segments: beyond, the smallest leaves it).
 
     >>> flat = shared((2, 3), tail=4)
     >>> flat.numel(), flat.untyped_storage().is_shared()
@@ -91,11 +91,7 @@ def shared(shape: tuple[int, ...], tail: int = TAIL, reuse: bool = True) -> torc
     need = (n + 1) * 4  # the flag after everything
     if reuse and _reusable():
         assert _USE_COUNT is not None
-        free = [
-            s
-            for s in _pool
-            if need <= s.nbytes() <= 2 * need + 65536 and _USE_COUNT(s._cdata) == 1 and float(_flag(s)) == 0.0
-        ]
+        free = [s for s in _pool if need <= s.nbytes() and _USE_COUNT(s._cdata) == 1 and float(_flag(s)) == 0.0]
         if free:
             storage = min(free, key=lambda s: s.nbytes())
             _flag(storage).fill_(1.0)
@@ -105,7 +101,7 @@ def shared(shape: tuple[int, ...], tail: int = TAIL, reuse: bool = True) -> torc
     if reuse and _reusable():
         _pool.append(storage)
         if len(_pool) > POOL:
-            _pool.pop(0)  # freed once its last user drops it
+            _pool.remove(min(_pool, key=lambda s: s.nbytes()))  # the cheapest to make again; freed once unused
     return torch.empty(0, dtype=torch.float32).set_(storage, 0, (n,), (1,))
 
 
