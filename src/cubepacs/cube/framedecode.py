@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 import warnings
 from io import BytesIO, RawIOBase
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -34,12 +34,33 @@ from cubepacs.errors import CodecError, DicomReadError, InvalidCubeError
 
 if TYPE_CHECKING:
     from cubepacs.cube.meta import DicomMeta
-    from cubepacs.cube.reader import CubeReader
 
 _ITEM, _DELIMITER = 0xE000FFFE, 0xE0DDFFFE
 
 
-def whole_frame(reader: CubeReader, i: int, f: int, d: PixelDesc) -> np.ndarray:
+class WholeValues(Protocol):
+    """What :func:`whole_frame` reads of a cube (``CubeReader`` has it; a protocol, so that this module does not
+    import the reader that imports it)."""
+
+    @property
+    def meta(self) -> DicomMeta: ...
+
+    @property
+    def index(self) -> np.ndarray: ...
+
+    @property
+    def source(self) -> str: ...
+
+    def _row(self, i: int, f: int) -> int: ...
+
+    def _blob(self, row: int) -> memoryview: ...
+
+    def _whole_size(self, i: int, d: PixelDesc, data: memoryview, row: int) -> int: ...
+
+    def instance_bytes(self, i: int) -> bytes: ...
+
+
+def whole_frame(reader: WholeValues, i: int, f: int, d: PixelDesc) -> np.ndarray:
     """Frame ``f`` of ``reader``'s instance ``i`` kept whole (``d``: its description): an encapsulated one from its
     stored value (RLE decoded in place, the others by pydicom's decoders given the frame alone), an opaque one by
     pydicom's native decoder reading the frame alone from the value decompressed as it is read
