@@ -7,6 +7,9 @@ errors ignored. Prints the resident set's growth per 1,000 inputs after a warm-u
 and the traced Python allocations' (``tracemalloc`` is not started: a growth the traced memory does not show
 is native memory, a decoder's).
 
+``--jpeg-plugin pylibjpeg`` puts pydicom's pylibjpeg-libjpeg plugin back in front of ours for the JPEG syntaxes
+(wrapped as ours is): the decoder before issue #27's fix, which leaks on corrupted codestreams.
+
 Example: ``nice -n 19 python fuzz/rss.py --seconds 20 jpeg_baseline_rgb_dcmtk_sc.dcm ts_rle_siemens_mr.dcm``.
 """
 
@@ -67,12 +70,29 @@ def growth(path: Path, codec: str, seconds: float) -> tuple[int, float]:
     return n, (rss_mb() - first) / (n - 200) * 1000 if n > 200 else 0.0
 
 
+def use_pylibjpeg() -> None:
+    """pydicom's pylibjpeg-libjpeg plugin as the only decoder of the JPEG syntaxes (wrapped like ours)."""
+    from pydicom.pixels.decoders import pylibjpeg
+    from pydicom.pixels.decoders.base import get_decoder
+
+    from cubepacs.cube import jpegplugin
+    from cubepacs.cube.codecs import _checked_plugin
+
+    for syntax in jpegplugin.SYNTAXES:
+        available = get_decoder(syntax)._available
+        available.clear()
+        available["pylibjpeg"] = _checked_plugin(syntax, pylibjpeg._decode_frame)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--codec", default="zstd")
+    parser.add_argument("--jpeg-plugin", choices=("ours", "pylibjpeg"), default="ours")
     args = parser.parse_args()
+    if args.jpeg_plugin == "pylibjpeg":
+        use_pylibjpeg()
     warnings.filterwarnings("ignore")
     import mutants
 

@@ -41,6 +41,7 @@ from pydicom.pixels import pixel_array
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi, apply_voi_lut
 
 from cubepacs.archive.web import multipart
+from cubepacs.cube.codecs import harden_pydicom
 from tests.archive.conftest import Server, compact_now, free_port, start_server, stop_server, write_config
 from tests.conftest import SERIES, SINGLES, dicom_files
 
@@ -50,6 +51,10 @@ CHEST = dicom_files(next(s for s in SERIES if s.name == "ct_ge_lightspeedvct_che
 SECOND_TENANT = {"mr_12bit_unsigned_siemens.dcm"}  # the same SOP Instance UID as mr_12bit_signed_siemens.dcm
 GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
           "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction")}
+
+# pydicom decodes JPEG as the archive does (cube/jpegplugin.py, libjpeg-turbo), whatever ran before: on lossy
+# frames pylibjpeg-libjpeg differs from it by 1 (tests/cube/test_jpegplugin.py compares the two)
+harden_pydicom()
 
 
 SINGLE_NAMES = {p.name for p in SINGLES}

@@ -21,6 +21,8 @@ decoding plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg, …) are wrapped the sa
 geometry before the plugin sees the bytes, so that every caller — cube frames, rendered images, transcoding,
 ``ds.decompress()`` — gets a declared error. RLE has one plugin, ours (``cube/rle.py``: imagecodecs' PackBits
 decoder into a bounded plane), in place of pylibjpeg-rle (whose decoder panics) and pydicom's pure-Python one.
+The JPEG syntaxes (Baseline, Extended, Lossless) have one plugin too, ours (``cube/jpegplugin.py``: libjpeg-turbo
+through imagecodecs), in place of pylibjpeg-libjpeg (which leaks native memory on corrupted codestreams) and Pillow.
 
 Example
 -------
@@ -358,13 +360,16 @@ def harden_pydicom() -> None:
 
     base.LOGGER.addFilter(_one_line)  # the module's own logger: a parent's filters do not see its records
 
-    from cubepacs.cube import rle
+    from cubepacs.cube import jpegplugin, rle
 
     for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
         available: dict[str, Callable[..., Any]] = decoder._available
         if str(uid) == guard.RLE:  # ours only: pylibjpeg-rle panics, pydicom's own is pure Python (cube/rle.py)
             available.clear()
             available["cubepacs"] = rle.pydicom_plugin
+        if str(uid) in jpegplugin.SYNTAXES:  # ours only: pylibjpeg-libjpeg leaks on corrupted streams (#27)
+            available.clear()
+            available[jpegplugin.NAME] = jpegplugin.decode_frame
         for name, func in list(available.items()):
             if not hasattr(func, "__wrapped__"):
                 available[name] = _checked_plugin(str(uid), func)

@@ -18,6 +18,7 @@ Example
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 from typing import Any
 
@@ -40,18 +41,22 @@ class InvalidValue(ValueError):
     """A value that its VR does not allow (IS "1A"); the message names the tag."""
 
 
-_VR_CACHE: dict[tuple[int, str | None], str] = {}
+VR_CACHE_SIZE = 4096  # (tag, private creator) pairs whose dictionary VR is kept: the data chooses both
+
+
+@functools.lru_cache(maxsize=VR_CACHE_SIZE)
+def _cached_vr(tag: int, creator: str | None) -> str:
+    """The dictionary VR of ``tag`` in the private block of ``creator``, the least recently used pairs dropped past
+    :data:`VR_CACHE_SIZE` — a stream of instances with ever new private tags or creators (hostile or not) does not
+    grow the process."""
+    return _dictionary_vr(tag, {} if creator is None else {(tag >> 16, (tag & 0xFFFF) >> 8): creator})
 
 
 def _vr_of(tag: int, vr: bytes | None, creators: dict[tuple[int, int], str]) -> str:
     if vr is not None:
         return vr.decode("ascii")
     creator = creators.get((tag >> 16, (tag & 0xFFFF) >> 8)) if (tag >> 16) & 1 else None
-    key = (tag, creator)
-    found = _VR_CACHE.get(key)
-    if found is None:
-        found = _VR_CACHE[key] = _dictionary_vr(tag, creators)
-    return found
+    return _cached_vr(tag, creator)
 
 
 def _dictionary_vr(tag: int, creators: dict[tuple[int, int], str]) -> str:
