@@ -25,17 +25,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
-if TYPE_CHECKING:
-    from cubepacs.research.dataset import CubeDataset
-
-__all__ = ["Item", "collate_list", "shared"]
+__all__ = ["Item", "carried", "collate_list", "shared"]
 SMALL = 1024  # tensors of at most this many elements cross a worker boundary packed into one
 CARRY = 1 << 22  # an image of at most this many elements (not already in shared memory) carries them
 TAIL = 15  # float32 values after an image made in shared memory: spacing, origin, orientation, index
@@ -236,37 +232,3 @@ def _collate_items(batch: Sequence[Item], *, collate_fn_map: dict[Any, Any] | No
 
 
 default_collate_fn_map[Item] = _collate_items
-
-
-def slices(ds: CubeDataset, v: int, numbers: np.ndarray) -> _Batch:
-    """Slices ``numbers`` of volume ``v``, decoded into one array; as items and as their batch."""
-    b, shape = len(numbers), (len(numbers), *ds._shapes[v])  # values: each slice's spacing, origin, … index
-    spacing, origin, axes = ds._place(v)
-    values = np.tile([*spacing, *origin.tolist(), *axes[2].tolist(), *axes[1].tolist(), 0.0, 0, 0], (b, 1))
-    values[:, 12] = numbers
-    columns = [(0, 3), (3, 6), (6, 12), (12, 15)]
-    keys = [
-        ("spacing", torch.float32),
-        ("origin", torch.float32),
-        ("orientation", torch.float32),
-        ("index", torch.int64),
-    ]
-    n, exact = int(np.prod(shape)), bool((np.abs(values[:, 12:]) < 1 << 24).all())
-    flat = shared(shape, TAIL * b, ds.reuse_buffers) if get_worker_info() is not None and exact else None
-    image = ds._decode(v, numbers, out=flat.numpy()[:n].reshape(shape) if flat is not None else None)
-    source = ds.paths[ds.volumes[v][0]]
-    if flat is not None:  # image and metadata in one tensor in shared memory: one to send, no copy
-        flat[n:] = torch.from_numpy(np.concatenate([values[:, a:z].ravel() for a, z in columns]).astype(np.float32))
-        layout: list[tuple[str, torch.dtype, tuple[int, ...], int]] = [("image", torch.float32, shape, 0)]
-        layout += [(key, dtype, (b, z - a), n + b * a) for (key, dtype), (a, z) in zip(keys, columns, strict=True)]
-        batch = carried(flat, layout, ds.reuse_buffers, source=[source] * b)
-    else:
-        batch = Item(
-            image=torch.from_numpy(image),
-            **{
-                key: torch.from_numpy(np.ascontiguousarray(values[:, a:z])).to(dtype)
-                for (key, dtype), (a, z) in zip(keys, columns, strict=True)
-            },
-            source=[source] * b,
-        )
-    return _Batch(batch, source)

@@ -66,7 +66,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra names what to install
     raise ImportError("cubepacs.research.dataset needs PyTorch: pip install 'cubepacs[torch]'") from exc
 
-from cubepacs.research.batching import _SENT_ALONE, TAIL, Item, carried, collate_list, shared, slices
+from cubepacs.research.batching import _SENT_ALONE, TAIL, Item, _Batch, carried, collate_list, shared
 
 __all__ = ["CubeDataset", "Geometry", "Item", "collate_list", "geometry"]
 
@@ -381,7 +381,7 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         at = np.searchsorted(self._starts, indices, side="right") - 1
         if (at != at[0]).any():
             return [self[i] for i in indices]
-        return slices(self, int(at[0]), np.asarray(indices, np.int64) - self._starts[at[0]])
+        return _slices(self, int(at[0]), np.asarray(indices, np.int64) - self._starts[at[0]])
 
     def __getitem__(self, idx: int) -> Item:
         if not 0 <= idx < len(self):
@@ -417,3 +417,37 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
         if self.pad == "edge":
             return np.pad(patch, missing, mode="edge")
         return np.pad(patch, missing, mode="constant", constant_values=self.pad_value)
+
+
+def _slices(ds: CubeDataset, v: int, numbers: np.ndarray) -> _Batch:
+    """Slices ``numbers`` of volume ``v``, decoded into one array; as items and as their batch."""
+    b, shape = len(numbers), (len(numbers), *ds._shapes[v])  # values: each slice's spacing, origin, … index
+    spacing, origin, axes = ds._place(v)
+    values = np.tile([*spacing, *origin.tolist(), *axes[2].tolist(), *axes[1].tolist(), 0.0, 0, 0], (b, 1))
+    values[:, 12] = numbers
+    columns = [(0, 3), (3, 6), (6, 12), (12, 15)]
+    keys = [
+        ("spacing", torch.float32),
+        ("origin", torch.float32),
+        ("orientation", torch.float32),
+        ("index", torch.int64),
+    ]
+    n, exact = int(np.prod(shape)), bool((np.abs(values[:, 12:]) < 1 << 24).all())
+    flat = shared(shape, TAIL * b, ds.reuse_buffers) if get_worker_info() is not None and exact else None
+    image = ds._decode(v, numbers, out=flat.numpy()[:n].reshape(shape) if flat is not None else None)
+    source = ds.paths[ds.volumes[v][0]]
+    if flat is not None:  # image and metadata in one tensor in shared memory: one to send, no copy
+        flat[n:] = torch.from_numpy(np.concatenate([values[:, a:z].ravel() for a, z in columns]).astype(np.float32))
+        layout: list[tuple[str, torch.dtype, tuple[int, ...], int]] = [("image", torch.float32, shape, 0)]
+        layout += [(key, dtype, (b, z - a), n + b * a) for (key, dtype), (a, z) in zip(keys, columns, strict=True)]
+        batch = carried(flat, layout, ds.reuse_buffers, source=[source] * b)
+    else:
+        batch = Item(
+            image=torch.from_numpy(image),
+            **{
+                key: torch.from_numpy(np.ascontiguousarray(values[:, a:z])).to(dtype)
+                for (key, dtype), (a, z) in zip(keys, columns, strict=True)
+            },
+            source=[source] * b,
+        )
+    return _Batch(batch, source)
