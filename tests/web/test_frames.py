@@ -15,17 +15,22 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.pixels import pack_bits, pixel_array
 
 from cubepacs.archive.web import multipart
-from cubepacs.cube.codecs import harden_pydicom
 from tests.archive.conftest import Server, compact_now, free_port, start_server, stop_server, wait_until, write_config
 from tests.conftest import SINGLES
+from tests.pixeloracle import reference_decoders
 
 FILES = [next(s for s in SINGLES if s.name == n) for n in
          ("rtdose_32bit_15f.dcm", "enhanced_mr_philips_64f.dcm", "jpeg_baseline_ybr422_us_cine_30f.dcm",
           "seg_1bit_liver.dcm")]
 
-# pydicom decodes JPEG as the archive does (cube/jpegplugin.py, libjpeg-turbo), whatever ran before: on lossy
-# frames pylibjpeg-libjpeg differs from it by 1 (tests/cube/test_jpegplugin.py compares the two)
-harden_pydicom()
+
+
+@pytest.fixture(autouse=True)
+def _pydicoms_own_decoders() -> Iterator[None]:
+    """The oracle decodes with pydicom's own plugins (Pillow for lossy JPEG), not the project's ones that
+    importing cubepacs installs (tests/pixeloracle.py)."""
+    with reference_decoders():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -41,9 +41,9 @@ from pydicom.pixels import pixel_array
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi, apply_voi_lut
 
 from cubepacs.archive.web import multipart
-from cubepacs.cube.codecs import harden_pydicom
 from tests.archive.conftest import Server, compact_now, free_port, start_server, stop_server, write_config
 from tests.conftest import SERIES, SINGLES, dicom_files
+from tests.pixeloracle import reference_decoders
 
 CT = next(s for s in SINGLES if s.name == "ct_ge_small_signed.dcm")
 MR = next(s for s in SINGLES if s.name == "ts_explicit_le_siemens_mr.dcm")
@@ -52,9 +52,14 @@ SECOND_TENANT = {"mr_12bit_unsigned_siemens.dcm"}  # the same SOP Instance UID a
 GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
           "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction")}
 
-# pydicom decodes JPEG as the archive does (cube/jpegplugin.py, libjpeg-turbo), whatever ran before: on lossy
-# frames pylibjpeg-libjpeg differs from it by 1 (tests/cube/test_jpegplugin.py compares the two)
-harden_pydicom()
+
+
+@pytest.fixture(autouse=True)
+def _pydicoms_own_decoders() -> Iterator[None]:
+    """The oracle decodes with pydicom's own plugins (Pillow for lossy JPEG), not the project's ones that
+    importing cubepacs installs (tests/pixeloracle.py)."""
+    with reference_decoders():
+        yield
 
 
 SINGLE_NAMES = {p.name for p in SINGLES}

@@ -1,0 +1,54 @@
+"""pydicom's own decoders, as installed, for the tests' oracles.
+
+``cube/codecs.harden_pydicom`` (run when ``cubepacs.cube.codecs`` is imported) makes the project's plugins the only
+ones pydicom has for RLE Lossless (``cube/rle.py``) and the JPEG syntaxes (``cube/jpegplugin.py``), process-wide —
+so in a test process a plain ``pixel_array`` decodes those with the code under test. An oracle must not: inside
+:func:`reference_decoders` pydicom decodes RLE with its own pure-Python decoder, lossy JPEG with its Pillow plugin
+(then pylibjpeg-libjpeg, for what Pillow cannot: 12-bit) and lossless JPEG with pylibjpeg-libjpeg.
+
+Example
+-------
+>>> from pydicom.pixels import pixel_array
+>>> with reference_decoders():
+...     pixel_array("../shared/data/single/ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm").shape
+(384, 384)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+RLE = "1.2.840.10008.1.2.5"
+LOSSY_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+LOSSLESS_JPEG = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+
+
+def _references() -> dict[str, dict[str, Callable[..., Any]]]:
+    from pydicom.pixels.decoders import pillow, pylibjpeg, rle
+
+    lossy = {"pillow": pillow._decode_frame, "pylibjpeg": pylibjpeg._decode_frame}
+    lossless = {"pylibjpeg": pylibjpeg._decode_frame}
+    return {RLE: {"pydicom": rle._decode_frame}, **{u: lossy for u in LOSSY_JPEG},
+            **{u: lossless for u in LOSSLESS_JPEG}}
+
+
+@contextmanager
+def reference_decoders() -> Iterator[None]:
+    """pydicom's own plugins for RLE and JPEG while the block runs, the project's again after it."""
+    from pydicom.pixels.decoders import base
+
+    refs, saved = _references(), {}
+    for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
+        if str(uid) in refs:
+            saved[str(uid)] = dict(decoder._available)
+            decoder._available.clear()
+            decoder._available.update(refs[str(uid)])
+    try:
+        yield
+    finally:
+        for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
+            if str(uid) in saved:
+                decoder._available.clear()
+                decoder._available.update(saved[str(uid)])
