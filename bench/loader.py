@@ -167,12 +167,20 @@ def batches(counts: list[int], per_volume: int, mode: str, size: int, limit: int
 
 
 def rate(
-    dataset: Any, workers: int, limit: int, batch: int, counts: list[int], mode: str, collate: Any = None
+    dataset: Any, workers: int, limit: int, batch: int, counts: list[int], mode: str, collate: Any = None,
+    chunk: int = 0,
 ) -> float:
-    """Items per second through a DataLoader (worker start-up included: ``persistent_workers=False``)."""
+    """Items per second through a DataLoader (worker start-up included: ``persistent_workers=False``); ``chunk``:
+    one by one through ``iter_items`` (the workers asked for ``chunk`` items at a time)."""
     import torch
 
-    if batch:
+    from cubepacs.research.loading import iter_items
+
+    loader: Any
+    if chunk and not batch:
+        indices = [i % len(dataset) for i in range(limit)]
+        loader = iter_items(dataset, indices, chunk=chunk, num_workers=workers)
+    elif batch:
         groups = batches(counts, PER_VOLUME, mode, batch, limit)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=groups, num_workers=workers, collate_fn=collate)
     else:
@@ -305,6 +313,8 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="a row per slice setting: a loader doing nothing")
     parser.add_argument("--ab", action="store_true", help="same-run A/B rows: batched fetch, buffer reuse")
     parser.add_argument("--modes", default="slice,patch", help="rows to measure: slice, patch or both")
+    parser.add_argument("--chunk", type=int, default=16, help="slices one by one through iter_items, both sides "
+                        "asking the workers for this many at a time (0: no such row)")
     parser.add_argument("--no-settle", action="store_true")
     args = parser.parse_args()
     import torch
@@ -350,6 +360,9 @@ def main() -> None:
                         label = f"{'patches' if mode == 'patch' else 'slices'} vs pydicom{suffix}"
                         kw = {"workers": workers, "limit": limit, "batch": batch, "counts": ours.counts, "mode": mode}
                         compare(label, ours, anchor, args.rounds, **kw)
+                        if args.chunk and not batch and mode == "slice":
+                            compare(f"  one by one, chunks of {args.chunk}", ours, anchor, args.rounds,
+                                    **kw, chunk=args.chunk)  # both sides through iter_items
                         if args.floor and mode == "slice" and not cache:
                             compare("slices: no work vs pydicom", Floor(anchor), anchor, args.rounds, **kw)
                         if args.ab and mode == "slice" and batch and not cache:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -250,19 +251,26 @@ def test_reoriented_volumes_put_each_voxel_where_the_files_say(tmp_path: Path, c
         CubeDataset(tmp_path, mode="volume", orientation="LPR")
 
 
+def _ct_and_t1(folder: Path) -> tuple[Any, int, list[pydicom.Dataset]]:
+    """Slices of the CT and the T1 as blosc2 cubes in ``folder``: the dataset, the CT's first index, the CT's files
+    in position order (pydicom's reading)."""
+    import cubepacs
+    from cubepacs.research.dataset import CubeDataset
+
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(CT)), folder / "ct.dcbs", codec="blosc2")
+    cubepacs.save(cubepacs.load_from_dicom_folder(str(T1)), folder / "t1.dcbs", codec="blosc2")
+    slices = CubeDataset(folder, mode="slice")
+    ct = next(v for v in range(len(slices.volumes)) if slices.paths[slices.volumes[v][0]].endswith("ct.dcbs"))
+    return slices, int(slices._starts[ct]), _by_position(dicom_files(CT))
+
+
 def test_batched_slices_equal_the_items_one_by_one(tmp_path: Path) -> None:
     """``__getitems__`` (a DataLoader's batched fetch: one decode pass into one array, the batch made there) gives
     what ``dataset[i]`` gives, key by key, through the default collate with 0 and 2 workers and through
     ``collate_list``, where a batch across two volumes is made item by item. The voxels are pydicom's."""
-    import cubepacs
-    from cubepacs.research.dataset import CubeDataset, collate_list
+    from cubepacs.research.dataset import collate_list
 
-    cubepacs.save(cubepacs.load_from_dicom_folder(str(CT)), tmp_path / "ct.dcbs", codec="blosc2")
-    cubepacs.save(cubepacs.load_from_dicom_folder(str(T1)), tmp_path / "t1.dcbs", codec="blosc2")
-    slices = CubeDataset(tmp_path, mode="slice")
-    ct = next(v for v in range(len(slices.volumes)) if slices.paths[slices.volumes[v][0]].endswith("ct.dcbs"))
-    start = int(slices._starts[ct])
-    refs = _by_position(dicom_files(CT))
+    slices, start, refs = _ct_and_t1(tmp_path)
     groups = [list(range(start + 3, start + 19)), [start + 99], [start, start + 1, start + 2]]
     for workers in (0, 2):
         loader = torch.utils.data.DataLoader(slices, batch_sampler=groups, num_workers=workers)
@@ -341,3 +349,30 @@ def test_items_one_by_one_from_workers_reuse_buffers_safely(tmp_path: Path) -> N
         for item in torch.utils.data.DataLoader(slices, sampler=order, batch_size=None, num_workers=2)
     ]
     assert again == order
+
+
+def test_items_one_at_a_time_fetched_in_chunks(tmp_path: Path) -> None:
+    """``iter_items``: every item in the order asked (in order, then a random permutation across two volumes and
+    the patch mode), one at a time, equal to ``dataset[i]`` key by key with 0 and 2 workers — held to the end, so
+    reused memory would show — and the CT's voxels are pydicom's."""
+    from cubepacs.research.dataset import CubeDataset
+    from cubepacs.research.loading import iter_items
+
+    slices, start, refs = _ct_and_t1(tmp_path)
+    shuffled = torch.randperm(len(slices), generator=torch.Generator().manual_seed(3)).tolist()[:70]
+    for order in (list(range(start, start + 40)), shuffled):
+        for workers in (0, 2):
+            held = list(iter_items(slices, order, chunk=16, num_workers=workers))
+            assert len(held) == len(order), workers
+            for i, item in zip(order, held, strict=True):
+                here = slices[i]
+                assert list(item) == list(here) and item["source"] == here["source"], (i, workers)
+                for key in ("image", "spacing", "origin", "orientation", "index"):
+                    assert item[key].dtype == here[key].dtype and torch.equal(item[key], here[key]), (i, key)
+                if start <= i < start + len(refs):
+                    np.testing.assert_array_equal(item["image"].numpy(), _rescaled(refs[i - start]))
+    patches = CubeDataset(tmp_path, mode="patch", patch_size=(4, 32, 32), patches_per_volume=3, seed=1)
+    assert all(torch.equal(item["image"], patches[i]["image"]) for i, item in
+               zip(range(len(patches)), iter_items(patches, chunk=4, num_workers=2), strict=True))
+    with pytest.raises(TypeError, match="batch_size"):
+        list(iter_items(slices, batch_size=4))

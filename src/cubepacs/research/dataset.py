@@ -239,6 +239,12 @@ class CubeDataset(Dataset):  # type: ignore[type-arg]
             return len(self.volumes) * self.per_volume
         return int(self._starts[-1])
 
+    def volume_of(self, idx: int) -> int:
+        """The volume item ``idx`` comes from (``iter_items`` asks workers for runs of one volume)."""
+        if self.mode == "slice":
+            return int(np.searchsorted(self._starts, idx, side="right")) - 1
+        return idx // self.per_volume if self.mode == "patch" else idx
+
     def _frame(self, reader: CubeReader, number: int) -> np.ndarray:
         """Series frame ``number`` as stored values, decoded into a buffer reused for the next frame."""
         i = reader.locate(number)[0]
