@@ -50,6 +50,8 @@ import httpx
 import numpy as np
 import pydicom
 
+from tests.pixeloracle import reference_decoders, same_pixels
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "fidelity-key-0123456789"
 KEY_JPEG = "fidelity-jpeg-key-0123456789"
@@ -75,12 +77,13 @@ def _read(data: bytes, pixels: bool = True) -> Any:
 _ORIGINAL_PIXELS: dict[int, np.ndarray | None] = {}  # id(stored bytes) -> pydicom's decoding, once each
 _ORIGINAL_VALUES: dict[tuple[int, bool], dict[int, Any]] = {}  # (id(stored bytes), implicit) -> its values
 _ORIGINAL_IDS: dict[int, tuple[str, str]] = {}  # id(stored bytes) -> (SOP Instance UID, file meta's)
+_ORIGINAL_SYNTAX: dict[int, str] = {}  # id(stored bytes) -> its Transfer Syntax UID
 
 
 def pixels_of(data: bytes | Any) -> np.ndarray | None:
     """pydicom's decoding of a file's pixels (the oracle; ``data``: its bytes or pydicom's reading of them), None
     when pydicom cannot decode them."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), reference_decoders():  # pydicom's own plugins, not the project's
         warnings.simplefilter("ignore")
         try:
             return np.asarray((_read(data) if isinstance(data, bytes) else data).pixel_array)
@@ -139,6 +142,7 @@ def _verdict(stored: bytes, received: bytes, syntax: str | None) -> str:
     if key not in _ORIGINAL_VALUES or id(stored) not in _ORIGINAL_IDS:  # the stored file read once
         a = _read(stored, pixels=False)
         _ORIGINAL_IDS[id(stored)] = (str(a.get("SOPInstanceUID")), str(a.file_meta.get("MediaStorageSOPInstanceUID")))
+        _ORIGINAL_SYNTAX[id(stored)] = str(a.file_meta.get("TransferSyntaxUID", ""))
         _ORIGINAL_VALUES[key] = _values(a, implicit)
     b = _read(received)  # read once, pixels and all
     if str(b.get("SOPInstanceUID")) != _ORIGINAL_IDS[id(stored)][0]:
@@ -153,7 +157,7 @@ def _verdict(stored: bytes, received: bytes, syntax: str | None) -> str:
     original = _ORIGINAL_PIXELS.get(id(stored)) if id(stored) in _ORIGINAL_PIXELS else pixels_of(stored)
     if original is not None:
         got = pixels_of(b)
-        if got is None or got.shape != original.shape or not np.array_equal(got, original):
+        if got is None or not same_pixels(got, original, _ORIGINAL_SYNTAX.get(id(stored), "")):
             return f"pixels differ (in {ts})"
     return "same"
 
@@ -409,7 +413,7 @@ class Matrix:
         for sop, data in self.stored.items():
             r = self.rows[sop]
             url = f"/dicom-web/studies/{r['study']}/series/{r['series']}/instances/{sop}"
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), reference_decoders():
                 warnings.simplefilter("ignore")
                 try:
                     values: np.ndarray | None = np.asarray(pixel_array(io.BytesIO(data), index=0, raw=True))
@@ -432,7 +436,9 @@ class Matrix:
                 ok = value == pack_bits(values, pad=False)
             else:
                 want = values.transpose(2, 0, 1) if values.ndim == 3 and said["00280006"] == 1 else values
-                ok = value == np.ascontiguousarray(want.astype(want.dtype.newbyteorder("<"))).tobytes()
+                stored_syntax = str(_read(data, pixels=False).file_meta.get("TransferSyntaxUID", ""))
+                served = np.frombuffer(value, want.dtype.newbyteorder("<")) if len(value) == want.nbytes else None
+                ok = served is not None and same_pixels(served.reshape(want.shape), want, stored_syntax)
             verdicts[sop] = "same" if ok else f"frame differs ({said['00280004']}, planar {said['00280006']})"
         return {"frames": verdicts}
 

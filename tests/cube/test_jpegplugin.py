@@ -26,7 +26,7 @@ from pydicom.pixels.decoders import pillow as pydicom_pillow
 from pydicom.pixels.decoders import pylibjpeg as pydicom_pylibjpeg
 from pydicom.pixels.decoders.base import get_decoder
 
-from cubepacs.cube import framedecode, jpegplugin
+from cubepacs.cube import framedecode, guard, jpegplugin
 from cubepacs.cube.codecs import harden_pydicom
 from cubepacs.cube.reader import CubeReader
 from cubepacs.errors import CodecError
@@ -223,3 +223,41 @@ def test_corrupted_frames_do_not_grow_the_process(name: str) -> None:
     grown, refused = _growth(path, "ours", 1000)
     assert leaked > 10, f"pylibjpeg-libjpeg grew {leaked:.1f} MB: the test no longer shows the leak"
     assert grown < 5, f"{grown:.1f} MB over 1,000 corrupted frames ({refused} refused)"
+
+
+def _jpeg_ls_files() -> list[Path]:
+    out = []
+    for path in sorted(mutants.DATA.rglob("*")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if str(ds.file_meta.TransferSyntaxUID) in guard.JPEG_LS and "Rows" in ds:
+                out.append(path)
+        except Exception:
+            continue
+    return out
+
+
+def test_jpeg_ls_is_charls_alone_and_equals_pylibjpeg() -> None:
+    """JPEG-LS is decoded by pydicom's pyjpegls plugin (CharLS) alone — pylibjpeg-libjpeg leaks on corrupted
+    JPEG-LS streams too — and every frame of every JPEG-LS file of the data set equals pylibjpeg-libjpeg's (the
+    other implementation; JPEG-LS decoding is exact)."""
+    from pydicom.pixels.decoders import pyjpegls as pydicom_pyjpegls
+
+    files = _jpeg_ls_files()
+    assert files, "no JPEG-LS file in ../shared/data"
+    for syntax in guard.JPEG_LS:
+        assert list(get_decoder(syntax)._available) == ["pyjpegls"], syntax
+    for path in files:
+        syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        ours = _pixels(path, raw=True)
+        decoder = get_decoder(syntax)
+        saved = dict(decoder._available)
+        decoder._available.clear()
+        decoder._available["pylibjpeg"] = pydicom_pylibjpeg._decode_frame
+        try:
+            theirs = _pixels(path, raw=True)
+        finally:
+            decoder._available.clear()
+            decoder._available.update(saved)
+        np.testing.assert_array_equal(ours, theirs, err_msg=path.name)
+        assert pydicom_pyjpegls.is_available(syntax)
