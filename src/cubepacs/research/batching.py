@@ -8,10 +8,10 @@ of 512² float32 are 4,096 pages, about half of a batch's cost in a worker here.
 made in a segment of this process's pool (:func:`shared`), with the item's metadata after it; the segment goes back
 to the pool once the main process holds no tensor of it any more: the main process notes each segment it receives
 (:func:`_rebuild_item`) and, at the next one, marks those it no longer uses free in their last word, which the
-worker reads before reusing one. Nothing is reused while any tensor of it (a view, a NumPy array over it) is alive
-in the main process. A tensor received from a worker and sent on to a third process with ``torch.multiprocessing``
-must be cloned first (or the dataset made with ``reuse_buffers=False``): the main process cannot see that
-process's use.
+worker reads before reusing one. Nothing is reused while any tensor of it (a view, a NumPy array over it) or its
+storage object (``tensor.untyped_storage()``) is alive in the main process. A tensor received from a worker and
+sent on to a third process with ``torch.multiprocessing`` must be cloned first (or the dataset made with
+``reuse_buffers=False``): the main process cannot see that process's use.
 
 Example
 -------
@@ -23,6 +23,7 @@ Example
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any, overload
@@ -101,14 +102,25 @@ def shared(shape: tuple[int, ...], tail: int = TAIL, reuse: bool = True) -> torc
     return torch.empty(0, dtype=torch.float32).set_(storage, 0, (n,), (1,))
 
 
+def _refs(held: dict[int, Any], key: int) -> int:
+    """Python's references to ``held[key]``, counted alike here and for :data:`_ALONE`."""
+    value = held[key]
+    return sys.getrefcount(value)
+
+
+_ALONE = _refs({0: object()}, 0)  # what _refs counts for an object that only its dict holds
+
+
 def _received(packed: torch.Tensor) -> None:
     """In the main process: a pooled segment arrived; the ones received before and no longer used go back."""
     if _USE_COUNT is None:
         return
     with _lock:
-        for key, storage in list(_held.items()):
-            if _USE_COUNT(storage._cdata) == 1:  # only _held: no tensor of it is left
-                _flag(storage).fill_(0.0)
+        for key in list(_held):
+            # only _held: no tensor of it is left (C++ references), nor its storage object elsewhere (Python's: a
+            # `tensor.untyped_storage()` or `.storage()` kept alone is this very object, one C++ reference for all)
+            if _USE_COUNT(_held[key]._cdata) == 1 and _refs(_held, key) == _ALONE:
+                _flag(_held[key]).fill_(0.0)
                 del _held[key]
         storage = packed.untyped_storage()
         _held[id(storage)] = storage
