@@ -177,14 +177,13 @@ def rate(
     from cubepacs.research.loading import iter_items
 
     loader: Any
+    indices = [i % len(dataset) for i in range(limit)]  # every item, and again: worker start-up amortised
     if chunk and not batch:
-        indices = [i % len(dataset) for i in range(limit)]
         loader = iter_items(dataset, indices, chunk=chunk, num_workers=workers)
     elif batch:
         groups = batches(counts, PER_VOLUME, mode, batch, limit)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=groups, num_workers=workers, collate_fn=collate)
     else:
-        indices = [i % len(dataset) for i in range(limit)]  # every item, and again: worker start-up amortised
         loader = torch.utils.data.DataLoader(dataset, sampler=indices, batch_size=None, num_workers=workers)
     start = time.perf_counter()
     n = 0

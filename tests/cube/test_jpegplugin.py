@@ -250,14 +250,7 @@ def test_jpeg_ls_is_charls_alone_and_equals_pylibjpeg() -> None:
     for path in files:
         syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
         ours = _pixels(path, raw=True)
-        decoder = get_decoder(syntax)
-        saved = dict(decoder._available)
-        decoder._available.clear()
-        decoder._available["pylibjpeg"] = pydicom_pylibjpeg._decode_frame
-        try:
+        with plugin(syntax, "pylibjpeg"):
             theirs = _pixels(path, raw=True)
-        finally:
-            decoder._available.clear()
-            decoder._available.update(saved)
         np.testing.assert_array_equal(ours, theirs, err_msg=path.name)
         assert pydicom_pyjpegls.is_available(syntax)
