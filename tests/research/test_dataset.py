@@ -208,6 +208,12 @@ def test_dataset_gives_every_item_of_every_file_of_the_data_set(tmp_path: Path) 
     shapes = {tuple(patches[i]["image"].shape) for i in range(len(patches))}
     assert shapes == {(4, 64, 64), (4, 64, 64, 3)}  # grey and colour, padded where smaller
     assert all(slices[i]["image"].ndim in (2, 3) for i in range(0, len(slices), 37))
+    from cubepacs.research.loading import iter_items  # every file's slices, one at a time from 2 workers in chunks
+
+    shuffled = torch.randperm(len(slices), generator=torch.Generator().manual_seed(5)).tolist()
+    picked = sorted(shuffled[: len(slices) // 4])
+    for i, item in zip(picked, iter_items(slices, picked, num_workers=2), strict=True):
+        assert item["source"] == slices[i]["source"] and torch.equal(item["image"], slices[i]["image"]), i
 
 
 @pytest.mark.parametrize("code", ["LPS", "RAS"])
