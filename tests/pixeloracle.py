@@ -1,10 +1,11 @@
 """pydicom's own decoders, as installed, for the tests' oracles.
 
 ``cube/codecs.harden_pydicom`` (run when ``cubepacs.cube.codecs`` is imported) makes the project's plugins the only
-ones pydicom has for RLE Lossless (``cube/rle.py``) and the JPEG syntaxes (``cube/jpegplugin.py``), process-wide —
-so in a test process a plain ``pixel_array`` decodes those with the code under test. An oracle must not: inside
-:func:`reference_decoders` pydicom decodes RLE with its own pure-Python decoder, lossy JPEG with its Pillow plugin
-(then pylibjpeg-libjpeg, for what Pillow cannot: 12-bit) and lossless JPEG with pylibjpeg-libjpeg.
+ones pydicom has for RLE Lossless (``cube/rle.py``), the JPEG syntaxes (``cube/jpegplugin.py``), JPEG-LS and
+JPEG 2000 (``cube/pydicomview.py``), process-wide — so in a test process a plain ``pixel_array`` decodes those with
+the code under test. An oracle must not: inside :func:`reference_decoders` pydicom decodes RLE with its own
+pure-Python decoder, lossy JPEG with its Pillow plugin (then pylibjpeg-libjpeg, for what Pillow cannot: 12-bit),
+lossless JPEG with pylibjpeg-libjpeg, JPEG 2000 with pylibjpeg-openjpeg and JPEG-LS with pyjpegls.
 
 Example
 -------
@@ -21,17 +22,21 @@ from contextlib import contextmanager
 from typing import Any
 
 RLE = "1.2.840.10008.1.2.5"
+J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+       "1.2.840.10008.1.2.4.203")  # fmt: skip
+JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 LOSSY_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 LOSSLESS_JPEG = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
 
 
 def _references() -> dict[str, dict[str, Callable[..., Any]]]:
-    from pydicom.pixels.decoders import pillow, pylibjpeg, rle
+    from pydicom.pixels.decoders import pillow, pyjpegls, pylibjpeg, rle
 
     lossy = {"pillow": pillow._decode_frame, "pylibjpeg": pylibjpeg._decode_frame}
     lossless = {"pylibjpeg": pylibjpeg._decode_frame}
     return {RLE: {"pydicom": rle._decode_frame}, **{u: lossy for u in LOSSY_JPEG},
-            **{u: lossless for u in LOSSLESS_JPEG}}
+            **{u: lossless for u in LOSSLESS_JPEG}, **{u: {"pylibjpeg": pylibjpeg._decode_frame} for u in J2K},
+            **{u: {"pyjpegls": pyjpegls._decode_frame} for u in JPEG_LS}}
 
 
 @contextmanager

@@ -196,3 +196,47 @@ def test_a_codestream_padded_past_its_end_marker_is_refused_before_it_is_copied(
     assert isinstance(err, CodecError), err
     assert f"{crafted.meta.names[0]}: frame 0 cannot be decoded:" in str(err) and "end marker" in str(err)
     assert peak <= 4 * size, peak / size
+
+
+ENCAPSULATED = sorted(
+    p.name for p in mutants.SINGLE.glob("*.dcm")
+    if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
+    and pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.5"
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ENCAPSULATED)
+def test_a_codestream_padded_inside_before_its_end_marker_decodes_within_the_bound(name: str) -> None:
+    """Every JPEG, JPEG-LS, J2K and HTJ2K file of ../shared/data, its first frame's codestream padded *inside*:
+    zeros put before its end marker, up to the size bound (4 × the frame + 64 KiB) — a consistent header, an end
+    marker at the end, and decoders that skip the zeros. pydicom copied the stream out of the value and the J2K
+    plugin copied it again: 9.8 × (J2K) and 6.2 × (JPEG Lossless) the frame. The frame's codestream is now handed
+    to the decoder as a view of the stored value: decoded (to what pydicom's own plugins make of the crafted file)
+    or refused (a ``CodecError`` naming the instance and frame), within 4 × the frame either way."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from tests.pixeloracle import reference_decoders, same_pixels
+
+    path = mutants.SINGLE / name
+    ds = pydicom.dcmread(path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    streams = list(generate_frames(ds.PixelData, number_of_frames=frames))
+    first = streams[0]
+    end = first.rfind(b"\xff\xd9")  # EOI / EOC
+    assert end > 0, name
+    size = _declared(CubeReader(mutants.cube_of(path)))
+    pad = (4 * size + 65536 - len(first)) & ~1
+    streams[0] = first[:end] + bytes(pad - 16) + first[end:]
+    ds.PixelData = encapsulate(streams)
+    out = io.BytesIO()
+    ds.save_as(out)
+    crafted = CubeReader(mutants.cube_of(out.getvalue()))
+    got, peak = _peak(lambda: crafted.frame(0))
+    assert peak <= 4 * size, (peak / size, got)
+    if isinstance(got, Exception):
+        assert isinstance(got, CodecError) and f"{crafted.meta.names[0]}: frame 0 cannot be decoded:" in str(got)
+        return
+    with reference_decoders(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = pixel_array(io.BytesIO(out.getvalue()), index=0, raw=True)
+    assert same_pixels(got, want, str(ds.file_meta.TransferSyntaxUID))

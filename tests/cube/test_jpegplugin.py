@@ -59,8 +59,11 @@ DECODABLE = [(p, s) for p, s in FILES if "Rows" in pydicom.dcmread(p, stop_befor
 
 @contextlib.contextmanager
 def plugin(syntax: str, name: str) -> Iterator[None]:
-    """pydicom's decoder for ``syntax`` with only its own plugin ``name`` (pylibjpeg, pillow), unwrapped."""
-    funcs = {"pylibjpeg": pydicom_pylibjpeg._decode_frame, "pillow": pydicom_pillow._decode_frame}
+    """pydicom's decoder for ``syntax`` with only its own plugin ``name`` (pylibjpeg, pillow, pyjpegls), unwrapped."""
+    from pydicom.pixels.decoders import pyjpegls
+
+    funcs = {"pylibjpeg": pydicom_pylibjpeg._decode_frame, "pillow": pydicom_pillow._decode_frame,
+             "pyjpegls": pyjpegls._decode_frame}  # fmt: skip
     decoder = get_decoder(syntax)
     saved = dict(decoder._available)
     decoder._available.clear()
@@ -188,7 +191,9 @@ LEAK_SCRIPT = textwrap.dedent("""
         from pydicom.pixels.decoders.base import get_decoder
         from cubepacs.cube.codecs import _checked_plugin
         get_decoder(syntax)._available.clear()
-        get_decoder(syntax)._available["pylibjpeg"] = _checked_plugin(syntax, pylibjpeg._decode_frame)
+        def theirs(src, runner):  # given bytes, as pydicom gives them (ours are handed a view of the value)
+            return pylibjpeg._decode_frame(bytes(src), runner)
+        get_decoder(syntax)._available["pylibjpeg"] = _checked_plugin(syntax, theirs)
     rng, refused, first = random.Random(1), 0, 0.0
     for k in range(200 + n):
         if k == 200:
@@ -238,19 +243,18 @@ def _jpeg_ls_files() -> list[Path]:
 
 
 def test_jpeg_ls_is_charls_alone_and_equals_pylibjpeg() -> None:
-    """JPEG-LS is decoded by pydicom's pyjpegls plugin (CharLS) alone — pylibjpeg-libjpeg leaks on corrupted
-    JPEG-LS streams too — and every frame of every JPEG-LS file of the data set equals pylibjpeg-libjpeg's (the
-    other implementation; JPEG-LS decoding is exact)."""
-    from pydicom.pixels.decoders import pyjpegls as pydicom_pyjpegls
-
+    """JPEG-LS is decoded by CharLS alone (``pydicomview.jpegls_frame``, through imagecodecs, from the stored value
+    in place) — pylibjpeg-libjpeg leaks on corrupted JPEG-LS streams — and every frame of every JPEG-LS file of the
+    data set equals pylibjpeg-libjpeg's (the other implementation; JPEG-LS decoding is exact) and pydicom's pyjpegls
+    plugin's."""
     files = _jpeg_ls_files()
     assert files, "no JPEG-LS file in ../shared/data"
     for syntax in guard.JPEG_LS:
-        assert list(get_decoder(syntax)._available) == ["pyjpegls"], syntax
+        assert list(get_decoder(syntax)._available) == ["cubepacs-jpegls"], syntax
     for path in files:
         syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
         ours = _pixels(path, raw=True)
-        with plugin(syntax, "pylibjpeg"):
-            theirs = _pixels(path, raw=True)
-        np.testing.assert_array_equal(ours, theirs, err_msg=path.name)
-        assert pydicom_pyjpegls.is_available(syntax)
+        for name in ("pylibjpeg", "pyjpegls"):
+            with plugin(syntax, name):
+                theirs = _pixels(path, raw=True)
+            np.testing.assert_array_equal(ours, theirs, err_msg=f"{path.name} against {name}")

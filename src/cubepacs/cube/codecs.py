@@ -360,8 +360,9 @@ def harden_pydicom() -> None:
 
     base.LOGGER.addFilter(_one_line)  # the module's own logger: a parent's filters do not see its records
 
-    from cubepacs.cube import jpegplugin, rle
+    from cubepacs.cube import jpegplugin, pydicomview, rle
 
+    pydicomview.install()  # a frame found in place is decoded from a view of the value, not a copy
     for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
         available: dict[str, Callable[..., Any]] = decoder._available
         if str(uid) == guard.RLE:  # ours only: pylibjpeg-rle panics, pydicom's own is pure Python (cube/rle.py)
@@ -370,8 +371,12 @@ def harden_pydicom() -> None:
         if str(uid) in jpegplugin.SYNTAXES:  # ours only: pylibjpeg-libjpeg leaks on corrupted streams (#27)
             available.clear()
             available[jpegplugin.NAME] = jpegplugin.decode_frame
-        if str(uid) in guard.JPEG_LS and "pyjpegls" in available:  # CharLS only: pylibjpeg-libjpeg leaks here too
-            available.pop("pylibjpeg", None)  # (+3.6 MB per 1,000 corrupted JPEG-LS frames; CharLS 0: security.md)
+        if str(uid) in guard.JPEG_LS:  # CharLS only (pylibjpeg-libjpeg leaks here too: +3.6 MB per 1,000 corrupted
+            available.clear()  # frames, security.md), through imagecodecs: pyjpegls copies the stream
+            available["cubepacs-jpegls"] = pydicomview.jpegls_frame
+        if str(uid) in guard.J2K and "pylibjpeg" in available:  # OpenJPEG read in place, not from a copy
+            available.clear()
+            available["cubepacs-j2k"] = pydicomview.j2k_frame
         for name, func in list(available.items()):
             if not hasattr(func, "__wrapped__"):
                 available[name] = _checked_plugin(str(uid), func)

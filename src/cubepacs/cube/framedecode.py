@@ -29,6 +29,7 @@ from cubepacs.cube import guard, rle, validate
 from cubepacs.cube.codecs import native_call
 from cubepacs.cube.format import WHOLE_VALUE
 from cubepacs.cube.pixels import PixelDesc, to_stored_values
+from cubepacs.cube.pydicomview import FrameView
 from cubepacs.dicom.rawfile import KEY_OPAQUE, PIXEL_TAGS, inflate
 from cubepacs.errors import CodecError, DicomReadError, InvalidCubeError
 
@@ -172,10 +173,11 @@ def _options(d: PixelDesc, **more: Any) -> dict[str, Any]:
 def encapsulated_frame(value: memoryview, d: PixelDesc, syntax: str, index: int, name: str) -> np.ndarray:
     """Frame ``index`` of an encapsulated instance (stored values, as ``pixel_array(raw=True)`` gives them) whose
     whole Pixel Data value is ``value`` and transfer syntax ``syntax``: pydicom's decoder for the syntax is given
-    the value as a file it reads in place (:class:`_View`: only the frame's fragments are copied) and the geometry of
-    the instance's description — no dataset is parsed, so the work is bounded by the frame, not by the instance's
-    metadata; a one-fragment frame's size and header (``guard.check_codestream``) are checked on a view of the
-    value before anything is copied (the plugins check the copy again: ``codecs.harden_pydicom``)."""
+    the value as a file it reads in place (``pydicomview.FrameView``) and the geometry of the instance's
+    description — no dataset is parsed, so the work is bounded by the frame, not by the instance's metadata. A
+    one-fragment frame's size and header (``guard.check_codestream``) are checked on a view of the value, and the
+    decoder is given that view (``pydicomview.install``): nothing of the codestream is copied; a frame of several
+    fragments is joined by pydicom (only its fragments are copied)."""
     from pydicom.pixels.decoders.base import get_decoder
 
     try:
@@ -186,43 +188,11 @@ def encapsulated_frame(value: memoryview, d: PixelDesc, syntax: str, index: int,
         opts = _options(d)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr, _ = native_call("pydicom", get_decoder(syntax).as_array, _View(value), index=index, raw=True, **opts)
+            src = FrameView(value, {} if data is None else {index: data})  # decoded from the view when found
+            arr, _ = native_call("pydicom", get_decoder(syntax).as_array, src, index=index, raw=True, **opts)
         return np.asarray(arr)
     except Exception as exc:  # native_call made a decoder's panic an Exception
         raise CodecError(f"{name}: frame {index} cannot be decoded: {exc}") from None
-
-
-class _View(RawIOBase):
-    """A read-only file over a memoryview: pydicom finds the frame's fragments in it and copies only those (given
-    bytes, it would work on a copy of the whole value).
-
-    Example
-    -------
-    >>> f = _View(memoryview(b"abcdef")); _ = f.seek(2); f.read(3), f.tell()
-    (b'cde', 5)
-    """
-
-    def __init__(self, view: memoryview) -> None:
-        self.view, self.pos = view, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        end = len(self.view) if size is None or size < 0 else min(self.pos + size, len(self.view))
-        out = bytes(self.view[self.pos : end])
-        self.pos = max(self.pos, end)
-        return out
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = max(0, offset if whence == 0 else self.pos + offset if whence == 1 else len(self.view) + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
 
 
 NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
