@@ -258,3 +258,42 @@ def test_jpeg_ls_is_charls_alone_and_equals_pylibjpeg() -> None:
             with plugin(syntax, name):
                 theirs = _pixels(path, raw=True)
             np.testing.assert_array_equal(ours, theirs, err_msg=f"{path.name} against {name}")
+
+
+def _with_frame(path: Path, stream: bytes) -> bytes:
+    """The file at ``path`` with its one frame replaced by ``stream``."""
+    import io
+
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([stream])
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def test_progressive_and_many_scan_streams_are_refused_before_decoding() -> None:
+    """A JPEG stream must be of its syntax's process (PS3.5 A.4.1: Baseline SOF0; Extended SOF0/SOF1; Lossless
+    SOF3) with one scan a component at most: a progressive stream's scans each revisit the whole image, so their
+    number bounds nothing. Made here from the real baseline RGB: its pixels re-encoded progressive by Pillow (SOF2)
+    under JPEG Baseline, and its own stream with its scan repeated 50 times — both refused by the cube (on a view,
+    before decoding) and by pydicom with our plugin, naming the cause; the real stream still decodes."""
+    import io
+
+    from PIL import Image
+
+    path = mutants.SINGLE / "jpeg_baseline_rgb_dcmtk_sc.dcm"
+    ds = pydicom.dcmread(path)
+    stream = bytes(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    buf = io.BytesIO()
+    Image.fromarray(pixel_array(path)).save(buf, "JPEG", progressive=True, quality=90)
+    progressive = buf.getvalue()
+    sos, eoi = stream.index(b"\xff\xda"), stream.rindex(b"\xff\xd9")
+    repeated = stream[:eoi] + stream[sos:eoi] * 50 + stream[eoi:]
+    for crafted, why in ((progressive, "SOF2"), (repeated, "more scans than its 3 components")):
+        data = _with_frame(path, crafted)
+        with pytest.raises(CodecError, match=why):
+            CubeReader(mutants.cube_of(data)).frame(0)
+        with pytest.raises(Exception, match=why), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixel_array(io.BytesIO(data))
+    assert CubeReader(mutants.cube_of(_with_frame(path, stream))).frame(0).shape == (100, 100, 3)

@@ -21,6 +21,7 @@ cubepacs.errors.CodecError: HTJ2K codestream is 16 rows × 24 columns × 1 sampl
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 
 from cubepacs.errors import CodecError
@@ -81,6 +82,11 @@ def j2k_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
 
 def jpeg_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
     """(rows, columns, components, bits) from the SOF segment of a JPEG or JPEG-LS codestream."""
+    return jpeg_sof(data)[1:]
+
+
+def jpeg_sof(data: bytes | memoryview) -> tuple[int, int, int, int, int]:
+    """(SOF marker, rows, columns, components, bits) of a JPEG or JPEG-LS codestream, from its first 64 KB."""
     b = bytes(data[:65536])
     if b[:2] != b"\xff\xd8":
         raise CodecError("not a JPEG codestream (no SOI)")
@@ -99,7 +105,7 @@ def jpeg_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
             bits, rows, cols, comps = b[pos + 4], _u16(b, pos + 5), _u16(b, pos + 7), b[pos + 9]
             if not (2 <= bits <= 16 and rows and cols and 1 <= comps <= 4):
                 raise CodecError(f"JPEG SOF: {rows} × {cols} × {comps}, {bits} bits")
-            return rows, cols, comps, bits
+            return marker, rows, cols, comps, bits
         if marker in (0xDA, 0xD9) or length < 2:
             break
         pos += 2 + length
@@ -238,6 +244,23 @@ def ends_complete(data: bytes | memoryview, what: str) -> None:
     tail = bytes(data[-16:]).rstrip(b"\x00\xff") if len(data) >= 2 else b""
     if not tail.endswith(b"\xff\xd9") and not bytes(data[-16:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise CodecError(f"{what} codestream does not end with its end marker (truncated, or bytes after it?)")
+
+
+def scans_over(data: bytes | memoryview, most: int) -> bool:
+    """Whether a JPEG stream holds more than ``most`` scans (SOS markers, ``FF DA``: in entropy-coded data an
+    ``FF`` is followed by ``00`` or a restart marker only). Searched in place, stopping at the first one too many.
+
+    >>> scans_over(bytes.fromhex("ffd8 ffda 00 ff00 ffda ffd9"), 1), scans_over(bytes.fromhex("ffd8 ffda ffd9"), 1)
+    (True, False)
+    """
+    return any(n >= most for n, _ in enumerate(re.finditer(b"\xff\xda", data)))
+
+
+# the SOF each JPEG transfer syntax admits (PS3.5 A.4.1, 8.2.1; ISO/IEC 10918-1 Table B.1): processes 1; 2 and 4
+# (baseline is a subset); 14; 14 SV1; JPEG-LS (SOF55). Progressive and hierarchical streams are not these syntaxes.
+JPEG_SOF = {"1.2.840.10008.1.2.4.50": (0xC0,), "1.2.840.10008.1.2.4.51": (0xC0, 0xC1),
+            "1.2.840.10008.1.2.4.57": (0xC3,), "1.2.840.10008.1.2.4.70": (0xC3,),
+            "1.2.840.10008.1.2.4.80": (0xF7,), "1.2.840.10008.1.2.4.81": (0xF7,)}  # fmt: skip
 
 
 def work_bound(frame_bytes: int, factor: int) -> int:
@@ -431,10 +454,11 @@ def check_codestream(ts: str, data: bytes | memoryview, rows: int, cols: int, sp
     """The codestream of one frame under transfer syntax ``ts``, checked against the frame's geometry before any
     decoder (or a copy) sees it: at most :func:`work_bound` (4 × the frame + 64 KB), an RLE header of samples ×
     bytes segments, a JPEG-LS stream — or any JPEG / J2K stream larger than its frame — that ends with its end
-    marker (bytes after it are copied by pydicom and again by a plugin: a J2K frame padded to the bound took 9.8 ×
-    the frame), a JPEG / JPEG-LS / J2K header (SOF, SIZ) of these rows, columns and samples and at most these
-    bits. Reads only the stream's first 64 KB and last 16 bytes, so ``data`` may be a view of a larger value. Other
-    syntaxes: only the size bound.
+    marker (nothing trails a stream the decoder is given), a JPEG / JPEG-LS / J2K header (SOF, SIZ) of these rows,
+    columns and samples and at most these bits; a JPEG stream of its syntax's process (:data:`JPEG_SOF`: no
+    progressive or hierarchical stream, whose scans multiply the work) with at most one scan a component. Reads
+    the stream's first 64 KB and last 16 bytes, and a JPEG stream's scan markers in place, so
+    ``data`` may be a view of a larger value. Other syntaxes: only the size bound.
 
     Example
     -------
@@ -455,7 +479,15 @@ def check_codestream(ts: str, data: bytes | memoryview, rows: int, cols: int, sp
         return
     if ts in JPEG_LS or len(data) > rows * cols * spp * max(bits, 8) // 8:  # larger than its frame: nothing trails
         ends_complete(data, "JPEG-LS" if ts in JPEG_LS else "JPEG 2000" if ts in J2K else "JPEG")
-    got = j2k_header(data) if ts in J2K else jpeg_header(data)
+    if ts in J2K:
+        got = j2k_header(data)
+    else:  # a sequential or lossless process (its syntax's SOF), each component in one scan: scans ≤ components
+        sof, *head = jpeg_sof(data)
+        got = (head[0], head[1], head[2], head[3])
+        if sof not in JPEG_SOF[ts]:
+            raise CodecError(f"a JPEG stream of SOF{sof - 0xC0} (marker FF{sof:02X}) under transfer syntax {ts}")
+        if scans_over(data, got[2]):
+            raise CodecError(f"a JPEG stream of more scans than its {got[2]} components")
     if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
         raise CodecError(
             f"codestream is {got[0]} × {got[1]} × {got[2]}, {got[3]} bits; the dataset says "
