@@ -3,7 +3,7 @@ size (rows × columns × samples × max(bits, 8)/8 of the instance's description
 structure-aware mutants of them (``harnesses._targeted``: pool, columns, descriptions, stored blobs, checksums
 recomputed), and a cube corpus when one is given (``fuzz/corpus/cube``, what the cube harness kept).
 
-``python fuzz/bounds.py [--mutants N] [--corpus DIR] [--seed S]``. Two passes per frame: the CPU time of
+``python fuzz/bounds.py [--mutants N] [--corpus DIR] [--seed S] [--opaque-mib M]``. Two passes per frame: the CPU time of
 ``frame(k)`` alone, then its peak of traced allocations (``tracemalloc``: Python objects and numpy buffers; a
 memory-mapped cube's pages are not allocations) over what was allocated before. Prints the largest ratios (frames
 of ≥ 64 KB: the data set's files, then mutants decoded and refused apart), the slowest frame, and the worst
@@ -109,12 +109,54 @@ def measure(name: str, data: bytes, rows: list[dict[str, Any]]) -> None:
         )
 
 
+def opaque_last_frame(mib: int) -> dict[str, Any]:
+    """CPU time of the last and first frame of an opaque value of about ``mib`` MiB: the real big endian RGB
+    (8-bit) made an OW big endian multi-frame instance whose frames are noise (samples ~ N(128, 20): zstd gets ≈ 1.3 :
+    1 — a repeated frame would decompress ten times faster) — an ``opaque`` zstd value: no random access, the value
+    before a frame decompressed to reach it."""
+    import numpy as np
+    import pydicom
+
+    import mutants
+
+    from cubepacs.cube.reader import CubeReader
+
+    ds = pydicom.dcmread(mutants.SINGLE / "rgb_us_big_endian.dcm")
+    value = bytes(ds.PixelData)
+    frames = max((mib << 20) // len(value), 1)
+    rng, pixels = np.random.default_rng(0), bytearray()
+    for start in range(0, frames * len(value), 1 << 24):  # 16 MiB at a time: the floats are 8 bytes a sample
+        n = min(1 << 24, frames * len(value) - start)
+        pixels += rng.normal(128, 20, n).clip(0, 255).astype(np.uint8).tobytes()
+    ds.PixelData = bytes(pixels)
+    del pixels
+    ds["PixelData"].VR = "OW"
+    ds.NumberOfFrames = frames
+    import io
+
+    out = io.BytesIO()
+    ds.save_as(out)
+    del ds
+    reader = CubeReader(mutants.cube_of(out.getvalue()), max_value_bytes=2 << 30)
+    size = len(value) * frames
+    row: dict[str, Any] = {"frames": frames, "value_mb": round(size / 1e6, 1)}
+    for k in (frames - 1, 0):
+        t0 = time.process_time()
+        reader.frame(k)
+        row[f"frame_{k}_cpu_s"] = round(time.process_time() - t0, 3)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mutants", type=int, default=0)
     parser.add_argument("--corpus", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--opaque-mib", type=int, default=0,
+                        help="also time the last frame of an opaque value of this many MiB")
     args = parser.parse_args()
+    if args.opaque_mib:
+        print(json.dumps(opaque_last_frame(args.opaque_mib)))
     warnings.filterwarnings("ignore")
     rows: list[dict[str, Any]] = []
     cubes = inputs(args)

@@ -196,6 +196,7 @@ def encapsulated_frame(value: memoryview, d: PixelDesc, syntax: str, index: int,
 
 
 NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
+SKIP = 64 << 10  # the scratch buffer the value before a frame is decompressed into (1.08 GB/s here; 1 MiB: 0.93)
 MAX_WINDOW = 8 << 20  # the largest Zstandard window an opaque value's frames are read through (the writer: 2 MiB)
 _KEYWORDS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 
@@ -290,7 +291,7 @@ class _Inflating(RawIOBase):
             self._stream = pa.CompressedInputStream(pa.BufferReader(pa.py_buffer(self.value)), "zstd")
             self._at = 0
         if self._at < self.pos:
-            scratch = memoryview(bytearray(min(self.chunk, self.pos - self._at)))
+            scratch = memoryview(bytearray(min(SKIP, self.chunk, self.pos - self._at)))
             while self._at < self.pos:
                 if not self._fill(scratch[: self.pos - self._at]):
                     return b""  # the value ends before the position
