@@ -3,11 +3,11 @@ size (rows × columns × samples × max(bits, 8)/8 of the instance's description
 structure-aware mutants of them (``harnesses._targeted``: pool, columns, descriptions, stored blobs, checksums
 recomputed), and a cube corpus when one is given (``fuzz/corpus/cube``, what the cube harness kept).
 
-``python fuzz/bounds.py [--mutants N] [--corpus DIR] [--seed S] [--opaque-mib M]``. Two passes per frame: the CPU time of
-``frame(k)`` alone, then its peak of traced allocations (``tracemalloc``: Python objects and numpy buffers; a
-memory-mapped cube's pages are not allocations) over what was allocated before. Prints the largest ratios (frames
-of ≥ 64 KB: the data set's files, then mutants decoded and refused apart), the slowest frame, and the worst
-inputs; the issue's bounds are ≤ 2 s and ≤ 4 × the declared frame size per frame.
+``python fuzz/bounds.py [--mutants N] [--corpus DIR] [--seed S] [--opaque-mib M]``. Two passes per frame: the
+CPU time of ``frame(k)`` alone, then its peak of traced allocations (``tracemalloc``: Python objects and numpy
+buffers; a memory-mapped cube's pages are not allocations) over what was allocated before. Prints the largest
+ratios (frames of ≥ 64 KB: the data set's files, then mutants decoded and refused apart), the slowest frame, and
+the worst inputs; the issue's bounds are ≤ 2 s and ≤ 4 × the declared frame size per frame.
 """
 
 from __future__ import annotations
@@ -114,10 +114,9 @@ def opaque_last_frame(mib: int) -> dict[str, Any]:
     (8-bit) made an OW big endian multi-frame instance whose frames are noise (samples ~ N(128, 20): zstd gets ≈ 1.3 :
     1 — a repeated frame would decompress ten times faster) — an ``opaque`` zstd value: no random access, the value
     before a frame decompressed to reach it."""
+    import mutants
     import numpy as np
     import pydicom
-
-    import mutants
 
     from cubepacs.cube.reader import CubeReader
 
