@@ -205,14 +205,26 @@ ENCAPSULATED = sorted(
 )  # fmt: skip
 
 
+def _comments(stream: bytes, room: int) -> bytes:
+    """``stream`` with comment segments of 65,000 bytes filling about ``room`` bytes, put before its first scan
+    (JPEG, JPEG-LS: COM, ``FF FE``) or tile (J2K: COM, ``FF 64``, in the main header) — a stream that decodes."""
+    j2k = stream.startswith(b"\xff\x4f")
+    marker, at = (b"\xff\x64", stream.find(b"\xff\x90")) if j2k else (b"\xff\xfe", stream.find(b"\xff\xda"))
+    com = marker + (65000).to_bytes(2, "big") + (b"\x00\x01" if j2k else b"") + bytes(64996 if j2k else 64998)
+    return stream[:at] + com * (room // len(com)) + stream[at:]
+
+
+@pytest.mark.parametrize("padding", ["zeros", "comments"])
 @pytest.mark.parametrize("name", ENCAPSULATED)
-def test_a_codestream_padded_inside_before_its_end_marker_decodes_within_the_bound(name: str) -> None:
-    """Every JPEG, JPEG-LS, J2K and HTJ2K file of ../shared/data, its first frame's codestream padded *inside*:
-    zeros put before its end marker, up to the size bound (4 × the frame + 64 KiB) — a consistent header, an end
-    marker at the end, and decoders that skip the zeros. pydicom copied the stream out of the value and the J2K
-    plugin copied it again: 9.8 × (J2K) and 6.2 × (JPEG Lossless) the frame. The frame's codestream is now handed
-    to the decoder as a view of the stored value: decoded (to what pydicom's own plugins make of the crafted file)
-    or refused (a ``CodecError`` naming the instance and frame), within 4 × the frame either way."""
+def test_a_codestream_padded_inside_before_its_end_marker_decodes_within_the_bound(name: str, padding: str) -> None:
+    """Every JPEG, JPEG-LS, J2K and HTJ2K file of ../shared/data, its first frame's codestream padded *inside* up
+    to the size bound (4 × the frame + 64 KiB): zeros put before its end marker (decoders that skip them decode it,
+    the others refuse it), or comment segments before its first scan or tile (every decoder decodes it) — a
+    consistent header and an end marker at the end. pydicom copied the stream out of the value and the J2K plugin
+    copied it again: 9.8 × (J2K) and 6.2 × (JPEG Lossless) the frame. The frame's codestream is now handed to the
+    decoder as a view of the stored value: decoded (to what pydicom's own plugins make of the crafted file) or
+    refused (a ``CodecError`` naming the instance and frame; never when padded with comments), within 4 × the frame
+    either way."""
     from pydicom.encaps import encapsulate, generate_frames
 
     from tests.pixeloracle import reference_decoders, same_pixels
@@ -226,7 +238,7 @@ def test_a_codestream_padded_inside_before_its_end_marker_decodes_within_the_bou
     assert end > 0, name
     size = _declared(CubeReader(mutants.cube_of(path)))
     pad = (4 * size + 65536 - len(first)) & ~1
-    streams[0] = first[:end] + bytes(pad - 16) + first[end:]
+    streams[0] = first[:end] + bytes(pad - 16) + first[end:] if padding == "zeros" else _comments(first, pad)
     ds.PixelData = encapsulate(streams)
     out = io.BytesIO()
     ds.save_as(out)
@@ -235,7 +247,9 @@ def test_a_codestream_padded_inside_before_its_end_marker_decodes_within_the_bou
     assert peak <= 4 * size, (peak / size, got)
     if isinstance(got, Exception):
         assert isinstance(got, CodecError) and f"{crafted.meta.names[0]}: frame 0 cannot be decoded:" in str(got)
+        assert padding == "zeros", got
         return
+    assert len(streams[0]) > 3 * size, len(streams[0]) / size
     with reference_decoders(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = pixel_array(io.BytesIO(out.getvalue()), index=0, raw=True)

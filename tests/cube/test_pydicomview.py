@@ -86,15 +86,17 @@ def test_every_frame_read_in_place_is_pydicoms(path: Path) -> None:
             np.testing.assert_array_equal(pixel_array(str(path), index=k, raw=True), want)
 
 
-@pytest.mark.parametrize("interleave", [0, 1, 2])
-def test_colour_jpeg_ls_of_every_interleave_mode_is_pyjpegls(interleave: int) -> None:
-    """The real RGB ultrasound recoded here as JPEG-LS with interleave mode 0 (colour by plane), 1 (by line) and
-    2 (by sample): imagecodecs shows a colour-by-plane stream's samples in an odd order of axes; the frame, read in
-    place from the cube, must equal pydicom's pyjpegls plugin's and the original pixels (JPEG-LS lossless)."""
+@pytest.mark.parametrize(("interleave", "crop"), [(0, None), (1, None), (2, None), (1, 3), (2, 3)])
+def test_colour_jpeg_ls_of_every_interleave_mode_is_pyjpegls(interleave: int, crop: int | None) -> None:
+    """The real RGB ultrasound (whole, and its top-left 3 × 3: as many rows as columns as samples, where a
+    guess from the decoded array's shape would be wrong) recoded here as JPEG-LS with interleave mode 0 (colour by
+    plane), 1 (by line) and 2 (by sample): the frame, read in place from the cube, must equal pydicom's pyjpegls
+    plugin's and the original pixels (JPEG-LS lossless). (pyjpegls cannot encode a 3 × 3 frame by plane.)"""
     import jpeg_ls
 
     ds = pydicom.dcmread(mutants.SINGLE / "rgb_us_ge_uncompressed.dcm")
-    rgb = ds.pixel_array
+    rgb = np.ascontiguousarray(ds.pixel_array[:crop, :crop])
+    ds.Rows, ds.Columns = rgb.shape[:2]
     src = np.ascontiguousarray(rgb.transpose(2, 0, 1)) if interleave == 0 else rgb  # pyjpegls: planes for mode 0
     ds.PixelData = encapsulate([bytes(jpeg_ls.encode_array(src, interleave_mode=interleave))])
     ds.file_meta.TransferSyntaxUID = guard.JPEG_LS[0]
@@ -111,3 +113,72 @@ def test_a_frame_view_reads_at_most_its_limit() -> None:
     view = pydicomview.FrameView(memoryview(bytes(range(256)) * 1000), most=100)
     assert len(view.read(5000)) == 100 and view.tell() == 100
     assert len(pydicomview.FrameView(memoryview(b"x" * 5000)).read(5000)) == 5000
+
+
+def _file_with(path: Path, streams: list[bytes], **attrs: object) -> bytes:
+    """The file at ``path`` with its frames' codestreams replaced by ``streams`` (and attributes set)."""
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate(streams)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def _same_as_theirs(data: bytes, frames: int = 1) -> None:
+    reader = CubeReader(mutants.cube_of(data))
+    for k in range(frames):
+        np.testing.assert_array_equal(reader.frame(k), _theirs(data, k), err_msg=f"frame {k}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            np.testing.assert_array_equal(pixel_array(io.BytesIO(data), index=k, raw=True), _theirs(data, k))
+
+
+def test_a_j2k_stream_in_a_jp2_file_is_decoded_as_pydicom_does() -> None:
+    """The real J2K MR's pixels re-encoded here by OpenJPEG as a JP2 file (not DICOM-conformant, PS3.5 A.4.4,
+    but pydicom decodes it): decoded from the view like a bare codestream, equal to pydicom's own plugin."""
+    import imagecodecs
+
+    path = mutants.SINGLE / "ts_j2k_lossless_siemens_mr.dcm"
+    jp2 = imagecodecs.jpeg2k_encode(pydicom.dcmread(path).pixel_array, level=0, codecformat="JP2")
+    _same_as_theirs(_file_with(path, [bytes(jp2)]))
+
+
+def test_sos_bytes_outside_the_scans_are_not_scans() -> None:
+    """The real baseline RGB's stream with ``FF DA`` where it is no scan — an APP1 segment holding a JPEG
+    thumbnail (its own SOS), a comment holding ``FF DA`` — is one scan a component: decoded, equal to pydicom's
+    own plugins."""
+    from pydicom.encaps import generate_frames
+
+    path = mutants.SINGLE / "jpeg_baseline_rgb_dcmtk_sc.dcm"
+    stream = bytes(next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1)))
+    app1 = b"Exif\0\0" + stream  # stands for an EXIF APP1 whose IFD1 holds a JPEG thumbnail
+    cases = [stream[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + stream[2:],
+             stream[:2] + b"\xff\xfe\x00\x06ab\xff\xda" + stream[2:]]  # fmt: skip
+    for crafted in cases:
+        _same_as_theirs(_file_with(path, [crafted]))
+
+
+def test_a_basic_offset_table_out_of_order_is_followed() -> None:
+    """Two frames of the real JPEG cine whose Basic Offset Table lists them the other way round: frame k is the
+    one the table points at, as pydicom takes it (not the k-th fragment)."""
+    import struct
+
+    from pydicom.encaps import generate_frames
+
+    path = mutants.SINGLE / "jpeg_baseline_ybr422_us_cine_30f.dcm"
+    frames = [bytes(f) for f in list(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=30))[:2]]
+    frames = [f + b"\0" * (len(f) & 1) for f in frames]
+
+    def item(b: bytes) -> bytes:
+        return struct.pack("<HHI", 0xFFFE, 0xE000, len(b)) + b
+
+    table = struct.pack("<II", 8 + len(frames[0]), 0)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = item(table) + item(frames[0]) + item(frames[1]) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    ds.NumberOfFrames = 2
+    out = io.BytesIO()
+    ds.save_as(out)
+    _same_as_theirs(out.getvalue(), 2)
+    assert not np.array_equal(_theirs(out.getvalue(), 0), _theirs(out.getvalue(), 1))

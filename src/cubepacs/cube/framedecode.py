@@ -118,19 +118,27 @@ def pixel_element(meta: DicomMeta, i: int) -> tuple[int, str | None, int | None]
 
 def fragment(value: memoryview, index: int, frames: int) -> memoryview | None:
     """Fragment ``index`` of an encapsulated value when it holds one fragment a frame (``frames`` of them: RLE's
-    rule, PS3.5 A.4.2) — a view, nothing copied; None when the fragments are not one a frame (pydicom then finds
-    the frame); :class:`CodecError` when the items run past the value."""
+    rule, PS3.5 A.4.2) and its Basic Offset Table, if any, lists them in order — a view, nothing copied; None
+    otherwise (pydicom then finds the frame, following the table); :class:`CodecError` when the items run past
+    the value."""
     n, pos, found, count = len(value), 0, None, -1  # count -1: the Basic Offset Table item comes first
+    table, first, offsets = b"", 0, []
     while pos + 8 <= n and count <= frames:
         tag, length = struct.unpack_from("<II", value, pos)
         if tag == _DELIMITER:
             break
         if tag != _ITEM or pos + 8 + length > n:
             raise CodecError(f"encapsulated pixel data: item at {pos} is not an item inside the value")
+        if count == -1:
+            table, first = bytes(value[pos + 8 : pos + 8 + min(length, 4 * (frames + 1))]), pos + 8 + length
+        else:
+            offsets.append(pos - first)
         if count == index:
             found = value[pos + 8 : pos + 8 + length]
         count += 1
         pos += 8 + length
+    if table and list(struct.unpack(f"<{len(table) // 4}I", table[: len(table) // 4 * 4])) != offsets:
+        return None  # a Basic Offset Table that does not list the fragments in order: pydicom follows it
     return found if count == frames else None
 
 

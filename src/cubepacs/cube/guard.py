@@ -21,19 +21,13 @@ cubepacs.errors.CodecError: HTJ2K codestream is 16 rows × 24 columns × 1 sampl
 from __future__ import annotations
 
 import itertools
-import re
 import struct
 
+from cubepacs.cube.jpegstream import JPEG_SOF, jpeg_header, jpeg_sof, scans_over, u16
 from cubepacs.errors import CodecError
 
 MAX_DIM = 65535  # DICOM Rows/Columns are US
 MAX_TILES = 65535
-
-
-def _u16(b: bytes | memoryview, pos: int) -> int:
-    if pos + 2 > len(b):
-        raise CodecError("codestream truncated in a marker segment")
-    return int(struct.unpack_from(">H", b, pos)[0])
 
 
 def j2k_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
@@ -67,49 +61,17 @@ def j2k_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
         bits = depth
     pos += lsiz
     while pos + 4 <= len(b):  # main header markers up to the first tile (SOT)
-        marker, length = _u16(b, pos), _u16(b, pos + 2)
+        marker, length = u16(b, pos), u16(b, pos + 2)
         if marker == 0xFF90 or length < 2:
             break
         if marker == 0xFF52:  # COD: decomposition levels and code-block size
             if pos + 14 > len(b):
                 raise CodecError("JPEG 2000 COD segment truncated")
-            layers, levels, xcb, ycb = _u16(b, pos + 6), b[pos + 9], b[pos + 10], b[pos + 11]
+            layers, levels, xcb, ycb = u16(b, pos + 6), b[pos + 9], b[pos + 10], b[pos + 11]
             if not layers or levels > 32 or xcb > 8 or ycb > 8 or xcb + ycb > 8:
                 raise CodecError(f"JPEG 2000 COD: {levels} levels, code-blocks 2^{xcb + 2} × 2^{ycb + 2}")
         pos += 2 + length
     return rows, cols, c, bits
-
-
-def jpeg_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
-    """(rows, columns, components, bits) from the SOF segment of a JPEG or JPEG-LS codestream."""
-    return jpeg_sof(data)[1:]
-
-
-def jpeg_sof(data: bytes | memoryview) -> tuple[int, int, int, int, int]:
-    """(SOF marker, rows, columns, components, bits) of a JPEG or JPEG-LS codestream, from its first 64 KB."""
-    b = bytes(data[:65536])
-    if b[:2] != b"\xff\xd8":
-        raise CodecError("not a JPEG codestream (no SOI)")
-    pos = 2
-    while pos + 4 <= len(b):
-        if b[pos] != 0xFF:
-            raise CodecError("JPEG: marker expected")
-        marker = b[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        length = _u16(b, pos + 2)
-        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # SOFn, SOF55 (LS)
-            if pos + 10 > len(b):
-                raise CodecError("JPEG SOF segment truncated")
-            bits, rows, cols, comps = b[pos + 4], _u16(b, pos + 5), _u16(b, pos + 7), b[pos + 9]
-            if not (2 <= bits <= 16 and rows and cols and 1 <= comps <= 4):
-                raise CodecError(f"JPEG SOF: {rows} × {cols} × {comps}, {bits} bits")
-            return marker, rows, cols, comps, bits
-        if marker in (0xDA, 0xD9) or length < 2:
-            break
-        pos += 2 + length
-    raise CodecError("JPEG: no SOF segment before the scan")
 
 
 def jxl_header(data: bytes | memoryview) -> tuple[int, int]:
@@ -244,23 +206,6 @@ def ends_complete(data: bytes | memoryview, what: str) -> None:
     tail = bytes(data[-16:]).rstrip(b"\x00\xff") if len(data) >= 2 else b""
     if not tail.endswith(b"\xff\xd9") and not bytes(data[-16:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise CodecError(f"{what} codestream does not end with its end marker (truncated, or bytes after it?)")
-
-
-def scans_over(data: bytes | memoryview, most: int) -> bool:
-    """Whether a JPEG stream holds more than ``most`` scans (SOS markers, ``FF DA``: in entropy-coded data an
-    ``FF`` is followed by ``00`` or a restart marker only). Searched in place, stopping at the first one too many.
-
-    >>> scans_over(bytes.fromhex("ffd8 ffda 00 ff00 ffda ffd9"), 1), scans_over(bytes.fromhex("ffd8 ffda ffd9"), 1)
-    (True, False)
-    """
-    return any(n >= most for n, _ in enumerate(re.finditer(b"\xff\xda", data)))
-
-
-# the SOF each JPEG transfer syntax admits (PS3.5 A.4.1, 8.2.1; ISO/IEC 10918-1 Table B.1): processes 1; 2 and 4
-# (baseline is a subset); 14; 14 SV1; JPEG-LS (SOF55). Progressive and hierarchical streams are not these syntaxes.
-JPEG_SOF = {"1.2.840.10008.1.2.4.50": (0xC0,), "1.2.840.10008.1.2.4.51": (0xC0, 0xC1),
-            "1.2.840.10008.1.2.4.57": (0xC3,), "1.2.840.10008.1.2.4.70": (0xC3,),
-            "1.2.840.10008.1.2.4.80": (0xF7,), "1.2.840.10008.1.2.4.81": (0xF7,)}  # fmt: skip
 
 
 def work_bound(frame_bytes: int, factor: int) -> int:
@@ -486,7 +431,7 @@ def check_codestream(ts: str, data: bytes | memoryview, rows: int, cols: int, sp
         got = (head[0], head[1], head[2], head[3])
         if sof not in JPEG_SOF[ts]:
             raise CodecError(f"a JPEG stream of SOF{sof - 0xC0} (marker FF{sof:02X}) under transfer syntax {ts}")
-        if scans_over(data, got[2]):
+        if scans_over(data, got[2], ts in JPEG_LS):
             raise CodecError(f"a JPEG stream of more scans than its {got[2]} components")
     if got[:3] != (rows, cols, spp) or got[3] > max(bits, 8):
         raise CodecError(

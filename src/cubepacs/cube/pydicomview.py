@@ -26,7 +26,7 @@ Example
 from __future__ import annotations
 
 from io import RawIOBase
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import imagecodecs
 import numpy as np
@@ -106,8 +106,9 @@ def install() -> None:
 
 def j2k_frame(src: bytes | memoryview, runner: Any) -> bytearray:
     """pydicom decoding plugin for the JPEG 2000 and HTJ2K syntaxes: OpenJPEG through pylibjpeg-openjpeg, as
-    pydicom's ``pylibjpeg`` plugin does, but reading ``src`` through a file over it rather than a copy; the same
-    runner options (YBR_ICT/YBR_RCT are returned as RGB; the container's size follows the J2K precision).
+    pydicom's ``pylibjpeg`` plugin does (a bare codestream or a JP2 file), but reading ``src`` through a file over
+    it rather than a copy; the same runner options (YBR_ICT/YBR_RCT are returned as RGB; the container's size
+    follows the J2K precision).
 
     Example
     -------
@@ -120,9 +121,11 @@ def j2k_frame(src: bytes | memoryview, runner: Any) -> bytearray:
     [1000, 1000, 1000]
     """
     import _openjpeg  # pylibjpeg-openjpeg's extension, a top-level module
+    from openjpeg.utils import _get_format
 
     view = memoryview(src).cast("B")
-    code, out = _openjpeg.decode(FrameView(view, most=CHUNK), 0, as_array=False)  # OpenJPEG reads on when short
+    form = _get_format(cast(BinaryIO, FrameView(view)))  # a bare codestream, or in a JP2 file (pydicom decodes it)
+    code, out = _openjpeg.decode(FrameView(view, most=CHUNK), form, as_array=False)  # OpenJPEG reads on when short
     if code != 0:
         raise CodecError(f"OpenJPEG cannot decode the J2K codestream (error {code})")
     if runner.photometric_interpretation in ("YBR_ICT", "YBR_RCT"):  # OpenJPEG undoes the colour transform
@@ -147,12 +150,10 @@ def jpegls_frame(src: bytes | memoryview, runner: Any) -> memoryview:
     [1000, 1000, 1000]
     """
     rows, cols, spp = int(runner.rows), int(runner.columns), int(runner.samples_per_pixel)
-    arr = np.asarray(_ic.jpegls_decode(src))
-    if spp > 1 and arr.shape == (cols, spp, rows):  # a colour-by-plane stream: imagecodecs' view of its samples
-        arr = arr.transpose(2, 0, 1)  # interleaved in memory (CharLS' output), shown (columns, samples, rows)
+    arr = np.asarray(_ic.jpegls_decode(src))  # (rows, columns[, samples]) whatever the interleave mode (a colour-by-
     if arr.shape != ((rows, cols, spp) if spp > 1 else (rows, cols)):
         raise CodecError(f"the JPEG-LS codestream decoded to {arr.shape}; the frame is {rows} × {cols} × {spp}")
-    if spp > 1:
+    if spp > 1:  # plane stream's samples as a strided view of planes: made colour by pixel here)
         runner.set_option("planar_configuration", 0)
     runner.set_option("bits_allocated", 8 * arr.dtype.itemsize)
     out: Any = np.ascontiguousarray(arr)
