@@ -298,6 +298,12 @@ def lake(data: bytes) -> None:
 _GEOMETRY: dict[int, tuple[str, dict[str, Any]]] = {}  # per path: syntax and decoder options of its seed file
 
 
+def _SEEDS() -> dict[int, Any]:
+    from seeds import CODESTREAM_SEEDS
+
+    return CODESTREAM_SEEDS
+
+
 def _path(path: int) -> tuple[str, dict[str, Any]]:
     if path not in _GEOMETRY:
         import pydicom
@@ -316,9 +322,11 @@ def _path(path: int) -> tuple[str, dict[str, Any]]:
 
 def codestream(data: bytes) -> None:
     """One frame's codestream, its first byte picking the path (``seeds.CODESTREAM_SEEDS``): an RLE or JPEG-LS
-    frame decoded by pydicom's plugins as the codec layer wraps them (header checked, panics made CodecError), or
-    (path 2) a JPEG-LS blob decoded as a cube frame (``guard.check`` then the ``jpegls`` codec) — each with the
-    geometry of the real file its seed came from. Only CodecError (or pydicom's RuntimeError listing every plugin's
+    frame decoded by pydicom's plugins as the codec layer wraps them (header checked, panics made CodecError),
+    (path 2) a JPEG-LS blob decoded as a cube frame (``guard.check`` then the ``jpegls`` codec), or (paths 4–7) a
+    J2K, JPEG Lossless, HTJ2K or JPEG Baseline frame decoded as an encapsulated instance's frame of a cube (from a
+    view of the value: ``framedecode.encapsulated_frame``) — each with the geometry of the real file its seed came
+    from. Only CodecError (or pydicom's RuntimeError listing every plugin's
     CodecError) may come out."""
     from pydicom.encaps import encapsulate
     from pydicom.pixels import get_decoder
@@ -329,10 +337,19 @@ def codestream(data: bytes) -> None:
 
     if len(data) < 2:
         return
-    path, stream = data[0] % 4, data[1:]
+    path, stream = data[0] % len(_SEEDS()), data[1:]
     syntax, opts = _path(path)
     try:
-        if path == 2:
+        if path >= 4:  # as a cube frame: the stream handed to the plugins as a view (cube/pydicomview.py)
+            from cubepacs.cube import framedecode
+            from cubepacs.cube.pixels import PixelDesc
+
+            desc = PixelDesc("encapsulated", opts["rows"], opts["columns"], opts["samples_per_pixel"],
+                             opts["bits_allocated"], bool(opts["pixel_representation"]),
+                             opts["planar_configuration"], 1, f"<u{opts['bits_allocated'] // 8}",
+                             opts["photometric_interpretation"], opts["bits_stored"])  # fmt: skip
+            framedecode.encapsulated_frame(memoryview(encapsulate([stream])), desc, syntax, 0, "fuzz")
+        elif path == 2:
             shape = (opts["rows"], opts["columns"])
             guard.check(3, stream, shape, 16)
             get_codec("jpegls").decode(stream, np.empty(shape, np.uint16))

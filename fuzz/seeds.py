@@ -18,7 +18,12 @@ SMALL = ["ct_ge_small_signed.dcm", "ts_rle_siemens_mr.dcm", "ts_jpegls_lossless_
 CODESTREAM_SEEDS = {0: DATA / "single" / "ts_rle_siemens_mr.dcm",  # RLE, 384 × 384, 16 bits (pydicom)
                     1: DATA / "single" / "ts_jpegls_lossless_siemens_mr.dcm",  # JPEG-LS, 384 × 384 (pydicom)
                     2: DATA / "single" / "ts_jpegls_lossless_siemens_mr.dcm",  # the same, as a cube frame
-                    3: DATA / "single" / "rle_rgb_sc.dcm"}  # RLE, 100 × 100 RGB, 8 bits (pydicom)
+                    3: DATA / "single" / "rle_rgb_sc.dcm",  # RLE, 100 × 100 RGB, 8 bits (pydicom)
+                    # decoded as a cube frame is, from a view of the stored value (framedecode.encapsulated_frame):
+                    4: DATA / "single" / "ts_j2k_lossless_siemens_mr.dcm",  # J2K, 384 × 384, 16 bits
+                    5: DATA / "single" / "ts_jpeg_lossless_sv1_dcmtk_siemens_mr.dcm",  # JPEG Lossless SV1
+                    6: DATA / "single" / "htj2k_lossless_rgb_sc.dcm",  # HTJ2K, RGB
+                    7: DATA / "single" / "jpeg_baseline_rgb_dcmtk_sc.dcm"}  # JPEG Baseline, RGB
 
 
 def singles() -> list[Path]:
