@@ -22,7 +22,9 @@ geometry before the plugin sees the bytes, so that every caller — cube frames,
 ``ds.decompress()`` — gets a declared error. RLE has one plugin, ours (``cube/rle.py``: imagecodecs' PackBits
 decoder into a bounded plane), in place of pylibjpeg-rle (whose decoder panics) and pydicom's pure-Python one.
 The JPEG syntaxes (Baseline, Extended, Lossless) have one plugin too, ours (``cube/jpegplugin.py``: libjpeg-turbo
-through imagecodecs), in place of pylibjpeg-libjpeg (which leaks native memory on corrupted codestreams) and Pillow.
+through imagecodecs), in place of pylibjpeg-libjpeg (which leaks native memory on corrupted codestreams) and Pillow;
+so do JPEG-LS (CharLS through imagecodecs) and J2K/HTJ2K (OpenJPEG through pylibjpeg-openjpeg's extension), which
+``cube/pydicomview.py`` decodes from a view of the stored value rather than a copy.
 
 Example
 -------
@@ -372,7 +374,7 @@ def harden_pydicom() -> None:
             available.clear()
             available[jpegplugin.NAME] = jpegplugin.decode_frame
         if str(uid) in guard.JPEG_LS:  # CharLS only (pylibjpeg-libjpeg leaks here too: +3.6 MB per 1,000 corrupted
-            available.clear()  # frames, security.md), through imagecodecs: pyjpegls copies the stream
+            available.clear()  # frames, security.md), through imagecodecs from a view (pyjpegls copies the stream)
             available["cubepacs-jpegls"] = pydicomview.jpegls_frame
         if str(uid) in guard.J2K and "pylibjpeg" in available:  # OpenJPEG read in place, not from a copy
             available.clear()
