@@ -30,7 +30,8 @@ def preload() -> None:
     import importlib
 
     for name in ("cubepacs.cube.reader", "cubepacs.cube.guard", "cubepacs.cube.codecs", "cubepacs.cube.validate",
-                 "cubepacs.cube.rle", "cubepacs.cube.framedecode",
+                 "cubepacs.cube.rle", "cubepacs.cube.framedecode", "cubepacs.cube.pydicomview",
+                 "cubepacs.cube.jpegplugin", "cubepacs.cube.jpegstream",
                  "cubepacs.cube.meta", "cubepacs.cube.image", "cubepacs.cube.sources", "cubepacs.dicom.rawfile",
                  "cubepacs.archive.ingest", "cubepacs.archive.metadata", "cubepacs.archive.web.multipart",
                  "cubepacs.archive.web.wado", "cubepacs.lake.reader", "pydicom.encaps",
