@@ -41,8 +41,12 @@ def _references() -> dict[str, dict[str, Callable[..., Any]]]:
 
 @contextmanager
 def reference_decoders() -> Iterator[None]:
-    """pydicom's own plugins for RLE and JPEG while the block runs, the project's again after it."""
+    """pydicom's own plugins for RLE, JPEG, JPEG-LS and J2K while the block runs, the project's again after it."""
     from pydicom.pixels.decoders import base
+
+    from cubepacs.cube.codecs import harden_pydicom
+
+    harden_pydicom()  # first: installed inside the block (a lazy import), it would be undone by the restore
 
     refs, saved = _references(), {}
     for uid, (decoder, _) in base._PIXEL_DATA_DECODERS.items():
