@@ -61,7 +61,7 @@ _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)  # what a decoder failur
 T = TypeVar("T")
 
 
-_CALLS = threading.local()  # per thread: the failures a decoder swallowed during the native_call under way
+_CALLS = threading.local()  # per thread: the failures a decoder swallowed during the native_call under way (text)
 
 
 def _unraisable(hook: Any) -> None:
@@ -70,8 +70,8 @@ def _unraisable(hook: Any) -> None:
     while the decoder returned a half-filled frame) is kept for the ``native_call`` under way on this thread,
     which raises it as CodecError; any other goes to the hook that was there before."""
     stack = getattr(_CALLS, "stack", None)
-    if stack:
-        stack[-1].append(hook.exc_value)
+    if stack:  # its name and text only: the exception's traceback holds the decoder's frames (64 KB each, #27)
+        stack[-1].append(f"{getattr(hook.exc_type, '__name__', 'Error')}: {str(hook.exc_value)[:200]}")
         return
     _PREVIOUS_HOOK[0](hook)
 
@@ -111,8 +111,7 @@ def native_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T
     finally:
         swallowed = stack.pop()
     if swallowed:
-        first = swallowed[0]
-        raise CodecError(f"{what}: {type(first).__name__}: {str(first)[:200]} (inside the decoder, which went on)")
+        raise CodecError(f"{what}: {swallowed[0]} (inside the decoder, which went on)")
     return result
 
 
