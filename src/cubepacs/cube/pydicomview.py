@@ -89,6 +89,8 @@ def install() -> None:
         return
     from pydicom.pixels.decoders.base import DecodeRunner
 
+    if not all(hasattr(DecodeRunner, a) for a in ("decode", "_get_frame_info", "_decode_frame", "src")):
+        return  # another pydicom than 3.0's: frames are copied, as pydicom does (test_pydicomview says so)
     original = DecodeRunner.decode
 
     def decode_in_place(self: Any, index: int) -> bytes | bytearray:
