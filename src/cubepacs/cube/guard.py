@@ -427,8 +427,8 @@ def check_codestream(ts: str, data: bytes | memoryview, rows: int, cols: int, sp
     if ts in J2K:
         got = j2k_header(data)
     else:  # a sequential or lossless process (its syntax's SOF), each component in one scan: scans ≤ components
-        sof, *head = jpeg_sof(data)
-        got = (head[0], head[1], head[2], head[3])
+        sof, r, c, n, b = jpeg_sof(data)
+        got = (r, c, n, b)
         if sof not in JPEG_SOF[ts]:
             raise CodecError(f"a JPEG stream of SOF{sof - 0xC0} (marker FF{sof:02X}) under transfer syntax {ts}")
         if scans_over(data, got[2], ts in JPEG_LS):
