@@ -260,12 +260,14 @@ def test_jpeg_ls_is_charls_alone_and_equals_pylibjpeg() -> None:
             np.testing.assert_array_equal(ours, theirs, err_msg=f"{path.name} against {name}")
 
 
-def _with_frame(path: Path, stream: bytes) -> bytes:
-    """The file at ``path`` with its one frame replaced by ``stream``."""
+def _with_frame(path: Path, stream: bytes, frames: int | None = None) -> bytes:
+    """The file at ``path`` with its one frame replaced by ``stream`` (``frames``: its Number of Frames set)."""
     import io
 
     ds = pydicom.dcmread(path)
     ds.PixelData = encapsulate([stream])
+    if frames is not None and "NumberOfFrames" in ds:
+        ds.NumberOfFrames = frames
     out = io.BytesIO()
     ds.save_as(out)
     return out.getvalue()
@@ -297,3 +299,28 @@ def test_progressive_and_many_scan_streams_are_refused_before_decoding() -> None
             warnings.simplefilter("ignore")
             pixel_array(io.BytesIO(data))
     assert CubeReader(mutants.cube_of(_with_frame(path, stream))).frame(0).shape == (100, 100, 3)
+
+
+@pytest.mark.parametrize(("path", "syntax"), DECODABLE, ids=lambda v: getattr(v, "name", v))
+def test_every_jpeg_file_with_its_scan_repeated_is_refused(path: Path, syntax: str) -> None:
+    """Every JPEG file of ../shared/data (baseline, extended, lossless, each folder): its first frame's stream with
+    its last scan repeated (one scan more than its components: ISO/IEC 10918-1 has each component in one scan of
+    a sequential or lossless process) is refused by the cube, naming the cause; the real frame still decodes, to
+    pydicom's own plugins' frame (``tests/pixeloracle``)."""
+    import io
+
+    from tests.pixeloracle import reference_decoders, same_pixels
+
+    ds = pydicom.dcmread(path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    stream = bytes(next(generate_frames(ds.PixelData, number_of_frames=frames)))
+    sos, eoi = stream.rindex(b"\xff\xda"), stream.rindex(b"\xff\xd9")
+    components = guard.jpeg_header(stream)[2]  # one scan more than components, within the size bound
+    crafted = _with_frame(path, stream[:eoi] + stream[sos:eoi] * components + stream[eoi:], frames=1)
+    with pytest.raises(CodecError, match="more scans than its"):
+        CubeReader(mutants.cube_of(crafted)).frame(0)
+    real = _with_frame(path, stream, frames=1)
+    with reference_decoders(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = pixel_array(io.BytesIO(real), index=0, raw=True)
+    assert same_pixels(CubeReader(mutants.cube_of(real)).frame(0), want, syntax)
